@@ -1,0 +1,1 @@
+"""agentguard: stops AI agents from burning money."""

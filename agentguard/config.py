@@ -1,0 +1,415 @@
+"""Configuration: a pydantic model per section, loaded from TOML, overridden by environment.
+
+Every field is optional and has a sane default, so ``GuardConfig()`` is a working guard with
+per-session limits and no dollar budget. ``GuardConfig.load(path)`` reads a TOML file;
+environment variables ``AGENTGUARD_<SECTION>__<FIELD>`` override single fields
+(``AGENTGUARD_LIMITS__MAX_ITERATIONS=10``), their values read as TOML literals when they parse
+as one and as strings otherwise. A bad file or variable raises :class:`ConfigError` naming the
+file (or variable), the field and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agentguard.errors import ConfigError
+
+__all__ = [
+    "BudgetConfig",
+    "GuardConfig",
+    "LimitRule",
+    "LimitsConfig",
+    "ParkingConfig",
+    "PriceOverride",
+    "PricingConfig",
+    "RoutingConfig",
+    "StoreConfig",
+    "TrimmingConfig",
+    "agentguard_home",
+    "find_config_file",
+    "parse_duration",
+]
+
+ENV_PREFIX = "AGENTGUARD_"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``"30s"``, ``"15m"``, ``"5h"``, ``"1d"``, ``"1w"`` into a timedelta.
+
+    Raises:
+        ValueError: the text is not a positive number followed by one of ms, s, m, h, d, w.
+    """
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"expected a duration like '30s', '15m', '5h' or '1d', got {text!r}")
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"a duration must be longer than zero, got {text!r}")
+    return timedelta(seconds=seconds)
+
+
+def agentguard_home() -> Path:
+    """The directory agentguard keeps its state in: ``$AGENTGUARD_HOME`` or ``~/.agentguard``."""
+    return Path(os.environ.get("AGENTGUARD_HOME") or "~/.agentguard").expanduser()
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class StoreConfig(_Section):
+    """Where the ledger and the parked sessions live."""
+
+    url: str | None = None
+    """SQLAlchemy URL. ``None`` means a SQLite file ``agentguard.db`` under AGENTGUARD_HOME;
+    ``postgresql+psycopg://user@host/db`` when several machines share budgets."""
+    reservation_ttl_s: PositiveFloat = 600.0
+    """A reservation not settled within this many seconds (its process died) is released."""
+    busy_timeout_s: PositiveFloat = 30.0
+    """How long SQLite waits for another process's write lock before giving up."""
+
+    def resolved_url(self) -> str:
+        """The URL to connect to, with ``~`` expanded in SQLite paths."""
+        if self.url is None:
+            return f"sqlite:///{agentguard_home() / 'agentguard.db'}"
+        if self.url.startswith("sqlite:///~"):
+            return "sqlite:///" + str(Path(self.url.removeprefix("sqlite:///")).expanduser())
+        return self.url
+
+
+class LimitsConfig(_Section):
+    """Per-session and per-call limits. ``None`` turns a limit off."""
+
+    max_iterations: PositiveInt | None = 30
+    """Model calls per session."""
+    max_tool_calls: PositiveInt | None = 100
+    """Tool calls the model may ask for in one session."""
+    max_retries: Annotated[int, Field(ge=0)] = 3
+    """Retries of one call after transient failures (timeouts, connection errors, 5xx)."""
+    max_consecutive_failures: PositiveInt | None = 3
+    """Calls in a row that end in failure before the session is stopped."""
+    loop_threshold: Annotated[int, Field(ge=2)] | None = 4
+    """The same tool call with the same arguments this many times is a loop."""
+    max_session_usd: Annotated[Decimal, Field(gt=0)] | None = None
+    """Dollars one session (with its children) may spend in all."""
+    backoff_initial_s: Annotated[float, Field(ge=0)] = 0.5
+    """First retry delay; each further retry doubles it, with full jitter."""
+    backoff_max_s: Annotated[float, Field(ge=0)] = 30.0
+    """Longest retry delay."""
+    max_retry_after_s: PositiveFloat = 86400.0
+    """A provider's ``retry-after`` longer than this is capped (and logged)."""
+    default_max_output_tokens: PositiveInt = 4096
+    """Output tokens reserved for a call that sets no ``max_tokens``; the guard also sets it on
+    the request so the reservation is a true worst case."""
+    enforce_output_cap: bool = True
+    """Add ``max_completion_tokens`` to requests that set none (makes the reservation exact)."""
+
+
+class BudgetConfig(_Section):
+    """A dollar budget for one key, in windows that reset."""
+
+    key: Annotated[str, Field(min_length=1, max_length=200)]
+    """The budget key sessions name with ``budget_key=``."""
+    limit_usd: Annotated[Decimal, Field(gt=0)]
+    """Dollars per window."""
+    window: str = "1d"
+    """Window length: ``"30s"``, ``"15m"``, ``"5h"``, ``"1d"``."""
+    window_mode: Literal["fixed", "rolling"] = "fixed"
+    """``fixed``: windows start at multiples of the length since the Unix epoch (UTC);
+    ``rolling``: spend counts for one window length after it happened."""
+    on_exhausted: Literal["raise", "park", "downgrade"] = "raise"
+    """What a call that does not fit does: raise ``BudgetExceeded``, park the session until the
+    window resets, or try cheaper models first."""
+
+    @field_validator("window")
+    @classmethod
+    def _check_window(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @property
+    def window_length(self) -> timedelta:
+        return parse_duration(self.window)
+
+
+class RoutingConfig(_Section):
+    """Per-step model choice."""
+
+    tiers: dict[str, str] = Field(default_factory=dict)
+    """Tier name to model, cheapest first (``{small = "gpt-4o-mini", large = "gpt-4o"}``).
+    Empty turns routing off."""
+    classifier: Literal["heuristic", "llm", "cascade"] = "heuristic"
+    pressure: list[tuple[Annotated[float, Field(gt=0, le=1)], str]] = Field(default_factory=list)
+    """``[remaining budget fraction, highest tier allowed]`` pairs."""
+    allow_upgrade: bool = False
+    """Let the router pick a tier above the caller's model."""
+    escalate: bool = True
+    """Re-send a failed cheap step one tier up."""
+    force_model: str | None = None
+    """Pin every call to this model."""
+
+    @model_validator(mode="after")
+    def _check_pressure_tiers(self) -> RoutingConfig:
+        for fraction, tier in self.pressure:
+            if self.tiers and tier not in self.tiers:
+                raise ValueError(
+                    f"pressure names tier {tier!r} (at {fraction}), which is not one of the "
+                    f"tiers {list(self.tiers)}"
+                )
+        return self
+
+
+class TrimmingConfig(_Section):
+    """Fitting the accumulating context into a token budget."""
+
+    enabled: bool = True
+    max_context_tokens: PositiveInt | None = None
+    """Input tokens allowed per call. ``None``: trim only to the model's context window."""
+    keep_last_turns: Annotated[int, Field(ge=0)] = 6
+    tool_output_max_tokens: PositiveInt = 2000
+    strategy: Literal["elide", "window", "summarize"] = "elide"
+    low_watermark: Annotated[float, Field(gt=0, lt=1)] = 0.7
+    """When a trim is needed, trim down to this fraction of the room, so the next calls append
+    to an unchanged prefix (provider prompt caches stay warm)."""
+
+
+class LimitRule(_Section):
+    """A rule that says what kind of limit an error response is.
+
+    A rule matches when every condition it sets matches; the first matching rule wins.
+    """
+
+    kind: Literal["rate_limit", "budget_window", "quota_exhausted"]
+    status: list[int] | None = None
+    error_type: str | None = None
+    """Equal to the body's ``error.type``."""
+    error_code: str | None = None
+    """Equal to the body's ``error.code``."""
+    message_pattern: str | None = None
+    """A regular expression searched (case-insensitive) in the body's error message."""
+
+    @field_validator("message_pattern")
+    @classmethod
+    def _check_pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            re.compile(value)
+        return value
+
+
+class ParkingConfig(_Section):
+    """Parking sessions that hit a limit, and resuming them."""
+
+    enabled: bool = True
+    dir: str | None = None
+    """Directory with ``inbox/`` and ``quarantine/``. ``None``: ``parked/`` under AGENTGUARD_HOME."""
+    max_attempts: PositiveInt = 3
+    wait_inline_max_s: Annotated[float, Field(ge=0)] = 30.0
+    """Waits up to this long are slept in-process and retried instead of parking."""
+    window_hours: PositiveFloat = 5.0
+    """When nothing says when a provider limit resets, resume this many hours later."""
+    lease_s: PositiveFloat = 300.0
+    """A resume claimed by a process that then dies is retried after this many seconds."""
+    inbox_max_bytes: PositiveInt = 8 * 1024 * 1024
+    rules: list[LimitRule] = Field(default_factory=list)
+    """Extra rules, tried before the built-in ones."""
+
+    def resolved_dir(self) -> Path:
+        if self.dir is None:
+            return agentguard_home() / "parked"
+        return Path(self.dir).expanduser()
+
+
+class PriceOverride(_Section):
+    """A price for a model the price data does not know (dollars per million tokens)."""
+
+    input_per_mtok: Annotated[Decimal, Field(ge=0)]
+    output_per_mtok: Annotated[Decimal, Field(ge=0)]
+    cached_input_per_mtok: Annotated[Decimal, Field(ge=0)] | None = None
+    reasoning_per_mtok: Annotated[Decimal, Field(ge=0)] | None = None
+    context_window: PositiveInt | None = None
+
+
+class PricingConfig(_Section):
+    """Where prices come from."""
+
+    overrides: dict[str, PriceOverride] = Field(default_factory=dict)
+    provider_id: str | None = None
+    """Price data provider to look models up under (``openai``); ``None`` lets it guess."""
+
+
+class GuardConfig(_Section):
+    """The whole configuration of a :class:`~agentguard.Guard`."""
+
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    budgets: list[BudgetConfig] = Field(default_factory=list)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    trimming: TrimmingConfig = Field(default_factory=TrimmingConfig)
+    parking: ParkingConfig = Field(default_factory=ParkingConfig)
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
+    app: str | None = None
+    """``module:attribute`` of the application's Guard, for ``agentguard daemon``."""
+
+    @model_validator(mode="after")
+    def _unique_budget_keys(self) -> GuardConfig:
+        seen: set[str] = set()
+        for budget in self.budgets:
+            if budget.key in seen:
+                raise ValueError(f"budget key {budget.key!r} is configured twice")
+            seen.add(budget.key)
+        return self
+
+    def budget(self, key: str) -> BudgetConfig | None:
+        """The budget configured for ``key``, if any."""
+        for budget in self.budgets:
+            if budget.key == key:
+                return budget
+        return None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> GuardConfig:
+        """Read a TOML file, then apply ``AGENTGUARD_*`` overrides from ``env`` (default: os.environ).
+
+        Raises:
+            ConfigError: the file is missing, is not TOML, or a field is invalid.
+        """
+        source = str(path)
+        try:
+            raw = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read config file: {exc.strerror}", source=source) from exc
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})", source=source) from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}", source=source) from exc
+        return cls.from_mapping(data, source=source, env=env)
+
+    @classmethod
+    def from_mapping(
+        cls,
+        data: Mapping[str, Any],
+        *,
+        source: str = "<mapping>",
+        env: Mapping[str, str] | None = None,
+    ) -> GuardConfig:
+        """Validate a mapping (as read from TOML), applying ``AGENTGUARD_*`` overrides.
+
+        Raises:
+            ConfigError: a field is invalid; the message names ``source``, the field and what
+                was expected.
+        """
+        merged = _deep_copy(data)
+        env_sources = _apply_env_overrides(merged, os.environ if env is None else env)
+        try:
+            return cls.model_validate(merged)
+        except ValidationError as exc:
+            raise _config_error(exc, source, env_sources) from None
+
+    @classmethod
+    def discover(cls, explicit: str | os.PathLike[str] | None = None) -> GuardConfig:
+        """Find the config the way the CLI does: ``explicit``, ``$AGENTGUARD_CONFIG``,
+        ``./agentguard.toml``, ``$AGENTGUARD_HOME/agentguard.toml``, else defaults."""
+        path = find_config_file(explicit)
+        if path is None:
+            return cls.from_mapping({}, source="defaults")
+        return cls.load(path)
+
+
+def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The config file the CLI would read, or ``None`` for defaults.
+
+    Raises:
+        ConfigError: a path was given explicitly (or by ``$AGENTGUARD_CONFIG``) and does not exist.
+    """
+    for given, origin in ((explicit, "--config"), (os.environ.get("AGENTGUARD_CONFIG"), "AGENTGUARD_CONFIG")):
+        if given:
+            path = Path(given).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"{path}: config file named by {origin} does not exist", source=str(path))
+            return path
+    for candidate in (Path("agentguard.toml"), agentguard_home() / "agentguard.toml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+_NOT_OVERRIDES = {"AGENTGUARD_HOME", "AGENTGUARD_CONFIG"}
+
+
+def _apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> dict[tuple[str, ...], str]:
+    """Write ``AGENTGUARD_SECTION__FIELD`` values into ``data``; return field path -> variable."""
+    sources: dict[tuple[str, ...], str] = {}
+    for name, text in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX) or name in _NOT_OVERRIDES or "__" not in name:
+            continue
+        path = tuple(part.lower() for part in name[len(ENV_PREFIX):].split("__"))
+        if any(not part for part in path):
+            raise ConfigError(f"{name}: expected AGENTGUARD_<SECTION>__<FIELD>", source=name)
+        target = data
+        for part in path[:-1]:
+            child = target.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(
+                    f"{name}: {'.'.join(path[:-1])} is not a section that can be overridden",
+                    source=name,
+                    field=".".join(path),
+                )
+            target = child
+        target[path[-1]] = _parse_env_value(text)
+        sources[path] = name
+    return sources
+
+
+def _parse_env_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _config_error(
+    exc: ValidationError, source: str, env_sources: Mapping[tuple[str, ...], str]
+) -> ConfigError:
+    problems = []
+    first_field = None
+    first_expected = None
+    for error in exc.errors(include_url=False):
+        location = tuple(str(part) for part in error["loc"])
+        field = ".".join(location) or "(top level)"
+        origin = env_sources.get(location, source)
+        if error["type"] == "extra_forbidden":
+            expected = "no such field (check the spelling; see the configuration reference)"
+        else:
+            expected = error["msg"]
+        got = error.get("input")
+        got_text = "" if error["type"] == "extra_forbidden" or isinstance(got, dict) else f" (got {got!r})"
+        problems.append(f"{origin}: {field}: {expected}{got_text}")
+        if first_field is None:
+            first_field, first_expected = field, expected
+    message = "invalid configuration:\n  " + "\n  ".join(problems)
+    return ConfigError(message, source=source, field=first_field, expected=first_expected)

@@ -282,7 +282,9 @@ class GuardConfig(_Section):
         return None
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> GuardConfig:
+    def load(
+        cls, path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None
+    ) -> GuardConfig:
         """Read a TOML file, then apply ``AGENTGUARD_*`` overrides from ``env`` (default: os.environ).
 
         Raises:
@@ -292,11 +294,15 @@ class GuardConfig(_Section):
         try:
             raw = Path(path).read_bytes()
         except OSError as exc:
-            raise ConfigError(f"{source}: cannot read config file: {exc.strerror}", source=source) from exc
+            raise ConfigError(
+                f"{source}: cannot read config file: {exc.strerror}", source=source
+            ) from exc
         try:
             data = tomllib.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:
-            raise ConfigError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})", source=source) from exc
+            raise ConfigError(
+                f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})", source=source
+            ) from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: not valid TOML: {exc}", source=source) from exc
         return cls.from_mapping(data, source=source, env=env)
@@ -338,11 +344,16 @@ def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | N
     Raises:
         ConfigError: a path was given explicitly (or by ``$AGENTGUARD_CONFIG``) and does not exist.
     """
-    for given, origin in ((explicit, "--config"), (os.environ.get("AGENTGUARD_CONFIG"), "AGENTGUARD_CONFIG")):
+    for given, origin in (
+        (explicit, "--config"),
+        (os.environ.get("AGENTGUARD_CONFIG"), "AGENTGUARD_CONFIG"),
+    ):
         if given:
             path = Path(given).expanduser()
             if not path.is_file():
-                raise ConfigError(f"{path}: config file named by {origin} does not exist", source=str(path))
+                raise ConfigError(
+                    f"{path}: config file named by {origin} does not exist", source=str(path)
+                )
             return path
     for candidate in (Path("agentguard.toml"), agentguard_home() / "agentguard.toml"):
         if candidate.is_file():
@@ -361,13 +372,15 @@ def _deep_copy(value: Any) -> Any:
 _NOT_OVERRIDES = {"AGENTGUARD_HOME", "AGENTGUARD_CONFIG"}
 
 
-def _apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> dict[tuple[str, ...], str]:
+def _apply_env_overrides(
+    data: dict[str, Any], env: Mapping[str, str]
+) -> dict[tuple[str, ...], str]:
     """Write ``AGENTGUARD_SECTION__FIELD`` values into ``data``; return field path -> variable."""
     sources: dict[tuple[str, ...], str] = {}
     for name, text in sorted(env.items()):
         if not name.startswith(ENV_PREFIX) or name in _NOT_OVERRIDES or "__" not in name:
             continue
-        path = tuple(part.lower() for part in name[len(ENV_PREFIX):].split("__"))
+        path = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
         if any(not part for part in path):
             raise ConfigError(f"{name}: expected AGENTGUARD_<SECTION>__<FIELD>", source=name)
         target = data
@@ -407,7 +420,9 @@ def _config_error(
         else:
             expected = error["msg"]
         got = error.get("input")
-        got_text = "" if error["type"] == "extra_forbidden" or isinstance(got, dict) else f" (got {got!r})"
+        got_text = (
+            "" if error["type"] == "extra_forbidden" or isinstance(got, dict) else f" (got {got!r})"
+        )
         problems.append(f"{origin}: {field}: {expected}{got_text}")
         if first_field is None:
             first_field, first_expected = field, expected

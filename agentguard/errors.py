@@ -136,7 +136,10 @@ class BudgetExceeded(LimitExceeded):
         spent_usd: settled plus reserved spend in the current window.
         limit_usd: the budget's limit.
         needed_usd: the worst-case cost of the call that did not fit.
-        resets_at: when the window resets (``None`` when it never does).
+        resets_at: when the window resets (``None`` when it never does, or when the call
+            would not fit even an empty window).
+        fits_empty_window: ``False`` when the call's worst case is larger than the whole limit:
+            waiting for a reset cannot help, so such a call is never parked.
     """
 
     def __init__(
@@ -149,10 +152,12 @@ class BudgetExceeded(LimitExceeded):
         needed_usd: Decimal,
         resets_at: datetime | None,
         session_id: str | None,
+        fits_empty_window: bool = True,
     ) -> None:
         super().__init__(
             message, session_id=session_id, limit="limit_usd", value=limit_usd, observed=spent_usd
         )
+        self.fits_empty_window = fits_empty_window
         self.key = key
         self.spent_usd = spent_usd
         self.limit_usd = limit_usd

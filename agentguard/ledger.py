@@ -1,0 +1,425 @@
+"""The budget ledger: reserve the worst case before a call, settle to the real cost after.
+
+A budget is a key with a dollar limit per window. A call draws on one or more budget lines at
+once (its budget key, and its root session's own budget); the reservation of all of them is one
+transaction, and each line's check-and-add is a single conditional ``UPDATE``, so any number of
+threads, processes or machines on one store can never push settled spend over a limit.
+
+Windows are ``fixed`` (they start at multiples of their length since the Unix epoch, UTC, and
+reset at the next multiple) or ``rolling`` (spend counts for one window length after it
+happened). A reservation whose process dies is released after ``reservation_ttl_s``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_CEILING, Decimal
+from typing import Literal
+
+from agentguard.errors import BudgetExceeded
+from agentguard.store import Cursor, Store
+
+__all__ = ["BudgetLine", "BudgetStatus", "Ledger", "Reservation", "from_nusd", "to_nusd"]
+
+_NANO = Decimal("1e9")
+
+
+def to_nusd(amount: Decimal) -> int:
+    """Dollars to integer nano-dollars, rounded up (the ledger errs toward counting more)."""
+    return int((amount * _NANO).to_integral_value(rounding=ROUND_CEILING))
+
+
+def from_nusd(amount: int) -> Decimal:
+    """Integer nano-dollars to dollars."""
+    return (Decimal(amount) / _NANO).normalize() if amount else Decimal(0)
+
+
+def _ms_to_datetime(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLine:
+    """One budget a call draws on.
+
+    Attributes:
+        key: the ledger key (``research``, or ``session:<id>`` for a session's own budget).
+        limit_usd: dollars per window; ``None`` records spend without limiting it.
+        window: window length; ``None`` for a budget that never resets.
+        mode: ``fixed`` or ``rolling`` windows.
+    """
+
+    key: str
+    limit_usd: Decimal | None
+    window: timedelta | None = None
+    mode: Literal["fixed", "rolling"] = "fixed"
+
+    @property
+    def window_ms(self) -> int | None:
+        return None if self.window is None else int(self.window.total_seconds() * 1000)
+
+    def window_start_ms(self, now_ms: int) -> int:
+        """The start of the fixed window holding ``now_ms`` (rolling and endless lines use 0)."""
+        length = self.window_ms
+        if length is None or self.mode == "rolling":
+            return 0
+        return now_ms - now_ms % length
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Money set aside for one call until it is settled."""
+
+    id: str
+    lines: tuple[tuple[BudgetLine, int], ...]
+    """Each line with the window start it was reserved in."""
+    amount_nusd: int
+    created_ms: int
+
+    @property
+    def amount_usd(self) -> Decimal:
+        return from_nusd(self.amount_nusd)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    """The state of one budget's current window."""
+
+    key: str
+    limit_usd: Decimal | None
+    spent_usd: Decimal
+    reserved_usd: Decimal
+    calls: int
+    window: timedelta | None
+    mode: str
+    window_start: datetime | None
+    resets_at: datetime | None
+
+    @property
+    def remaining_usd(self) -> Decimal | None:
+        if self.limit_usd is None:
+            return None
+        return max(Decimal(0), self.limit_usd - self.spent_usd - self.reserved_usd)
+
+    @property
+    def remaining_fraction(self) -> float | None:
+        if self.limit_usd is None or self.limit_usd == 0:
+            return None
+        remaining = self.remaining_usd or Decimal(0)
+        return float(remaining / self.limit_usd)
+
+
+_ENSURE_ROW = (
+    "INSERT INTO agentguard_budget_windows (key, window_start_ms, spent_nusd, reserved_nusd, calls)"
+    " VALUES (:key, :ws, 0, 0, 0) ON CONFLICT DO NOTHING"
+)
+_RESERVE_FIXED = (
+    "UPDATE agentguard_budget_windows SET reserved_nusd = reserved_nusd + :amount"
+    " WHERE key = :key AND window_start_ms = :ws"
+    " AND spent_nusd + reserved_nusd + :amount <= :limit"
+)
+_RESERVE_UNLIMITED = (
+    "UPDATE agentguard_budget_windows SET reserved_nusd = reserved_nusd + :amount"
+    " WHERE key = :key AND window_start_ms = :ws"
+)
+_LOCK_ROW = (
+    "SELECT spent_nusd, reserved_nusd FROM agentguard_budget_windows"
+    " WHERE key = :key AND window_start_ms = :ws FOR UPDATE"
+)
+_SELECT_ROW = (
+    "SELECT spent_nusd, reserved_nusd, calls FROM agentguard_budget_windows"
+    " WHERE key = :key AND window_start_ms = :ws"
+)
+_ROLLING_SPENT = (
+    "SELECT COALESCE(SUM(amount_nusd), 0) FROM agentguard_spend_events"
+    " WHERE key = :key AND at_ms > :since"
+)
+_ROLLING_EVENTS = (
+    "SELECT at_ms, amount_nusd FROM agentguard_spend_events"
+    " WHERE key = :key AND at_ms > :since ORDER BY at_ms"
+)
+_INSERT_RESERVATION = (
+    "INSERT INTO agentguard_reservations"
+    " (id, key, window_start_ms, amount_nusd, expires_at_ms, session_id)"
+    " VALUES (:id, :key, :ws, :amount, :expires, :session_id)"
+)
+_DELETE_RESERVATION = "DELETE FROM agentguard_reservations WHERE id = :id AND key = :key"
+_SETTLE_HELD = (
+    "UPDATE agentguard_budget_windows SET reserved_nusd = reserved_nusd - :reserved,"
+    " spent_nusd = spent_nusd + :actual, calls = calls + 1"
+    " WHERE key = :key AND window_start_ms = :ws"
+)
+_SETTLE_EXPIRED = (
+    "UPDATE agentguard_budget_windows SET spent_nusd = spent_nusd + :actual, calls = calls + 1"
+    " WHERE key = :key AND window_start_ms = :ws"
+)
+_INSERT_EVENT = (
+    "INSERT INTO agentguard_spend_events (key, at_ms, amount_nusd) VALUES (:key, :at, :amount)"
+)
+_EXPIRED = (
+    "SELECT id, key, window_start_ms, amount_nusd FROM agentguard_reservations"
+    " WHERE expires_at_ms < :now"
+)
+_RELEASE = (
+    "UPDATE agentguard_budget_windows SET reserved_nusd = reserved_nusd - :amount"
+    " WHERE key = :key AND window_start_ms = :ws"
+)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Ledger:
+    """Reservations and settlements against windowed dollar budgets in a :class:`Store`.
+
+    Args:
+        store: where the ledger lives.
+        reservation_ttl_s: a reservation not settled within this time is released (its
+            process died mid-call).
+    """
+
+    def __init__(self, store: Store, *, reservation_ttl_s: float = 600.0) -> None:
+        self.store = store
+        self.reservation_ttl_ms = int(reservation_ttl_s * 1000)
+        self._known_rows: set[tuple[str, int]] = set()
+        self._last_sweep_ms = 0
+        self._sweep_every_ms = max(1000, min(30_000, self.reservation_ttl_ms // 10))
+        self._lock = threading.Lock()
+
+    def reserve(
+        self,
+        lines: tuple[BudgetLine, ...] | list[BudgetLine],
+        amount_usd: Decimal,
+        *,
+        session_id: str | None = None,
+        now_ms: int | None = None,
+    ) -> Reservation:
+        """Set ``amount_usd`` aside on every line, or on none.
+
+        Raises:
+            BudgetExceeded: some line has no room for the amount in its current window.
+            StoreError: the store failed.
+        """
+        now = _now_ms() if now_ms is None else now_ms
+        amount = to_nusd(amount_usd)
+        reservation_id = secrets.token_hex(12)
+        placed: list[tuple[BudgetLine, int]] = []
+        with self.store.cursor() as connection:
+            self._maybe_sweep(connection, now)
+            for line in lines:
+                window_start = line.window_start_ms(now)
+                self._ensure_row(connection, line.key, window_start)
+                if not self._reserve_line(connection, line, window_start, amount, now):
+                    # Raising rolls the whole transaction back: lines already placed are undone.
+                    raise self._exceeded(connection, line, window_start, amount, now, session_id)
+                connection.execute(
+                    _INSERT_RESERVATION,
+                    {
+                        "id": reservation_id,
+                        "key": line.key,
+                        "ws": window_start,
+                        "amount": amount,
+                        "expires": now + self.reservation_ttl_ms,
+                        "session_id": session_id,
+                    },
+                )
+                placed.append((line, window_start))
+        return Reservation(reservation_id, tuple(placed), amount, now)
+
+    def settle(
+        self, reservation: Reservation, actual_usd: Decimal, *, now_ms: int | None = None
+    ) -> None:
+        """Replace the reservation by the real cost (``0`` releases it)."""
+        now = _now_ms() if now_ms is None else now_ms
+        actual = to_nusd(actual_usd)
+        with self.store.cursor() as connection:
+            for line, window_start in reservation.lines:
+                params = {"id": reservation.id, "key": line.key}
+                held = connection.rowcount(_DELETE_RESERVATION, params) == 1
+                values = {
+                    "key": line.key,
+                    "ws": window_start,
+                    "reserved": reservation.amount_nusd,
+                    "actual": actual,
+                }
+                connection.execute(_SETTLE_HELD if held else _SETTLE_EXPIRED, values)
+                if line.mode == "rolling" and line.window is not None and actual:
+                    connection.execute(
+                        _INSERT_EVENT, {"key": line.key, "at": now, "amount": actual}
+                    )
+
+    def release(self, reservation: Reservation) -> None:
+        """Give the reservation back without spending anything (the call failed)."""
+        with self.store.cursor() as connection:
+            for line, window_start in reservation.lines:
+                params = {"id": reservation.id, "key": line.key}
+                if connection.rowcount(_DELETE_RESERVATION, params) == 1:
+                    connection.execute(
+                        _RELEASE,
+                        {"key": line.key, "ws": window_start, "amount": reservation.amount_nusd},
+                    )
+
+    def status(self, line: BudgetLine, *, now_ms: int | None = None) -> BudgetStatus:
+        """Spend, reservations and reset time of ``line``'s current window."""
+        now = _now_ms() if now_ms is None else now_ms
+        window_start = line.window_start_ms(now)
+        with self.store.cursor() as connection:
+            row = connection.one(_SELECT_ROW, {"key": line.key, "ws": window_start})
+            spent, reserved, calls = (row[0], row[1], row[2]) if row else (0, 0, 0)
+            resets_at: datetime | None = None
+            start: datetime | None = None
+            if line.window is not None and line.mode == "rolling":
+                spent = self._rolling_spent(connection, line, now)
+                resets_at = self._rolling_relief(connection, line, now, 1)
+                start = _ms_to_datetime(now - (line.window_ms or 0))
+            elif line.window is not None:
+                start = _ms_to_datetime(window_start)
+                resets_at = _ms_to_datetime(window_start + (line.window_ms or 0))
+        return BudgetStatus(
+            key=line.key,
+            limit_usd=line.limit_usd,
+            spent_usd=from_nusd(spent),
+            reserved_usd=from_nusd(max(0, reserved)),
+            calls=calls,
+            window=line.window,
+            mode=line.mode,
+            window_start=start,
+            resets_at=resets_at,
+        )
+
+    def keys(self) -> list[str]:
+        """Every budget key the ledger has seen."""
+        with self.store.cursor() as connection:
+            rows = connection.all(
+                "SELECT DISTINCT key FROM agentguard_budget_windows ORDER BY key", {}
+            )
+            return [row[0] for row in rows]
+
+    def sweep_expired(self, *, now_ms: int | None = None) -> int:
+        """Release reservations past their time to live; return how many were released."""
+        now = _now_ms() if now_ms is None else now_ms
+        with self.store.cursor() as connection:
+            return self._sweep(connection, now)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _ensure_row(self, connection: Cursor, key: str, window_start: int) -> None:
+        if (key, window_start) in self._known_rows:
+            return
+        connection.execute(_ENSURE_ROW, {"key": key, "ws": window_start})
+        with self._lock:
+            if len(self._known_rows) > 10_000:
+                self._known_rows.clear()
+            self._known_rows.add((key, window_start))
+
+    def _reserve_line(
+        self, connection: Cursor, line: BudgetLine, window_start: int, amount: int, now: int
+    ) -> bool:
+        params = {"key": line.key, "ws": window_start, "amount": amount}
+        if line.limit_usd is None:
+            return connection.rowcount(_RESERVE_UNLIMITED, params) == 1
+        limit = to_nusd(line.limit_usd)
+        if line.mode == "rolling" and line.window is not None:
+            # The sum over spend events cannot go in one conditional UPDATE race-free on
+            # PostgreSQL, so lock the budget row first; SQLite already holds the write lock.
+            if not self.store.is_sqlite:
+                connection.execute(_LOCK_ROW, {"key": line.key, "ws": window_start})
+            row = connection.one(_SELECT_ROW, {"key": line.key, "ws": window_start})
+            assert row is not None
+            spent = self._rolling_spent(connection, line, now)
+            if spent + row[1] + amount > limit:
+                return False
+            return connection.rowcount(_RESERVE_UNLIMITED, params) == 1
+        return connection.rowcount(_RESERVE_FIXED, {**params, "limit": limit}) == 1
+
+    def _rolling_spent(self, connection: Cursor, line: BudgetLine, now: int) -> int:
+        since = now - (line.window_ms or 0)
+        row = connection.one(_ROLLING_SPENT, {"key": line.key, "since": since})
+        return int(row[0]) if row else 0
+
+    def _rolling_relief(
+        self, connection: Cursor, line: BudgetLine, now: int, needed: int
+    ) -> datetime | None:
+        """When enough rolling spend expires to free ``needed`` nano-dollars."""
+        length = line.window_ms or 0
+        freed = 0
+        rows = connection.all(_ROLLING_EVENTS, {"key": line.key, "since": now - length})
+        for at_ms, amount in rows:
+            freed += amount
+            if freed >= needed:
+                return _ms_to_datetime(at_ms + length)
+        return None
+
+    def _exceeded(
+        self,
+        connection: Cursor,
+        line: BudgetLine,
+        window_start: int,
+        amount: int,
+        now: int,
+        session_id: str | None,
+    ) -> BudgetExceeded:
+        row = connection.one(_SELECT_ROW, {"key": line.key, "ws": window_start})
+        spent, reserved = (row[0], row[1]) if row else (0, 0)
+        limit = to_nusd(line.limit_usd or Decimal(0))
+        resets_at: datetime | None = None
+        if line.window is not None and line.mode == "rolling":
+            spent = self._rolling_spent(connection, line, now)
+            resets_at = self._rolling_relief(
+                connection, line, now, spent + reserved + amount - limit
+            )
+        elif line.window is not None:
+            resets_at = _ms_to_datetime(window_start + (line.window_ms or 0))
+        fits_empty = amount <= limit
+        if not fits_empty:
+            resets_at = None
+        when = (
+            f"resets at {resets_at.isoformat(timespec='seconds')}"
+            if resets_at
+            else ("never resets" if line.window is None else "cannot fit even an empty window")
+        )
+        error = BudgetExceeded(
+            f"budget {line.key!r} exceeded for session {session_id!r}: limit ${from_nusd(limit)}"
+            f" per {_describe_window(line)}, spent ${from_nusd(spent)}, reserved"
+            f" ${from_nusd(max(0, reserved))}, this call needs up to ${from_nusd(amount)}; {when}",
+            key=line.key,
+            spent_usd=from_nusd(spent + max(0, reserved)),
+            limit_usd=from_nusd(limit),
+            needed_usd=from_nusd(amount),
+            resets_at=resets_at,
+            session_id=session_id,
+            fits_empty_window=fits_empty,
+        )
+        return error
+
+    def _maybe_sweep(self, connection: Cursor, now: int) -> None:
+        if now - self._last_sweep_ms < self._sweep_every_ms:
+            return
+        self._last_sweep_ms = now
+        self._sweep(connection, now)
+
+    def _sweep(self, connection: Cursor, now: int) -> int:
+        released = 0
+        for reservation_id, key, window_start, amount in connection.all(_EXPIRED, {"now": now}):
+            params = {"id": reservation_id, "key": key}
+            if connection.rowcount(_DELETE_RESERVATION, params) == 1:
+                connection.execute(_RELEASE, {"key": key, "ws": window_start, "amount": amount})
+                released += 1
+        return released
+
+
+def _describe_window(line: BudgetLine) -> str:
+    if line.window is None:
+        return "session"
+    seconds = int(line.window.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit} window" + (
+                " (rolling)" if line.mode == "rolling" else ""
+            )
+    return f"{seconds}s window" + (" (rolling)" if line.mode == "rolling" else "")

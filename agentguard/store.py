@@ -1,0 +1,332 @@
+"""The SQL store behind the ledger and the parked sessions.
+
+SQLite by default (one file under AGENTGUARD_HOME, WAL mode, safe for several processes on one
+machine); PostgreSQL (``postgresql+psycopg://``) when several machines share budgets. Both are
+driven through SQLAlchemy Core with the same statements: every write that must not race takes a
+lock first (``BEGIN IMMEDIATE`` on SQLite, ``SELECT ... FOR UPDATE`` on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from agentguard.errors import StoreError
+
+__all__ = ["SCHEMA_VERSION", "Store", "metadata", "open_store"]
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+schema_info = sa.Table(
+    "agentguard_schema",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+# Money is stored as integer nano-dollars: exact, and big enough for $9 billion.
+budget_windows = sa.Table(
+    "agentguard_budget_windows",
+    metadata,
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("window_start_ms", sa.BigInteger, primary_key=True),
+    sa.Column("spent_nusd", sa.BigInteger, nullable=False, default=0),
+    sa.Column("reserved_nusd", sa.BigInteger, nullable=False, default=0),
+    sa.Column("calls", sa.BigInteger, nullable=False, default=0),
+)
+
+reservations = sa.Table(
+    "agentguard_reservations",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("window_start_ms", sa.BigInteger, nullable=False),
+    sa.Column("amount_nusd", sa.BigInteger, nullable=False),
+    sa.Column("expires_at_ms", sa.BigInteger, nullable=False, index=True),
+    sa.Column("session_id", sa.String(255)),
+)
+
+spend_events = sa.Table(
+    "agentguard_spend_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("key", sa.String(255), nullable=False),
+    sa.Column("at_ms", sa.BigInteger, nullable=False),
+    sa.Column("amount_nusd", sa.BigInteger, nullable=False),
+    sa.Index("ix_agentguard_spend_events_key_at", "key", "at_ms"),
+)
+
+parked_sessions = sa.Table(
+    "agentguard_parked_sessions",
+    metadata,
+    sa.Column("session_id", sa.String(255), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("resume_at_ms", sa.BigInteger, index=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("lease_owner", sa.String(128)),
+    sa.Column("lease_until_ms", sa.BigInteger),
+    sa.Column("updated_at_ms", sa.BigInteger, nullable=False),
+    sa.Column("record", sa.Text, nullable=False),
+)
+
+
+_NAMED_PARAM = re.compile(r":(\w+)")
+
+
+class Cursor:
+    """A driver cursor that takes ``:name`` parameters whatever the driver's style."""
+
+    __slots__ = ("_translate", "raw")
+
+    def __init__(self, raw: Any, translate: Callable[[str], str]) -> None:
+        self.raw = raw
+        self._translate = translate
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
+        self.raw.execute(self._translate(sql), params or {})
+        return self.raw
+
+    def rowcount(self, sql: str, params: Mapping[str, Any]) -> int:
+        self.raw.execute(self._translate(sql), params)
+        return int(self.raw.rowcount)
+
+    def one(self, sql: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        self.raw.execute(self._translate(sql), params)
+        row = self.raw.fetchone()
+        return tuple(row) if row is not None else None
+
+    def all(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        self.raw.execute(self._translate(sql), params)
+        return [tuple(row) for row in self.raw.fetchall()]
+
+
+def _redact(url: str) -> str:
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable store url>"
+
+
+class Store:
+    """A connection pool to one database, with the agentguard schema created on first use.
+
+    Use :func:`open_store` to share one ``Store`` per URL in a process.
+    """
+
+    def __init__(self, url: str, *, busy_timeout_s: float = 30.0) -> None:
+        self.url = url
+        self.safe_url = _redact(url)
+        self.busy_timeout_s = busy_timeout_s
+        try:
+            parsed = sa.make_url(url)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"store url {url!r} is not a valid SQLAlchemy URL: {exc}") from exc
+        self.dialect = parsed.get_backend_name()
+        self.is_sqlite = self.dialect == "sqlite"
+        self.engine = self._create_engine(parsed)
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
+        self._translated: dict[str, str] = {}
+        self._paramstyle = (
+            "named"
+            if self.is_sqlite
+            else getattr(self.engine.dialect.dbapi, "paramstyle", "pyformat")
+        )
+        dbapi = self.engine.dialect.dbapi
+        self._driver_error: type[BaseException] = getattr(dbapi, "Error", SQLAlchemyError)
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def _create_engine(self, url: sa.URL) -> Engine:
+        if not self.is_sqlite:
+            try:
+                return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+            except (SQLAlchemyError, ImportError) as exc:
+                raise StoreError(
+                    f"cannot open store {self.safe_url}: {exc}", url=self.safe_url
+                ) from exc
+        database = url.database or ""
+        if database and database != ":memory:":
+            path = Path(database).expanduser()
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create the store directory {path.parent}: {exc.strerror}",
+                    url=self.safe_url,
+                ) from exc
+            url = url.set(database=str(path))
+            self._sqlite_path: Path | None = path
+        else:
+            self._sqlite_path = None
+        engine = sa.create_engine(
+            url,
+            connect_args={"timeout": self.busy_timeout_s, "check_same_thread": False},
+        )
+        busy_ms = int(self.busy_timeout_s * 1000)
+
+        @sa.event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Take over transaction control from the sqlite3 module so BEGIN IMMEDIATE works.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _on_begin(connection: Connection) -> None:
+            # Every write transaction takes the write lock up front: read-then-write races are
+            # impossible and a busy database waits (busy_timeout) instead of failing on upgrade.
+            if connection.get_execution_options().get("agentguard_read_only"):
+                connection.exec_driver_sql("BEGIN")
+            else:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+
+    def _after_fork(self) -> None:
+        # Connections must never be shared across fork(); the child opens its own.
+        self.engine.dispose(close=False)
+
+    def ensure_schema(self) -> None:
+        """Create the tables if they do not exist, and check the schema version."""
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if self._schema_ready:
+                return
+            try:
+                metadata.create_all(self.engine, checkfirst=True)
+                with self.engine.begin() as connection:
+                    row = connection.execute(sa.select(schema_info.c.version)).first()
+                    if row is None:
+                        connection.execute(
+                            schema_info.insert().values(id=1, version=SCHEMA_VERSION)
+                        )
+                    elif row.version > SCHEMA_VERSION:
+                        raise StoreError(
+                            f"store {self.safe_url} has schema version {row.version}, newer than "
+                            f"this agentguard understands ({SCHEMA_VERSION}); upgrade agentguard",
+                            url=self.safe_url,
+                        )
+            except SQLAlchemyError as exc:
+                raise self.error("create the schema in", exc) from exc
+            if self._sqlite_path is not None:
+                for suffix in ("", "-wal", "-shm"):
+                    candidate = Path(f"{self._sqlite_path}{suffix}")
+                    if candidate.exists():
+                        candidate.chmod(0o600)
+            self._schema_ready = True
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A write transaction: the write lock is held from its start (SQLite) so nothing races.
+
+        Raises:
+            StoreError: the database cannot be reached or written.
+        """
+        self.ensure_schema()
+        try:
+            with self.engine.begin() as connection:
+                yield connection
+        except SQLAlchemyError as exc:
+            raise self.error("write to", exc) from exc
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only connection (no write lock taken on SQLite)."""
+        self.ensure_schema()
+        try:
+            with self.engine.connect() as connection:
+                yield connection.execution_options(agentguard_read_only=True)
+        except SQLAlchemyError as exc:
+            raise self.error("read", exc) from exc
+
+    @contextmanager
+    def cursor(self) -> Iterator[Cursor]:
+        """A write transaction on a raw driver connection, for the per-call hot path.
+
+        SQLAlchemy's statement machinery costs more than the whole SQLite transaction; the
+        ledger's few fixed statements run on the driver directly, written once with ``:name``
+        parameters and translated for drivers that use ``%(name)s``.
+
+        Raises:
+            StoreError: the database cannot be reached or written.
+        """
+        self.ensure_schema()
+        try:
+            raw = self.engine.raw_connection()
+        except SQLAlchemyError as exc:
+            raise self.error("connect to", exc) from exc
+        try:
+            cursor = Cursor(raw.cursor(), self._translate)
+            try:
+                if self.is_sqlite:
+                    cursor.raw.execute("BEGIN IMMEDIATE")
+                yield cursor
+            except BaseException:
+                raw.rollback()
+                raise
+            else:
+                raw.commit()
+            finally:
+                cursor.raw.close()
+        except (SQLAlchemyError, self._driver_error) as exc:
+            raise self.error("write to", exc) from exc
+        finally:
+            raw.close()
+
+    def _translate(self, sql: str) -> str:
+        cached = self._translated.get(sql)
+        if cached is None:
+            cached = sql if self._paramstyle == "named" else _NAMED_PARAM.sub(r"%(\1)s", sql)
+            self._translated[sql] = cached
+        return cached
+
+    def lock_clause(self) -> dict[str, Any]:
+        """Arguments for ``Select.with_for_update`` that lock rows on PostgreSQL (SQLite holds
+        the whole database lock already)."""
+        return {} if self.is_sqlite else {"nowait": False}
+
+    def error(self, action: str, exc: BaseException) -> StoreError:
+        detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        hint = ""
+        lowered = detail.lower()
+        if "readonly" in lowered or "read-only" in lowered:
+            hint = " (the store file or its directory is read-only)"
+        elif "disk" in lowered and "full" in lowered:
+            hint = " (the disk is full)"
+        elif "locked" in lowered:
+            hint = " (another process held the lock longer than busy_timeout_s)"
+        return StoreError(
+            f"cannot {action} store {self.safe_url}: {detail}{hint}", url=self.safe_url
+        )
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+_stores: dict[str, Store] = {}
+_stores_lock = threading.Lock()
+
+
+def open_store(url: str, *, busy_timeout_s: float = 30.0) -> Store:
+    """The process-wide :class:`Store` for ``url`` (created on first use)."""
+    with _stores_lock:
+        store = _stores.get(url)
+        if store is None:
+            store = _stores[url] = Store(url, busy_timeout_s=busy_timeout_s)
+        return store

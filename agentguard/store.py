@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -134,10 +135,12 @@ class Store:
             raise StoreError(f"store url {url!r} is not a valid SQLAlchemy URL: {exc}") from exc
         self.dialect = parsed.get_backend_name()
         self.is_sqlite = self.dialect == "sqlite"
+        self._sqlite_path: Path | None = None
         self.engine = self._create_engine(parsed)
         self._schema_ready = False
         self._schema_lock = threading.Lock()
         self._translated: dict[str, str] = {}
+        self._local = threading.local()
         self._paramstyle = (
             "named"
             if self.is_sqlite
@@ -166,9 +169,7 @@ class Store:
                     url=self.safe_url,
                 ) from exc
             url = url.set(database=str(path))
-            self._sqlite_path: Path | None = path
-        else:
-            self._sqlite_path = None
+            self._sqlite_path = path
         engine = sa.create_engine(
             url,
             connect_args={"timeout": self.busy_timeout_s, "check_same_thread": False},
@@ -200,6 +201,7 @@ class Store:
     def _after_fork(self) -> None:
         # Connections must never be shared across fork(); the child opens its own.
         self.engine.dispose(close=False)
+        self._local = threading.local()
 
     def ensure_schema(self) -> None:
         """Create the tables if they do not exist, and check the schema version."""
@@ -267,6 +269,10 @@ class Store:
             StoreError: the database cannot be reached or written.
         """
         self.ensure_schema()
+        if self._sqlite_path is not None:
+            with self._sqlite_cursor() as cursor:
+                yield cursor
+            return
         try:
             raw = self.engine.raw_connection()
         except SQLAlchemyError as exc:
@@ -288,6 +294,39 @@ class Store:
             raise self.error("write to", exc) from exc
         finally:
             raw.close()
+
+    @contextmanager
+    def _sqlite_cursor(self) -> Iterator[Cursor]:
+        # One driver connection per thread, kept open: checking one out of a pool for each
+        # transaction costs as much as the transaction.
+        connection = getattr(self._local, "connection", None)
+        try:
+            if connection is None:
+                connection = sqlite3.connect(
+                    str(self._sqlite_path),
+                    timeout=self.busy_timeout_s,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=NORMAL")
+                connection.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
+                self._local.connection = connection
+                self._local.cursor = Cursor(connection.cursor(), self._translate)
+            cursor: Cursor = self._local.cursor
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield cursor
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if connection is not None and connection.in_transaction:
+                with suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+            raise self.error("write to", exc) from exc
 
     def _translate(self, sql: str) -> str:
         cached = self._translated.get(sql)

@@ -1,0 +1,207 @@
+"""The :class:`Guard`: the pipeline's stages composed from a config, and the ways in."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from agentguard.config import GuardConfig
+from agentguard.ledger import BudgetLine, BudgetStatus, Ledger
+from agentguard.limits import Limits
+from agentguard.pipeline import CallContext, CallStage, Pipeline
+from agentguard.retrying import RetryPolicy
+from agentguard.session import Session
+from agentguard.store import Store, open_store
+from agentguard.transport import flavour_for_client, flavour_of_openai, transports
+
+if TYPE_CHECKING:
+    from agentguard.pricing import Pricer
+    from agentguard.tokens import TokenCounter
+
+__all__ = ["Guard"]
+
+ClientT = TypeVar("ClientT")
+
+
+class Guard:
+    """Guards the model calls of the clients it wraps.
+
+    Args:
+        config: the configuration; defaults to ``GuardConfig()``.
+        counter: the token counter (default: the process-wide offline BPE counter).
+        pricer: prices per model (default: from genai-prices with the config's overrides).
+
+    Example::
+
+        guard = Guard.from_config("agentguard.toml")
+        client = guard.wrap(OpenAI())
+        with guard.session("task-42", budget_key="research") as s:
+            client.chat.completions.create(model="gpt-4o", messages=messages)
+            print(s.iterations, s.spent_usd, s.remaining_usd)
+    """
+
+    def __init__(
+        self,
+        config: GuardConfig | None = None,
+        *,
+        counter: TokenCounter | None = None,
+        pricer: Pricer | None = None,
+    ) -> None:
+        from agentguard.pricing import Pricer
+        from agentguard.tokens import default_counter
+
+        self.config = config or GuardConfig()
+        self.store: Store = open_store(
+            self.config.store.resolved_url(), busy_timeout_s=self.config.store.busy_timeout_s
+        )
+        self.ledger = Ledger(self.store, reservation_ttl_s=self.config.store.reservation_ttl_s)
+        self.counter = counter or default_counter()
+        self.pricer = pricer or Pricer(self.config.pricing)
+        self.limits = Limits.from_config(self.config.limits)
+        limits = self.config.limits
+        self.retry = RetryPolicy(
+            limits.max_retries,
+            initial_s=limits.backoff_initial_s,
+            max_s=limits.backoff_max_s,
+            max_retry_after_s=limits.max_retry_after_s,
+        )
+        self.default_budget_key = "default"
+        self.observers: list[Callable[[CallContext], None]] = []
+        """Called with each settled call's context (the demo prints from it)."""
+        self.stages: list[CallStage] = []
+        self.pipeline = Pipeline(
+            limits=self.limits,
+            retry=self.retry,
+            counter=self.counter,
+            pricer=self.pricer,
+            ledger=self.ledger,
+            stages=self.stages,
+            default_max_output_tokens=limits.default_max_output_tokens,
+            enforce_output_cap=limits.enforce_output_cap,
+            wait_inline_max_s=self.config.parking.wait_inline_max_s,
+            budget_policy=self._on_exhausted,
+        )
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str] | None = None) -> Guard:
+        """A guard configured from a TOML file (or found the way the CLI finds it)."""
+        return cls(GuardConfig.discover(path))
+
+    # -- ways in --------------------------------------------------------------------------------
+
+    def wrap(self, client: ClientT) -> ClientT:
+        """Return a copy of an ``openai.OpenAI`` or ``openai.AsyncOpenAI`` client whose model
+        calls go through the guard. The copy has the same type, options and interface; the
+        original client is left as it was.
+        """
+        import openai
+
+        if not isinstance(client, (openai.OpenAI, openai.AsyncOpenAI)):
+            raise TypeError(
+                f"Guard.wrap() takes an openai.OpenAI or openai.AsyncOpenAI client, not "
+                f"{type(client).__name__}; for other clients use guard.http_client()"
+            )
+        inner = client._client
+        classes = transports(flavour_for_client(inner))
+        if isinstance(client, openai.AsyncOpenAI):
+            transport = classes.AsyncGuardTransport(self, inner, owns_inner=False)
+            http_client = classes.module.AsyncClient(transport=transport, timeout=inner.timeout)
+        else:
+            transport = classes.GuardTransport(self, inner, owns_inner=False)
+            http_client = classes.module.Client(transport=transport, timeout=inner.timeout)
+        return client.with_options(http_client=http_client)  # type: ignore[return-value]
+
+    def http_client(self, *, flavour: str | None = None, **kwargs: Any) -> Any:
+        """A guarded ``httpx.Client`` (``httpx2`` with openai 3.x) for code that builds its own
+        OpenAI client: ``OpenAI(http_client=guard.http_client())``,
+        ``ChatOpenAI(http_client=...)``. ``kwargs`` go to the inner transport's client."""
+        classes = transports(flavour or flavour_of_openai())
+        inner = classes.module.Client(**kwargs) if kwargs else classes.module.HTTPTransport()
+        transport = classes.GuardTransport(self, inner, owns_inner=True)
+        return classes.module.Client(transport=transport, timeout=kwargs.get("timeout", 600.0))
+
+    def async_http_client(self, *, flavour: str | None = None, **kwargs: Any) -> Any:
+        """A guarded ``httpx.AsyncClient``; see :meth:`http_client`."""
+        classes = transports(flavour or flavour_of_openai())
+        inner = (
+            classes.module.AsyncClient(**kwargs) if kwargs else classes.module.AsyncHTTPTransport()
+        )
+        transport = classes.AsyncGuardTransport(self, inner, owns_inner=True)
+        return classes.module.AsyncClient(transport=transport, timeout=kwargs.get("timeout", 600.0))
+
+    def session(
+        self,
+        session_id: str | None = None,
+        *,
+        budget_key: str | None = None,
+        parent: Session | None = None,
+        resumer: str = "replay",
+        force_model: str | None = None,
+        framework: str = "openai",
+    ) -> Session:
+        """A session to run an agent in: ``with guard.session("task-42") as s:`` (or
+        ``async with``). Calls made through wrapped clients inside the block count against
+        it. A child session (``parent=``) draws on its root session's budget.
+
+        Raises:
+            ValueError: the session id is not 1-200 characters of letters, digits and ``._:@-``.
+        """
+        return Session(
+            self,
+            session_id,
+            budget_key=budget_key,
+            parent=parent,
+            resumer=resumer,
+            force_model=force_model,
+            framework=framework,
+        )
+
+    # -- budgets --------------------------------------------------------------------------------
+
+    def budget_lines_for(self, session: Session) -> tuple[BudgetLine, ...]:
+        """The ledger lines calls in ``session`` draw on: its budget key's window and, with
+        ``limits.max_session_usd``, its root session's own budget."""
+        budget = self.config.budget(session.budget_key)
+        if budget is None:
+            lines = [BudgetLine(session.budget_key, None)]
+        else:
+            lines = [
+                BudgetLine(budget.key, budget.limit_usd, budget.window_length, budget.window_mode)
+            ]
+        if self.config.limits.max_session_usd is not None:
+            lines.append(
+                BudgetLine(f"session:{session.root.id}", self.config.limits.max_session_usd)
+            )
+        return tuple(lines)
+
+    def budget_line(self, key: str) -> BudgetLine:
+        """The ledger line of a budget key (unlimited if no budget is configured for it)."""
+        budget = self.config.budget(key)
+        if budget is None:
+            return BudgetLine(key, None)
+        return BudgetLine(budget.key, budget.limit_usd, budget.window_length, budget.window_mode)
+
+    def budget_status(self, key: str) -> BudgetStatus:
+        """Spend, limit and reset time of ``key``'s current window."""
+        return self.ledger.status(self.budget_line(key))
+
+    def budget_statuses(self, session: Session) -> list[BudgetStatus]:
+        return [self.ledger.status(line) for line in session.budget_lines()]
+
+    def remaining_fraction(self, session: Session) -> float | None:
+        """The smallest remaining fraction over the session's limited budgets."""
+        fractions = [
+            status.remaining_fraction
+            for status in self.budget_statuses(session)
+            if status.remaining_fraction is not None
+        ]
+        return min(fractions) if fractions else None
+
+    def _on_exhausted(self, key: str) -> str:
+        budget = self.config.budget(key)
+        return budget.on_exhausted if budget is not None else "raise"
+
+    def spent_usd(self, key: str) -> Decimal:
+        return self.budget_status(key).spent_usd

@@ -1,0 +1,647 @@
+"""The pipeline every model call passes through, written once as an I/O-free engine.
+
+::
+
+    call ─► limits ─► route ─► trim ─► price & reserve ─► send (retry) ─► settle ─► return
+
+:meth:`Pipeline.run` is a generator. It yields actions — :class:`Send` (make the HTTP attempt),
+:class:`Sleep` (back off), :class:`Do` (blocking I/O on the ledger or store) — and receives
+their results through ``send()`` (or their exceptions through ``throw()``). It returns an
+:class:`Outcome`. The sync and async drivers in :mod:`agentguard.transport` only perform the
+actions; every decision is made here, once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Protocol
+
+from agentguard.errors import AgentGuardError, BudgetExceeded, LimitExceeded, RetryLimitExceeded
+from agentguard.limits import Limits, ToolCall, tool_call_signature
+from agentguard.log import logger
+from agentguard.retrying import Failure, RetryPolicy, parse_retry_after
+
+if TYPE_CHECKING:
+    from agentguard.ledger import Ledger, Reservation
+    from agentguard.pricing import ModelPrice, Pricer
+    from agentguard.session import Session
+    from agentguard.tokens import TokenCounter
+
+__all__ = [
+    "Do",
+    "Outcome",
+    "Pipeline",
+    "Reply",
+    "Send",
+    "Sleep",
+    "StreamTap",
+    "TransportFailure",
+]
+
+
+# -- actions the engine yields ------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Send:
+    """Make one HTTP attempt with this JSON body; answer with a :class:`Reply`, or throw a
+    :class:`TransportFailure`."""
+
+    body: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Sleep:
+    """Wait this many seconds."""
+
+    seconds: float
+
+
+@dataclass(slots=True)
+class Do:
+    """Run this blocking function (ledger or store I/O) and send back its result."""
+
+    function: Callable[[], Any]
+
+
+Action = Send | Sleep | Do
+
+
+@dataclass(slots=True)
+class Reply:
+    """An HTTP response as the engine sees it."""
+
+    status: int
+    headers: Mapping[str, str]
+    """Lower-cased names."""
+    body: bytes | None
+    """The whole body; ``None`` for a successful streaming response, which the driver keeps."""
+
+    @property
+    def streaming(self) -> bool:
+        return self.body is None
+
+
+class TransportFailure(Exception):
+    """An attempt that got no HTTP response (``kind``: ``timeout`` or ``connection``)."""
+
+    def __init__(self, kind: str, error: BaseException) -> None:
+        super().__init__(f"{kind}: {error}")
+        self.kind = kind
+        self.error = error
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the driver hands back to the SDK."""
+
+    reply: Reply
+    extra_headers: dict[str, str] = field(default_factory=dict)
+    tap: StreamTap | None = None
+    """For a successful stream: the parser the stream's bytes flow through."""
+    finish: Callable[[StreamTap], Generator[Action, Any, None]] | None = None
+    """For a successful stream: the engine's settlement, driven when the stream ends."""
+
+
+# -- stages that later plug in --------------------------------------------------------------
+
+
+class CallStage(Protocol):
+    """A stage that may rewrite the request before it is priced (routing, trimming)."""
+
+    def prepare(self, call: CallContext) -> None: ...
+
+
+class LimitHandler(Protocol):
+    """Decides what a provider limit error or an exhausted budget does (parking)."""
+
+    def on_provider_limit(self, call: CallContext, reply: Reply, retries_done: int) -> float | None:
+        """Return seconds to wait in-process and retry, or ``None`` to hand the error back;
+        or raise (``SessionParked``)."""
+        ...
+
+    def on_budget_exhausted(self, call: CallContext, error: BudgetExceeded) -> None:
+        """Raise ``SessionParked`` to park, or return to let ``error`` propagate."""
+        ...
+
+
+# -- per-call context --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class CallContext:
+    """Everything the stages know about one model call."""
+
+    session: Session
+    body: dict[str, Any]
+    requested_model: str
+    started: float = field(default_factory=time.perf_counter)
+    input_tokens: int = 0
+    max_output_tokens: int = 0
+    price: ModelPrice | None = None
+    worst_case_usd: Decimal = Decimal(0)
+    reservation: Reservation | None = None
+    strip_usage_chunk: bool = False
+    notes: dict[str, Any] = field(default_factory=dict)
+    """Stage results (route decision, trim result) for logs and the demo."""
+
+    @property
+    def model(self) -> str:
+        return str(self.body.get("model", ""))
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        messages = self.body.get("messages")
+        return messages if isinstance(messages, list) else []
+
+    @property
+    def tools(self) -> list[dict[str, Any]] | None:
+        tools = self.body.get("tools")
+        return tools if isinstance(tools, list) and tools else None
+
+
+# -- stream parsing ---------------------------------------------------------------------------
+
+
+class StreamTap:
+    """Reads a chat completion's server-sent events as they pass, I/O-free.
+
+    Collects usage, tool calls and generated text; drops the usage-only chunk the guard asked
+    for (``choices == []``) when the caller had not asked for it, so the caller's stream is
+    what the SDK would have given it.
+    """
+
+    __slots__ = (
+        "_buffer",
+        "_strip_usage_chunk",
+        "content_chars",
+        "done",
+        "events",
+        "finish_reason",
+        "tool_calls",
+        "usage",
+    )
+
+    def __init__(self, *, strip_usage_chunk: bool) -> None:
+        self._buffer = b""
+        self._strip_usage_chunk = strip_usage_chunk
+        self.usage: dict[str, Any] | None = None
+        self.tool_calls: dict[int, dict[str, str]] = {}
+        self.content_chars: list[str] = []
+        self.finish_reason: str | None = None
+        self.done = False
+        self.events = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Take bytes from the wire; return the bytes to hand on (whole events only)."""
+        self._buffer += chunk
+        out: list[bytes] = []
+        while True:
+            end, size = _event_end(self._buffer)
+            if end < 0:
+                break
+            event = self._buffer[: end + size]
+            self._buffer = self._buffer[end + size :]
+            if self._read_event(event[:end]):
+                out.append(event)
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        """The incomplete remainder at the end of the stream."""
+        rest, self._buffer = self._buffer, b""
+        if rest.strip():
+            self._read_event(rest)
+        return rest
+
+    @property
+    def text(self) -> str:
+        return "".join(self.content_chars)
+
+    def _read_event(self, raw: bytes) -> bool:
+        """Record what the event says; return whether to hand it on."""
+        data_lines = [
+            line[5:].lstrip(b" ") for line in raw.splitlines() if line.startswith(b"data:")
+        ]
+        if not data_lines:
+            return True
+        data = b"\n".join(data_lines)
+        if data.strip() == b"[DONE]":
+            self.done = True
+            return True
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            return True
+        if not isinstance(payload, dict):
+            return True
+        self.events += 1
+        usage = payload.get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
+        choices = payload.get("choices")
+        if isinstance(choices, list):
+            for choice in choices:
+                self._read_choice(choice)
+            if not choices and self._strip_usage_chunk and usage is not None:
+                return False
+        return True
+
+    def _read_choice(self, choice: Any) -> None:
+        if not isinstance(choice, dict):
+            return
+        if choice.get("finish_reason"):
+            self.finish_reason = choice["finish_reason"]
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            return
+        content = delta.get("content")
+        if isinstance(content, str):
+            self.content_chars.append(content)
+        for call in delta.get("tool_calls") or ():
+            if not isinstance(call, dict):
+                continue
+            slot = self.tool_calls.setdefault(
+                int(call.get("index", 0)), {"name": "", "arguments": ""}
+            )
+            function = call.get("function") or {}
+            if function.get("name"):
+                slot["name"] += function["name"]
+            if function.get("arguments"):
+                slot["arguments"] += function["arguments"]
+
+
+def _event_end(buffer: bytes) -> tuple[int, int]:
+    candidates = [
+        (buffer.find(separator), len(separator)) for separator in (b"\n\n", b"\r\n\r\n", b"\r\r")
+    ]
+    found = [(index, size) for index, size in candidates if index >= 0]
+    return min(found) if found else (-1, 0)
+
+
+# -- the pipeline -------------------------------------------------------------------------------
+
+
+def _tool_calls_of(message: Mapping[str, Any] | None) -> list[ToolCall]:
+    if not message:
+        return []
+    calls = []
+    for call in message.get("tool_calls") or ():
+        function = call.get("function") or {} if isinstance(call, dict) else {}
+        calls.append(ToolCall(str(function.get("name", "")), str(function.get("arguments", ""))))
+    return calls
+
+
+def _json_object(body: bytes | None) -> dict[str, Any] | None:
+    try:
+        payload = json.loads(body or b"")
+    except ValueError:
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def _error_message(reply: Reply) -> str:
+    try:
+        payload = json.loads(reply.body or b"")
+        error = payload.get("error") if isinstance(payload, dict) else None
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])[:300]
+    except ValueError:
+        pass
+    return (reply.body or b"")[:200].decode("utf-8", "replace")
+
+
+_REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+
+
+class Pipeline:
+    """The stages of the guard, composed. Built by :class:`~agentguard.Guard`.
+
+    Args:
+        limits: per-session limits.
+        retry: the retry policy for transient failures.
+        counter: token counter.
+        pricer: prices per model.
+        ledger: the budget ledger.
+        stages: request rewriting stages, in order (routing, then trimming).
+        limit_handler: what provider limit errors and exhausted budgets do (parking).
+        default_max_output_tokens: output reserved for calls that set no ``max_tokens``.
+        enforce_output_cap: set that cap on the request too, so the reservation is a real bound.
+        wait_inline_max_s: a ``retry-after`` up to this long is slept and retried in-process.
+    """
+
+    def __init__(
+        self,
+        *,
+        limits: Limits,
+        retry: RetryPolicy,
+        counter: TokenCounter,
+        pricer: Pricer,
+        ledger: Ledger,
+        stages: list[CallStage] | None = None,
+        limit_handler: LimitHandler | None = None,
+        default_max_output_tokens: int = 4096,
+        enforce_output_cap: bool = True,
+        wait_inline_max_s: float = 30.0,
+        budget_policy: Callable[[str], str] | None = None,
+    ) -> None:
+        self.limits = limits
+        self.retry = retry
+        self.counter = counter
+        self.pricer = pricer
+        self.ledger = ledger
+        self.stages = list(stages or [])
+        self.limit_handler = limit_handler
+        self.default_max_output_tokens = default_max_output_tokens
+        self.enforce_output_cap = enforce_output_cap
+        self.wait_inline_max_s = wait_inline_max_s
+        self.budget_policy = budget_policy or (lambda key: "raise")
+
+    # The engine ------------------------------------------------------------------------------
+
+    def run(self, session: Session, body: dict[str, Any]) -> Generator[Action, Any, Outcome]:
+        """Guard one ``chat.completions`` call. See the module docstring for the protocol."""
+        call = CallContext(session=session, body=body, requested_model=str(body.get("model", "")))
+        with session.lock:
+            self.limits.before_call(session)
+            session.state.iterations += 1
+        for stage in self.stages:
+            stage.prepare(call)
+        self._measure(call)
+        yield from self._reserve(call)
+        retries = 0
+        payload: dict[str, Any] | None = None
+        while True:
+            try:
+                reply = yield Send(call.body)
+            except TransportFailure as exc:
+                failure = Failure(exc.kind, message=str(exc.error))
+                error: BaseException = exc.error
+            else:
+                if reply.status < 400:
+                    if reply.streaming:
+                        break
+                    payload = _json_object(reply.body)
+                    if payload is not None:
+                        break
+                    # A 200 that is not a JSON object: the provider (or a proxy) sent garbage.
+                    failure = Failure("garbage", status=reply.status, message=_error_message(reply))
+                    error = _HTTPFailure(reply)
+                else:
+                    failure, error = self._failure_of(reply), _HTTPFailure(reply)
+                if reply.status == 429:
+                    wait = self._provider_limit(call, reply, retries)
+                    if wait is not None:
+                        retries += 1
+                        self._count_retry(call, retries, wait, failure)
+                        yield Sleep(wait)
+                        continue
+                    yield from self._fail(call, error)
+                    return Outcome(reply, {"x-should-retry": "false"})
+            if self.retry.should_retry(failure, retries):
+                retries += 1
+                delay = self.retry.delay(retries, failure.retry_after_s)
+                self._count_retry(call, retries, delay, failure)
+                yield Sleep(delay)
+                continue
+            yield from self._fail(call, error)
+            if failure.transient:
+                raise self._retries_exhausted(call, failure, error, retries)
+            assert isinstance(error, _HTTPFailure)
+            return Outcome(error.reply, {"x-should-retry": "false"})
+        if reply.streaming:
+            tap = StreamTap(strip_usage_chunk=call.strip_usage_chunk)
+            return Outcome(reply, tap=tap, finish=lambda tap: self._finish_stream(call, tap))
+        assert payload is not None
+        yield from self._settle_body(call, payload)
+        return Outcome(reply)
+
+    # Stages ------------------------------------------------------------------------------------
+
+    def _measure(self, call: CallContext) -> None:
+        """Count the input, fix the output cap, ask for stream usage, find the price."""
+        model = call.model
+        call.input_tokens = self.counter.count_messages(call.messages, model)
+        if call.tools:
+            call.input_tokens += self.counter.count_tools(call.tools, model)
+        requested = call.body.get("max_completion_tokens") or call.body.get("max_tokens")
+        if isinstance(requested, int) and requested > 0:
+            call.max_output_tokens = requested
+        else:
+            call.max_output_tokens = self.default_max_output_tokens
+            if self.enforce_output_cap:
+                # Reasoning models reject max_tokens; others (and many compatible servers)
+                # may not know max_completion_tokens.
+                name = model.rsplit("/", 1)[-1]
+                cap_field = (
+                    "max_completion_tokens"
+                    if name.startswith(_REASONING_PREFIXES)
+                    else "max_tokens"
+                )
+                call.body[cap_field] = call.max_output_tokens
+        if call.body.get("stream"):
+            options = call.body.get("stream_options")
+            if not (isinstance(options, dict) and options.get("include_usage")):
+                call.body["stream_options"] = {**(options or {}), "include_usage": True}
+                call.strip_usage_chunk = True
+        call.price = self.pricer.price(model)
+        call.worst_case_usd = call.price.worst_case(call.input_tokens, call.max_output_tokens)
+
+    def _reserve(self, call: CallContext) -> Generator[Action, Any, None]:
+        session = call.session
+        lines = session.budget_lines()
+        try:
+            call.reservation = yield Do(
+                lambda: self.ledger.reserve(lines, call.worst_case_usd, session_id=session.id)
+            )
+        except BudgetExceeded as exc:
+            logger.warning(
+                "limit",
+                limit="budget",
+                session_id=session.id,
+                key=exc.key,
+                spent_usd=exc.spent_usd,
+                limit_usd=exc.limit_usd,
+                needed_usd=exc.needed_usd,
+                resets_at=exc.resets_at,
+            )
+            with session.lock:
+                session.state.iterations -= 1  # the call was never made
+            policy = self.budget_policy(exc.key)
+            if policy == "park" and self.limit_handler is not None and exc.fits_empty_window:
+                self.limit_handler.on_budget_exhausted(call, exc)
+            raise
+        if logger.enabled("debug"):
+            logger.debug(
+                "reserve",
+                session_id=session.id,
+                model=call.model,
+                input_tokens=call.input_tokens,
+                max_output_tokens=call.max_output_tokens,
+                amount_usd=call.worst_case_usd,
+                keys=[line.key for line in lines],
+            )
+
+    def _provider_limit(self, call: CallContext, reply: Reply, retries: int) -> float | None:
+        if self.limit_handler is not None:
+            return self.limit_handler.on_provider_limit(call, reply, retries)
+        waited = parse_retry_after(reply.headers)
+        if (
+            waited is not None
+            and waited[0] <= self.wait_inline_max_s
+            and retries < self.retry.max_retries
+        ):
+            return min(waited[0], self.retry.max_retry_after_s)
+        return None
+
+    def _failure_of(self, reply: Reply) -> Failure:
+        waited = parse_retry_after(reply.headers)
+        kind = "rate_limit" if reply.status == 429 else "status"
+        return Failure(
+            kind,
+            status=reply.status,
+            retry_after_s=waited[0] if waited else None,
+            message=_error_message(reply),
+        )
+
+    def _count_retry(self, call: CallContext, retries: int, delay: float, failure: Failure) -> None:
+        with call.session.lock:
+            call.session.state.retries += 1
+        logger.info(
+            "retry",
+            session_id=call.session.id,
+            model=call.model,
+            retry=retries,
+            max_retries=self.retry.max_retries,
+            delay_s=round(delay, 3),
+            failure=failure.kind,
+            status=failure.status,
+            message=failure.message[:200],
+        )
+
+    def _retries_exhausted(
+        self, call: CallContext, failure: Failure, error: BaseException, retries: int
+    ) -> RetryLimitExceeded:
+        what = f"HTTP {failure.status}" if failure.status else failure.kind
+        logger.warning(
+            "limit", limit="max_retries", session_id=call.session.id, value=self.retry.max_retries
+        )
+        return RetryLimitExceeded(
+            f"session {call.session.id!r}: call to {call.model!r} failed {retries + 1} times "
+            f"(max_retries={self.retry.max_retries}); last failure: {what}: {failure.message}",
+            last_error=error,
+            session_id=call.session.id,
+            limit="max_retries",
+            value=self.retry.max_retries,
+            observed=retries,
+        )
+
+    def _fail(self, call: CallContext, error: BaseException) -> Generator[Action, Any, None]:
+        """A call that ends in failure: give its reservation back, count it."""
+        session = call.session
+        if call.reservation is not None:
+            reservation = call.reservation
+            call.reservation = None
+            yield Do(lambda: self.ledger.release(reservation))
+        with session.lock:
+            session.state.consecutive_failures += 1
+            session.state.last_outcome = "failed"
+        self.limits.after_failure(session, error)
+
+    def _settle_body(
+        self, call: CallContext, payload: dict[str, Any]
+    ) -> Generator[Action, Any, None]:
+        choices = payload.get("choices") or []
+        message = choices[0].get("message") if choices and isinstance(choices[0], dict) else None
+        text = ""
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            text = message["content"]
+        tool_calls = _tool_calls_of(message)
+        yield from self._settle(call, payload.get("usage"), text, tool_calls)
+
+    def _finish_stream(self, call: CallContext, tap: StreamTap) -> Generator[Action, Any, None]:
+        tool_calls = [
+            ToolCall(slot["name"], slot["arguments"]) for _, slot in sorted(tap.tool_calls.items())
+        ]
+        yield from self._settle(call, tap.usage, tap.text, tool_calls)
+
+    def _settle(
+        self,
+        call: CallContext,
+        usage_data: Any,
+        text: str,
+        tool_calls: list[ToolCall],
+    ) -> Generator[Action, Any, None]:
+        from agentguard.pricing import Usage
+
+        session = call.session
+        usage = Usage.from_openai(usage_data) if usage_data else None
+        if usage is None:
+            # No usage reported: charge what we can count, never nothing.
+            arguments = "".join(tool.name + tool.arguments for tool in tool_calls)
+            output = self.counter.count_text(text + arguments, call.model)
+            usage = Usage(
+                input_tokens=call.input_tokens,
+                cached_input_tokens=0,
+                output_tokens=output,
+                reasoning_tokens=0,
+            )
+            logger.warning("usage_missing", session_id=session.id, model=call.model)
+        else:
+            self.counter.observe(call.model, call.input_tokens, usage.input_tokens)
+        assert call.price is not None
+        cost = call.price.cost(usage)
+        reservation = call.reservation
+        call.reservation = None
+        if reservation is not None:
+            yield Do(lambda: self.ledger.settle(reservation, cost))
+        session.add_spend(cost, usage.input_tokens, usage.output_tokens)
+        with session.lock:
+            session.state.consecutive_failures = 0
+            session.state.last_outcome = "ok"
+            session.state.tool_calls += len(tool_calls)
+            for tool in tool_calls:
+                signature = tool_call_signature(tool)
+                session.state.tool_signatures[signature] = (
+                    session.state.tool_signatures.get(signature, 0) + 1
+                )
+        call.notes["usage"] = usage
+        call.notes["cost_usd"] = cost
+        if logger.enabled("debug"):
+            logger.debug(
+                "settle",
+                session_id=session.id,
+                model=call.model,
+                input_tokens=usage.input_tokens,
+                cached_input_tokens=usage.cached_input_tokens,
+                output_tokens=usage.output_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+                cost_usd=cost,
+                reserved_usd=call.worst_case_usd,
+                ms=round((time.perf_counter() - call.started) * 1000, 2),
+            )
+        for observer in list(session.guard.observers):
+            observer(call)
+        try:
+            self.limits.after_response(session, tool_calls)
+        except LimitExceeded as exc:
+            logger.warning(
+                "limit",
+                limit=exc.limit,
+                session_id=session.id,
+                value=exc.value,
+                observed=exc.observed,
+            )
+            raise
+
+
+class _HTTPFailure(AgentGuardError):
+    """An HTTP error response, kept as the last error of a call."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(f"HTTP {reply.status}: {_error_message(reply)}")
+        self.reply = reply
+        self.status_code = reply.status

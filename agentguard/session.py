@@ -1,0 +1,188 @@
+"""Sessions: one agent run's counters and budget, found by wrapped clients through a contextvar.
+
+``with guard.session("task-42", budget_key="research") as s:`` binds ``s`` for every call made
+in the block (threads started inside it copy the context explicitly, as usual for contextvars;
+asyncio tasks inherit it). A child session (``parent=``) draws on its root session's budget.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from contextvars import ContextVar, Token
+from decimal import Decimal
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from agentguard.guard import Guard
+    from agentguard.ledger import BudgetLine
+
+__all__ = ["Session", "SessionState", "current_session"]
+
+_current: ContextVar[Session | None] = ContextVar("agentguard_session", default=None)
+
+
+def current_session() -> Session | None:
+    """The session bound in this context, if any."""
+    return _current.get()
+
+
+class SessionState(BaseModel):
+    """The counters of a session; serialisable, so a parked session resumes with them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    iterations: int = 0
+    """Model calls made."""
+    tool_calls: int = 0
+    """Tool calls the model asked for."""
+    consecutive_failures: int = 0
+    retries: int = 0
+    """Retries of failed attempts, over the whole session."""
+    spent_usd: Decimal = Decimal(0)
+    """Settled spend of this session and its children."""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    tool_signatures: dict[str, int] = Field(default_factory=dict)
+    """How often each tool call (name + arguments) was asked for, for loop detection."""
+    last_outcome: str | None = None
+    """``ok``, ``failed`` or ``escalated``: the previous step's outcome, for routing."""
+    trim_state: dict[str, Any] | None = None
+    """The trimmer's memory of its last cut, so the kept prefix stays stable."""
+
+
+class Session:
+    """One agent run: its id, budget key, counters and parent.
+
+    Use :meth:`agentguard.Guard.session` to make one.
+    """
+
+    def __init__(
+        self,
+        guard: Guard,
+        session_id: str | None = None,
+        *,
+        budget_key: str | None = None,
+        parent: Session | None = None,
+        resumer: str = "replay",
+        force_model: str | None = None,
+        framework: str = "openai",
+        state: SessionState | None = None,
+    ) -> None:
+        if session_id is not None and not _valid_id(session_id):
+            raise ValueError(
+                f"session id {session_id!r} is not valid: use 1-200 characters of letters, "
+                "digits and ._:@- (it names files and database rows)"
+            )
+        self.guard = guard
+        self.id = session_id or f"s-{secrets.token_hex(8)}"
+        self.parent: Session | None = parent
+        self.budget_key: str = budget_key or (parent.budget_key if parent else "default")
+        self.resumer = resumer
+        self.force_model = force_model
+        self.framework = framework
+        self.state = state or SessionState()
+        self.metadata: dict[str, Any] = {}
+        """Free-form, JSON-serialisable data that integrations keep with a parked session."""
+        self.lock = threading.RLock()
+        self._tokens: list[Token[Session | None]] = []
+        self._budget_lines: tuple[BudgetLine, ...] | None = None
+
+    # -- what callers read -------------------------------------------------------------------
+
+    @property
+    def root(self) -> Session:
+        """The top of the parent chain (whose budget a child draws on)."""
+        session = self
+        while session.parent is not None:
+            session = session.parent
+        return session
+
+    @property
+    def iterations(self) -> int:
+        """Model calls made in this session."""
+        return self.state.iterations
+
+    @property
+    def tool_calls(self) -> int:
+        return self.state.tool_calls
+
+    @property
+    def spent_usd(self) -> Decimal:
+        """Dollars this session (and its children) spent."""
+        return self.state.spent_usd
+
+    @property
+    def remaining_usd(self) -> Decimal | None:
+        """Dollars left for this session's next calls: the least room over its budgets
+        (``None`` when no budget limits it)."""
+        remaining: Decimal | None = None
+        for status in self.guard.budget_statuses(self):
+            if status.remaining_usd is not None:
+                remaining = (
+                    status.remaining_usd
+                    if remaining is None
+                    else min(remaining, status.remaining_usd)
+                )
+        return remaining
+
+    def budget_lines(self) -> tuple[BudgetLine, ...]:
+        """The ledger lines a call in this session draws on."""
+        if self._budget_lines is None:
+            self._budget_lines = self.guard.budget_lines_for(self)
+        return self._budget_lines
+
+    # -- bookkeeping the pipeline does -------------------------------------------------------
+
+    def add_spend(self, amount: Decimal, input_tokens: int, output_tokens: int) -> None:
+        session: Session | None = self
+        while session is not None:
+            with session.lock:
+                session.state.spent_usd += amount
+                session.state.input_tokens += input_tokens
+                session.state.output_tokens += output_tokens
+            session = session.parent
+
+    # -- binding -----------------------------------------------------------------------------
+
+    def __enter__(self) -> Session:
+        self._tokens.append(_current.set(self))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._tokens:
+            _current.reset(self._tokens.pop())
+
+    async def __aenter__(self) -> Session:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, traceback)
+
+    def __repr__(self) -> str:
+        return (
+            f"Session(id={self.id!r}, budget_key={self.budget_key!r}, "
+            f"iterations={self.state.iterations}, spent_usd={self.state.spent_usd})"
+        )
+
+
+def _valid_id(value: str) -> bool:
+    return (
+        0 < len(value) <= 200
+        and value not in {".", ".."}
+        and all(ch.isalnum() or ch in "._:@-" for ch in value)
+        and value.isascii()
+    )

@@ -1,0 +1,642 @@
+"""The simulated OpenAI-compatible HTTP server.
+
+A ``ThreadingHTTPServer`` on loopback, in a background daemon thread, speaking HTTP/1.1 with
+keep-alive. Every answer is written with a single ``send`` on a ``TCP_NODELAY`` socket, so a call
+through the official ``openai`` SDK costs about a millisecond, nearly all of it in the client.
+
+Routes: ``POST /v1/chat/completions`` (plain and streamed), ``GET /v1/models``,
+``GET /v1/models/{id}``; anything else is a 404 with an OpenAI-shaped error body.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http
+import json
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+from agentguard.sim.engine import ChatEngine, InvalidRequest, validate_chat_request
+from agentguard.sim.faults import (
+    CutStream,
+    Fault,
+    FaultQueue,
+    Garbage,
+    HTTPError,
+    Timeout,
+    rate_limit_fault,
+)
+from agentguard.sim.gateway import Rejection, SimGateway
+from agentguard.sim.payloads import completion_body, error_body, stream_events
+from agentguard.sim.script import Reply, ReplyFn, Script, as_script
+
+__all__ = ["DEFAULT_MODELS", "RecordedRequest", "SimServer", "serve"]
+
+DEFAULT_MODELS = (
+    "gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano",
+    "gpt-5", "gpt-5-mini", "gpt-5-nano", "o3", "o4-mini",
+)
+"""The models ``GET /v1/models`` lists (any model name is answered)."""
+
+# Headers that carry credentials: never recorded, never logged.
+_SECRET_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "api-key", "x-api-key", "cookie"}
+)
+_JSON = "application/json"
+_SSE = "text/event-stream; charset=utf-8"
+_DONE_FRAME = b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    """A request the server received.
+
+    Attributes:
+        method: the HTTP method.
+        path: the path, without the query string.
+        headers: the headers, names lower-cased, credentials (``authorization`` and the like)
+            removed.
+        body: the JSON body when it was a JSON object, else None.
+        time: when it arrived (seconds since the epoch).
+    """
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any] | None
+    time: float
+
+
+class SimServer:
+    """A simulated OpenAI-compatible provider on loopback, for demos, tests and benchmarks.
+
+    Args:
+        host: the interface to listen on.
+        port: the port; 0 picks a free one (kept across ``stop()`` and ``start()``).
+        script: what the model answers: a :class:`Script`, a list of replies (``Reply`` or
+            plain strings) for steps 0, 1, 2, ..., or a function from the request body to a
+            ``Reply``. None answers ``Simulated answer to: ...`` at every step.
+        latency_s: a fixed delay before every answer.
+        gateway: enforce per-key dollar budgets (see :class:`SimGateway`).
+        default_output_tokens: length of the default answer when ``script`` is None.
+        chunk_delay_s: a delay between streamed chunks (streams are written in one piece when
+            zero).
+        record_requests: keep every request in :attr:`requests` (turn off for long benchmarks).
+        verbose: log one line per request to stderr (never any credentials).
+
+    Example:
+        >>> with SimServer() as sim:
+        ...     client = OpenAI(base_url=sim.base_url, api_key="sk-test")
+        ...     client.chat.completions.create(model="gpt-4o", messages=[...])
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        script: Script | Iterable[Reply | str] | ReplyFn | None = None,
+        latency_s: float = 0.0,
+        gateway: SimGateway | None = None,
+        default_output_tokens: int = 32,
+        chunk_delay_s: float = 0.0,
+        record_requests: bool = True,
+        verbose: bool = False,
+    ) -> None:
+        self.host = host
+        self._port = port
+        self.script = as_script(script, default_output_tokens)
+        self.latency_s = latency_s
+        self.gateway = gateway
+        self.chunk_delay_s = chunk_delay_s
+        self.record_requests = record_requests
+        self.verbose = verbose
+        self.engine = ChatEngine()
+        self.models: tuple[str, ...] = DEFAULT_MODELS
+        self._faults = FaultQueue()
+        self._requests: list[RecordedRequest] = []
+        self._requests_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._stopping.set()  # set whenever the server is not running
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> SimServer:
+        """Bind and start serving in a background thread; returns the server itself."""
+        if self._httpd is not None:
+            return self
+        self._stopping.clear()
+        httpd = _HTTPServer((self.host, self._port), self)
+        self._port = httpd.server_address[1]
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+            name=f"agentguard-sim:{self._port}", daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, drop open connections and wake any delayed answers."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        self._stopping.set()
+        httpd.shutdown()
+        httpd.close_connections()
+        httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> SimServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server is stopped (by another thread), or ``timeout`` passes.
+
+        Returns:
+            True when the server has stopped.
+        """
+        return self._stopping.wait(timeout)
+
+    @property
+    def running(self) -> bool:
+        """True while the server is serving."""
+        return self._httpd is not None
+
+    @property
+    def port(self) -> int:
+        """The port (known once started, or when one was given)."""
+        if self._port == 0:
+            raise RuntimeError("the port is chosen when the server starts: call start() first")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """The server's root URL, e.g. ``http://127.0.0.1:43121``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL, e.g. ``http://127.0.0.1:43121/v1``."""
+        return f"{self.url}/v1"
+
+    # -- recorded requests ------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """A snapshot of the requests received so far, oldest first."""
+        with self._requests_lock:
+            return list(self._requests)
+
+    def clear(self) -> None:
+        """Forget the recorded requests."""
+        with self._requests_lock:
+            self._requests.clear()
+
+    # -- failure injection ------------------------------------------------------------------
+
+    def inject(self, fault: Fault, n: int = 1) -> None:
+        """Queue a fault for the next ``n`` chat completion requests (after those queued)."""
+        self._faults.push(fault, n)
+
+    def fail_next(
+        self,
+        n: int = 1,
+        *,
+        status: int = 500,
+        body: Mapping[str, Any] | str | bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Answer the next ``n`` chat completion requests with an HTTP error.
+
+        Args:
+            n: how many requests.
+            status: the HTTP status.
+            body: the body (a dict is sent as JSON); OpenAI's usual error for the status when
+                None.
+            headers: extra response headers.
+        """
+        self.inject(HTTPError(status, body, dict(headers or {})), n)
+
+    def timeout_next(self, n: int = 1, seconds: float = 10.0) -> None:
+        """Hold the next ``n`` answers for ``seconds`` (longer than the client's timeout)."""
+        self.inject(Timeout(seconds), n)
+
+    def garbage_next(
+        self, n: int = 1, *, body: bytes | None = None, content_type: str = _JSON
+    ) -> None:
+        """Answer the next ``n`` requests with 200 and a body that is not JSON.
+
+        Args:
+            n: how many requests.
+            body: the body; an HTML error page when None.
+            content_type: the ``content-type`` it is labelled with.
+        """
+        fault = Garbage(content_type=content_type) if body is None else Garbage(body, content_type)
+        self.inject(fault, n)
+
+    def cut_stream_next(self, n: int = 1, after_chunks: int = 2) -> None:
+        """Drop the connection mid-answer for the next ``n`` requests: after ``after_chunks``
+        chunks of a stream, or half way through a plain answer's body."""
+        self.inject(CutStream(after_chunks), n)
+
+    def rate_limit_next(
+        self,
+        n: int = 1,
+        *,
+        retry_after: float | str | None = None,
+        reset_requests: float | str | None = None,
+        reset_tokens: float | str | None = None,
+        body: Mapping[str, Any] | str | bytes | None = None,
+    ) -> None:
+        """Answer the next ``n`` requests with a 429 shaped like OpenAI's.
+
+        Args:
+            n: how many requests.
+            retry_after: the ``retry-after`` header: seconds, or the exact text.
+            reset_requests: ``x-ratelimit-reset-requests``: seconds (sent as ``6m0s``,
+                ``1s``, ``120ms``), or the exact text.
+            reset_tokens: ``x-ratelimit-reset-tokens``, likewise.
+            body: the body; OpenAI's ``rate_limit_exceeded`` error when None.
+        """
+        fault = rate_limit_fault(retry_after=retry_after, reset_requests=reset_requests,
+                                 reset_tokens=reset_tokens, body=body)
+        self.inject(fault, n)
+
+    @property
+    def pending_faults(self) -> int:
+        """How many injected faults are still queued."""
+        return len(self._faults)
+
+    def clear_faults(self) -> None:
+        """Drop every queued fault."""
+        self._faults.clear()
+
+    # -- request handling (called on the connection's thread) --------------------------------
+
+    def _handle(self, handler: _Handler) -> None:
+        started = time.perf_counter()
+        method = handler.command
+        path = handler.path.split("?", 1)[0]
+        raw = _read_body(handler)
+        headers = {name.lower(): value for name, value in handler.headers.items()}
+        api_key = _bearer_token(headers.get("authorization"))
+        body: Any = None
+        body_is_json = True
+        if raw:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body_is_json = False
+        if self.record_requests:
+            recorded = RecordedRequest(
+                method=method,
+                path=path,
+                headers={k: v for k, v in headers.items() if k not in _SECRET_HEADERS},
+                body=body if isinstance(body, dict) else None,
+                time=time.time(),
+            )
+            with self._requests_lock:
+                self._requests.append(recorded)
+        if self.latency_s > 0:
+            self._stopping.wait(self.latency_s)
+
+        route = path.rstrip("/")
+        if route == "/v1/chat/completions" and method == "POST":
+            self._chat(handler, body if body_is_json else raw, api_key, started)
+        elif route == "/v1/models" and method == "GET":
+            data = [_model_object(model) for model in self.models]
+            self._send_json(handler, 200, {"object": "list", "data": data}, started)
+        elif route.startswith("/v1/models/") and method == "GET":
+            self._send_json(handler, 200, _model_object(route.removeprefix("/v1/models/")),
+                            started)
+        else:
+            message = f"Invalid URL ({method} {path})"
+            self._send_json(handler, 404, error_body(message, "invalid_request_error"), started)
+
+    def _chat(self, handler: _Handler, body: Any, api_key: str | None, started: float) -> None:
+        gateway = self.gateway
+        if gateway is not None:
+            rejection = gateway.authorize(api_key)
+            if rejection is not None:
+                self._send_rejection(handler, rejection, started)
+                return
+        model = body.get("model", "") if isinstance(body, dict) else ""
+        cut: CutStream | None = None
+        fault = self._faults.pop()
+        if isinstance(fault, HTTPError):
+            self._send_json(handler, fault.status, fault.body_for(str(model)), started,
+                            fault.headers)
+            return
+        if isinstance(fault, Garbage):
+            self._send(handler, 200, fault.body, fault.content_type, started)
+            return
+        if isinstance(fault, Timeout):
+            self._stopping.wait(fault.seconds)
+        elif isinstance(fault, CutStream):
+            cut = fault
+
+        try:
+            request = validate_chat_request(body)
+        except InvalidRequest as invalid:
+            self._send_json(handler, invalid.status, invalid.body, started)
+            return
+        if gateway is not None and api_key is not None:
+            rejection = gateway.admit(api_key)
+            if rejection is not None:
+                self._send_rejection(handler, rejection, started)
+                return
+
+        script = self.script
+        reply = script.reply_for(request)
+        if reply.model_error is not None:
+            error = reply.model_error
+            self._send_json(handler, error.status,
+                            error_body(error.message, error.type, error.param, error.code),
+                            started, error.headers)
+            return
+        partition = hashlib.blake2b(api_key.encode(), digest_size=16).digest() if api_key else b""
+        completion = self.engine.complete(request, reply, script, partition)
+
+        headers: dict[str, str] = {}
+        if gateway is not None and api_key is not None:
+            cost = gateway.cost(request["model"], completion.prompt_tokens,
+                                completion.cached_tokens, completion.completion_tokens)
+            spent = gateway.charge(api_key, cost)
+            if gateway.style == "litellm":
+                headers["x-litellm-response-cost"] = str(float(cost))
+                headers["x-litellm-key-spend"] = str(float(spent))
+        handler.sim_note = (f"model={request['model']} prompt={completion.prompt_tokens} "
+                            f"completion={completion.completion_tokens}")
+
+        completion_id = f"chatcmpl-{uuid.uuid4().hex[:29]}"
+        created = int(time.time())
+        if request.get("stream"):
+            options = request.get("stream_options") or {}
+            events = stream_events(completion_id, created, request["model"], completion,
+                                   include_usage=bool(options.get("include_usage")))
+            self._send_stream(handler, events, started, headers, cut)
+        else:
+            payload = completion_body(completion_id, created, request["model"], completion)
+            self._send_json(handler, 200, payload, started, headers, cut)
+
+    # -- writing answers --------------------------------------------------------------------
+
+    def _send_rejection(self, handler: _Handler, rejection: Rejection, started: float) -> None:
+        self._send_json(handler, rejection.status, rejection.body, started, rejection.headers)
+
+    def _send_json(
+        self,
+        handler: _Handler,
+        status: int,
+        payload: Mapping[str, Any] | str | bytes,
+        started: float,
+        headers: Mapping[str, str] | None = None,
+        cut: CutStream | None = None,
+    ) -> None:
+        if isinstance(payload, bytes):
+            data = payload
+        elif isinstance(payload, str):
+            data = payload.encode()
+        else:
+            data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        self._send(handler, status, data, _JSON, started, headers, cut)
+
+    def _send(
+        self,
+        handler: _Handler,
+        status: int,
+        data: bytes,
+        content_type: str,
+        started: float,
+        headers: Mapping[str, str] | None = None,
+        cut: CutStream | None = None,
+    ) -> None:
+        head = self._head(handler, status, content_type, started, headers,
+                          f"content-length: {len(data)}")
+        if cut is None:
+            handler.wfile.write(head + data)
+        else:
+            handler.wfile.write(head + data[: len(data) // 2])
+            _drop_connection(handler)
+        self._log(handler, status, started)
+
+    def _send_stream(
+        self,
+        handler: _Handler,
+        events: Iterable[dict[str, Any]],
+        started: float,
+        headers: Mapping[str, str],
+        cut: CutStream | None,
+    ) -> None:
+        frames = [self._head(handler, 200, _SSE, started, headers, "transfer-encoding: chunked",
+                             "cache-control: no-cache")]
+        chunks = list(events)
+        if cut is not None:
+            chunks = chunks[: max(0, min(cut.after_chunks, len(chunks)))]
+        for chunk in chunks:
+            data = b"data: " + json.dumps(chunk, separators=(",", ":"),
+                                          ensure_ascii=False).encode() + b"\n\n"
+            frames.append(b"%x\r\n%s\r\n" % (len(data), data))
+            if self.chunk_delay_s > 0:
+                handler.wfile.write(b"".join(frames))
+                frames.clear()
+                if self._stopping.wait(self.chunk_delay_s):
+                    break
+        if cut is None:
+            frames.append(_DONE_FRAME)
+        handler.wfile.write(b"".join(frames))
+        if cut is not None:
+            _drop_connection(handler)
+        self._log(handler, 200, started)
+
+    @staticmethod
+    def _head(handler: _Handler, status: int, content_type: str, started: float,
+              headers: Mapping[str, str] | None, *extra: str) -> bytes:
+        try:
+            phrase = http.HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Error"
+        lines = [
+            f"HTTP/1.1 {status} {phrase}",
+            f"content-type: {content_type}",
+            *extra,
+            f"x-request-id: req_{uuid.uuid4().hex}",
+            "openai-version: 2020-10-01",
+            f"openai-processing-ms: {int((time.perf_counter() - started) * 1000)}",
+        ]
+        if headers:
+            lines.extend(f"{name}: {value}" for name, value in headers.items())
+        if handler.close_connection:
+            lines.append("connection: close")
+        lines.append("\r\n")
+        handler.sim_status = status
+        return "\r\n".join(lines).encode("latin-1")
+
+    def _log(self, handler: _Handler, status: int, started: float) -> None:
+        if not self.verbose:
+            return
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        note = f" {handler.sim_note}" if handler.sim_note else ""
+        sys.stderr.write(
+            f"sim {handler.client_address[0]} \"{handler.command} {handler.path.split('?')[0]}\" "
+            f"{status}{note} {elapsed_ms:.1f}ms\n"
+        )
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server_version = "agentguard-sim"
+    sys_version = ""
+    server: _HTTPServer
+    sim_status: int = 0
+    sim_note: str = ""
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection, add=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.track(self.connection, add=False)
+
+    def _dispatch(self) -> None:
+        self.sim_note = ""
+        self.server.sim._handle(self)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silenced: the server logs its own lines, and only when verbose."""
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+
+    def __init__(self, address: tuple[str, int], sim: SimServer) -> None:
+        self.sim = sim
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+    def track(self, connection: socket.socket, *, add: bool) -> None:
+        with self._connections_lock:
+            if add:
+                self._connections.add(connection)
+            else:
+                self._connections.discard(connection)
+
+    def close_connections(self) -> None:
+        with self._connections_lock:
+            connections = list(self._connections)
+            self._connections.clear()
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up mid-answer (a timeout test, a cut stream) is not an error.
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
+
+
+def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
+    length = handler.headers.get("content-length")
+    if length:
+        return handler.rfile.read(int(length))
+    if "chunked" in (handler.headers.get("transfer-encoding") or "").lower():
+        parts: list[bytes] = []
+        while True:
+            size = int(handler.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                while handler.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return b"".join(parts)
+            parts.append(handler.rfile.read(size))
+            handler.rfile.readline()
+    return b""
+
+
+def _bearer_token(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def _drop_connection(handler: BaseHTTPRequestHandler) -> None:
+    handler.close_connection = True
+    with contextlib.suppress(OSError):
+        handler.connection.shutdown(socket.SHUT_RDWR)
+
+
+def _model_object(model: str) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": 1_700_000_000, "owned_by": "agentguard-sim"}
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8700,
+    *,
+    script: Script | Iterable[Reply | str] | ReplyFn | None = None,
+    gateway: SimGateway | None = None,
+    latency_s: float = 0.0,
+    verbose: bool = False,
+    on_ready: Callable[[SimServer], None] | None = None,
+) -> None:
+    """Run the simulated provider in the foreground until interrupted (Ctrl-C).
+
+    Args:
+        host: the interface to listen on.
+        port: the port (0 picks a free one).
+        script: what the model answers (see :class:`SimServer`).
+        gateway: per-key dollar budgets (see :class:`SimGateway`).
+        latency_s: a fixed delay before every answer.
+        verbose: log one line per request to stderr.
+        on_ready: called with the running server once it listens (to print its URL, say).
+    """
+    sim = SimServer(host=host, port=port, script=script, gateway=gateway, latency_s=latency_s,
+                    verbose=verbose)
+    sim.start()
+    try:
+        if on_ready is not None:
+            on_ready(sim)
+        elif verbose:
+            sys.stderr.write(f"agentguard sim: OpenAI-compatible API at {sim.base_url}\n")
+        while not sim.wait(0.5):  # short waits keep Ctrl-C responsive
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sim.stop()

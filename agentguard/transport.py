@@ -1,0 +1,361 @@
+"""The sync and async drivers of the pipeline, as httpx transports.
+
+An httpx transport sees every endpoint and every HTTP attempt of the client it is given to,
+survives ``with_options()``/``copy()``, and is how LangChain's ``ChatOpenAI(http_client=...)``
+and CrewAI's native OpenAI provider take a guard too. ``POST .../chat/completions`` goes
+through the pipeline; everything else passes through untouched.
+
+openai 2.x speaks ``httpx``; openai 3.x speaks ``httpx2``, a fork with the same API. The
+transport classes are built for whichever of the two the client uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import time
+from collections.abc import AsyncIterator, Generator, Iterator
+from types import ModuleType, SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from agentguard.log import logger
+from agentguard.pipeline import Action, Do, Outcome, Reply, Send, Sleep, TransportFailure
+from agentguard.session import Session, current_session
+
+if TYPE_CHECKING:
+    from agentguard.guard import Guard
+
+__all__ = ["flavour_for_client", "flavour_of_openai", "transports"]
+
+_HOP_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding"})
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _is_chat_completion(method: str, path: str) -> bool:
+    return method == "POST" and path.rstrip("/").endswith("/chat/completions")
+
+
+def _response_headers(headers: Any, extra: dict[str, str]) -> list[tuple[str, str]]:
+    kept = [(k, v) for k, v in headers.multi_items() if k.lower() not in _HOP_HEADERS]
+    kept.extend(extra.items())
+    return kept
+
+
+def _session_for(guard: Guard) -> Session:
+    session = current_session()
+    if session is not None and session.guard is guard:
+        return session
+    if session is not None:
+        # A session of another guard: calls through this guard still count against it.
+        return session
+    return guard.session(budget_key=guard.default_budget_key)
+
+
+def _drive_sync(engine: Generator[Action, Any, Any], send: Any) -> Any:
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            action = engine.throw(error) if error is not None else engine.send(value)
+        except StopIteration as stop:
+            return stop.value
+        value, error = None, None
+        try:
+            if isinstance(action, Send):
+                value = send(action.body)
+            elif isinstance(action, Sleep):
+                time.sleep(action.seconds)
+            elif isinstance(action, Do):
+                value = action.function()
+        except Exception as exc:
+            error = exc
+
+
+async def _drive_async(engine: Generator[Action, Any, Any], send: Any, offload: bool) -> Any:
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            action = engine.throw(error) if error is not None else engine.send(value)
+        except StopIteration as stop:
+            return stop.value
+        value, error = None, None
+        try:
+            if isinstance(action, Send):
+                value = await send(action.body)
+            elif isinstance(action, Sleep):
+                await asyncio.sleep(action.seconds)
+            elif isinstance(action, Do):
+                # SQLite answers in microseconds; a network database must not block the loop.
+                value = await asyncio.to_thread(action.function) if offload else action.function()
+        except Exception as exc:
+            error = exc
+
+
+def _build(httpx: ModuleType) -> SimpleNamespace:
+    """Transport classes for one httpx flavour (``httpx`` or ``httpx2``)."""
+
+    def with_body(request: Any, body: dict[str, Any]) -> Any:
+        # Re-using the request object (new body, new length) costs a fraction of building a
+        # new one, and keeps its extensions (timeouts) as the SDK set them.
+        content = _encode(body)
+        request.headers["content-length"] = str(len(content))
+        request._content = content
+        request.stream = httpx.ByteStream(content)
+        return request
+
+    def failure_of(exc: Exception) -> TransportFailure | None:
+        if isinstance(exc, httpx.TimeoutException):
+            return TransportFailure("timeout", exc)
+        if isinstance(exc, httpx.TransportError):
+            return TransportFailure("connection", exc)
+        return None
+
+    def reply_of(response: Any, body: bytes | None) -> Reply:
+        # httpx headers are a case-insensitive mapping already.
+        return Reply(response.status_code, response.headers, body)
+
+    class TapStream(httpx.SyncByteStream):  # type: ignore[misc,name-defined]
+        def __init__(self, response: Any, outcome: Outcome) -> None:
+            self.response = response
+            self.outcome = outcome
+            self.finished = False
+
+        def __iter__(self) -> Iterator[bytes]:
+            tap = self.outcome.tap
+            assert tap is not None
+            try:
+                for chunk in self.response.iter_bytes():
+                    out = tap.feed(chunk)
+                    if out:
+                        yield out
+                rest = tap.flush()
+                if rest:
+                    yield rest
+            finally:
+                self.response.close()
+            self._finish()
+
+        def _finish(self) -> None:
+            if self.finished:
+                return
+            self.finished = True
+            assert self.outcome.finish is not None and self.outcome.tap is not None
+            _drive_sync(self.outcome.finish(self.outcome.tap), None)
+
+        def close(self) -> None:
+            self.response.close()
+            if not self.finished:
+                # The caller stopped reading early: settle what was generated so far.
+                try:
+                    self._finish()
+                except Exception as exc:
+                    logger.warning("settle_failed", error=str(exc))
+
+    class AsyncTapStream(httpx.AsyncByteStream):  # type: ignore[misc,name-defined]
+        def __init__(self, response: Any, outcome: Outcome, offload: bool) -> None:
+            self.response = response
+            self.outcome = outcome
+            self.offload = offload
+            self.finished = False
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            tap = self.outcome.tap
+            assert tap is not None
+            try:
+                async for chunk in self.response.aiter_bytes():
+                    out = tap.feed(chunk)
+                    if out:
+                        yield out
+                rest = tap.flush()
+                if rest:
+                    yield rest
+            finally:
+                await self.response.aclose()
+            await self._finish()
+
+        async def _finish(self) -> None:
+            if self.finished:
+                return
+            self.finished = True
+            assert self.outcome.finish is not None and self.outcome.tap is not None
+            await _drive_async(self.outcome.finish(self.outcome.tap), None, self.offload)
+
+        async def aclose(self) -> None:
+            await self.response.aclose()
+            if not self.finished:
+                try:
+                    await self._finish()
+                except Exception as exc:
+                    logger.warning("settle_failed", error=str(exc))
+
+    def build_response(request: Any, outcome: Outcome, response: Any, stream: Any) -> Any:
+        if stream is None:
+            # The body was read (and decoded) already; the response object can go back as is.
+            for name, value in outcome.extra_headers.items():
+                response.headers[name] = value
+            return response
+        headers = _response_headers(response.headers, outcome.extra_headers)
+        return httpx.Response(outcome.reply.status, headers=headers, stream=stream, request=request)
+
+    class GuardTransport(httpx.BaseTransport):  # type: ignore[misc,name-defined]
+        """A sync transport that runs chat completions through the guard's pipeline."""
+
+        def __init__(self, guard: Guard, inner: Any, *, owns_inner: bool) -> None:
+            self.guard = guard
+            self.inner = inner
+            self.owns_inner = owns_inner
+            self._sends_via_client = isinstance(inner, httpx.Client)
+
+        def _send_raw(self, request: Any) -> Any:
+            if self._sends_via_client:
+                # The inner client's transport for this URL (its proxy mounts included); its
+                # auth, redirect and hook machinery already ran in the outer client.
+                transport = self.inner._transport_for_url(request.url)
+                response = transport.handle_request(request)
+                response.request = request
+                return response
+            return self.inner.handle_request(request)
+
+        def handle_request(self, request: Any) -> Any:
+            if not _is_chat_completion(request.method, request.url.path):
+                return self._send_raw(request)
+            try:
+                body = json.loads(request.read())
+            except ValueError:
+                return self._send_raw(request)
+            if not isinstance(body, dict):
+                return self._send_raw(request)
+            last: dict[str, Any] = {}
+
+            def send(new_body: dict[str, Any]) -> Reply:
+                try:
+                    response = self._send_raw(with_body(request, new_body))
+                except Exception as exc:
+                    failure = failure_of(exc)
+                    if failure is None:
+                        raise
+                    raise failure from exc
+                last["response"] = response
+                if response.status_code < 400 and new_body.get("stream"):
+                    return reply_of(response, None)
+                try:
+                    content = response.read()
+                except Exception as exc:
+                    response.close()
+                    failure = failure_of(exc)
+                    if failure is None:
+                        raise
+                    raise failure from exc
+                response.close()
+                return reply_of(response, content)
+
+            session = _session_for(self.guard)
+            outcome = _drive_sync(self.guard.pipeline.run(session, body), send)
+            response = last["response"]
+            stream = TapStream(response, outcome) if outcome.tap is not None else None
+            return build_response(request, outcome, response, stream)
+
+        def close(self) -> None:
+            if self.owns_inner:
+                self.inner.close()
+
+    class AsyncGuardTransport(httpx.AsyncBaseTransport):  # type: ignore[misc,name-defined]
+        """An async transport that runs chat completions through the guard's pipeline."""
+
+        def __init__(self, guard: Guard, inner: Any, *, owns_inner: bool) -> None:
+            self.guard = guard
+            self.inner = inner
+            self.owns_inner = owns_inner
+            self._sends_via_client = isinstance(inner, httpx.AsyncClient)
+            self.offload = not guard.store.is_sqlite
+
+        async def _send_raw(self, request: Any) -> Any:
+            if self._sends_via_client:
+                transport = self.inner._transport_for_url(request.url)
+                response = await transport.handle_async_request(request)
+                response.request = request
+                return response
+            return await self.inner.handle_async_request(request)
+
+        async def handle_async_request(self, request: Any) -> Any:
+            if not _is_chat_completion(request.method, request.url.path):
+                return await self._send_raw(request)
+            try:
+                body = json.loads(await request.aread())
+            except ValueError:
+                return await self._send_raw(request)
+            if not isinstance(body, dict):
+                return await self._send_raw(request)
+            last: dict[str, Any] = {}
+
+            async def send(new_body: dict[str, Any]) -> Reply:
+                try:
+                    response = await self._send_raw(with_body(request, new_body))
+                except Exception as exc:
+                    failure = failure_of(exc)
+                    if failure is None:
+                        raise
+                    raise failure from exc
+                last["response"] = response
+                if response.status_code < 400 and new_body.get("stream"):
+                    return reply_of(response, None)
+                try:
+                    content = await response.aread()
+                except Exception as exc:
+                    await response.aclose()
+                    failure = failure_of(exc)
+                    if failure is None:
+                        raise
+                    raise failure from exc
+                await response.aclose()
+                return reply_of(response, content)
+
+            session = _session_for(self.guard)
+            outcome = await _drive_async(self.guard.pipeline.run(session, body), send, self.offload)
+            response = last["response"]
+            stream = (
+                AsyncTapStream(response, outcome, self.offload) if outcome.tap is not None else None
+            )
+            return build_response(request, outcome, response, stream)
+
+        async def aclose(self) -> None:
+            if self.owns_inner:
+                await self.inner.aclose()
+
+    return SimpleNamespace(
+        module=httpx,
+        GuardTransport=GuardTransport,
+        AsyncGuardTransport=AsyncGuardTransport,
+    )
+
+
+_flavours: dict[str, SimpleNamespace] = {}
+
+
+def transports(flavour: str) -> SimpleNamespace:
+    """The transport classes for ``httpx`` or ``httpx2``."""
+    built = _flavours.get(flavour)
+    if built is None:
+        built = _flavours[flavour] = _build(importlib.import_module(flavour))
+    return built
+
+
+def flavour_for_client(http_client: Any) -> str:
+    """``httpx`` or ``httpx2``: the library an HTTP client object belongs to."""
+    for cls in type(http_client).__mro__:
+        root = cls.__module__.split(".", 1)[0]
+        if root in ("httpx", "httpx2"):
+            return root
+    raise TypeError(f"{type(http_client).__name__} is not an httpx or httpx2 client")
+
+
+def flavour_of_openai() -> str:
+    """The httpx flavour the installed openai SDK speaks."""
+    import openai._base_client as base
+
+    return "httpx2" if hasattr(base, "httpx2") else "httpx"

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from agentguard.guard import Guard
     from agentguard.ledger import BudgetStatus
     from agentguard.log import configure_logging
+    from agentguard.parking.record import ParkedSession
     from agentguard.pricing import ModelPrice, Pricer, Usage
     from agentguard.session import Session, SessionState
     from agentguard.tokens import count_tokens
@@ -57,6 +58,7 @@ __all__ = [
     "LimitExceeded",
     "LoopDetected",
     "ModelPrice",
+    "ParkedSession",
     "Pricer",
     "PricingError",
     "RetryLimitExceeded",
@@ -77,6 +79,7 @@ _LAZY = {
     "BudgetStatus": "agentguard.ledger",
     "configure_logging": "agentguard.log",
     "ModelPrice": "agentguard.pricing",
+    "ParkedSession": "agentguard.parking.record",
     "Pricer": "agentguard.pricing",
     "Usage": "agentguard.pricing",
     "Session": "agentguard.session",

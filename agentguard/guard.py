@@ -10,9 +10,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from agentguard.config import GuardConfig
 from agentguard.ledger import BudgetLine, BudgetStatus, Ledger
 from agentguard.limits import Limits
+from agentguard.log import logger
+from agentguard.parking.handler import Parker
+from agentguard.parking.record import ParkedSession
+from agentguard.parking.resume import ParkedSessions, Resumer
+from agentguard.parking.store import ParkedStore
 from agentguard.pipeline import CallContext, CallStage, Pipeline
 from agentguard.retrying import RetryPolicy
-from agentguard.session import Session
+from agentguard.session import Session, SessionState
 from agentguard.store import Store, open_store
 from agentguard.transport import flavour_for_client, flavour_of_openai, transports
 
@@ -21,6 +26,11 @@ if TYPE_CHECKING:
     from agentguard.tokens import TokenCounter
 
 __all__ = ["Guard"]
+
+
+def _log_corrupt(session_id: str, problem: str) -> None:
+    logger.warning("corrupt_record", session_id=session_id, problem=problem)
+
 
 ClientT = TypeVar("ClientT")
 
@@ -71,6 +81,16 @@ class Guard:
         self.observers: list[Callable[[CallContext], None]] = []
         """Called with each settled call's context (the demo prints from it)."""
         self.stages: list[CallStage] = []
+        self.resumers: dict[str, Resumer] = {"replay": self._replay}
+        """Registered resumers by name; see :meth:`resumer`."""
+        self._result_callbacks: list[Callable[[ParkedSession, Any], None]] = []
+        self._replay_client: Any = None
+        parked_store = ParkedStore(self.store, on_corrupt=_log_corrupt)
+        self.parker = Parker(
+            self.config.parking, parked_store, max_retry_after_s=limits.max_retry_after_s
+        )
+        self.parked = ParkedSessions(self, parked_store)
+        """The parked sessions: ``list()``, ``get(id)``, ``resume(id)``, ``drop(id)``."""
         self.pipeline = Pipeline(
             limits=self.limits,
             retry=self.retry,
@@ -82,6 +102,7 @@ class Guard:
             enforce_output_cap=limits.enforce_output_cap,
             wait_inline_max_s=self.config.parking.wait_inline_max_s,
             budget_policy=self._on_exhausted,
+            limit_handler=self.parker,
         )
 
     @classmethod
@@ -111,7 +132,10 @@ class Guard:
         else:
             transport = classes.GuardTransport(self, inner, owns_inner=False)
             http_client = classes.module.Client(transport=transport, timeout=inner.timeout)
-        return client.with_options(http_client=http_client)  # type: ignore[return-value]
+        wrapped = client.with_options(http_client=http_client)
+        if isinstance(wrapped, openai.OpenAI):
+            self._replay_client = wrapped
+        return wrapped  # type: ignore[return-value]
 
     def http_client(self, *, flavour: str | None = None, **kwargs: Any) -> Any:
         """A guarded ``httpx.Client`` (``httpx2`` with openai 3.x) for code that builds its own
@@ -158,6 +182,72 @@ class Guard:
             framework=framework,
         )
 
+    # -- parking and resuming ------------------------------------------------------------------
+
+    def resumer(self, name: str) -> Callable[[Resumer], Resumer]:
+        """Register ``fn(parked: ParkedSession)`` as the way sessions naming ``name`` resume.
+
+        It runs inside a session restored from the record, so calls through this guard's
+        clients count against the same budget, and a limit inside it re-parks the session.
+        """
+        if not name or not name.replace("-", "").replace("_", "").isalnum() or not name.islower():
+            raise ValueError(
+                f"resumer name {name!r} must be plain lower-case letters, digits, - and _"
+            )
+
+        def register(function: Resumer) -> Resumer:
+            self.resumers[name] = function
+            return function
+
+        return register
+
+    def on_resumed(
+        self, callback: Callable[[ParkedSession, Any], None]
+    ) -> Callable[[ParkedSession, Any], None]:
+        """Register ``callback(parked, response)``: the built-in ``replay`` resumer hands it each
+        replayed call's response."""
+        self._result_callbacks.append(callback)
+        return callback
+
+    def set_replay_client(self, client: Any) -> None:
+        """The client the ``replay`` resumer re-sends pending requests through (default: the
+        last sync ``openai.OpenAI`` client wrapped by this guard)."""
+        self._replay_client = client
+
+    def restore_session(self, record: ParkedSession) -> Session:
+        """A session with a parked record's id, budget, counters and metadata."""
+        if record.session_state:
+            state = SessionState.model_validate(record.session_state)
+        else:
+            state = SessionState(iterations=record.iterations, spent_usd=record.spent_usd)
+        state.consecutive_failures = 0
+        metadata = dict(record.metadata)
+        session = Session(
+            self,
+            record.session_id,
+            budget_key=record.budget_key,
+            resumer=record.resumer,
+            framework=record.framework,
+            state=state,
+            parent_id=record.parent_id,
+            root_id=metadata.get("root_session_id"),
+        )
+        session.metadata = metadata
+        return session
+
+    def _replay(self, parked: ParkedSession) -> Any:
+        client = self._replay_client
+        if client is None:
+            raise RuntimeError(
+                "the replay resumer has no client: wrap an openai.OpenAI client with this guard "
+                "(guard.wrap) or call guard.set_replay_client(client) in the application"
+            )
+        request = {k: v for k, v in parked.request.items() if k not in ("stream", "stream_options")}
+        response = client.chat.completions.create(**request)
+        for callback in self._result_callbacks:
+            callback(parked, response)
+        return response
+
     # -- budgets --------------------------------------------------------------------------------
 
     def budget_lines_for(self, session: Session) -> tuple[BudgetLine, ...]:
@@ -172,7 +262,7 @@ class Guard:
             ]
         if self.config.limits.max_session_usd is not None:
             lines.append(
-                BudgetLine(f"session:{session.root.id}", self.config.limits.max_session_usd)
+                BudgetLine(f"session:{session.root_id}", self.config.limits.max_session_usd)
             )
         return tuple(lines)
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agentguard.errors import AgentGuardError, BudgetExceeded, LimitExceeded, RetryLimitExceeded
@@ -27,6 +28,9 @@ from agentguard.retrying import Failure, RetryPolicy, parse_retry_after
 
 if TYPE_CHECKING:
     from agentguard.ledger import Ledger, Reservation
+    from agentguard.parking.classify import LimitVerdict
+    from agentguard.parking.handler import Decision
+    from agentguard.parking.record import ParkedSession
     from agentguard.pricing import ModelPrice, Pricer
     from agentguard.session import Session
     from agentguard.tokens import TokenCounter
@@ -117,16 +121,19 @@ class CallStage(Protocol):
 
 
 class LimitHandler(Protocol):
-    """Decides what a provider limit error or an exhausted budget does (parking)."""
+    """Decides what limit errors and exhausted budgets do (the parking stage)."""
 
-    def on_provider_limit(self, call: CallContext, reply: Reply, retries_done: int) -> float | None:
-        """Return seconds to wait in-process and retry, or ``None`` to hand the error back;
-        or raise (``SessionParked``)."""
-        ...
+    def classify(self, reply: Reply) -> LimitVerdict | None: ...
 
-    def on_budget_exhausted(self, call: CallContext, error: BudgetExceeded) -> None:
-        """Raise ``SessionParked`` to park, or return to let ``error`` propagate."""
-        ...
+    def decide(self, verdict: LimitVerdict, retries_done: int, max_retries: int) -> Decision: ...
+
+    def park_limit(
+        self, call: CallContext, verdict: LimitVerdict, *, failed: bool
+    ) -> ParkedSession: ...
+
+    def park_budget(self, call: CallContext, error: BudgetExceeded) -> ParkedSession: ...
+
+    def parked_error(self, record: ParkedSession) -> Exception: ...
 
 
 # -- per-call context --------------------------------------------------------------------------
@@ -139,6 +146,8 @@ class CallContext:
     session: Session
     body: dict[str, Any]
     requested_model: str
+    original_body: dict[str, Any] = field(default_factory=dict)
+    """The caller's request as it came (stages replace top-level keys, never mutate it)."""
     started: float = field(default_factory=time.perf_counter)
     input_tokens: int = 0
     max_output_tokens: int = 0
@@ -364,7 +373,12 @@ class Pipeline:
 
     def run(self, session: Session, body: dict[str, Any]) -> Generator[Action, Any, Outcome]:
         """Guard one ``chat.completions`` call. See the module docstring for the protocol."""
-        call = CallContext(session=session, body=body, requested_model=str(body.get("model", "")))
+        call = CallContext(
+            session=session,
+            body=body,
+            requested_model=str(body.get("model", "")),
+            original_body=dict(body),
+        )
         with session.lock:
             self.limits.before_call(session)
             session.state.iterations += 1
@@ -392,14 +406,26 @@ class Pipeline:
                     error = _HTTPFailure(reply)
                 else:
                     failure, error = self._failure_of(reply), _HTTPFailure(reply)
-                if reply.status == 429:
-                    wait = self._provider_limit(call, reply, retries)
-                    if wait is not None:
+                verdict = self._classify(reply)
+                if verdict is not None:
+                    decision = self._decide(verdict, retries)
+                    if decision.action == "wait":
                         retries += 1
-                        self._count_retry(call, retries, wait, failure)
-                        yield Sleep(wait)
+                        self._count_retry(call, retries, decision.wait_s, failure)
+                        yield Sleep(decision.wait_s)
                         continue
-                    yield from self._fail(call, error)
+                    yield from self._release(call)
+                    if decision.action in ("park", "fail"):
+                        park = partial(
+                            self._handler().park_limit,
+                            call,
+                            verdict,
+                            failed=decision.action == "fail",
+                        )
+                        record = yield Do(park)
+                        if decision.action == "park":
+                            raise self._handler().parked_error(record)
+                    self._count_failure(call, error)
                     return Outcome(reply, {"x-should-retry": "false"})
             if self.retry.should_retry(failure, retries):
                 retries += 1
@@ -471,8 +497,15 @@ class Pipeline:
             with session.lock:
                 session.state.iterations -= 1  # the call was never made
             policy = self.budget_policy(exc.key)
-            if policy == "park" and self.limit_handler is not None and exc.fits_empty_window:
-                self.limit_handler.on_budget_exhausted(call, exc)
+            if (
+                policy == "park"
+                and self.limit_handler is not None
+                and exc.fits_empty_window
+                and exc.resets_at is not None
+            ):
+                handler, exhausted = self.limit_handler, exc
+                record = yield Do(lambda: handler.park_budget(call, exhausted))
+                raise handler.parked_error(record) from exc
             raise
         if logger.enabled("debug"):
             logger.debug(
@@ -485,17 +518,28 @@ class Pipeline:
                 keys=[line.key for line in lines],
             )
 
-    def _provider_limit(self, call: CallContext, reply: Reply, retries: int) -> float | None:
+    def _handler(self) -> LimitHandler:
+        assert self.limit_handler is not None
+        return self.limit_handler
+
+    def _classify(self, reply: Reply) -> LimitVerdict | None:
         if self.limit_handler is not None:
-            return self.limit_handler.on_provider_limit(call, reply, retries)
-        waited = parse_retry_after(reply.headers)
-        if (
-            waited is not None
-            and waited[0] <= self.wait_inline_max_s
-            and retries < self.retry.max_retries
-        ):
-            return min(waited[0], self.retry.max_retry_after_s)
-        return None
+            return self.limit_handler.classify(reply)
+        if reply.status != 429:
+            return None
+        from agentguard.parking.classify import classify_limit_error
+
+        return classify_limit_error(reply.status, reply.headers, reply.body)
+
+    def _decide(self, verdict: LimitVerdict, retries: int) -> Decision:
+        if self.limit_handler is not None:
+            return self.limit_handler.decide(verdict, retries, self.retry.max_retries)
+        from agentguard.parking.handler import Decision
+
+        wait = verdict.wait_s
+        if wait is not None and wait <= self.wait_inline_max_s and retries < self.retry.max_retries:
+            return Decision("wait", min(wait, self.retry.max_retry_after_s))
+        return Decision("hand_back")
 
     def _failure_of(self, reply: Reply) -> Failure:
         waited = parse_retry_after(reply.headers)
@@ -539,17 +583,23 @@ class Pipeline:
             observed=retries,
         )
 
-    def _fail(self, call: CallContext, error: BaseException) -> Generator[Action, Any, None]:
-        """A call that ends in failure: give its reservation back, count it."""
-        session = call.session
+    def _release(self, call: CallContext) -> Generator[Action, Any, None]:
         if call.reservation is not None:
             reservation = call.reservation
             call.reservation = None
             yield Do(lambda: self.ledger.release(reservation))
+
+    def _count_failure(self, call: CallContext, error: BaseException) -> None:
+        session = call.session
         with session.lock:
             session.state.consecutive_failures += 1
             session.state.last_outcome = "failed"
         self.limits.after_failure(session, error)
+
+    def _fail(self, call: CallContext, error: BaseException) -> Generator[Action, Any, None]:
+        """A call that ends in failure: give its reservation back, count it."""
+        yield from self._release(call)
+        self._count_failure(call, error)
 
     def _settle_body(
         self, call: CallContext, payload: dict[str, Any]

@@ -91,13 +91,16 @@ class Usage:
     cache_write_tokens: int = 0
 
     def __post_init__(self) -> None:
-        if min(
-            self.input_tokens,
-            self.cached_input_tokens,
-            self.output_tokens,
-            self.reasoning_tokens,
-            self.cache_write_tokens,
-        ) < 0:
+        if (
+            min(
+                self.input_tokens,
+                self.cached_input_tokens,
+                self.output_tokens,
+                self.reasoning_tokens,
+                self.cache_write_tokens,
+            )
+            < 0
+        ):
             raise ValueError(f"token counts cannot be negative: {self!r}")
         if self.cached_input_tokens + self.cache_write_tokens > self.input_tokens:
             raise ValueError(
@@ -383,7 +386,8 @@ class Pricer:
             PricingError: neither the config nor the price data has a price for the model.
         """
         key: str | tuple[str, str] = (
-            model if service_tier is None or service_tier in ("auto", "default")
+            model
+            if service_tier is None or service_tier in ("auto", "default")
             else (model, service_tier)
         )
         entry = self._cache.get(key)

@@ -78,130 +78,537 @@ AskFunction: TypeAlias = Callable[[list[dict[str, Any]]], str]
 
 # Only the head and tail of long texts are scanned: the instruction is at the start of a user
 # message and a tool result's verdict (test summary, exit status) is usually at its end. This
-# bounds the regex work per call whatever the context size.
+# bounds the work per call whatever the context size.
 _USER_HEAD_CHARS = 4000
 _USER_TAIL_CHARS = 1000
 _TOOL_HEAD_CHARS = 1500
 _TOOL_TAIL_CHARS = 1500
+_TOOL_TOTAL_CHARS = 12000
 _INSTRUCTION_MAX_CHARS = 600
 
 
 # --------------------------------------------------------------------------- signals
+#
+# Intent (what the user asks for) is read from phrase tables matched on the words of the
+# instruction: a dictionary lookup per word, so the cost grows with the instruction's length
+# and not with the number of phrases. "^" marks a phrase that only counts at the start of a
+# sentence; "*" stands for any one word; "..." for up to six words. Words of four or more
+# capitals keep their case, so the log level DEBUG is not a request to debug.
 
-def _signals(**patterns: str) -> tuple[tuple[str, re.Pattern[str]], ...]:
-    return tuple((name, re.compile(p, re.IGNORECASE | re.MULTILINE)) for name, p in patterns.items())
+_REASONING_PHRASES: dict[str, tuple[str, ...]] = {
+    "planning": (
+        "make a plan",
+        "write a plan",
+        "draft a plan",
+        "create a plan",
+        "need a plan",
+        "give me a plan",
+        "give me a * plan",
+        "put together a plan",
+        "put together a * plan",
+        "put together an * plan",
+        "come up with a plan",
+        "plan a",
+        "plan an",
+        "plan the",
+        "plan our",
+        "plan my",
+        "plan how",
+        "plan for",
+        "plan out",
+        "roadmap",
+        "strategy",
+        "strategies",
+        "design a",
+        "design an",
+        "design the",
+        "design our",
+        "design how",
+        "redesign",
+        "architect",
+        "trade-off",
+        "trade-offs",
+        "tradeoff",
+        "tradeoffs",
+        "milestone",
+        "milestones",
+        "prioritise",
+        "prioritize",
+        "prioritising",
+        "prioritizing",
+        "break down",
+        "outline",
+        "propose",
+        "recommend",
+        "recommendation",
+        "step by step",
+        "walk me through",
+        "think through",
+        "pros and cons",
+    ),
+    "debugging": (
+        "debug",
+        "debugging",
+        "debugged",
+        "root cause",
+        "root-cause",
+        "figure out",
+        "find out",
+        "work out",
+        "track down",
+        "track it down",
+        "track this down",
+        "look into",
+        "investigate",
+        "investigating",
+        "investigation",
+        "flaky",
+        "flakey",
+        "intermittent",
+        "intermittently",
+        "sometimes",
+        "every now and then",
+        "every few",
+        "race condition",
+        "deadlock",
+        "deadlocks",
+        "memory leak",
+        "leak",
+        "leaks",
+        "leaking",
+        "hang",
+        "hangs",
+        "hanging",
+        "slower",
+        "regression",
+        "off by one",
+        "off by a",
+        "not working",
+        "doesn't work",
+        "isn't working",
+        "stopped working",
+        "nondeterministic",
+        "non-deterministic",
+        "what happened",
+        "what's going on",
+        "any idea",
+        "what's wrong",
+        "find the bug",
+        "find the cause",
+    ),
+    "explain_why": ("^why does", "^why do", "^why is", "^why are", "^why did", "^why would"),
+    "refactoring": (
+        "refactor",
+        "refactoring",
+        "across the codebase",
+        "across the project",
+        "across the code",
+        "everywhere",
+        "throughout",
+        "all call sites",
+        "all the call sites",
+        "all callers",
+        "all usages",
+        "centralise",
+        "centralize",
+        "unify",
+        "migrate",
+        "migrating",
+        "migration",
+        "split * into",
+        "replace ... with",
+    ),
+    "synthesis": (
+        "compare",
+        "comparison",
+        "contrast",
+        "reconcile",
+        "synthesise",
+        "synthesize",
+        "synthesis",
+        "literature review",
+        "themes",
+        "across these",
+        "across all",
+        "weigh",
+        "cluster",
+        "postmortem",
+        "post-mortem",
+        "contradict",
+        "contradictions",
+        "conflict",
+        "conflicts",
+        "conflicting",
+        "based on everything",
+        "based on all",
+    ),
+    "code_review": (
+        "code review",
+        "review this code",
+        "review the code",
+        "review my code",
+        "review this module",
+        "review this pr",
+        "review this pull request",
+        "review this diff",
+        "review this design",
+        "review this implementation",
+        "review this patch",
+    ),
+    "open_question": (
+        "^how would we",
+        "^how would you",
+        "^how would i",
+        "^how should we",
+        "^how should i",
+        "^how could we",
+        "^how do we",
+        "^how can we",
+        "^what should we",
+        "^what should i",
+    ),
+}
+_MATH_PHRASES: dict[str, tuple[str, ...]] = {
+    "proof": (
+        "prove",
+        "proof",
+        "show that",
+        "lemma",
+        "theorem",
+        "qed",
+        "derive",
+        "derivation",
+        "justify",
+    ),
+    "math_terms": (
+        "probability",
+        "probabilities",
+        "expected value",
+        "expected number",
+        "integral",
+        "integrate",
+        "derivative",
+        "eigenvalue",
+        "eigenvalues",
+        "eigenvector",
+        "eigenvectors",
+        "recurrence",
+        "prime",
+        "primes",
+        "divisible",
+        "converge",
+        "converges",
+        "convergent",
+        "convergence",
+        "matrix",
+        "matrices",
+        "polynomial",
+        "modulo",
+        "combinatorics",
+        "combinatorial",
+        "irrational",
+        "undecidable",
+        "time complexity",
+        "asymptotic",
+        "compounded",
+        "compound interest",
+        "permutation",
+        "permutations",
+        "how many ways",
+        "show your working",
+        "show your work",
+        "show the working",
+        "show the calculation",
+        "show your steps",
+        "show the steps",
+    ),
+}
+_EASY_PHRASES: dict[str, tuple[str, ...]] = {
+    "classify": (
+        "classify",
+        "categorise",
+        "categorize",
+        "label",
+        "tag this",
+        "tag each",
+        "route this",
+        "intent",
+        "sentiment",
+        "which product",
+        "which department",
+        "which category",
+        "which queue",
+        "pick the",
+        "rate the",
+        "^is this",
+        "^does this",
+        "^is the",
+        "^was it",
+    ),
+    "constrained_answer": (
+        "yes or no",
+        "yes no",
+        "y or n",
+        "true or false",
+        "one word",
+        "number only",
+        "just say",
+        "just give",
+        "just the",
+        "only the",
+        "answer with",
+        "reply with",
+        "return the",
+        "return json",
+        "as json",
+        "as a number",
+        "as a list",
+        "as csv",
+        "comma separated",
+        "comma-separated",
+        "one per line",
+        "short answer",
+        "in one word",
+    ),
+    "extract": ("extract", "pull out", "list the", "give me the", "get the"),
+    "lookup": (
+        "^what's the",
+        "^what is the",
+        "^what are the",
+        "^what does",
+        "^whats the",
+        "^what's your",
+        "^where can",
+        "^where do",
+        "^where is",
+        "^when is",
+        "^when does",
+        "^how do i",
+        "^how can i",
+        "^do you",
+        "^can i",
+        "^is there",
+        "^does the",
+    ),
+    "convert": (
+        "convert",
+        "format",
+        "reformat",
+        "translate",
+        "rewrite",
+        "render",
+        "turn this",
+        "turn these",
+        "turn the",
+        "make this",
+        "sort",
+        "dedupe",
+        "de-duplicate",
+        "indent",
+    ),
+    "small_edit": (
+        "typo",
+        "bump",
+        "rename",
+        "change it",
+        "change the",
+        "change them",
+        "update the",
+        "add a",
+        "add an",
+        "add the",
+        "remove it",
+        "remove the",
+        "fix it",
+        "fix the typo",
+    ),
+    "short_summary": (
+        "summarise",
+        "summarize",
+        "summary",
+        "tl dr",
+        "tldr",
+        "gist",
+        "one sentence",
+        "one line",
+        "one-line",
+        "two sentences",
+        "a few words",
+        "briefly",
+        "condense",
+        "sum up",
+    ),
+}
+
+_GAP_WORDS = 6
+_Phrase: TypeAlias = tuple[tuple[str, ...], bool, str]
 
 
-_CODE_SIGNALS = _signals(
-    fenced_code=r"```",
-    stack_trace=(
-        r"Traceback \(most recent call last\)|^\s+at [\w.$<>]+\(.*?:\d+\)|Exception in thread"
-        r"|panicked at|^goroutine \d+ \[|^\s*File \"[^\"]+\", line \d+"
-    ),
-    test_failure=r"^(FAILED|FAIL:|E\s{3,}\w)|\b\d+ failed\b|AssertionError",
-    diff=r"^(---|\+\+\+) [ab]/|^@@ -\d+",
-    file_path=(
-        r"\b[\w-]+(/[\w.-]+)*\.(py|js|jsx|ts|tsx|go|rs|java|kt|rb|php|c|cc|cpp|h|hpp|cs|swift"
-        r"|sql|ya?ml|toml|sh)\b"
-    ),
-    code_syntax=(
-        r"\bdef \w+\(|^\s*class \w+[:(]|^\s*(from [\w.]+ )?import \w+|\bfunction \w+\(|=>"
-        r"|\b(const|let) \w+ =|#include\b|\bpublic (static )?\w+|\breturn \w+[;(]?$"
-    ),
+class _PhraseTable:
+    """Signal phrases indexed by their first word, matched against a list of words."""
+
+    __slots__ = ("_index", "_order")
+
+    def __init__(self, table: Mapping[str, Iterable[str]]) -> None:
+        self._order = {signal: position for position, signal in enumerate(table)}
+        self._index: dict[str, list[_Phrase]] = {}
+        for signal, phrases in table.items():
+            for phrase in phrases:
+                words = tuple(phrase.lstrip("^ ").split())
+                self._index.setdefault(words[0], []).append((words, phrase.startswith("^"), signal))
+
+    def match(self, words: Sequence[str], starts: set[int]) -> tuple[str, ...]:
+        found: set[str] = set()
+        for position, word in enumerate(words):
+            for phrase, at_start, signal in self._index.get(word, ()):
+                if signal in found or (at_start and position not in starts):
+                    continue
+                if _phrase_at(words, position, phrase):
+                    found.add(signal)
+        return tuple(sorted(found, key=self._order.__getitem__))
+
+
+def _phrase_at(words: Sequence[str], position: int, phrase: tuple[str, ...]) -> bool:
+    index, k = position, 0
+    while k < len(phrase):
+        wanted = phrase[k]
+        if wanted == "...":
+            window = list(words[index : index + _GAP_WORDS + 1])
+            if phrase[k + 1] not in window:
+                return False
+            index += window.index(phrase[k + 1]) + 1
+            k += 2
+            continue
+        if index >= len(words) or (wanted != "*" and words[index] != wanted):
+            return False
+        index += 1
+        k += 1
+    return True
+
+
+_REASONING_TABLE = _PhraseTable(_REASONING_PHRASES)
+_MATH_TABLE = _PhraseTable(_MATH_PHRASES)
+_EASY_TABLE = _PhraseTable(_EASY_PHRASES)
+
+_TOKEN = re.compile(r"[\w']+(?:-[\w']+)*|[.?!:;\n]")
+_MATH_NOTATION = re.compile(
+    r"[∀∃∑∫√≤≥≠∞]|\\(?:frac|sum|int|forall|mathbb|geq|leq)\b|\b[a-zA-Z]\^\w|\b\d+\^\w|\|[a-z] [+-]"
 )
-_MATH_SIGNALS = _signals(
-    proof=r"\b(prove|proof|show that|lemma|theorem|Q\.?E\.?D|derive|justify (your|the) answer)\b",
-    math_terms=(
-        r"\b(probabilit\w*|expected (value|number)|integra(l|te)|derivative|eigen\w*|recurrence"
-        r"|primes?|divisible|converg\w*|series|matri(x|ces)|polynomial|modulo|combinatori\w*"
-        r"|irrational|undecidable|time complexity|asymptotic|compounded|permutations?)\b"
-        r"|\bO\(n"
-    ),
-    notation=r"[∀∃∑∫√≤≥≠∞×]|\\(frac|sum|int|forall|mathbb|geq|leq)\b|\b[a-z]\^\d|\b\d+\^\w|\|[a-z] [+-]",
-)
-# Intent is read from the instruction only (see _instruction): a job posting that says
-# "design" or a ticket that quotes a stack trace is data to process, not the task.
-_REASONING_SIGNALS = _signals(
-    planning=(
-        r"\b(plan|planning|roadmap|strategy|design|architect\w*|trade-?offs?|milestones?"
-        r"|prioriti[sz]\w*|sequencing|break down|outline|propose|recommend\w*|build or buy"
-        r"|step by step|walk me through|what would it take|think through|come up with"
-        r"|process the team|runbook|rollout|roll out)\b"
-    ),
-    debugging=(
-        r"\b(debug\w*|root cause|figure out|find out|work out|track (it|this) down|look into"
-        r"|investigat\w*|flaky|intermittent\w*|sometimes|every (now and then|few)|now and again"
-        r"|race|deadlock|leak\w*|hangs?|slower|regression|off by|wrong|not working|nondetermin\w*"
-        r"|blow\w*|garbled|lose|losing|lost|OOM\w*|dropped|what happened|what'?s going on"
-        r"|any idea|what could it be|what'?s wrong|find the (bug|cause)|the real cause)\b"
-        r"|\bwhy (does|do|is|are|did)\b(?!.*\bjust\b)"
-    ),
-    refactoring=(
-        r"\b(refactor\w*|across the (codebase|project)|everywhere|throughout|all the (call sites"
-        r"|callers|components|modules|services|route handlers)|every (service|module|public"
-        r"|component)|centrali[sz]e|unify|pluggable|split \S+ into|migrate|migration|port the"
-        r"|replace \S+ .{0,40}\bwith\b|swap \S+ for|convert the .{0,30}\bto async|dependency"
-        r" injection|repository layer|circular import|drop python)\b"
-    ),
-    synthesis=(
-        r"\b(compare|comparison|contrast|reconcile|synthesi[sz]e|literature review|themes"
-        r"|across (these|all|the) (sources|papers|interviews|documents|services|reports)"
-        r"|weigh|cluster|postmortem|brief|based on everything|contradict\w*|conflict\w*"
-        r"|evolved?|go through|read through|everything you found|all of this|hold together"
-        r"|distribution|bottleneck|share a cause|how .{0,40} flows?)\b"
-    ),
-    open_question=r"^\s*(how (would|should|could|can|do) (we|you|i)|what should (we|i))\b",
-)
-_EASY_SIGNALS = _signals(
-    classify=(
-        r"\b(classify|categori[sz]e|label|tag (this|each)|route this|intent|sentiment|which "
-        r"(product|department|category|queue)|pick the|rate the|is this (a|an|email|order)"
-        r"|is the customer|does this|was it|what type of)\b"
-    ),
-    constrained_answer=(
-        r"\b(yes ?(/|or) ?no|y or n|true or false|one word|number only|just (say|give|those"
-        r"|the)|only the|answer with|reply with|return (the|json)|as json|in iso|comma separated"
-        r"|one per line)\b|\b(PASSED or FAILED)\b"
-    ),
-    extract=r"\b(extract|pull out|get the|list the (names|action)|give me the|find the \w+ (figure|number))\b",
-    lookup=(
-        r"^\s*(what('?s| is| are| does) (the|your|a|my)|where (can|do|is)|when (is|does)"
-        r"|how (do|can) i|how many \w+ (are|is) in|do you|can i|is there|does the)\b"
-    ),
-    convert=(
-        r"\b(convert|format|reformat|translate|rewrite|render|turn (this|these|the)|make this"
-        r"|sort|dedupe|indent|put this|change the \w+ format)\b"
-    ),
-    small_edit=(
-        r"\b(fix the typo|typo|bump|rename the variable|change (it|the|them)|update the|add (a|an"
-        r"|the)|remove it|make the default|use f-strings|switch the|fix it|just fix)\b"
-    ),
-    short_summary=(
-        r"\b(summari[sz]e|summary|tl;?dr|gist|one sentence|one line|one-line|two sentences"
-        r"|a few words|in a sentence|briefly|condense)\b"
-    ),
-)
+_MATH_NOTATION_HINTS = frozenset("∀∃∑∫√≤≥≠∞\\^|")
 
 
-def _match(
-    signals: tuple[tuple[str, re.Pattern[str]], ...], text: str
-) -> tuple[str, ...]:
-    return tuple(name for name, pattern in signals if pattern.search(text))
+def _words(instruction: str) -> tuple[list[str], set[int]]:
+    """Words of the instruction (lower case, except capitalised constants) and sentence starts."""
+    words: list[str] = []
+    starts = {0}
+    for token in _TOKEN.findall(instruction.replace("’", "'")):
+        if token in ".?!:;\n":
+            starts.add(len(words))
+        elif len(token) > 3 and token.isupper():
+            words.append(token)  # a constant or log level (DEBUG, TODO); TL;DR is still "tl dr"
+        else:
+            words.append(token.lower())
+    return words, starts
+
+
+# Code in a text: cheap substring tests first, a regex only where a test passes.
+_STACK_TRACE_MARKERS = (
+    "Traceback (most recent call last)",
+    "Exception in thread",
+    "panicked at",
+    "goroutine ",
+    '  File "',
+)
+_JAVA_FRAME = re.compile(r"^\s+at [\w.$<>]+\(", re.MULTILINE)
+_FAILED_COUNT = re.compile(r"\b\d+ failed\b")
+_CODE_HINTS = (
+    "def ",
+    "class ",
+    "import ",
+    "function ",
+    "=>",
+    "const ",
+    "let ",
+    "#include",
+    "public ",
+)
+_CODE_SYNTAX = re.compile(
+    r"\bdef \w+\(|^\s*class \w+[:(]|^\s*(?:from [\w.]+ )?import \w+|\bfunction \w+\(|=>"
+    r"|\b(?:const|let) \w+ =|#include\b|\bpublic (?:static )?\w+",
+    re.MULTILINE,
+)
+_FILE_EXTENSION = re.compile(
+    r"\.(?:py|js|jsx|ts|tsx|go|rs|java|kt|rb|php|c|cc|cpp|h|hpp|cs|swift|sql|ya?ml|toml|sh)\b"
+)
+_PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./")
+
+
+def _has_stack_trace(text: str) -> bool:
+    if any(marker in text for marker in _STACK_TRACE_MARKERS):
+        return True
+    return "at " in text and bool(_JAVA_FRAME.search(text))
+
+
+def _has_test_failure(text: str) -> bool:
+    if "FAILED" in text or "AssertionError" in text or "FAIL:" in text:
+        return True
+    return " failed" in text and bool(_FAILED_COUNT.search(text))
+
+
+def _file_paths(text: str) -> set[str]:
+    paths = set()
+    for match in _FILE_EXTENSION.finditer(text):
+        start = match.start()
+        while start > 0 and text[start - 1] in _PATH_CHARS:
+            start -= 1
+        if start < match.start():  # a bare ".py" is not a path
+            paths.add(text[start : match.end()])
+    return paths
+
+
+def _code_signals(text: str, paths: set[str]) -> tuple[str, ...]:
+    found = []
+    if "```" in text:
+        found.append("fenced_code")
+    if _has_stack_trace(text):
+        found.append("stack_trace")
+    if _has_test_failure(text):
+        found.append("test_failure")
+    if "@@ -" in text or "\n+++ " in text:
+        found.append("diff")
+    if paths:
+        found.append("file_path")
+    if any(hint in text for hint in _CODE_HINTS) and _CODE_SYNTAX.search(text):
+        found.append("code_syntax")
+    return tuple(found)
+
+
+def _tool_signals(text: str) -> tuple[str, ...]:
+    # Tool output is code or logs by nature; only a reported failure says something.
+    found = []
+    if _has_stack_trace(text):
+        found.append("stack_trace")
+    if _has_test_failure(text):
+        found.append("test_failure")
+    return tuple(found)
 
 
 _QUOTED_PAYLOAD = re.compile(r"\"[^\"\n]{20,}\"|“[^”]{20,}”|'[^'\n]{40,}'")
-_WORD = re.compile(r"\w+")
+_DATA_LINE = re.compile(r"^\s*(?:[{\[<|>*•#$\"'“-]|\d+[.):]?\s)")
 
 
 def _instruction(text: str) -> str:
     """The part of a user message that says what to do, without the data it is about.
 
     Users write the instruction first and paste the payload after a blank line, after a line
-    ending in a colon, or in quotes; keywords inside the payload say nothing about the task.
+    ending in a colon, on lines that look like data (JSON, lists, quotes, logs), or in quotes;
+    keywords inside the payload say nothing about the task.
     """
-    first = text.split("\n\n", 1)[0].split("```", 1)[0]
-    kept = []
+    first = text[: _INSTRUCTION_MAX_CHARS * 3].split("\n\n", 1)[0].split("```", 1)[0]
+    kept: list[str] = []
     for line in first.splitlines():
+        if kept and _DATA_LINE.match(line):
+            break
         kept.append(line)
         if line.rstrip().endswith(":"):
             break
@@ -235,6 +642,7 @@ def _content_text(content: Any) -> tuple[str, bool]:
 
 # --------------------------------------------------------------------------- features
 
+
 @dataclass(frozen=True, slots=True)
 class StepFeatures:
     """What the router knows about one model call, extracted from its messages.
@@ -249,13 +657,17 @@ class StepFeatures:
         tools_offered: how many tools the call offers.
         digesting_tool_result: the last message is a tool result.
         tool_results_in_batch: tool messages after the last assistant message.
-        code_signals: code in the user message (fenced code, stack trace, diff, paths, syntax).
-        tool_code_signals: the same signals in the tool results.
-        math_signals: proofs, mathematical terms or notation in the user message.
-        reasoning_signals: multi-step work asked for: planning, debugging, refactoring,
-            synthesis, open "how should we" questions.
-        easy_signals: bounded work asked for: classify, extract, convert, look up, small edit,
-            short summary, a constrained answer.
+        code_signals: code in the user message: ``fenced_code``, ``stack_trace``,
+            ``test_failure``, ``diff``, ``file_path``, ``code_syntax``.
+        tool_code_signals: a failure the tool results report: ``stack_trace``,
+            ``test_failure``.
+        math_signals: maths asked for in the instruction: ``proof``, ``math_terms``,
+            ``notation``.
+        reasoning_signals: multi-step work asked for: ``planning``, ``debugging``,
+            ``explain_why``, ``refactoring``, ``synthesis``, ``code_review``,
+            ``open_question``.
+        easy_signals: bounded work asked for: ``classify``, ``constrained_answer``,
+            ``extract``, ``lookup``, ``convert``, ``small_edit``, ``short_summary``.
         instruction_words: words in ``instruction``.
         file_mentions: distinct file paths in the user message.
         input_tokens: tokens of the whole request, as counted by the caller.
@@ -286,9 +698,6 @@ class StepFeatures:
     def has_tools(self) -> bool:
         """Whether the call offers the model any tools."""
         return self.tools_offered > 0
-
-
-_FILE_PATH = _CODE_SIGNALS[4][1]
 
 
 def extract_features(
@@ -323,12 +732,17 @@ def extract_features(
     for message in reversed(messages):
         if message.get("role") != "tool":
             break
-        text, _ = _content_text(message.get("content"))
-        batch.append(_clip(text, _TOOL_HEAD_CHARS, _TOOL_TAIL_CHARS))
+        content, _ = _content_text(message.get("content"))
+        batch.append(_clip(content, _TOOL_HEAD_CHARS, _TOOL_TAIL_CHARS))
     batch.reverse()
     text = _clip(user_text, _USER_HEAD_CHARS, _USER_TAIL_CHARS)
-    tool_text = "\n\n".join(batch)
+    tool_text = "\n\n".join(batch)[:_TOOL_TOTAL_CHARS]
     instruction = _instruction(text)
+    words, starts = _words(instruction)
+    math_signals = _MATH_TABLE.match(words, starts)
+    if not _MATH_NOTATION_HINTS.isdisjoint(instruction) and _MATH_NOTATION.search(instruction):
+        math_signals = (*math_signals, "notation")
+    paths = _file_paths(text)
     return StepFeatures(
         text=text,
         instruction=instruction,
@@ -336,13 +750,13 @@ def extract_features(
         tools_offered=len(tools or ()),
         digesting_tool_result=bool(batch),
         tool_results_in_batch=len(batch),
-        code_signals=_match(_CODE_SIGNALS, text),
-        tool_code_signals=_match(_CODE_SIGNALS, tool_text) if tool_text else (),
-        math_signals=_match(_MATH_SIGNALS, text),
-        reasoning_signals=_match(_REASONING_SIGNALS, instruction),
-        easy_signals=_match(_EASY_SIGNALS, instruction),
-        instruction_words=len(_WORD.findall(instruction)),
-        file_mentions=len({m.group(0) for m in _FILE_PATH.finditer(text)}),
+        code_signals=_code_signals(text, paths),
+        tool_code_signals=_tool_signals(tool_text) if tool_text else (),
+        math_signals=math_signals,
+        reasoning_signals=_REASONING_TABLE.match(words, starts),
+        easy_signals=_EASY_TABLE.match(words, starts),
+        instruction_words=len(words),
+        file_mentions=len(paths),
         input_tokens=input_tokens,
         step_index=step_index,
         previous_outcome=previous_outcome,
@@ -351,6 +765,7 @@ def extract_features(
 
 
 # --------------------------------------------------------------------------- rules
+
 
 class Evidence(NamedTuple):
     """One piece of evidence about a step's difficulty.
@@ -468,11 +883,15 @@ class InputSizeRule(Rule):
 
     __slots__ = ("steps",)
 
-    def __init__(self, steps: Sequence[tuple[int, float]] = ((3000, 0.6), (8000, 1.4), (20000, 2.0))) -> None:
+    def __init__(
+        self, steps: Sequence[tuple[int, float]] = ((3000, 0.6), (8000, 1.4), (20000, 2.0))
+    ) -> None:
         self.steps = tuple(sorted(steps))
 
     def __call__(self, features: StepFeatures) -> Evidence | None:
-        reached = [(tokens, weight) for tokens, weight in self.steps if features.input_tokens >= tokens]
+        reached = [
+            (tokens, weight) for tokens, weight in self.steps if features.input_tokens >= tokens
+        ]
         if not reached:
             return None
         tokens, weight = reached[-1]
@@ -491,7 +910,9 @@ class ToolBatchRule(Rule):
 
     __slots__ = ("batch_weight", "failure_weight", "min_results")
 
-    def __init__(self, *, min_results: int = 3, batch_weight: float = 0.9, failure_weight: float = 0.8) -> None:
+    def __init__(
+        self, *, min_results: int = 3, batch_weight: float = 0.9, failure_weight: float = 0.8
+    ) -> None:
         self.min_results = min_results
         self.batch_weight = batch_weight
         self.failure_weight = failure_weight
@@ -499,10 +920,18 @@ class ToolBatchRule(Rule):
     def __call__(self, features: StepFeatures) -> list[Evidence]:
         found = []
         if features.tool_results_in_batch >= self.min_results:
-            found.append(Evidence(self.batch_weight, f"{features.tool_results_in_batch} tool results to combine"))
+            found.append(
+                Evidence(
+                    self.batch_weight, f"{features.tool_results_in_batch} tool results to combine"
+                )
+            )
         failures = {"stack_trace", "test_failure"} & set(features.tool_code_signals)
         if failures and not features.easy_signals:
-            found.append(Evidence(self.failure_weight, f"tool reported a failure: {', '.join(sorted(failures))}"))
+            found.append(
+                Evidence(
+                    self.failure_weight, f"tool reported a failure: {', '.join(sorted(failures))}"
+                )
+            )
         return found
 
 
@@ -519,7 +948,12 @@ class ShortTaskRule(Rule):
     __slots__ = ("long_weight", "long_words", "max_words", "short_weight")
 
     def __init__(
-        self, *, max_words: int = 12, short_weight: float = -0.7, long_words: int = 40, long_weight: float = 0.5
+        self,
+        *,
+        max_words: int = 12,
+        short_weight: float = -0.7,
+        long_words: int = 40,
+        long_weight: float = 0.5,
     ) -> None:
         self.max_words = max_words
         self.short_weight = short_weight
@@ -566,18 +1000,35 @@ def _multi_file_rule(features: StepFeatures) -> Evidence | None:
 
 DEFAULT_RULES: RuleSet = RuleSet(
     SignalRule(
-        "reasoning_signals", first=1.8, more=0.5, cap=2.8, label="multi-step work",
+        "reasoning_signals",
+        first=1.8,
+        more=0.5,
+        cap=2.8,
+        weights={"explain_why": 1.0},
+        label="multi-step work",
     ),
     SignalRule(
-        "math_signals", first=1.2, more=0.6, cap=2.4, weights={"proof": 1.8, "notation": 0.6},
+        "math_signals",
+        first=1.2,
+        more=0.6,
+        cap=2.4,
+        weights={"proof": 1.8, "notation": 0.6},
         label="maths",
     ),
     SignalRule(
-        "easy_signals", first=-1.6, more=-0.4, cap=2.4, label="bounded task",
+        "easy_signals",
+        first=-1.6,
+        more=-0.4,
+        cap=2.4,
+        label="bounded task",
     ),
     SignalRule(
-        "code_signals", first=0.3, more=0.15, cap=0.6,
-        weights={"file_path": 0.15, "code_syntax": 0.2}, label="code in the task",
+        "code_signals",
+        first=0.3,
+        more=0.15,
+        cap=0.6,
+        weights={"file_path": 0.15, "code_syntax": 0.2},
+        label="code in the task",
     ),
     InputSizeRule(),
     ToolBatchRule(),
@@ -590,6 +1041,7 @@ DEFAULT_RULES: RuleSet = RuleSet(
 
 
 # --------------------------------------------------------------------------- classification
+
 
 @dataclass(frozen=True, slots=True)
 class Classification:
@@ -722,7 +1174,9 @@ class LLMClassifier:
 
     __slots__ = ("ask", "max_task_chars", "max_tool_chars")
 
-    def __init__(self, ask: AskFunction, *, max_task_chars: int = 1500, max_tool_chars: int = 600) -> None:
+    def __init__(
+        self, ask: AskFunction, *, max_task_chars: int = 1500, max_tool_chars: int = 600
+    ) -> None:
         self.ask = ask
         self.max_task_chars = max_task_chars
         self.max_tool_chars = max_tool_chars
@@ -733,7 +1187,9 @@ class LLMClassifier:
         parts = [f"Task given to the agent:\n{task or '(none)'}"]
         if features.tool_text:
             tool = _clip(features.tool_text, self.max_tool_chars // 2, self.max_tool_chars // 2)
-            parts.append(f"The agent is now reading {features.tool_results_in_batch} tool result(s):\n{tool}")
+            parts.append(
+                f"The agent is now reading {features.tool_results_in_batch} tool result(s):\n{tool}"
+            )
         parts.append(
             f"Context size: about {features.input_tokens} tokens. "
             f"Tools offered: {'yes' if features.has_tools else 'no'}.\nEASY or HARD?"
@@ -760,12 +1216,14 @@ class LLMClassifier:
 
     def __call__(self, features: StepFeatures) -> Classification:
         """Label one step by asking the model; an unreadable answer is ``hard`` and uncertain."""
-        answer = self.ask(self.build_messages(features))
+        answer = self.ask(self.build_messages(features)) or ""
         verdict = self.parse(answer)
         shown = " ".join(answer.split())[:40]
         if verdict is None:
             # Unreadable: keep the caller's model rather than guess cheap.
-            return Classification("hard", 1.0, 0.0, (f"LLM answer unreadable: {shown!r}",), True, "llm")
+            return Classification(
+                "hard", 1.0, 0.0, (f"LLM answer unreadable: {shown!r}",), True, "llm"
+            )
         return Classification(
             verdict,
             0.0 if verdict == "easy" else 1.0,
@@ -806,7 +1264,10 @@ class CascadeClassifier:
         except AgentGuardError:
             raise  # budget, limits and parking are the pipeline's business
         except Exception as exc:
-            return replace(first, reasons=(*first.reasons, f"LLM classifier failed: {type(exc).__name__}: {exc}"))
+            return replace(
+                first,
+                reasons=(*first.reasons, f"LLM classifier failed: {type(exc).__name__}: {exc}"),
+            )
         if second.uncertain:
             return replace(first, reasons=(*first.reasons, *second.reasons))
         return Classification(
@@ -849,6 +1310,7 @@ def build_classifier(kind: str, *, ask: AskFunction | None = None) -> Classifier
 
 
 # --------------------------------------------------------------------------- routing
+
 
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
@@ -914,7 +1376,7 @@ class Router:
             ``classifier`` was given.
     """
 
-    __slots__ = ("_tier_of_model", "classifier", "config")
+    __slots__ = ("_ladder", "_tier_of_model", "classifier", "config")
 
     def __init__(
         self,
@@ -924,12 +1386,14 @@ class Router:
         ask: AskFunction | None = None,
     ) -> None:
         self.config = config
-        self.classifier: Classifier = classifier if classifier is not None else build_classifier(
-            config.classifier, ask=ask
+        self.classifier: Classifier = (
+            classifier if classifier is not None else build_classifier(config.classifier, ask=ask)
         )
         self._tier_of_model: dict[str, str] = {}
         for name, model in config.tiers.items():
             self._tier_of_model.setdefault(model, name)
+        # Two tiers naming one model are one rung: escalating between them would change nothing.
+        self._ladder: tuple[str, ...] = tuple(self._tier_of_model)
 
     def tier_of(self, model: str) -> str | None:
         """The tier name of ``model``, or ``None`` if it is not one of the tiers."""
@@ -966,16 +1430,25 @@ class Router:
         if forced:
             origin = "the call's force_model" if force_model else "routing.force_model"
             return RouteDecision(
-                model=forced, tier=self.tier_of(forced), reasons=(f"forced to {forced} by {origin}",),
-                features=None, score=None, requested_model=model, forced=True,
+                model=forced,
+                tier=self.tier_of(forced),
+                reasons=(f"forced to {forced} by {origin}",),
+                features=None,
+                score=None,
+                requested_model=model,
+                forced=True,
             )
         if not self.config.tiers:
             return RouteDecision(
-                model=model, tier=None, reasons=("routing off: no tiers configured",),
-                features=None, score=None, requested_model=model,
+                model=model,
+                tier=None,
+                reasons=("routing off: no tiers configured",),
+                features=None,
+                score=None,
+                requested_model=model,
             )
 
-        ladder = list(self.config.tiers.values())
+        ladder = list(self._ladder)
         if model in ladder:
             caller_index = ladder.index(model)
         else:
@@ -984,7 +1457,10 @@ class Router:
         top = len(ladder) - 1
 
         features = extract_features(
-            messages, tools, input_tokens=input_tokens, step_index=step_index,
+            messages,
+            tools,
+            input_tokens=input_tokens,
+            step_index=step_index,
             previous_outcome=previous_outcome,
         )
         classification = self.classifier(features)
@@ -1008,12 +1484,20 @@ class Router:
         tier = self.tier_of(chosen_model)
         reasons.append(f"-> {tier or 'caller model'} {chosen_model}")
         return RouteDecision(
-            model=chosen_model, tier=tier, reasons=tuple(reasons), features=features,
-            score=classification.score, requested_model=model, classification=classification,
-            ladder=tuple(ladder), ceiling=ceiling,
+            model=chosen_model,
+            tier=tier,
+            reasons=tuple(reasons),
+            features=features,
+            score=classification.score,
+            requested_model=model,
+            classification=classification,
+            ladder=tuple(ladder),
+            ceiling=ceiling,
         )
 
-    def _pressure_cap(self, remaining_fraction: float | None, ladder: list[str]) -> tuple[int, str] | None:
+    def _pressure_cap(
+        self, remaining_fraction: float | None, ladder: list[str]
+    ) -> tuple[int, str] | None:
         """The tightest tier cap budget pressure imposes, with its reason; ``None`` for none."""
         if remaining_fraction is None:
             return None
@@ -1043,7 +1527,12 @@ class Router:
             The new decision, or ``None`` when escalation is off, the model was forced or
             routing was off, or the decision is already at its ceiling.
         """
-        if not self.config.escalate or decision.forced or not decision.ladder or decision.ceiling is None:
+        if (
+            not self.config.escalate
+            or decision.forced
+            or not decision.ladder
+            or decision.ceiling is None
+        ):
             return None
         index = decision.ladder.index(decision.model)
         if index >= decision.ceiling:
@@ -1052,7 +1541,10 @@ class Router:
         tier = self.tier_of(model)
         why = f"escalated from {decision.model} to {model}" + (f": {reason}" if reason else "")
         return replace(
-            decision, model=model, tier=tier, reasons=(*decision.reasons, why),
+            decision,
+            model=model,
+            tier=tier,
+            reasons=(*decision.reasons, why),
             escalated_from=(*decision.escalated_from, decision.model),
         )
 
@@ -1090,7 +1582,9 @@ def _offered_tool_names(tools: Sequence[Any] | None) -> set[str]:
     return names
 
 
-def check_step_failure(response_body: Mapping[str, Any], tools: Sequence[Any] | None = None) -> str | None:
+def check_step_failure(
+    response_body: Mapping[str, Any], tools: Sequence[Any] | None = None
+) -> str | None:
     """A checkable failure in a chat completion, which escalating one tier may fix.
 
     Checked: tool-call arguments that are not a JSON object, a tool name that was not offered,

@@ -71,6 +71,8 @@ class Session:
         force_model: str | None = None,
         framework: str = "openai",
         state: SessionState | None = None,
+        parent_id: str | None = None,
+        root_id: str | None = None,
     ) -> None:
         if session_id is not None and not _valid_id(session_id):
             raise ValueError(
@@ -80,6 +82,9 @@ class Session:
         self.guard = guard
         self.id = session_id or f"s-{secrets.token_hex(8)}"
         self.parent: Session | None = parent
+        self.parent_id = parent.id if parent is not None else parent_id
+        """The parent's id (kept when a child session is restored without its parent)."""
+        self._root_id = root_id
         self.budget_key: str = budget_key or (parent.budget_key if parent else "default")
         self.resumer = resumer
         self.force_model = force_model
@@ -100,6 +105,13 @@ class Session:
         while session.parent is not None:
             session = session.parent
         return session
+
+    @property
+    def root_id(self) -> str:
+        """The id of the session whose own budget this one draws on."""
+        if self.parent is not None:
+            return self.parent.root_id
+        return self._root_id or self.id
 
     @property
     def iterations(self) -> int:

@@ -208,10 +208,20 @@ def _feed(hasher: Any, value: Any) -> None:
         hasher.update(b"s%d:" % len(data))
         hasher.update(data)
     elif isinstance(value, Mapping):
-        hasher.update(b"d%d:" % len(value))
+        update = hasher.update
+        update(b"d%d:" % len(value))
         for key in sorted(value, key=str):
-            _feed(hasher, str(key))
-            _feed(hasher, value[key])
+            name = str(key).encode("utf-8", "surrogatepass")
+            update(b"s%d:" % len(name))
+            update(name)
+            item = value[key]
+            if type(item) is str:
+                # Inlined: most message fields are strings, and this runs on every call.
+                data = item.encode("utf-8", "surrogatepass")
+                update(b"s%d:" % len(data))
+                update(data)
+            else:
+                _feed(hasher, item)
     elif isinstance(value, list | tuple):
         hasher.update(b"l%d:" % len(value))
         for item in value:
@@ -459,7 +469,9 @@ class TokenCounter:
             raws = [self._cache.get(key) for key in keys]
         missing = [index for index, raw in enumerate(raws) if raw is None]
         if missing:
-            computed = {i: self._raw_message_tokens(_as_mapping(messages[i]), basis) for i in missing}
+            computed = {
+                i: self._raw_message_tokens(_as_mapping(messages[i]), basis) for i in missing
+            }
             with self._lock:
                 for i, raw in computed.items():
                     self._cache.put(keys[i], raw)
@@ -501,6 +513,8 @@ class TokenCounter:
     def truncate_text(self, text: str, max_tokens: int, model: str) -> str:
         """The longest start of ``text`` that is at most ``max_tokens`` tokens.
 
+        (Only the first ``32 * max_tokens`` characters are considered: no real token is longer.)
+
         Counted with the model's encoding (o200k_base for unknown models, without the
         estimate factor), so the result for a given text is always the same.
         """
@@ -508,20 +522,24 @@ class TokenCounter:
             return ""
         basis, _exact = self._basis(model)
         tokenizer = None if basis == _FALLBACK_BASIS else self._tokenizer(basis)
-        # A token is rarely longer than 32 characters; don't tokenize all of a long text.
-        window = text[: max_tokens * 32]
         if tokenizer is None:
-            return window[: max_tokens * _BYTES_PER_TOKEN_FALLBACK]
-        try:
-            tokens = tokenizer.encode_ordinary(window)
-        except Exception:
-            window = window.encode("utf-8", "replace").decode("utf-8")
-            tokens = tokenizer.encode_ordinary(window)
-        if len(tokens) <= max_tokens:
-            return window
-        head = tokenizer.decode(tokens[:max_tokens])
-        # A cut inside a multi-byte character decodes to U+FFFD; drop it.
-        return head.rstrip("\ufffd")
+            return text[: max_tokens * _BYTES_PER_TOKEN_FALLBACK]
+        # Don't tokenize all of a long text: a token averages ~4 characters, so try a window of
+        # 8 per token first, and 32 (more than any real token) when that was not enough.
+        for chars_per_token in (8, 32):
+            window = text[: max_tokens * chars_per_token]
+            try:
+                tokens = tokenizer.encode_ordinary(window)
+            except Exception:
+                window = window.encode("utf-8", "replace").decode("utf-8")
+                tokens = tokenizer.encode_ordinary(window)
+            if len(tokens) > max_tokens:
+                head = tokenizer.decode(tokens[:max_tokens])
+                # A cut inside a multi-byte character decodes to U+FFFD; drop it.
+                return head.rstrip("\ufffd")
+            if len(window) == len(text):
+                return window
+        return window
 
     def cache_info(self) -> CacheInfo:
         """Hits, misses and size of the per-message cache."""

@@ -94,7 +94,9 @@ def validate_messages(messages: Sequence[Mapping[str, Any]]) -> None:
             raise ValueError(f"messages[{index}] is a {type(message).__name__}, not a message dict")
         role = message.get("role")
         if role not in _ROLES:
-            raise ValueError(f"messages[{index}] has role {role!r}, expected one of {sorted(_ROLES)}")
+            raise ValueError(
+                f"messages[{index}] has role {role!r}, expected one of {sorted(_ROLES)}"
+            )
         if role == "tool":
             call_id = message.get("tool_call_id")
             if not isinstance(call_id, str) or not call_id:
@@ -148,8 +150,10 @@ def _check_tool_calls(index: int, tool_calls: Any) -> set[str]:
         if call_id in ids:
             raise ValueError(f"{where} repeats the id {call_id!r}")
         ids.add(call_id)
-        spec = call.get("function") if call.get("type", "function") == "function" else call.get(
-            "custom"
+        spec = (
+            call.get("function")
+            if call.get("type", "function") == "function"
+            else call.get("custom")
         )
         if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
             raise ValueError(f"{where} has no function name")
@@ -287,7 +291,10 @@ def _drop_note(count: int) -> str:
 
 def _summary_note(count: int, summary: str) -> str:
     noun = "message" if count == 1 else "messages"
-    return f"[agentguard: summary of {count} earlier {noun}, dropped to fit the context window]\n{summary}"
+    return (
+        f"[agentguard: summary of {count} earlier {noun}, dropped to fit the context window]\n"
+        f"{summary}"
+    )
 
 
 class _History:
@@ -343,9 +350,7 @@ class _History:
         prompts = 0
         while prompts < n and messages[prompts].get("role") in _PROMPT_ROLES:
             prompts += 1
-        first_user = next(
-            (i for i in range(prompts, n) if messages[i].get("role") == "user"), None
-        )
+        first_user = next((i for i in range(prompts, n) if messages[i].get("role") == "user"), None)
         head_end = prompts
         if first_user is not None:
             head_end = next(end for start, end in units if start <= first_user < end)
@@ -365,7 +370,9 @@ class _History:
         self.turns = turns
         self.tail_start = turns[-keep_last_turns][0] if len(turns) >= keep_last_turns else head_end
         self.droppable = [turn for turn in turns if turn[1] <= self.tail_start]
-        last_user = next((i for i in range(n - 1, -1, -1) if messages[i].get("role") == "user"), None)
+        last_user = next(
+            (i for i in range(n - 1, -1, -1) if messages[i].get("role") == "user"), None
+        )
         self.pinned_user = (
             last_user if last_user is not None and head_end <= last_user < self.tail_start else None
         )

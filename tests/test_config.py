@@ -77,9 +77,17 @@ def test_defaults_need_no_file() -> None:
         ("[limits]\nmax_retries = -1\n", "limits.max_retries", "greater than or equal to 0"),
         ("[limitz]\nmax_iterations = 3\n", "limitz", "no such field"),
         ("[limits]\nmax_iteration = 3\n", "limits.max_iteration", "no such field"),
-        ("[[budgets]]\nkey = 'a'\nlimit_usd = 1\nwindow = '5 hours'\n", "budgets.0.window", "duration"),
+        (
+            "[[budgets]]\nkey = 'a'\nlimit_usd = 1\nwindow = '5 hours'\n",
+            "budgets.0.window",
+            "duration",
+        ),
         ("[[budgets]]\nkey = 'a'\nlimit_usd = -1\n", "budgets.0.limit_usd", "greater than 0"),
-        ("[[budgets]]\nkey = 'a'\nlimit_usd = 1\non_exhausted = 'pray'\n", "budgets.0.on_exhausted", "raise"),
+        (
+            "[[budgets]]\nkey = 'a'\nlimit_usd = 1\non_exhausted = 'pray'\n",
+            "budgets.0.on_exhausted",
+            "raise",
+        ),
         ("[routing]\ntiers = {small = 'a'}\npressure = [[0.2, 'huge']]\n", "routing", "huge"),
     ],
 )

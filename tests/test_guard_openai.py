@@ -44,7 +44,9 @@ def client_for(guard: Guard, sim: SimServer, **kwargs: object) -> openai.OpenAI:
     return guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-test-secret-key", **kwargs))
 
 
-def test_wrap_returns_the_sdk_types_and_counts(sim: SimServer, make_guard: Callable[..., Guard]) -> None:
+def test_wrap_returns_the_sdk_types_and_counts(
+    sim: SimServer, make_guard: Callable[..., Guard]
+) -> None:
     guard = make_guard()
     raw = openai.OpenAI(base_url=sim.base_url, api_key="sk-test")
     client = guard.wrap(raw)
@@ -62,7 +64,9 @@ def test_wrap_returns_the_sdk_types_and_counts(sim: SimServer, make_guard: Calla
     assert status.reserved_usd == 0
 
 
-def test_the_output_cap_is_added_and_a_callers_is_kept(sim: SimServer, make_guard: Callable[..., Guard]) -> None:
+def test_the_output_cap_is_added_and_a_callers_is_kept(
+    sim: SimServer, make_guard: Callable[..., Guard]
+) -> None:
     guard = make_guard(limits={"default_max_output_tokens": 77})
     client = client_for(guard, sim)
     with guard.session():
@@ -75,13 +79,17 @@ def test_the_output_cap_is_added_and_a_callers_is_kept(sim: SimServer, make_guar
     assert bodies[2]["max_completion_tokens"] == 77 and "max_tokens" not in bodies[2]
 
 
-def test_stream_is_unchanged_and_usage_is_charged(sim: SimServer, make_guard: Callable[..., Guard]) -> None:
+def test_stream_is_unchanged_and_usage_is_charged(
+    sim: SimServer, make_guard: Callable[..., Guard]
+) -> None:
     guard = make_guard()
     raw = openai.OpenAI(base_url=sim.base_url, api_key="sk-test")
     client = guard.wrap(raw)
     plain = list(raw.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
     with guard.session() as session:
-        guarded = list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
+        guarded = list(
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+        )
     # the caller asked for no usage chunk, so it gets none, exactly like the raw SDK
     assert [c.choices == [] for c in guarded] == [c.choices == [] for c in plain]
     assert all(c.usage is None for c in guarded)
@@ -93,20 +101,27 @@ def test_stream_is_unchanged_and_usage_is_charged(sim: SimServer, make_guard: Ca
     assert session.state.output_tokens > 0
 
 
-def test_stream_keeps_a_usage_chunk_the_caller_asked_for(sim: SimServer, make_guard: Callable[..., Guard]) -> None:
+def test_stream_keeps_a_usage_chunk_the_caller_asked_for(
+    sim: SimServer, make_guard: Callable[..., Guard]
+) -> None:
     guard = make_guard()
     client = client_for(guard, sim)
     with guard.session() as session:
         chunks = list(
             client.chat.completions.create(
-                model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+                model="gpt-4o-mini",
+                messages=MESSAGES,
+                stream=True,
+                stream_options={"include_usage": True},
             )
         )
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert session.state.output_tokens == chunks[-1].usage.completion_tokens
 
 
-def test_stream_closed_early_still_settles(sim: SimServer, make_guard: Callable[..., Guard]) -> None:
+def test_stream_closed_early_still_settles(
+    sim: SimServer, make_guard: Callable[..., Guard]
+) -> None:
     guard = make_guard()
     client = client_for(guard, sim)
     with guard.session() as session:
@@ -117,14 +132,18 @@ def test_stream_closed_early_still_settles(sim: SimServer, make_guard: Callable[
     assert guard.budget_status("default").reserved_usd == 0
 
 
-async def test_async_client_plain_and_stream(sim: SimServer, make_guard: Callable[..., Guard]) -> None:
+async def test_async_client_plain_and_stream(
+    sim: SimServer, make_guard: Callable[..., Guard]
+) -> None:
     guard = make_guard()
     client = guard.wrap(openai.AsyncOpenAI(base_url=sim.base_url, api_key="sk-test"))
     assert type(client) is openai.AsyncOpenAI
     async with guard.session("async-1") as session:
         response = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
         assert response.choices[0].message.content
-        stream = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+        stream = await client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True
+        )
         chunks = [chunk async for chunk in stream]
         assert chunks and all(c.choices for c in chunks)
     assert session.iterations == 2
@@ -144,9 +163,13 @@ def test_other_endpoints_pass_through_and_with_options_stays_guarded(
     assert session.iterations == 1
 
 
-def test_http_client_for_code_that_builds_its_own_client(sim: SimServer, make_guard: Callable[..., Guard]) -> None:
+def test_http_client_for_code_that_builds_its_own_client(
+    sim: SimServer, make_guard: Callable[..., Guard]
+) -> None:
     guard = make_guard()
-    client = openai.OpenAI(base_url=sim.base_url, api_key="sk-test", http_client=guard.http_client())
+    client = openai.OpenAI(
+        base_url=sim.base_url, api_key="sk-test", http_client=guard.http_client()
+    )
     with guard.session() as session:
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert session.iterations == 1 and session.spent_usd > 0
@@ -177,11 +200,15 @@ def test_loop_detection_on_repeated_tool_calls(make_guard: Callable[..., Guard])
         messages: list[dict] = list(MESSAGES)
         with guard.session("looper"), pytest.raises(LoopDetected) as caught:
             for _ in range(5):
-                response = client.chat.completions.create(model="gpt-4o-mini", messages=messages, tools=TOOLS)
+                response = client.chat.completions.create(
+                    model="gpt-4o-mini", messages=messages, tools=TOOLS
+                )
                 message = response.choices[0].message
                 messages.append(message.model_dump(exclude_none=True))
                 for call in message.tool_calls or []:
-                    messages.append({"role": "tool", "tool_call_id": call.id, "content": "same file"})
+                    messages.append(
+                        {"role": "tool", "tool_call_id": call.id, "content": "same file"}
+                    )
     assert caught.value.tool_name == "read_file"
     assert caught.value.observed == 3
     assert chat_attempts(sim) == 3
@@ -195,7 +222,9 @@ def test_max_tool_calls(make_guard: Callable[..., Guard]) -> None:
         messages: list[dict] = list(MESSAGES)
         with guard.session(), pytest.raises(IterationLimitExceeded) as caught:
             for _ in range(5):
-                response = client.chat.completions.create(model="gpt-4o-mini", messages=messages, tools=TOOLS)
+                response = client.chat.completions.create(
+                    model="gpt-4o-mini", messages=messages, tools=TOOLS
+                )
                 message = response.choices[0].message
                 messages.append(message.model_dump(exclude_none=True))
                 for call in message.tool_calls or []:
@@ -251,7 +280,9 @@ def test_non_transient_errors_come_back_as_the_sdk_error_once(
     assert session.state.consecutive_failures == 1
 
 
-def test_consecutive_failures_stop_the_session(sim: SimServer, make_guard: Callable[..., Guard]) -> None:
+def test_consecutive_failures_stop_the_session(
+    sim: SimServer, make_guard: Callable[..., Guard]
+) -> None:
     guard = make_guard(limits={"max_consecutive_failures": 2})
     client = client_for(guard, sim)
     sim.fail_next(5, status=400)
@@ -266,7 +297,9 @@ def test_consecutive_failures_stop_the_session(sim: SimServer, make_guard: Calla
     assert chat_attempts(sim) == 2
 
 
-def test_short_rate_limit_is_waited_out_in_process(sim: SimServer, make_guard: Callable[..., Guard]) -> None:
+def test_short_rate_limit_is_waited_out_in_process(
+    sim: SimServer, make_guard: Callable[..., Guard]
+) -> None:
     guard = make_guard()
     client = client_for(guard, sim)
     sim.rate_limit_next(1, retry_after="0.05")
@@ -275,7 +308,9 @@ def test_short_rate_limit_is_waited_out_in_process(sim: SimServer, make_guard: C
     assert chat_attempts(sim) == 2 and session.state.retries == 1
 
 
-def test_long_rate_limit_is_handed_back_after_one_attempt(sim: SimServer, make_guard: Callable[..., Guard]) -> None:
+def test_long_rate_limit_is_handed_back_after_one_attempt(
+    sim: SimServer, make_guard: Callable[..., Guard]
+) -> None:
     guard = make_guard(parking={"enabled": False})
     client = client_for(guard, sim)
     sim.rate_limit_next(5, retry_after=3600)
@@ -299,7 +334,9 @@ def test_budget_exceeded_before_sending(sim: SimServer, make_guard: Callable[...
     assert chat_attempts(sim) == session.iterations
 
 
-def test_child_sessions_draw_on_the_parent(sim: SimServer, make_guard: Callable[..., Guard]) -> None:
+def test_child_sessions_draw_on_the_parent(
+    sim: SimServer, make_guard: Callable[..., Guard]
+) -> None:
     guard = make_guard(limits={"max_session_usd": 0.0004})
     client = client_for(guard, sim)
     with guard.session("parent", budget_key="team") as parent:
@@ -323,12 +360,16 @@ def test_unknown_model_is_a_pricing_error_unless_configured(
     with guard.session(), pytest.raises(PricingError, match="pricing.overrides"):
         client.chat.completions.create(model="my-local-model", messages=MESSAGES)
     assert chat_attempts(sim) == 0
-    guard = make_guard(pricing={"overrides": {"my-local-model": {"input_per_mtok": 1, "output_per_mtok": 2}}})
+    guard = make_guard(
+        pricing={"overrides": {"my-local-model": {"input_per_mtok": 1, "output_per_mtok": 2}}}
+    )
     client = client_for(guard, sim)
     with guard.session() as session:
         response = client.chat.completions.create(model="my-local-model", messages=MESSAGES)
     assert response.usage is not None
-    expected = (Decimal(response.usage.prompt_tokens) * 1 + Decimal(response.usage.completion_tokens) * 2) / 10**6
+    expected = (
+        Decimal(response.usage.prompt_tokens) * 1 + Decimal(response.usage.completion_tokens) * 2
+    ) / 10**6
     assert session.spent_usd == expected
 
 
@@ -338,8 +379,12 @@ def test_cached_and_reasoning_tokens_are_priced(make_guard: Callable[..., Guard]
         guard = make_guard()
         client = client_for(guard, sim)
         with guard.session() as session:
-            first = client.chat.completions.create(model="o4-mini", messages=[long_system, *MESSAGES])
-            second = client.chat.completions.create(model="o4-mini", messages=[long_system, *MESSAGES])
+            first = client.chat.completions.create(
+                model="o4-mini", messages=[long_system, *MESSAGES]
+            )
+            second = client.chat.completions.create(
+                model="o4-mini", messages=[long_system, *MESSAGES]
+            )
     assert first.usage is not None and second.usage is not None
     assert second.usage.prompt_tokens_details is not None
     assert second.usage.prompt_tokens_details.cached_tokens >= 1024
@@ -351,7 +396,9 @@ def test_cached_and_reasoning_tokens_are_priced(make_guard: Callable[..., Guard]
     assert costs[1] < costs[0]  # cached input is cheaper
 
 
-def test_no_api_key_reaches_the_store(tmp_path: Path, sim: SimServer, make_guard: Callable[..., Guard]) -> None:
+def test_no_api_key_reaches_the_store(
+    tmp_path: Path, sim: SimServer, make_guard: Callable[..., Guard]
+) -> None:
     guard = make_guard()
     client = client_for(guard, sim)
     with guard.session():
@@ -373,12 +420,19 @@ def test_garbage_from_the_provider_is_retried_then_reported(
     assert chat_attempts(sim) == 2
 
 
-def test_request_body_reaches_the_provider_intact(sim: SimServer, make_guard: Callable[..., Guard]) -> None:
+def test_request_body_reaches_the_provider_intact(
+    sim: SimServer, make_guard: Callable[..., Guard]
+) -> None:
     guard = make_guard()
     client = client_for(guard, sim)
     with guard.session():
         client.chat.completions.create(
-            model="gpt-4o-mini", messages=MESSAGES, tools=TOOLS, temperature=0.3, user="u-1", max_tokens=9
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            tools=TOOLS,
+            temperature=0.3,
+            user="u-1",
+            max_tokens=9,
         )
     body = sim.requests[-1].body
     assert body["messages"] == MESSAGES and body["tools"] == TOOLS
@@ -386,7 +440,9 @@ def test_request_body_reaches_the_provider_intact(sim: SimServer, make_guard: Ca
     assert json.dumps(body)
 
 
-def test_transport_passes_non_json_posts_through(sim: SimServer, make_guard: Callable[..., Guard]) -> None:
+def test_transport_passes_non_json_posts_through(
+    sim: SimServer, make_guard: Callable[..., Guard]
+) -> None:
     guard = make_guard()
     with guard.http_client() as http:
         response = http.post(f"{sim.base_url}/chat/completions", content=b"not json")

@@ -22,8 +22,9 @@ from agentguard.pricing import ModelPrice, Pricer, Usage, default_pricer
 
 USAGES = [
     Usage(input_tokens=1_000, output_tokens=200),
-    Usage(input_tokens=12_345, cached_input_tokens=4_096, output_tokens=3_210,
-          reasoning_tokens=2_000),
+    Usage(
+        input_tokens=12_345, cached_input_tokens=4_096, output_tokens=3_210, reasoning_tokens=2_000
+    ),
     Usage(input_tokens=50, cached_input_tokens=50, output_tokens=7, reasoning_tokens=7),
     Usage(),
 ]
@@ -31,8 +32,9 @@ USAGES = [
 # gpt-5.4 prices prompts over 272k tokens higher: both sides of the threshold.
 TIER_USAGES = [
     Usage(input_tokens=272_000, cached_input_tokens=100_000, output_tokens=1_000),
-    Usage(input_tokens=272_001, cached_input_tokens=100_000, output_tokens=1_000,
-          reasoning_tokens=10),
+    Usage(
+        input_tokens=272_001, cached_input_tokens=100_000, output_tokens=1_000, reasoning_tokens=10
+    ),
 ]
 
 
@@ -104,8 +106,9 @@ def test_separate_reasoning_price_and_request_fee_match_calc_price(pricer: Price
 
 
 def test_cache_writes_match_calc_price(pricer: Pricer) -> None:
-    usage = Usage(input_tokens=20_000, cached_input_tokens=5_000, cache_write_tokens=10_000,
-                  output_tokens=500)
+    usage = Usage(
+        input_tokens=20_000, cached_input_tokens=5_000, cache_write_tokens=10_000, output_tokens=500
+    )
     price = pricer.price("claude-sonnet-4-5")
     assert price.provider == "anthropic"
     assert price.cache_write > price.input
@@ -241,9 +244,11 @@ def test_price_change_on_a_date_is_picked_up(monkeypatch: pytest.MonkeyPatch) ->
 def test_override_with_fallbacks() -> None:
     config = PricingConfig(
         overrides={
-            "my-local-model": PriceOverride(input_per_mtok=Decimal("0.10"),
-                                            output_per_mtok=Decimal("0.20"),
-                                            context_window=32_000)
+            "my-local-model": PriceOverride(
+                input_per_mtok=Decimal("0.10"),
+                output_per_mtok=Decimal("0.20"),
+                context_window=32_000,
+            )
         }
     )
     price = Pricer(config).price("my-local-model")
@@ -252,8 +257,12 @@ def test_override_with_fallbacks() -> None:
     assert price.cached_input == price.input
     assert price.reasoning == price.output == Decimal("0.20") / 1_000_000
     assert price.context_window == 32_000
-    usage = Usage(input_tokens=1_000_000, cached_input_tokens=500_000, output_tokens=1_000_000,
-                  reasoning_tokens=250_000)
+    usage = Usage(
+        input_tokens=1_000_000,
+        cached_input_tokens=500_000,
+        output_tokens=1_000_000,
+        reasoning_tokens=250_000,
+    )
     assert price.cost(usage) == Decimal("0.30")
 
 
@@ -261,15 +270,22 @@ def test_override_with_cached_and_reasoning_prices() -> None:
     config = PricingConfig(
         provider_id="acme",
         overrides={
-            "m": PriceOverride(input_per_mtok=Decimal(1), output_per_mtok=Decimal(4),
-                               cached_input_per_mtok=Decimal("0.5"),
-                               reasoning_per_mtok=Decimal(8))
+            "m": PriceOverride(
+                input_per_mtok=Decimal(1),
+                output_per_mtok=Decimal(4),
+                cached_input_per_mtok=Decimal("0.5"),
+                reasoning_per_mtok=Decimal(8),
+            )
         },
     )
     price = Pricer(config).price("m")
     assert price.provider == "acme"
-    usage = Usage(input_tokens=1_000_000, cached_input_tokens=1_000_000, output_tokens=2_000_000,
-                  reasoning_tokens=1_000_000)
+    usage = Usage(
+        input_tokens=1_000_000,
+        cached_input_tokens=1_000_000,
+        output_tokens=2_000_000,
+        reasoning_tokens=1_000_000,
+    )
     assert price.cost(usage) == Decimal("0.5") + Decimal(4) + Decimal(8)
 
 
@@ -313,10 +329,21 @@ def test_model_without_token_prices_is_an_error(pricer: Pricer) -> None:
 
 # --- worst case --------------------------------------------------------------------------------
 
-PROPERTY_MODELS = ["gpt-4o", "gpt-4o-mini", "o4-mini", "gpt-5.4", "claude-sonnet-4-5",
-                   "perplexity/sonar-deep-research", "odd"]
-ODD_OVERRIDE = PriceOverride(input_per_mtok=Decimal(1), output_per_mtok=Decimal(2),
-                             cached_input_per_mtok=Decimal(3), reasoning_per_mtok=Decimal(5))
+PROPERTY_MODELS = [
+    "gpt-4o",
+    "gpt-4o-mini",
+    "o4-mini",
+    "gpt-5.4",
+    "claude-sonnet-4-5",
+    "perplexity/sonar-deep-research",
+    "odd",
+]
+ODD_OVERRIDE = PriceOverride(
+    input_per_mtok=Decimal(1),
+    output_per_mtok=Decimal(2),
+    cached_input_per_mtok=Decimal(3),
+    reasoning_per_mtok=Decimal(5),
+)
 PROPERTY_PRICER = Pricer(PricingConfig(overrides={"odd": ODD_OVERRIDE}))
 
 
@@ -329,8 +356,13 @@ def bounded_usage(draw: st.DrawFn) -> tuple[int, int, Usage]:
     cache_write = draw(st.integers(0, input_tokens - cached))
     output = draw(st.integers(0, max_output))
     reasoning = draw(st.integers(0, output))
-    usage = Usage(input_tokens=input_tokens, cached_input_tokens=cached, output_tokens=output,
-                  reasoning_tokens=reasoning, cache_write_tokens=cache_write)
+    usage = Usage(
+        input_tokens=input_tokens,
+        cached_input_tokens=cached,
+        output_tokens=output,
+        reasoning_tokens=reasoning,
+        cache_write_tokens=cache_write,
+    )
     return max_input, max_output, usage
 
 
@@ -369,59 +401,81 @@ def test_default_pricer_is_shared() -> None:
 
 
 def test_from_openai_chat_dict() -> None:
-    usage = Usage.from_openai({
-        "prompt_tokens": 100,
-        "completion_tokens": 40,
-        "total_tokens": 140,
-        "prompt_tokens_details": {"cached_tokens": 64, "audio_tokens": None},
-        "completion_tokens_details": {"reasoning_tokens": 30},
-    })
-    assert usage == Usage(input_tokens=100, cached_input_tokens=64, output_tokens=40,
-                          reasoning_tokens=30)
+    usage = Usage.from_openai(
+        {
+            "prompt_tokens": 100,
+            "completion_tokens": 40,
+            "total_tokens": 140,
+            "prompt_tokens_details": {"cached_tokens": 64, "audio_tokens": None},
+            "completion_tokens_details": {"reasoning_tokens": 30},
+        }
+    )
+    assert usage == Usage(
+        input_tokens=100, cached_input_tokens=64, output_tokens=40, reasoning_tokens=30
+    )
 
 
 def test_from_openai_responses_dict() -> None:
-    usage = Usage.from_openai({
-        "input_tokens": 100,
-        "output_tokens": 40,
-        "input_tokens_details": {"cached_tokens": 10},
-        "output_tokens_details": {"reasoning_tokens": 5},
-    })
-    assert usage == Usage(input_tokens=100, cached_input_tokens=10, output_tokens=40,
-                          reasoning_tokens=5)
+    usage = Usage.from_openai(
+        {
+            "input_tokens": 100,
+            "output_tokens": 40,
+            "input_tokens_details": {"cached_tokens": 10},
+            "output_tokens_details": {"reasoning_tokens": 5},
+        }
+    )
+    assert usage == Usage(
+        input_tokens=100, cached_input_tokens=10, output_tokens=40, reasoning_tokens=5
+    )
 
 
 def test_from_openai_sdk_objects() -> None:
     bare = CompletionUsage(prompt_tokens=12, completion_tokens=3, total_tokens=15)
     assert Usage.from_openai(bare) == Usage(input_tokens=12, output_tokens=3)
 
-    none_details = CompletionUsage(prompt_tokens=12, completion_tokens=3, total_tokens=15,
-                                   prompt_tokens_details=None, completion_tokens_details=None)
+    none_details = CompletionUsage(
+        prompt_tokens=12,
+        completion_tokens=3,
+        total_tokens=15,
+        prompt_tokens_details=None,
+        completion_tokens_details=None,
+    )
     assert Usage.from_openai(none_details) == Usage(input_tokens=12, output_tokens=3)
 
     empty_details = CompletionUsage(
-        prompt_tokens=12, completion_tokens=3, total_tokens=15,
+        prompt_tokens=12,
+        completion_tokens=3,
+        total_tokens=15,
         prompt_tokens_details=PromptTokensDetails(),
         completion_tokens_details=CompletionTokensDetails(),
     )
     assert Usage.from_openai(empty_details) == Usage(input_tokens=12, output_tokens=3)
 
     full = CompletionUsage(
-        prompt_tokens=2_000, completion_tokens=900, total_tokens=2_900,
+        prompt_tokens=2_000,
+        completion_tokens=900,
+        total_tokens=2_900,
         prompt_tokens_details=PromptTokensDetails(cached_tokens=1_024),
         completion_tokens_details=CompletionTokensDetails(reasoning_tokens=600),
     )
-    assert Usage.from_openai(full) == Usage(input_tokens=2_000, cached_input_tokens=1_024,
-                                            output_tokens=900, reasoning_tokens=600)
+    assert Usage.from_openai(full) == Usage(
+        input_tokens=2_000, cached_input_tokens=1_024, output_tokens=900, reasoning_tokens=600
+    )
 
     responses = ResponseUsage(
-        input_tokens=50, output_tokens=20, total_tokens=70,
+        input_tokens=50,
+        output_tokens=20,
+        total_tokens=70,
         input_tokens_details=InputTokensDetails(cached_tokens=8, cache_write_tokens=30),
         output_tokens_details=OutputTokensDetails(reasoning_tokens=4),
     )
-    assert Usage.from_openai(responses) == Usage(input_tokens=50, cached_input_tokens=8,
-                                                 cache_write_tokens=30, output_tokens=20,
-                                                 reasoning_tokens=4)
+    assert Usage.from_openai(responses) == Usage(
+        input_tokens=50,
+        cached_input_tokens=8,
+        cache_write_tokens=30,
+        output_tokens=20,
+        reasoning_tokens=4,
+    )
 
 
 def test_from_openai_without_usage() -> None:
@@ -432,14 +486,17 @@ def test_from_openai_without_usage() -> None:
 
 
 def test_from_openai_clamps_an_inconsistent_breakdown() -> None:
-    usage = Usage.from_openai({
-        "prompt_tokens": 10,
-        "completion_tokens": 5,
-        "prompt_tokens_details": {"cached_tokens": 50},
-        "completion_tokens_details": {"reasoning_tokens": 9},
-    })
-    assert usage == Usage(input_tokens=10, cached_input_tokens=10, output_tokens=5,
-                          reasoning_tokens=5)
+    usage = Usage.from_openai(
+        {
+            "prompt_tokens": 10,
+            "completion_tokens": 5,
+            "prompt_tokens_details": {"cached_tokens": 50},
+            "completion_tokens_details": {"reasoning_tokens": 9},
+        }
+    )
+    assert usage == Usage(
+        input_tokens=10, cached_input_tokens=10, output_tokens=5, reasoning_tokens=5
+    )
 
 
 def test_from_openai_rejects_non_counts() -> None:
@@ -455,10 +512,20 @@ def test_usage_validates_and_adds() -> None:
     with pytest.raises(ValueError):
         Usage(output_tokens=5, reasoning_tokens=6)
     a = Usage(input_tokens=10, cached_input_tokens=2, output_tokens=5, reasoning_tokens=1)
-    b = Usage(input_tokens=20, cached_input_tokens=4, output_tokens=6, reasoning_tokens=3,
-              cache_write_tokens=1)
-    total = Usage(input_tokens=30, cached_input_tokens=6, output_tokens=11, reasoning_tokens=4,
-                  cache_write_tokens=1)
+    b = Usage(
+        input_tokens=20,
+        cached_input_tokens=4,
+        output_tokens=6,
+        reasoning_tokens=3,
+        cache_write_tokens=1,
+    )
+    total = Usage(
+        input_tokens=30,
+        cached_input_tokens=6,
+        output_tokens=11,
+        reasoning_tokens=4,
+        cache_write_tokens=1,
+    )
     assert a + b == total
     assert sum([a, b]) == total
     with pytest.raises(AttributeError):

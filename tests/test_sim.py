@@ -85,8 +85,9 @@ def sim() -> Iterator[SimServer]:
 
 
 def client_for(sim: SimServer, **options: Any) -> openai.OpenAI:
-    return openai.OpenAI(base_url=sim.base_url, api_key=options.pop("api_key", "sk-test"),
-                         max_retries=0, **options)
+    return openai.OpenAI(
+        base_url=sim.base_url, api_key=options.pop("api_key", "sk-test"), max_retries=0, **options
+    )
 
 
 # -- plain answers ---------------------------------------------------------------------------
@@ -94,7 +95,8 @@ def client_for(sim: SimServer, **options: Any) -> openai.OpenAI:
 
 def test_plain_answer_has_openai_shape(shared_sim: SimServer) -> None:
     completion = client_for(shared_sim).chat.completions.create(
-        model="gpt-4o-mini", messages=QUESTION)
+        model="gpt-4o-mini", messages=QUESTION
+    )
 
     assert isinstance(completion, openai.types.chat.ChatCompletion)
     assert completion.id.startswith("chatcmpl-")
@@ -118,15 +120,21 @@ def test_plain_answer_has_openai_shape(shared_sim: SimServer) -> None:
 
 
 def test_raw_json_matches_openai_fields(shared_sim: SimServer) -> None:
-    response = httpx.post(f"{shared_sim.base_url}/chat/completions",
-                          json={"model": "gpt-4o", "messages": QUESTION})
+    response = httpx.post(
+        f"{shared_sim.base_url}/chat/completions", json={"model": "gpt-4o", "messages": QUESTION}
+    )
     body = response.json()
 
     assert response.headers["content-type"] == "application/json"
     assert response.headers["x-request-id"].startswith("req_")
     assert set(body) >= {"id", "object", "created", "model", "choices", "usage"}
-    assert set(body["usage"]) >= {"prompt_tokens", "completion_tokens", "total_tokens",
-                                  "prompt_tokens_details", "completion_tokens_details"}
+    assert set(body["usage"]) >= {
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "prompt_tokens_details",
+        "completion_tokens_details",
+    }
     assert body["choices"][0]["message"]["content"]
     assert "tool_calls" not in body["choices"][0]["message"]
 
@@ -135,13 +143,22 @@ def test_prompt_tokens_follow_openai_chat_accounting(shared_sim: SimServer) -> N
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "name": "ada", "content": "Weather in Paris and Rome?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function",
-             "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "18°C, cloudy"},
     ]
     completion = client_for(shared_sim).chat.completions.create(
-        model="gpt-4o", messages=messages, tools=WEATHER_TOOLS)  # type: ignore[arg-type]
+        model="gpt-4o", messages=messages, tools=WEATHER_TOOLS
+    )  # type: ignore[arg-type]
 
     assert completion.usage is not None
     assert completion.usage.prompt_tokens == expected_prompt_tokens(messages, WEATHER_TOOLS)
@@ -172,8 +189,9 @@ def test_max_tokens_truncates_with_finish_reason_length(shared_sim: SimServer) -
     client = client_for(shared_sim)
     full = client.chat.completions.create(model="gpt-4o", messages=QUESTION)
     cut = client.chat.completions.create(model="gpt-4o", messages=QUESTION, max_tokens=5)
-    cut_new = client.chat.completions.create(model="gpt-4o", messages=QUESTION,
-                                             max_completion_tokens=7)
+    cut_new = client.chat.completions.create(
+        model="gpt-4o", messages=QUESTION, max_completion_tokens=7
+    )
 
     assert cut.choices[0].finish_reason == "length"
     assert cut.usage is not None and cut.usage.completion_tokens == 5
@@ -187,8 +205,9 @@ def test_reasoning_tokens_count_as_completion_tokens() -> None:
     with SimServer(script=[Reply(content="Paris.", reasoning_tokens=120)]) as sim:
         client = client_for(sim)
         completion = client.chat.completions.create(model="o3", messages=QUESTION)
-        capped = client.chat.completions.create(model="o3", messages=QUESTION,
-                                                max_completion_tokens=50)
+        capped = client.chat.completions.create(
+            model="o3", messages=QUESTION, max_completion_tokens=50
+        )
 
     usage = completion.usage
     assert usage is not None and usage.completion_tokens_details is not None
@@ -221,8 +240,11 @@ def test_stream_without_usage(shared_sim: SimServer) -> None:
 
 
 def test_stream_with_usage_ends_with_usage_chunk(shared_sim: SimServer) -> None:
-    chunks = list(client_for(shared_sim).chat.completions.create(
-        model="gpt-4o", messages=QUESTION, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client_for(shared_sim).chat.completions.create(
+            model="gpt-4o", messages=QUESTION, stream=True, stream_options={"include_usage": True}
+        )
+    )
 
     last = chunks[-1]
     assert last.choices == []
@@ -234,8 +256,11 @@ def test_stream_with_usage_ends_with_usage_chunk(shared_sim: SimServer) -> None:
 
 
 def test_stream_raw_sse_framing(shared_sim: SimServer) -> None:
-    with httpx.stream("POST", f"{shared_sim.base_url}/chat/completions",
-                      json={"model": "gpt-4o", "messages": QUESTION, "stream": True}) as response:
+    with httpx.stream(
+        "POST",
+        f"{shared_sim.base_url}/chat/completions",
+        json={"model": "gpt-4o", "messages": QUESTION, "stream": True},
+    ) as response:
         raw = response.read().decode()
 
     assert response.headers["content-type"].startswith("text/event-stream")
@@ -249,8 +274,12 @@ def test_stream_raw_sse_framing(shared_sim: SimServer) -> None:
 # -- tool calls ------------------------------------------------------------------------------
 
 TOOL_SCRIPT = [
-    Reply(tool_calls=[ToolCall("get_weather", {"city": "Paris"}),
-                      ToolCall("get_weather", {"city": "Rome, Italy"})]),
+    Reply(
+        tool_calls=[
+            ToolCall("get_weather", {"city": "Paris"}),
+            ToolCall("get_weather", {"city": "Rome, Italy"}),
+        ]
+    ),
     Reply(content="Paris is 18°C and Rome is 24°C."),
 ]
 
@@ -258,7 +287,8 @@ TOOL_SCRIPT = [
 def test_tool_calls_parse_in_the_sdk() -> None:
     with SimServer(script=TOOL_SCRIPT) as sim:
         completion = client_for(sim).chat.completions.create(
-            model="gpt-4o", messages=QUESTION, tools=WEATHER_TOOLS)  # type: ignore[arg-type]
+            model="gpt-4o", messages=QUESTION, tools=WEATHER_TOOLS
+        )  # type: ignore[arg-type]
 
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -266,29 +296,37 @@ def test_tool_calls_parse_in_the_sdk() -> None:
     calls = choice.message.tool_calls or []
     assert [c.function.name for c in calls] == ["get_weather", "get_weather"]  # type: ignore[union-attr]
     assert [json.loads(c.function.arguments) for c in calls] == [  # type: ignore[union-attr]
-        {"city": "Paris"}, {"city": "Rome, Italy"}]
+        {"city": "Paris"},
+        {"city": "Rome, Italy"},
+    ]
     assert all(re.fullmatch(r"call_[0-9a-f]{24}", c.id) for c in calls)
     assert calls[0].id != calls[1].id
     assert completion.usage is not None
     assert completion.usage.completion_tokens == sum(
-        tokens(c.function.name) + tokens(c.function.arguments) for c in calls)  # type: ignore[union-attr]
+        tokens(c.function.name) + tokens(c.function.arguments) for c in calls
+    )  # type: ignore[union-attr]
 
 
 def test_tool_calls_stream_as_openai_sends_them() -> None:
     with SimServer(script=TOOL_SCRIPT) as sim:
         client = client_for(sim)
         plain = client.chat.completions.create(model="gpt-4o", messages=QUESTION)
-        chunks = list(client.chat.completions.create(model="gpt-4o", messages=QUESTION,
-                                                     stream=True))
-        with client.chat.completions.stream(model="gpt-4o", messages=QUESTION,  # type: ignore[arg-type]
-                                            tools=WEATHER_TOOLS) as stream:
+        chunks = list(
+            client.chat.completions.create(model="gpt-4o", messages=QUESTION, stream=True)
+        )
+        with client.chat.completions.stream(
+            model="gpt-4o",
+            messages=QUESTION,  # type: ignore[arg-type]
+            tools=WEATHER_TOOLS,
+        ) as stream:
             final = stream.get_final_completion()
 
     deltas = [c.choices[0].delta.tool_calls for c in chunks if c.choices[0].delta.tool_calls]
     headers = [d[0] for d in deltas if d[0].id is not None]
-    assert [(h.index, h.type, h.function.name, h.function.arguments)  # type: ignore[union-attr]
-            for h in headers] == [(0, "function", "get_weather", ""),
-                                  (1, "function", "get_weather", "")]
+    assert [
+        (h.index, h.type, h.function.name, h.function.arguments)  # type: ignore[union-attr]
+        for h in headers
+    ] == [(0, "function", "get_weather", ""), (1, "function", "get_weather", "")]
     fragments = [d[0] for d in deltas if d[0].id is None]
     assert all(f.function is not None and f.function.name is None for f in fragments)
     arguments = {0: "", 1: ""}
@@ -304,10 +342,13 @@ def test_tool_calls_stream_as_openai_sends_them() -> None:
 
 
 def test_tool_call_arguments_truncated_by_max_tokens() -> None:
-    script = [Reply(tool_calls=[ToolCall("write_file", {"path": "a.py", "content": "x = 1\n" * 50})])]
+    script = [
+        Reply(tool_calls=[ToolCall("write_file", {"path": "a.py", "content": "x = 1\n" * 50})])
+    ]
     with SimServer(script=script) as sim:
         completion = client_for(sim).chat.completions.create(
-            model="gpt-4o", messages=QUESTION, max_tokens=10)
+            model="gpt-4o", messages=QUESTION, max_tokens=10
+        )
 
     assert completion.choices[0].finish_reason == "length"
     assert completion.usage is not None and completion.usage.completion_tokens == 10
@@ -322,8 +363,11 @@ async def test_async_client_plain_stream_and_tools() -> None:
         first = await client.chat.completions.create(model="gpt-4o", messages=QUESTION)
         step_two = [*QUESTION, first.choices[0].message.model_dump(exclude_none=True)]
         stream = await client.chat.completions.create(
-            model="gpt-4o", messages=step_two, stream=True,  # type: ignore[arg-type]
-            stream_options={"include_usage": True})
+            model="gpt-4o",
+            messages=step_two,
+            stream=True,  # type: ignore[arg-type]
+            stream_options={"include_usage": True},
+        )
         chunks = [chunk async for chunk in stream]
         await client.close()
 
@@ -338,16 +382,21 @@ async def test_async_client_plain_stream_and_tools() -> None:
 
 
 def test_reply_is_chosen_by_step_and_is_deterministic() -> None:
-    script = Script([
-        Reply(tool_calls=[ToolCall("search", {"query": "x"})]),
-        Reply(tool_calls=[ToolCall("read_file", {"path": "a.py"}, id="call_fixed")]),
-        "All done.",
-    ], final="Nothing more to do.")
+    script = Script(
+        [
+            Reply(tool_calls=[ToolCall("search", {"query": "x"})]),
+            Reply(tool_calls=[ToolCall("read_file", {"path": "a.py"}, id="call_fixed")]),
+            "All done.",
+        ],
+        final="Nothing more to do.",
+    )
     with SimServer(script=script) as sim:
         client = client_for(sim)
 
         def ask(messages: list[dict[str, Any]]) -> openai.types.chat.ChatCompletionMessage:
-            return client.chat.completions.create(model="gpt-4o", messages=messages).choices[0].message  # type: ignore[arg-type]
+            return (
+                client.chat.completions.create(model="gpt-4o", messages=messages).choices[0].message
+            )  # type: ignore[arg-type]
 
         conversation: list[dict[str, Any]] = list(QUESTION)
         answers = []
@@ -371,8 +420,12 @@ def test_reply_is_chosen_by_step_and_is_deterministic() -> None:
 
 def ask_again_ids(script: Script) -> list[str]:
     with SimServer(script=script) as sim:
-        message = client_for(sim).chat.completions.create(
-            model="gpt-4o", messages=QUESTION).choices[0].message  # type: ignore[arg-type]
+        message = (
+            client_for(sim)
+            .chat.completions.create(model="gpt-4o", messages=QUESTION)
+            .choices[0]
+            .message
+        )  # type: ignore[arg-type]
     return [call.id for call in message.tool_calls or []]
 
 
@@ -387,14 +440,19 @@ def test_reply_fn_has_full_control() -> None:
 
 
 def test_model_error_answers_for_its_step_only() -> None:
-    error = ModelError(status=400, message="This model's maximum context length is 128000 tokens.",
-                       code="context_length_exceeded", param="messages")
+    error = ModelError(
+        status=400,
+        message="This model's maximum context length is 128000 tokens.",
+        code="context_length_exceeded",
+        param="messages",
+    )
     with SimServer(script=[Reply(model_error=error), "fine"]) as sim:
         client = client_for(sim)
         with pytest.raises(openai.BadRequestError) as caught:
             client.chat.completions.create(model="gpt-4o", messages=QUESTION)
         later = client.chat.completions.create(
-            model="gpt-4o", messages=[*QUESTION, {"role": "assistant", "content": "hm"}])  # type: ignore[list-item]
+            model="gpt-4o", messages=[*QUESTION, {"role": "assistant", "content": "hm"}]
+        )  # type: ignore[list-item]
 
     assert caught.value.code == "context_length_exceeded"
     assert later.choices[0].message.content == "fine"
@@ -407,8 +465,9 @@ def test_coding_agent_script_runs_end_to_end() -> None:
         names: list[str] = []
         cached: list[int] = []
         for _ in range(10):
-            completion = client.chat.completions.create(model="gpt-4o", messages=messages,
-                                                        tools=CODING_TOOLS)  # type: ignore[arg-type]
+            completion = client.chat.completions.create(
+                model="gpt-4o", messages=messages, tools=CODING_TOOLS
+            )  # type: ignore[arg-type]
             assert completion.usage is not None and completion.usage.prompt_tokens_details
             cached.append(completion.usage.prompt_tokens_details.cached_tokens or 0)
             message = completion.choices[0].message
@@ -417,8 +476,9 @@ def test_coding_agent_script_runs_end_to_end() -> None:
                 break
             for call in message.tool_calls:
                 names.append(call.function.name)  # type: ignore[union-attr]
-                messages.append({"role": "tool", "tool_call_id": call.id,
-                                 "content": run_tools(call)})
+                messages.append(
+                    {"role": "tool", "tool_call_id": call.id, "content": run_tools(call)}
+                )
 
     assert len([m for m in messages if m["role"] == "assistant"]) == 6
     assert set(names) == {"read_file", "search", "write_file"}
@@ -435,8 +495,10 @@ def test_run_tools_is_deterministic_and_realistic() -> None:
     assert 500 < tokens(body) < 5000
     assert run_tools(ToolCall("read_file", {"path": "other.py"})) != body
     assert "matches" in run_tools(ToolCall("search", {"query": "def total"}))
-    assert run_tools(ToolCall("write_file", {"path": "a.py", "content": "abc"})) == \
-        "Wrote 3 bytes to a.py."
+    assert (
+        run_tools(ToolCall("write_file", {"path": "a.py", "content": "abc"}))
+        == "Wrote 3 bytes to a.py."
+    )
     assert run_tools(ToolCall("read_file", "{not json")).startswith("error:")
     assert run_tools(ToolCall("launch_rockets", {})).startswith("error:")
 
@@ -453,7 +515,8 @@ def test_prefix_cache_counts_previously_seen_prefixes(sim: SimServer) -> None:
     cold = client.chat.completions.create(model="gpt-4o", messages=first)  # type: ignore[arg-type]
     warm = client.chat.completions.create(model="gpt-4o", messages=second)  # type: ignore[arg-type]
     other_key = client_for(sim, api_key="sk-other").chat.completions.create(
-        model="gpt-4o", messages=second)  # type: ignore[arg-type]
+        model="gpt-4o", messages=second
+    )  # type: ignore[arg-type]
     short = client.chat.completions.create(model="gpt-4o", messages=QUESTION)
     short_again = client.chat.completions.create(model="gpt-4o", messages=QUESTION)
 
@@ -474,9 +537,18 @@ def test_prefix_cache_counts_previously_seen_prefixes(sim: SimServer) -> None:
 def test_fail_next_raises_server_errors_then_recovers(sim: SimServer) -> None:
     client = client_for(sim)
     sim.fail_next(2)
-    sim.fail_next(status=400, body={"error": {"message": "nope", "type": "invalid_request_error",
-                                              "param": None, "code": "bad"}},
-                  headers={"x-custom": "1"})
+    sim.fail_next(
+        status=400,
+        body={
+            "error": {
+                "message": "nope",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "bad",
+            }
+        },
+        headers={"x-custom": "1"},
+    )
 
     for _ in range(2):
         with pytest.raises(openai.InternalServerError) as server_error:
@@ -528,8 +600,9 @@ def test_garbage_next_answers_a_body_that_is_not_json(sim: SimServer) -> None:
 
     with pytest.raises(json.JSONDecodeError):
         client.chat.completions.create(model="gpt-4o", messages=QUESTION)
-    raw = httpx.post(f"{sim.base_url}/chat/completions",
-                     json={"model": "gpt-4o", "messages": QUESTION})
+    raw = httpx.post(
+        f"{sim.base_url}/chat/completions", json={"model": "gpt-4o", "messages": QUESTION}
+    )
     assert raw.status_code == 200
     sim.garbage_next(body=b"not json")
     assert httpx.post(f"{sim.base_url}/chat/completions", json={}).content == b"not json"
@@ -542,8 +615,7 @@ def test_cut_stream_drops_the_connection_mid_stream(sim: SimServer) -> None:
 
     # openai 2.x lets httpx's error through; 3.x wraps it in APIConnectionError.
     with pytest.raises((httpx.RemoteProtocolError, openai.APIConnectionError)):
-        for chunk in client.chat.completions.create(model="gpt-4o", messages=QUESTION,
-                                                    stream=True):
+        for chunk in client.chat.completions.create(model="gpt-4o", messages=QUESTION, stream=True):
             received.append(chunk)
     sim.cut_stream_next()
     with pytest.raises(openai.APIConnectionError):
@@ -593,9 +665,12 @@ def test_gateway_refuses_a_spent_key_until_its_window_resets() -> None:
         first = client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION)
         assert first.usage is not None
         price = genai_prices.calc_price(
-            genai_prices.Usage(input_tokens=first.usage.prompt_tokens,
-                               output_tokens=first.usage.completion_tokens),
-            "gpt-4o-mini", provider_id="openai").total_price
+            genai_prices.Usage(
+                input_tokens=first.usage.prompt_tokens, output_tokens=first.usage.completion_tokens
+            ),
+            "gpt-4o-mini",
+            provider_id="openai",
+        ).total_price
         assert gateway.spent("sk-sim-a") == pytest.approx(Decimal(price), rel=Decimal("1e-9"))
 
         with pytest.raises(openai.RateLimitError) as refused:
@@ -644,9 +719,11 @@ def test_gateway_rejects_unknown_and_missing_keys() -> None:
     with SimServer(gateway=SimGateway({"sk-sim-a": GatewayKey(limit_usd=1)})) as sim:
         with pytest.raises(openai.AuthenticationError) as unknown:
             client_for(sim, api_key="sk-wrong-key-123456").chat.completions.create(
-                model="gpt-4o", messages=QUESTION)
-        missing = httpx.post(f"{sim.base_url}/chat/completions",
-                             json={"model": "gpt-4o", "messages": QUESTION})
+                model="gpt-4o", messages=QUESTION
+            )
+        missing = httpx.post(
+            f"{sim.base_url}/chat/completions", json={"model": "gpt-4o", "messages": QUESTION}
+        )
 
     assert unknown.value.code == "invalid_api_key"
     assert "sk-wrong-key-123456" not in unknown.value.message
@@ -655,11 +732,13 @@ def test_gateway_rejects_unknown_and_missing_keys() -> None:
 
 def test_gateway_litellm_style_answers_422_without_retry_after() -> None:
     gateway = SimGateway({"sk-sim-a": GatewayKey(limit_usd=0)}, style="litellm")
-    with SimServer(gateway=gateway) as sim, pytest.raises(
-        openai.UnprocessableEntityError
-    ) as refused:
+    with (
+        SimServer(gateway=gateway) as sim,
+        pytest.raises(openai.UnprocessableEntityError) as refused,
+    ):
         client_for(sim, api_key="sk-sim-a").chat.completions.create(
-            model="gpt-4o", messages=QUESTION)
+            model="gpt-4o", messages=QUESTION
+        )
 
     assert "retry-after" not in refused.value.response.headers
     body = refused.value.body
@@ -670,11 +749,11 @@ def test_gateway_litellm_style_answers_422_without_retry_after() -> None:
 
 
 def test_gateway_litellm_style_reports_spend_headers() -> None:
-    gateway = SimGateway({"sk-sim-a": GatewayKey(limit_usd=1)}, style="litellm",
-                         budget_status=429)
+    gateway = SimGateway({"sk-sim-a": GatewayKey(limit_usd=1)}, style="litellm", budget_status=429)
     with SimServer(gateway=gateway) as sim:
         response = client_for(sim, api_key="sk-sim-a").chat.completions.with_raw_response.create(
-            model="gpt-4o", messages=QUESTION)
+            model="gpt-4o", messages=QUESTION
+        )
 
     assert float(response.headers["x-litellm-response-cost"]) > 0
     assert float(response.headers["x-litellm-key-spend"]) == float(gateway.spent("sk-sim-a"))
@@ -695,9 +774,14 @@ def test_gateway_charges_cached_input_at_the_cached_price() -> None:
     cached = warm.usage.prompt_tokens_details.cached_tokens or 0
     assert cached >= 1024
     expected = genai_prices.calc_price(
-        genai_prices.Usage(input_tokens=warm.usage.prompt_tokens, cache_read_tokens=cached,
-                           output_tokens=warm.usage.completion_tokens),
-        "gpt-4o", provider_id="openai").total_price
+        genai_prices.Usage(
+            input_tokens=warm.usage.prompt_tokens,
+            cache_read_tokens=cached,
+            output_tokens=warm.usage.completion_tokens,
+        ),
+        "gpt-4o",
+        provider_id="openai",
+    ).total_price
     assert warm_cost == pytest.approx(Decimal(expected), rel=Decimal("1e-9"))
 
 
@@ -751,12 +835,18 @@ def test_unknown_routes_and_bad_requests_get_openai_errors(shared_sim: SimServer
         client.chat.completions.create(model="gpt-4o", messages=[])
     with pytest.raises(openai.BadRequestError) as bad_max_tokens:
         client.chat.completions.create(model="gpt-4o", messages=QUESTION, max_tokens=0)
-    broken = httpx.post(f"{shared_sim.base_url}/chat/completions", content=b"{oops",
-                        headers={"content-type": "application/json"})
+    broken = httpx.post(
+        f"{shared_sim.base_url}/chat/completions",
+        content=b"{oops",
+        headers={"content-type": "application/json"},
+    )
 
-    assert not_found.value.body == {"message": "Invalid URL (POST /v1/embeddings)",
-                                    "type": "invalid_request_error", "param": None,
-                                    "code": None}
+    assert not_found.value.body == {
+        "message": "Invalid URL (POST /v1/embeddings)",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }
     assert no_messages.value.code == "empty_array"
     assert bad_max_tokens.value.param == "max_tokens"
     assert broken.status_code == 400
@@ -769,9 +859,13 @@ def test_restart_keeps_the_port_and_stop_wakes_delayed_answers() -> None:
     sim.start()
     base_url = sim.base_url
     sim.timeout_next(seconds=30)
-    caller = threading.Thread(target=lambda: httpx.post(
-        f"{base_url}/chat/completions", json={"model": "gpt-4o", "messages": QUESTION},
-        timeout=10))
+    caller = threading.Thread(
+        target=lambda: httpx.post(
+            f"{base_url}/chat/completions",
+            json={"model": "gpt-4o", "messages": QUESTION},
+            timeout=10,
+        )
+    )
     caller.start()
     time.sleep(0.05)
     started = time.perf_counter()
@@ -793,15 +887,15 @@ def test_serve_runs_until_stopped() -> None:
 
     def on_ready(sim: SimServer) -> None:
         def use_then_stop() -> None:
-            completion = client_for(sim).chat.completions.create(model="gpt-4o",
-                                                                 messages=QUESTION)
+            completion = client_for(sim).chat.completions.create(model="gpt-4o", messages=QUESTION)
             seen.append(completion.choices[0].message.content or "")
             sim.stop()
 
         threading.Thread(target=use_then_stop).start()
 
-    runner = threading.Thread(target=serve, kwargs={"port": 0, "script": ["hello"],
-                                                    "on_ready": on_ready})
+    runner = threading.Thread(
+        target=serve, kwargs={"port": 0, "script": ["hello"], "on_ready": on_ready}
+    )
     runner.start()
     runner.join(timeout=5)
 
@@ -814,8 +908,18 @@ def test_serve_runs_until_stopped() -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(0, "0s"), (0.12, "120ms"), (0.017, "17ms"), (1, "1s"), (1.5, "1.5s"), (59.25, "59.25s"),
-     (60, "1m0s"), (360, "6m0s"), (3725, "1h2m5s"), (7200, "2h0m0s")],
+    [
+        (0, "0s"),
+        (0.12, "120ms"),
+        (0.017, "17ms"),
+        (1, "1s"),
+        (1.5, "1.5s"),
+        (59.25, "59.25s"),
+        (60, "1m0s"),
+        (360, "6m0s"),
+        (3725, "1h2m5s"),
+        (7200, "2h0m0s"),
+    ],
 )
 def test_format_reset_duration(seconds: float, text: str) -> None:
     assert format_reset_duration(seconds) == text
@@ -845,3 +949,14 @@ def test_truncation_never_exceeds_max_tokens(text: str, max_tokens: int) -> None
     assert tokens(completion.content or "") <= max_tokens
     assert completion.finish_reason == ("length" if full > max_tokens else "stop")
     assert text.startswith(completion.content or "")
+
+
+def test_a_failing_reply_fn_answers_500(capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(body: dict[str, Any]) -> Reply:
+        raise RuntimeError("script bug")
+
+    with SimServer(script=broken) as sim, pytest.raises(openai.InternalServerError) as caught:
+        client_for(sim).chat.completions.create(model="gpt-4o", messages=QUESTION)
+
+    assert "RuntimeError: script bug" in caught.value.message
+    assert "script bug" in capsys.readouterr().err

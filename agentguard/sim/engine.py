@@ -42,37 +42,53 @@ def validate_chat_request(body: Any) -> dict[str, Any]:
         raise InvalidRequest("you must provide a model parameter")
     messages = body.get("messages")
     if messages is None:
-        raise InvalidRequest("Missing required parameter: 'messages'.", "messages",
-                             "missing_required_parameter")
+        raise InvalidRequest(
+            "Missing required parameter: 'messages'.", "messages", "missing_required_parameter"
+        )
     if not isinstance(messages, list):
-        raise InvalidRequest("Invalid type for 'messages': expected an array.", "messages",
-                             "invalid_type")
+        raise InvalidRequest(
+            "Invalid type for 'messages': expected an array.", "messages", "invalid_type"
+        )
     if not messages:
         raise InvalidRequest(
             "Invalid 'messages': empty array. Expected an array with minimum length 1, but got "
-            "an empty array instead.", "messages", "empty_array")
+            "an empty array instead.",
+            "messages",
+            "empty_array",
+        )
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise InvalidRequest(f"Invalid type for 'messages[{index}]': expected an object.",
-                                 f"messages[{index}]", "invalid_type")
+            raise InvalidRequest(
+                f"Invalid type for 'messages[{index}]': expected an object.",
+                f"messages[{index}]",
+                "invalid_type",
+            )
         if "role" not in message:
-            raise InvalidRequest(f"Missing required parameter: 'messages[{index}].role'.",
-                                 f"messages[{index}].role", "missing_required_parameter")
+            raise InvalidRequest(
+                f"Missing required parameter: 'messages[{index}].role'.",
+                f"messages[{index}].role",
+                "missing_required_parameter",
+            )
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
         if value is None:
             continue
         if not isinstance(value, int) or isinstance(value, bool):
-            raise InvalidRequest(f"Invalid type for '{name}': expected an integer.", name,
-                                 "invalid_type")
+            raise InvalidRequest(
+                f"Invalid type for '{name}': expected an integer.", name, "invalid_type"
+            )
         if value < 1:
             raise InvalidRequest(
                 f"Invalid '{name}': integer below minimum value. Expected a value >= 1, but got "
-                f"{value} instead.", name, "integer_below_min_value")
+                f"{value} instead.",
+                name,
+                "integer_below_min_value",
+            )
     if body.get("stream_options") is not None and not body.get("stream"):
         raise InvalidRequest(
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-            "stream_options")
+            "stream_options",
+        )
     return body
 
 
@@ -84,13 +100,15 @@ class ChatEngine:
         prefix_cache: simulates prompt caching, for ``cached_tokens``.
     """
 
-    def __init__(self, counter: TokenCounter | None = None,
-                 prefix_cache: PrefixCache | None = None) -> None:
+    def __init__(
+        self, counter: TokenCounter | None = None, prefix_cache: PrefixCache | None = None
+    ) -> None:
         self.counter = counter or TokenCounter()
         self.prefix_cache = prefix_cache or PrefixCache()
 
-    def complete(self, body: dict[str, Any], reply: Reply, script: Script,
-                 partition: bytes = b"") -> Completion:
+    def complete(
+        self, body: dict[str, Any], reply: Reply, script: Script, partition: bytes = b""
+    ) -> Completion:
         """Generate the answer to a (validated) request.
 
         Args:
@@ -120,9 +138,12 @@ class ChatEngine:
         content = reply.content
         if reply.is_default:
             content, _ = counter.truncate(
-                default_answer(messages, script.default_output_tokens,
-                               lambda text: counter.count(text, model)),
-                script.default_output_tokens, model)
+                default_answer(
+                    messages, script.default_output_tokens, lambda text: counter.count(text, model)
+                ),
+                script.default_output_tokens,
+                model,
+            )
         visible = 0
         if content is not None:
             full = counter.count(content, model)
@@ -146,7 +167,8 @@ class ChatEngine:
                     truncated = True
                     break
                 function["arguments"], argument_tokens = counter.truncate(
-                    function["arguments"], room, model)
+                    function["arguments"], room, model
+                )
                 truncated = True
             visible += name_tokens + argument_tokens
             tool_calls.append(openai_call)

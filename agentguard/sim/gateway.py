@@ -7,7 +7,9 @@ are refused until the window resets.
 
 A window starts at the first request a key makes and lasts ``window_s`` seconds; the next window
 starts at the key's first request after that (the way LiteLLM's budget windows behave). Requests
-already admitted are charged even if they take the spend past the limit, as on a real gateway.
+already admitted are charged even if they take the spend past the limit, and an answer is charged
+once generated even if the client never reads it (it timed out, or the stream was cut), as on a
+real gateway. Refusals and injected errors cost nothing.
 """
 
 from __future__ import annotations
@@ -62,8 +64,11 @@ class ModelPrice:
     def cost(self, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> Decimal:
         """The cost of one answer (``cached_tokens`` is part of ``prompt_tokens``)."""
         uncached = max(0, prompt_tokens - cached_tokens)
-        return (uncached * self.input + cached_tokens * self.cached_input
-                + completion_tokens * self.output)
+        return (
+            uncached * self.input
+            + cached_tokens * self.cached_input
+            + completion_tokens * self.output
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +120,9 @@ class SimGateway:
         self.style: GatewayStyle = style
         self.budget_status = budget_status or (429 if style == "openai" else 422)
         input_price, output_price = (Decimal(str(price)) for price in default_price_per_mtok)
-        self.default_price = ModelPrice(input_price / _MILLION, input_price / _MILLION,
-                                        output_price / _MILLION)
+        self.default_price = ModelPrice(
+            input_price / _MILLION, input_price / _MILLION, output_price / _MILLION
+        )
         self.clock = clock
         self._keys: dict[str, _KeyState] = {}
         self._prices: dict[str, ModelPrice] = {}
@@ -202,8 +208,9 @@ class SimGateway:
             price = self._prices[model] = self._resolve_price(model)
         return price
 
-    def cost(self, model: str, prompt_tokens: int, cached_tokens: int,
-             completion_tokens: int) -> Decimal:
+    def cost(
+        self, model: str, prompt_tokens: int, cached_tokens: int, completion_tokens: int
+    ) -> Decimal:
         """The dollar cost of an answer with this usage."""
         return self.price(model).cost(prompt_tokens, cached_tokens, completion_tokens)
 
@@ -232,13 +239,17 @@ class SimGateway:
         if key is not None and key in self._keys:
             return None
         if self.style == "litellm":
-            message = ("Authentication Error, Invalid proxy server token passed. "
-                       f"Received API Key = {_mask(key or '')}")
+            message = (
+                "Authentication Error, Invalid proxy server token passed. "
+                f"Received API Key = {_mask(key or '')}"
+            )
             return Rejection(401, error_body(message, "auth_error", "None", "401"))
         if key is None:
-            message = ("You didn't provide an API key. You need to provide your API key in an "
-                       "Authorization header using Bearer auth "
-                       "(i.e. Authorization: Bearer YOUR_KEY).")
+            message = (
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth "
+                "(i.e. Authorization: Bearer YOUR_KEY)."
+            )
             return Rejection(401, error_body(message, "invalid_request_error", None, None))
         message = f"Incorrect API key provided: {_mask(key)}."
         return Rejection(401, error_body(message, "invalid_request_error", None, "invalid_api_key"))
@@ -275,12 +286,15 @@ class SimGateway:
             state.spent += cost
             return state.spent
 
-    def _refusal(self, label: str, spent: Decimal, limit: Decimal,
-                 resets_in: float | None) -> Rejection:
+    def _refusal(
+        self, label: str, spent: Decimal, limit: Decimal, resets_in: float | None
+    ) -> Rejection:
         status = self.budget_status
         if self.style == "litellm":
-            message = (f"Budget has been exceeded! Key={label} Current cost: {float(spent)}, "
-                       f"Max budget: {float(limit)}")
+            message = (
+                f"Budget has been exceeded! Key={label} Current cost: {float(spent)}, "
+                f"Max budget: {float(limit)}"
+            )
             return Rejection(status, error_body(message, "budget_exceeded", None, str(status)))
         headers: dict[str, str] = {}
         if resets_in is None:
@@ -290,10 +304,13 @@ class SimGateway:
             when = f"resets in {seconds}s"
             headers["retry-after"] = str(seconds)
             headers["x-ratelimit-reset-requests"] = format_reset_duration(seconds)
-        message = (f"Budget exceeded for key {label} (spent ${float(spent):.6f} of "
-                   f"${float(limit):.6f}); {when}")
-        return Rejection(status, error_body(message, "budget_exceeded", None, "budget_exceeded"),
-                         headers)
+        message = (
+            f"Budget exceeded for key {label} (spent ${float(spent):.6f} of "
+            f"${float(limit):.6f}); {when}"
+        )
+        return Rejection(
+            status, error_body(message, "budget_exceeded", None, "budget_exceeded"), headers
+        )
 
     def _state(self, key: str) -> _KeyState:
         state = self._keys.get(key)
@@ -304,8 +321,11 @@ class SimGateway:
     @staticmethod
     def _roll_window(state: _KeyState, now: float) -> None:
         window_s = state.spec.window_s
-        if (window_s is not None and state.window_start is not None
-                and now >= state.window_start + window_s):
+        if (
+            window_s is not None
+            and state.window_start is not None
+            and now >= state.window_start + window_s
+        ):
             state.spent = Decimal(0)
             state.window_start = None
 

@@ -17,6 +17,7 @@ __all__ = [
     "default_error_body",
     "error_body",
     "format_reset_duration",
+    "join_text_parts",
     "stream_events",
 ]
 
@@ -26,23 +27,31 @@ _DEFAULT_ERRORS: dict[int, tuple[str, str, str | None]] = {
     400: ("Invalid request.", "invalid_request_error", None),
     401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
     403: ("You are not allowed to sample from this model.", "invalid_request_error", None),
-    404: ("The model does not exist or you do not have access to it.",
-          "invalid_request_error", "model_not_found"),
+    404: (
+        "The model does not exist or you do not have access to it.",
+        "invalid_request_error",
+        "model_not_found",
+    ),
     408: ("Request timed out.", "timeout", None),
     409: ("The request conflicted with another request.", "invalid_request_error", None),
     422: ("The request could not be processed.", "invalid_request_error", None),
     429: ("Rate limit reached. Please try again later.", "requests", "rate_limit_exceeded"),
-    500: ("The server had an error while processing your request. Sorry about that!",
-          "server_error", None),
+    500: (
+        "The server had an error while processing your request. Sorry about that!",
+        "server_error",
+        None,
+    ),
     502: ("Bad gateway.", "server_error", None),
     503: ("The engine is currently overloaded, please try again later.", "server_error", None),
     504: ("Gateway timeout.", "server_error", None),
 }
 
-# Streamed text goes out a few words per chunk: enough chunks to exercise a client's
-# accumulation logic, few enough that long answers stay cheap to stream.
+# Streamed text goes out a few words per chunk, in at most _MAX_CONTENT_CHUNKS chunks: enough
+# to exercise a client's accumulation logic, few enough that long answers stay cheap to parse.
 _WORDS_PER_CHUNK = 3
+_MAX_CONTENT_CHUNKS = 16
 _ARGUMENT_FRAGMENT_CHARS = 16
+_MAX_ARGUMENT_FRAGMENTS = 32
 _WORD = re.compile(r"\s*\S+|\s+$")
 
 
@@ -93,8 +102,11 @@ def error_body(
 
 def default_error_body(status: int) -> dict[str, Any]:
     """The error body OpenAI typically sends with an HTTP status."""
-    fallback = ("Simulated error.", "server_error" if status >= 500 else "invalid_request_error",
-                None)
+    fallback = (
+        "Simulated error.",
+        "server_error" if status >= 500 else "invalid_request_error",
+        None,
+    )
     message, type_, code = _DEFAULT_ERRORS.get(status, fallback)
     return error_body(message, type_, None, code)
 
@@ -182,8 +194,9 @@ def stream_events(
             }
         )
         arguments: str = function["arguments"]
-        for start in range(0, len(arguments), _ARGUMENT_FRAGMENT_CHARS):
-            fragment = arguments[start : start + _ARGUMENT_FRAGMENT_CHARS]
+        size = max(_ARGUMENT_FRAGMENT_CHARS, math.ceil(len(arguments) / _MAX_ARGUMENT_FRAGMENTS))
+        for start in range(0, len(arguments), size):
+            fragment = arguments[start : start + size]
             yield chunk({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
     yield chunk({}, completion.finish_reason)
     if include_usage:
@@ -203,10 +216,8 @@ def _split_words(text: str) -> list[str]:
     words = _WORD.findall(text)
     if "".join(words) != text:  # text with unusual whitespace: send it whole
         return [text]
-    return [
-        "".join(words[start : start + _WORDS_PER_CHUNK])
-        for start in range(0, len(words), _WORDS_PER_CHUNK)
-    ]
+    size = max(_WORDS_PER_CHUNK, math.ceil(len(words) / _MAX_CONTENT_CHUNKS))
+    return ["".join(words[start : start + size]) for start in range(0, len(words), size)]
 
 
 def format_reset_duration(seconds: float) -> str:
@@ -239,18 +250,14 @@ def format_reset_duration(seconds: float) -> str:
     return f"{second_text}s"
 
 
-def ceil_seconds(seconds: float) -> int:
-    """Whole seconds, rounded up, never below zero (the ``retry-after`` header's unit)."""
-    return max(0, math.ceil(seconds - 1e-9))
-
-
 def join_text_parts(content: Any) -> str:
     """The text of a message's ``content``: a string, or the text parts of a list of parts."""
     if isinstance(content, str):
         return content
     if isinstance(content, Sequence):
         return "".join(
-            part.get("text", "") for part in content
+            part.get("text", "")
+            for part in content
             if isinstance(part, dict) and isinstance(part.get("text"), str)
         )
     return ""

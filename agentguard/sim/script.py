@@ -32,9 +32,36 @@ ReplyFn = Callable[[dict[str, Any]], "Reply"]
 
 # Words that are one token each (after a space) in both o200k_base and cl100k_base.
 _FILLER = (
-    "the", "answer", "depends", "on", "the", "details", "of", "the", "request", "and", "the",
-    "context", "provided", "so", "far", "which", "suggests", "a", "careful", "step", "by",
-    "step", "approach", "that", "checks", "each", "result", "before", "moving", "on",
+    "the",
+    "answer",
+    "depends",
+    "on",
+    "the",
+    "details",
+    "of",
+    "the",
+    "request",
+    "and",
+    "the",
+    "context",
+    "provided",
+    "so",
+    "far",
+    "which",
+    "suggests",
+    "a",
+    "careful",
+    "step",
+    "by",
+    "step",
+    "approach",
+    "that",
+    "checks",
+    "each",
+    "result",
+    "before",
+    "moving",
+    "on",
 )
 _SPACES = re.compile(r"\s+")
 
@@ -137,8 +164,11 @@ class Reply:
 
 def step_index(messages: Sequence[Any]) -> int:
     """The step a conversation is at: the number of assistant messages it already holds."""
-    return sum(1 for message in messages
-               if isinstance(message, dict) and message.get("role") == "assistant")
+    return sum(
+        1
+        for message in messages
+        if isinstance(message, dict) and message.get("role") == "assistant"
+    )
 
 
 def default_answer(messages: Sequence[Any], output_tokens: int, count: Callable[[str], int]) -> str:

@@ -190,26 +190,69 @@ def _rng(*parts: str) -> random.Random:
     return random.Random(int.from_bytes(seed[:8], "big"))
 
 
-_NOUNS = ("invoice", "line", "customer", "payment", "discount", "ledger", "entry", "currency",
-          "account", "period", "refund", "tax", "total", "report", "batch", "schedule")
-_VERBS = ("compute", "load", "validate", "apply", "merge", "export", "render", "reconcile",
-          "split", "normalise", "record", "fetch")
+_NOUNS = (
+    "invoice",
+    "line",
+    "customer",
+    "payment",
+    "discount",
+    "ledger",
+    "entry",
+    "currency",
+    "account",
+    "period",
+    "refund",
+    "tax",
+    "total",
+    "report",
+    "batch",
+    "schedule",
+)
+_VERBS = (
+    "compute",
+    "load",
+    "validate",
+    "apply",
+    "merge",
+    "export",
+    "render",
+    "reconcile",
+    "split",
+    "normalise",
+    "record",
+    "fetch",
+)
 
 
 def _fake_file(path: str) -> str:
     rng = _rng("file", path)
     module = path.rsplit("/", 1)[-1].removesuffix(".py")
-    lines = [f'"""{module.replace("_", " ").capitalize()}: helpers for the billing service."""',
-             "", "from __future__ import annotations", "", "import logging",
-             "from dataclasses import dataclass, field",
-             "from decimal import ROUND_HALF_UP, Decimal", "",
-             "log = logging.getLogger(__name__)", ""]
+    lines = [
+        f'"""{module.replace("_", " ").capitalize()}: helpers for the billing service."""',
+        "",
+        "from __future__ import annotations",
+        "",
+        "import logging",
+        "from dataclasses import dataclass, field",
+        "from decimal import ROUND_HALF_UP, Decimal",
+        "",
+        "log = logging.getLogger(__name__)",
+        "",
+    ]
     for _ in range(rng.randint(2, 3)):
         noun = rng.choice(_NOUNS)
-        lines += ["", "@dataclass", f"class {noun.capitalize()}Record:",
-                  f'    """One {noun} as stored in the ledger."""', "",
-                  "    id: str", "    amount: Decimal", "    currency: str = \"EUR\"",
-                  "    tags: list[str] = field(default_factory=list)", ""]
+        lines += [
+            "",
+            "@dataclass",
+            f"class {noun.capitalize()}Record:",
+            f'    """One {noun} as stored in the ledger."""',
+            "",
+            "    id: str",
+            "    amount: Decimal",
+            '    currency: str = "EUR"',
+            "    tags: list[str] = field(default_factory=list)",
+            "",
+        ]
     for _ in range(rng.randint(9, 13)):
         verb, noun, other = rng.choice(_VERBS), rng.choice(_NOUNS), rng.choice(_NOUNS)
         lines += [
@@ -220,7 +263,7 @@ def _fake_file(path: str) -> str:
             "    total = Decimal(0)",
             f"    for item in {noun}s:",
             f"        weight = {other} if {other} is not None else Decimal(1)",
-            "        amount = (item.amount * weight).quantize(Decimal(\"0.01\"), "
+            '        amount = (item.amount * weight).quantize(Decimal("0.01"), '
             "rounding=ROUND_HALF_UP)",
             f'        log.debug("{verb} %s -> %s", item.id, amount)',
             "        total += amount",
@@ -240,7 +283,8 @@ def _fake_search(query: str, folder: str) -> str:
         module = rng.choice(_NOUNS)
         verb, noun = rng.choice(_VERBS), rng.choice(_NOUNS)
         line = rng.randint(12, 380)
-        hits.append(f"{folder}/{module}.py:{line}:    {query.replace(chr(92), '')} "
-                    f"# in {verb}_{noun}()")
+        hits.append(
+            f"{folder}/{module}.py:{line}:    {query.replace(chr(92), '')} # in {verb}_{noun}()"
+        )
     hits.sort()
     return "\n".join(hits) + f"\n({len(hits)} matches)\n"

@@ -18,6 +18,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -42,8 +43,16 @@ from agentguard.sim.script import Reply, ReplyFn, Script, as_script
 __all__ = ["DEFAULT_MODELS", "RecordedRequest", "SimServer", "serve"]
 
 DEFAULT_MODELS = (
-    "gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano",
-    "gpt-5", "gpt-5-mini", "gpt-5-nano", "o3", "o4-mini",
+    "gpt-4o",
+    "gpt-4o-mini",
+    "gpt-4.1",
+    "gpt-4.1-mini",
+    "gpt-4.1-nano",
+    "gpt-5",
+    "gpt-5-mini",
+    "gpt-5-nano",
+    "o3",
+    "o4-mini",
 )
 """The models ``GET /v1/models`` lists (any model name is answered)."""
 
@@ -87,7 +96,8 @@ class SimServer:
             ``Reply``. None answers ``Simulated answer to: ...`` at every step.
         latency_s: a fixed delay before every answer.
         gateway: enforce per-key dollar budgets (see :class:`SimGateway`).
-        default_output_tokens: length of the default answer when ``script`` is None.
+        default_output_tokens: length, in tokens, of the default answer (unless ``script`` is
+            a :class:`Script`, which sets its own).
         chunk_delay_s: a delay between streamed chunks (streams are written in one piece when
             zero).
         record_requests: keep every request in :attr:`requests` (turn off for long benchmarks).
@@ -141,8 +151,10 @@ class SimServer:
         self._port = httpd.server_address[1]
         self._httpd = httpd
         self._thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-            name=f"agentguard-sim:{self._port}", daemon=True,
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"agentguard-sim:{self._port}",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -281,8 +293,12 @@ class SimServer:
             reset_tokens: ``x-ratelimit-reset-tokens``, likewise.
             body: the body; OpenAI's ``rate_limit_exceeded`` error when None.
         """
-        fault = rate_limit_fault(retry_after=retry_after, reset_requests=reset_requests,
-                                 reset_tokens=reset_tokens, body=body)
+        fault = rate_limit_fault(
+            retry_after=retry_after,
+            reset_requests=reset_requests,
+            reset_tokens=reset_tokens,
+            body=body,
+        )
         self.inject(fault, n)
 
     @property
@@ -330,8 +346,7 @@ class SimServer:
             data = [_model_object(model) for model in self.models]
             self._send_json(handler, 200, {"object": "list", "data": data}, started)
         elif route.startswith("/v1/models/") and method == "GET":
-            self._send_json(handler, 200, _model_object(route.removeprefix("/v1/models/")),
-                            started)
+            self._send_json(handler, 200, _model_object(route.removeprefix("/v1/models/")), started)
         else:
             message = f"Invalid URL ({method} {path})"
             self._send_json(handler, 404, error_body(message, "invalid_request_error"), started)
@@ -347,8 +362,9 @@ class SimServer:
         cut: CutStream | None = None
         fault = self._faults.pop()
         if isinstance(fault, HTTPError):
-            self._send_json(handler, fault.status, fault.body_for(str(model)), started,
-                            fault.headers)
+            self._send_json(
+                handler, fault.status, fault.body_for(str(model)), started, fault.headers
+            )
             return
         if isinstance(fault, Garbage):
             self._send(handler, 200, fault.body, fault.content_type, started)
@@ -373,30 +389,45 @@ class SimServer:
         reply = script.reply_for(request)
         if reply.model_error is not None:
             error = reply.model_error
-            self._send_json(handler, error.status,
-                            error_body(error.message, error.type, error.param, error.code),
-                            started, error.headers)
+            self._send_json(
+                handler,
+                error.status,
+                error_body(error.message, error.type, error.param, error.code),
+                started,
+                error.headers,
+            )
             return
         partition = hashlib.blake2b(api_key.encode(), digest_size=16).digest() if api_key else b""
         completion = self.engine.complete(request, reply, script, partition)
 
         headers: dict[str, str] = {}
         if gateway is not None and api_key is not None:
-            cost = gateway.cost(request["model"], completion.prompt_tokens,
-                                completion.cached_tokens, completion.completion_tokens)
+            cost = gateway.cost(
+                request["model"],
+                completion.prompt_tokens,
+                completion.cached_tokens,
+                completion.completion_tokens,
+            )
             spent = gateway.charge(api_key, cost)
             if gateway.style == "litellm":
                 headers["x-litellm-response-cost"] = str(float(cost))
                 headers["x-litellm-key-spend"] = str(float(spent))
-        handler.sim_note = (f"model={request['model']} prompt={completion.prompt_tokens} "
-                            f"completion={completion.completion_tokens}")
+        handler.sim_note = (
+            f"model={request['model']} prompt={completion.prompt_tokens} "
+            f"completion={completion.completion_tokens}"
+        )
 
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:29]}"
         created = int(time.time())
         if request.get("stream"):
             options = request.get("stream_options") or {}
-            events = stream_events(completion_id, created, request["model"], completion,
-                                   include_usage=bool(options.get("include_usage")))
+            events = stream_events(
+                completion_id,
+                created,
+                request["model"],
+                completion,
+                include_usage=bool(options.get("include_usage")),
+            )
             self._send_stream(handler, events, started, headers, cut)
         else:
             payload = completion_body(completion_id, created, request["model"], completion)
@@ -434,8 +465,9 @@ class SimServer:
         headers: Mapping[str, str] | None = None,
         cut: CutStream | None = None,
     ) -> None:
-        head = self._head(handler, status, content_type, started, headers,
-                          f"content-length: {len(data)}")
+        head = self._head(
+            handler, status, content_type, started, headers, f"content-length: {len(data)}"
+        )
         if cut is None:
             handler.wfile.write(head + data)
         else:
@@ -451,14 +483,26 @@ class SimServer:
         headers: Mapping[str, str],
         cut: CutStream | None,
     ) -> None:
-        frames = [self._head(handler, 200, _SSE, started, headers, "transfer-encoding: chunked",
-                             "cache-control: no-cache")]
+        frames = [
+            self._head(
+                handler,
+                200,
+                _SSE,
+                started,
+                headers,
+                "transfer-encoding: chunked",
+                "cache-control: no-cache",
+            )
+        ]
         chunks = list(events)
         if cut is not None:
             chunks = chunks[: max(0, min(cut.after_chunks, len(chunks)))]
         for chunk in chunks:
-            data = b"data: " + json.dumps(chunk, separators=(",", ":"),
-                                          ensure_ascii=False).encode() + b"\n\n"
+            data = (
+                b"data: "
+                + json.dumps(chunk, separators=(",", ":"), ensure_ascii=False).encode()
+                + b"\n\n"
+            )
             frames.append(b"%x\r\n%s\r\n" % (len(data), data))
             if self.chunk_delay_s > 0:
                 handler.wfile.write(b"".join(frames))
@@ -473,8 +517,14 @@ class SimServer:
         self._log(handler, 200, started)
 
     @staticmethod
-    def _head(handler: _Handler, status: int, content_type: str, started: float,
-              headers: Mapping[str, str] | None, *extra: str) -> bytes:
+    def _head(
+        handler: _Handler,
+        status: int,
+        content_type: str,
+        started: float,
+        headers: Mapping[str, str] | None,
+        *extra: str,
+    ) -> bytes:
         try:
             phrase = http.HTTPStatus(status).phrase
         except ValueError:
@@ -501,7 +551,7 @@ class SimServer:
         elapsed_ms = (time.perf_counter() - started) * 1000
         note = f" {handler.sim_note}" if handler.sim_note else ""
         sys.stderr.write(
-            f"sim {handler.client_address[0]} \"{handler.command} {handler.path.split('?')[0]}\" "
+            f'sim {handler.client_address[0]} "{handler.command} {handler.path.split("?")[0]}" '
             f"{status}{note} {elapsed_ms:.1f}ms\n"
         )
 
@@ -527,7 +577,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         self.sim_note = ""
-        self.server.sim._handle(self)
+        self.sim_status = 0
+        started = time.perf_counter()
+        try:
+            self.server.sim._handle(self)
+        except OSError:
+            raise  # the client went away: nothing to answer
+        except Exception as error:  # a bug, or a reply_fn that raised: answer it as a 500
+            traceback.print_exc(file=sys.stderr)
+            self.close_connection = True
+            if self.sim_status == 0:  # nothing sent yet
+                message = f"The simulated provider failed: {type(error).__name__}: {error}"
+                self.server.sim._send_json(self, 500, error_body(message, "server_error"), started)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
 
@@ -626,8 +687,9 @@ def serve(
         verbose: log one line per request to stderr.
         on_ready: called with the running server once it listens (to print its URL, say).
     """
-    sim = SimServer(host=host, port=port, script=script, gateway=gateway, latency_s=latency_s,
-                    verbose=verbose)
+    sim = SimServer(
+        host=host, port=port, script=script, gateway=gateway, latency_s=latency_s, verbose=verbose
+    )
     sim.start()
     try:
         if on_ready is not None:

@@ -117,8 +117,9 @@ class TokenCounter:
         if tools:
             tools_json = _dumps(list(tools))
             tools_digest = _digest(tools_json)
-            running = self._cached(encoding_name, tools_digest,
-                                   lambda: self.count(tools_json, model))
+            running = self._cached(
+                encoding_name, tools_digest, lambda: self.count(tools_json, model)
+            )
             key = _digest(key + tools_digest)
         keys = [key]
         prefix_tokens = [running]
@@ -187,8 +188,9 @@ class PrefixCache:
         max_entries: how many prefixes to remember before the cache starts over.
     """
 
-    def __init__(self, *, min_tokens: int = 1024, granularity: int = 128,
-                 max_entries: int = 500_000) -> None:
+    def __init__(
+        self, *, min_tokens: int = 1024, granularity: int = 128, max_entries: int = 500_000
+    ) -> None:
         self.min_tokens = min_tokens
         self.granularity = granularity
         self._max_entries = max_entries

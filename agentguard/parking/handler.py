@@ -1,0 +1,213 @@
+"""The parking stage: what a limit error or an exhausted budget does to the session.
+
+Waits up to ``parking.wait_inline_max_s`` are slept in-process and the call retried. Longer
+limits park the session: its pending request and counters are written to the store in one
+transaction, and :class:`~agentguard.SessionParked` is raised to the caller. An exhausted
+account quota is recorded as ``failed`` (waiting cannot help) and the provider's error is
+handed back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from agentguard.errors import BudgetExceeded, SessionParked
+from agentguard.log import logger
+from agentguard.parking.classify import LimitVerdict, classify_limit_error, resume_time
+from agentguard.parking.record import ParkedSession, ParkReason
+from agentguard.parking.store import ParkedStore
+
+if TYPE_CHECKING:
+    from agentguard.config import ParkingConfig
+    from agentguard.pipeline import CallContext, Reply
+
+__all__ = ["Decision", "Parker"]
+
+_LIMIT_STATUSES = frozenset({400, 402, 403, 422, 429})
+# Call parameters a replay must not repeat: they belong to the transport, not the request.
+_NOT_REPLAYED = frozenset({"stream_options"})
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do about one limit error."""
+
+    action: str
+    """``wait`` (sleep ``wait_s`` and retry), ``park``, ``fail`` (record as failed, hand the
+    error back) or ``hand_back`` (parking is off: the caller gets the provider's error)."""
+    wait_s: float = 0.0
+
+
+class Parker:
+    """Parks sessions in a :class:`ParkedStore`.
+
+    Args:
+        config: the parking section of the config.
+        store: where records go.
+        max_retry_after_s: longest wait a response may ask for (longer ones are capped).
+    """
+
+    def __init__(
+        self, config: ParkingConfig, store: ParkedStore, *, max_retry_after_s: float = 86400.0
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.max_retry_after_s = max_retry_after_s
+
+    def classify(self, reply: Reply) -> LimitVerdict | None:
+        """The kind of limit an error response is, or ``None`` if it is not one."""
+        if reply.status not in _LIMIT_STATUSES:
+            return None
+        return classify_limit_error(reply.status, reply.headers, reply.body, self.config.rules)
+
+    def decide(self, verdict: LimitVerdict, retries_done: int, max_retries: int) -> Decision:
+        """Wait in-process, park, or fail."""
+        if verdict.kind == "quota_exhausted":
+            return Decision("fail")
+        wait = verdict.wait_s
+        if (
+            wait is not None
+            and wait <= self.config.wait_inline_max_s
+            and retries_done < max_retries
+        ):
+            return Decision("wait", wait)
+        if not self.config.enabled:
+            return Decision("hand_back")
+        return Decision("park")
+
+    # -- writing records (I/O: the pipeline runs these through its driver) ----------------------
+
+    def park_limit(
+        self, call: CallContext, verdict: LimitVerdict, *, failed: bool
+    ) -> ParkedSession:
+        now = datetime.now(UTC)
+        resume_at, source = resume_time(
+            verdict,
+            window_hours=self.config.window_hours,
+            max_wait_s=self.max_retry_after_s,
+            now=now,
+        )
+        if verdict.wait_s is not None and verdict.wait_s > self.max_retry_after_s:
+            logger.warning(
+                "retry_after_capped",
+                session_id=call.session.id,
+                asked_s=verdict.wait_s,
+                capped_s=self.max_retry_after_s,
+            )
+        reason = ParkReason(
+            kind=verdict.kind,
+            status=verdict.status,
+            error_type=verdict.error_type,
+            error_code=verdict.error_code,
+            message=verdict.message,
+            headers=verdict.headers,
+            reset_source=source,
+            budget_key=call.session.budget_key,
+        )
+        return self._park(call, reason, None if failed else resume_at, failed=failed)
+
+    def park_budget(self, call: CallContext, error: BudgetExceeded) -> ParkedSession:
+        reason = ParkReason(
+            kind="local_budget",
+            message=str(error),
+            reset_source="ledger",
+            budget_key=error.key,
+        )
+        return self._park(call, reason, error.resets_at, failed=False)
+
+    def _park(
+        self, call: CallContext, reason: ParkReason, resume_at: datetime | None, *, failed: bool
+    ) -> ParkedSession:
+        session = call.session
+        request = {k: v for k, v in call.original_body.items() if k not in _NOT_REPLAYED}
+        max_attempts = self.config.max_attempts
+
+        def change(current: ParkedSession | None) -> ParkedSession:
+            resuming = current is not None and current.state == "resuming"
+            attempts = current.attempts + 1 if resuming and current is not None else 0
+            record = ParkedSession(
+                session_id=session.id,
+                parent_id=session.parent.id if session.parent is not None else session.parent_id,
+                budget_key=session.budget_key,
+                framework=session.framework,
+                resumer=session.resumer,
+                request=request,
+                iterations=session.state.iterations,
+                spent_usd=session.state.spent_usd,
+                session_state=session.state.model_dump(mode="json"),
+                metadata=_jsonable(
+                    {**session.metadata, "root_session_id": session.root_id}
+                    if session.root_id != session.id
+                    else session.metadata
+                ),
+                reason=reason,
+                attempts=attempts,
+                resume_at=resume_at,
+                history=list(current.history) if current is not None else [],
+                parked_at=current.parked_at
+                if resuming and current is not None
+                else datetime.now(UTC),
+            )
+            if failed:
+                record.resume_at = None
+                record.transition("failed", f"{reason.kind}: {reason.message}")
+            elif attempts >= max_attempts:
+                record.resume_at = None
+                record.transition(
+                    "failed",
+                    f"gave up after {attempts} resume attempts (parking.max_attempts="
+                    f"{max_attempts}); last: {reason.kind}: {reason.message}",
+                )
+            else:
+                record.transition(
+                    "parked",
+                    f"{reason.kind} ({reason.reset_source}); "
+                    + ("re-parked" if resuming else "parked")
+                    + f", resumes at {resume_at.isoformat(timespec='seconds') if resume_at else 'never'}",
+                )
+            return record
+
+        record = self.store.update(session.id, change)
+        assert record is not None
+        event = "fail" if record.state == "failed" else ("re-park" if record.attempts else "park")
+        logger.info(
+            event,
+            session_id=record.session_id,
+            budget_key=record.budget_key,
+            reason=reason.kind,
+            status=reason.status,
+            resume_at=record.resume_at,
+            reset_source=reason.reset_source,
+            attempts=record.attempts,
+        )
+        return record
+
+    @staticmethod
+    def parked_error(record: ParkedSession) -> SessionParked:
+        if record.state == "failed":
+            message = (
+                f"session {record.session_id!r} hit {record.reason.kind} and will not resume: "
+                f"{record.history[-1].note if record.history else record.reason.message}"
+            )
+        else:
+            assert record.resume_at is not None
+            message = (
+                f"session {record.session_id!r} parked ({record.reason.kind}: "
+                f"{record.reason.message[:200]}); resumes at "
+                f"{record.resume_at.isoformat(timespec='seconds')} (from {record.reason.reset_source})"
+            )
+        return SessionParked(
+            message,
+            session_id=record.session_id,
+            resume_at=record.resume_at,
+            reason=record.reason.kind,
+        )
+
+
+def _jsonable(value: Mapping[str, Any]) -> dict[str, Any]:
+    import json
+
+    return json.loads(json.dumps(dict(value), default=str))

@@ -1,0 +1,178 @@
+"""The parked-session record: what is saved when a session parks, and the inbox file format.
+
+Versioned (``schema_version``); :func:`json_schema` publishes it for other processes and
+languages that drop records into the inbox. A record never holds API keys, auth headers or
+client objects: only the pending request's JSON body, counters, and the evidence headers of
+the limit that parked it.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ParkReason",
+    "ParkState",
+    "ParkedSession",
+    "Transition",
+    "json_schema",
+    "validate_session_id",
+]
+
+SCHEMA_VERSION = 1
+ParkState = Literal["parked", "resuming", "resumed", "failed", "dropped"]
+_SESSION_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,200}$")
+_FORBIDDEN_KEYS = frozenset(
+    {"api_key", "apikey", "authorization", "proxy-authorization", "x-api-key", "api-key", "cookie"}
+)
+
+
+def validate_session_id(value: str) -> str:
+    """Session ids name files and rows: 1-200 of ``A-Z a-z 0-9 . _ : @ -``, not ``.``/``..``."""
+    if not _SESSION_ID.match(value) or value in {".", ".."}:
+        raise ValueError(
+            f"session id {value[:80]!r} is not 1-200 characters of letters, digits and ._:@-"
+        )
+    return value
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ParkReason(_Model):
+    """Why the session parked."""
+
+    kind: Literal["rate_limit", "budget_window", "quota_exhausted", "local_budget", "error"]
+    status: int | None = None
+    """HTTP status of the limit error (``None`` for the local budget)."""
+    error_type: str | None = None
+    error_code: str | None = None
+    message: str = ""
+    headers: dict[str, str] = Field(default_factory=dict)
+    """The response headers that said when the limit resets."""
+    reset_source: str | None = None
+    """What ``resume_at`` came from: ``ledger``, ``retry-after``, ``x-ratelimit-reset-requests``,
+    ``parking.window_hours``..."""
+    budget_key: str | None = None
+
+    @field_validator("headers")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in value.items() if k.lower() not in _FORBIDDEN_KEYS}
+
+
+class Transition(_Model):
+    """One change of state."""
+
+    at: datetime
+    state: ParkState
+    note: str = ""
+
+
+class ParkedSession(_Model):
+    """A parked session: the pending request and everything needed to resume it.
+
+    ``client.chat.completions.create(**parked.request)`` replays the pending call.
+    """
+
+    schema_version: int = SCHEMA_VERSION
+    session_id: str
+    parent_id: str | None = None
+    budget_key: str = "default"
+    framework: str = "openai"
+    """Who parked it: ``openai``, ``langchain``, ``crewai``, ``openclaw``..."""
+    resumer: str = "replay"
+    """The registered resumer that continues it (never an import path)."""
+    request: dict[str, Any] = Field(default_factory=dict)
+    """The pending ``chat.completions.create`` keyword arguments (model, messages, tools,
+    params); never API keys or headers."""
+    iterations: int = 0
+    spent_usd: Decimal = Decimal(0)
+    session_state: dict[str, Any] = Field(default_factory=dict)
+    """The session's counters (:class:`agentguard.SessionState`), restored on resume."""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    """Framework data to resume with (a LangGraph thread id, a crew's inputs...)."""
+    reason: ParkReason
+    state: ParkState = "parked"
+    parked_at: datetime = Field(default_factory=_now)
+    resume_at: datetime | None = None
+    attempts: int = 0
+    """Resumes tried so far."""
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+    history: list[Transition] = Field(default_factory=list)
+    result: dict[str, Any] | None = None
+    """A short summary of the resumed call's result (or of the last failure)."""
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value != SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version {value} is not supported (this agentguard reads version "
+                f"{SCHEMA_VERSION})"
+            )
+        return value
+
+    @field_validator("session_id")
+    @classmethod
+    def _session_id(cls, value: str) -> str:
+        return validate_session_id(value)
+
+    @field_validator("parent_id")
+    @classmethod
+    def _parent_id(cls, value: str | None) -> str | None:
+        return None if value is None else validate_session_id(value)
+
+    @field_validator("resumer", "framework")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not re.match(r"^[a-z][a-z0-9_-]{0,63}$", value):
+            raise ValueError(
+                f"{value[:80]!r} is not a plain lower-case name (a-z, 0-9, _ and -): resumers "
+                "are registered names, never import paths"
+            )
+        return value
+
+    @field_validator("request")
+    @classmethod
+    def _request(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if key.lower() in _FORBIDDEN_KEYS or key in {"extra_headers", "extra_query"}:
+                raise ValueError(f"request must not hold {key!r}: no keys or headers are stored")
+        messages = value.get("messages")
+        if messages is not None and not isinstance(messages, list):
+            raise ValueError("request.messages must be a list of message objects")
+        return value
+
+    @field_validator("parked_at", "resume_at", "lease_until")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+    def transition(self, state: ParkState, note: str = "", *, at: datetime | None = None) -> None:
+        """Move to ``state`` and record it in the history (kept to the last 50 moves)."""
+        self.state = state
+        self.history.append(Transition(at=at or _now(), state=state, note=note[:500]))
+        del self.history[:-50]
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a parked record (the inbox file format)."""
+    schema = ParkedSession.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = f"urn:agentguard:parked-session:v{SCHEMA_VERSION}"
+    return schema

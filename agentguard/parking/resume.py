@@ -1,0 +1,305 @@
+"""Resuming parked sessions: the claim, the registered resumer, and what its outcome records.
+
+A resumer is a function registered by name (``@guard.resumer("name")``); a record can only name
+one, never an import path. It runs inside a session restored from the record (same id, budget
+key, counters), so the calls it makes through the guard's clients count against the same
+budget, and a limit hit inside it re-parks the record with ``attempts + 1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import socket
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from agentguard.errors import SessionParked
+from agentguard.log import logger
+from agentguard.parking.record import ParkedSession, ParkState
+from agentguard.parking.store import ParkedStore, UnknownSession
+
+if TYPE_CHECKING:
+    from agentguard.guard import Guard
+    from agentguard.session import Session
+
+__all__ = ["ParkedSessions", "Resumer", "default_owner"]
+
+Resumer = Callable[[ParkedSession], Any]
+
+
+def default_owner() -> str:
+    """This process's name on leases: host, pid and thread."""
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 100000}"
+
+
+def _summarise(result: Any) -> dict[str, Any]:
+    """A short, JSON-friendly trace of what a resume produced."""
+    if result is None:
+        return {}
+    dump = getattr(result, "model_dump", None)
+    if callable(dump):
+        try:
+            data = dump(mode="json")
+        except Exception:
+            data = None
+        if isinstance(data, dict):
+            choices = data.get("choices") or []
+            message = (choices[0] or {}).get("message") if choices else None
+            summary: dict[str, Any] = {"id": data.get("id"), "model": data.get("model")}
+            if isinstance(message, dict):
+                summary["content"] = (message.get("content") or "")[:2000]
+                summary["tool_calls"] = len(message.get("tool_calls") or [])
+            if not choices:
+                summary["value"] = str(data)[:2000]
+            return summary
+    if isinstance(result, (str, int, float, bool)):
+        return {"value": str(result)[:2000]}
+    if isinstance(result, dict):
+        return {"value": {str(k): str(v)[:500] for k, v in list(result.items())[:20]}}
+    return {"value": repr(result)[:2000]}
+
+
+class ParkedSessions:
+    """``guard.parked``: look at, resume and drop parked sessions.
+
+    Args:
+        guard: the guard whose resumers and clients resume the sessions.
+        store: the records.
+    """
+
+    def __init__(self, guard: Guard, store: ParkedStore) -> None:
+        self.guard = guard
+        self.store = store
+
+    # -- looking -----------------------------------------------------------------------------------
+
+    def list(self, state: ParkState | None = None) -> list[ParkedSession]:
+        """Every parked-session record (of one state), soonest resume first."""
+        return self.store.list(state)
+
+    def get(self, session_id: str) -> ParkedSession:
+        """One record.
+
+        Raises:
+            UnknownSession: no record has this id.
+        """
+        return self.store.get(session_id)
+
+    # -- acting ------------------------------------------------------------------------------------
+
+    def drop(self, session_id: str, *, note: str = "dropped by request") -> ParkedSession:
+        """Mark a record ``dropped``: it will not resume (the record is kept).
+
+        Raises:
+            UnknownSession: no record has this id.
+        """
+
+        def change(current: ParkedSession | None) -> ParkedSession:
+            if current is None:
+                raise UnknownSession(f"no parked session with id {session_id!r}")
+            current.resume_at = None
+            current.lease_owner = None
+            current.lease_until = None
+            current.transition("dropped", note)
+            return current
+
+        record = self.store.update(session_id, change)
+        assert record is not None
+        logger.info("drop", session_id=session_id)
+        return record
+
+    def schedule_now(self, session_id: str) -> ParkedSession:
+        """Make a record due now (a running daemon resumes it at its next look). A ``failed``
+        or ``dropped`` record is parked again with its attempts reset.
+
+        Raises:
+            UnknownSession: no record has this id.
+            ValueError: the session is being resumed right now.
+        """
+
+        def change(current: ParkedSession | None) -> ParkedSession:
+            if current is None:
+                raise UnknownSession(f"no parked session with id {session_id!r}")
+            if current.state == "resuming" and current.lease_until and current.lease_until > _now():
+                raise ValueError(
+                    f"session {session_id!r} is being resumed by {current.lease_owner}"
+                )
+            if current.state in ("failed", "dropped", "resumed"):
+                current.attempts = 0
+            current.resume_at = _now()
+            current.lease_owner = None
+            current.lease_until = None
+            current.transition("parked", "scheduled to resume now by request")
+            return current
+
+        record = self.store.update(session_id, change)
+        assert record is not None
+        return record
+
+    def resume(self, session_id: str, *, owner: str | None = None, force: bool = True) -> Any:
+        """Resume a session in this process now, with its registered resumer.
+
+        Args:
+            session_id: the session.
+            owner: the name on the lease (default: this host, process and thread).
+            force: resume even if it is not due yet (a daemon waits for ``resume_at``).
+
+        Returns:
+            What the resumer returned; ``None`` if the session could not be claimed.
+
+        Raises:
+            UnknownSession: no record has this id.
+            SessionParked: the resume hit a limit again and was parked again.
+        """
+        if force:
+            self.schedule_now(session_id)
+        return self.run(session_id, owner=owner or default_owner(), raise_parked=True)
+
+    def import_record(self, record: ParkedSession) -> ParkedSession:
+        """Store a record that came from elsewhere (a file, another process). A record of the
+        same session that is being resumed is left alone (dedup by session id)."""
+
+        def change(current: ParkedSession | None) -> ParkedSession | None:
+            if current is not None and current.state == "resuming":
+                logger.info("ingest_skipped", session_id=record.session_id, reason="resuming")
+                return None
+            if current is not None and current.state == "parked" and record.state == "parked":
+                # The same session parked again from elsewhere: keep the history, count attempts.
+                record.history = [*current.history, *record.history][-50:]
+                record.attempts = max(record.attempts, current.attempts)
+            if not record.history:
+                record.transition(record.state, "imported")
+            return record
+
+        stored = self.store.update(record.session_id, change)
+        return stored or self.store.get(record.session_id)
+
+    # -- the resume itself -------------------------------------------------------------------------
+
+    def run(self, session_id: str, *, owner: str, raise_parked: bool = False) -> Any:
+        """Claim a due session and resume it. Returns the resumer's result, or ``None`` if the
+        session was not claimed (not due, or another process has it)."""
+        lease_s = self.guard.config.parking.lease_s
+        record = self.store.claim(session_id, owner, lease_s=lease_s)
+        if record is None:
+            return None
+        logger.info(
+            "claim",
+            session_id=session_id,
+            owner=owner,
+            attempts=record.attempts,
+            resumer=record.resumer,
+        )
+        resumer = self.guard.resumers.get(record.resumer)
+        if resumer is None:
+            self._finish(
+                record,
+                "failed",
+                f"no resumer named {record.resumer!r} is registered in this application "
+                f"(registered: {sorted(self.guard.resumers)})",
+            )
+            return None
+        session = self.guard.restore_session(record)
+        try:
+            with session:
+                if inspect.iscoroutinefunction(resumer):
+                    result = asyncio.run(resumer(record))
+                else:
+                    result = resumer(record)
+                    if inspect.isawaitable(result):
+                        result = asyncio.run(_await(result))
+        except SessionParked as parked:
+            # The pipeline already wrote the new state (re-parked with attempts + 1, or failed).
+            logger.info("resume_parked", session_id=session_id, resume_at=parked.resume_at)
+            if raise_parked:
+                raise
+            return None
+        except Exception as exc:
+            self._after_error(record, exc, session)
+            if raise_parked:
+                raise
+            return None
+        self._finish(
+            record, "resumed", "resumed and completed", result=_summarise(result), session=session
+        )
+        logger.info(
+            "resume",
+            session_id=session_id,
+            attempts=record.attempts,
+            spent_usd=session.state.spent_usd,
+            iterations=session.state.iterations,
+        )
+        return result
+
+    def _finish(
+        self,
+        record: ParkedSession,
+        state: ParkState,
+        note: str,
+        *,
+        result: dict[str, Any] | None = None,
+        resume_at: datetime | None = None,
+        attempts: int | None = None,
+        session: Session | None = None,
+    ) -> None:
+        def change(current: ParkedSession | None) -> ParkedSession | None:
+            if current is None:
+                return None
+            if current.state != "resuming" or current.lease_owner != record.lease_owner:
+                # Someone else changed it meanwhile (dropped, or took over an expired lease).
+                return None
+            current.lease_owner = None
+            current.lease_until = None
+            current.resume_at = resume_at
+            if attempts is not None:
+                current.attempts = attempts
+            if result is not None:
+                current.result = result
+            if session is not None:
+                current.iterations = session.state.iterations
+                current.spent_usd = session.state.spent_usd
+                current.session_state = session.state.model_dump(mode="json")
+            current.transition(state, note)
+            return current
+
+        self.store.update(record.session_id, change)
+        if state == "failed":
+            logger.info("fail", session_id=record.session_id, reason=note)
+
+    def _after_error(self, record: ParkedSession, error: Exception, session: Session) -> None:
+        attempts = record.attempts + 1
+        max_attempts = self.guard.config.parking.max_attempts
+        note = f"resume failed: {type(error).__name__}: {str(error)[:300]}"
+        if attempts >= max_attempts:
+            self._finish(
+                record,
+                "failed",
+                f"{note}; gave up after {attempts} attempts",
+                attempts=attempts,
+                result={"error": f"{type(error).__name__}: {str(error)[:500]}"},
+                session=session,
+            )
+            return
+        # An unexpected error is retried later, backing off, within the attempt cap.
+        delay = min(self.guard.config.parking.window_hours * 3600, 30.0 * (2**attempts))
+        self._finish(
+            record,
+            "parked",
+            f"{note}; retrying in {delay:.0f}s",
+            resume_at=_now() + timedelta(seconds=delay),
+            attempts=attempts,
+            session=session,
+        )
+        logger.info("re-park", session_id=record.session_id, attempts=attempts, reason=note)
+
+
+async def _await(value: Any) -> Any:
+    return await value
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

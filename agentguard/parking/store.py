@@ -1,0 +1,254 @@
+"""Parked sessions in the SQL store: one row per session, claims on leases.
+
+The move to ``resuming`` is one conditional ``UPDATE`` (a claim with a lease): of several
+daemons on one store, exactly one gets each due session, and a claim whose process died is
+taken again once its lease runs out.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from pydantic import ValidationError
+
+from agentguard.errors import StoreError
+from agentguard.parking.record import ParkedSession, ParkState
+from agentguard.store import Cursor, Store
+
+__all__ = ["ParkedStore", "UnknownSession"]
+
+_SELECT = "SELECT record FROM agentguard_parked_sessions WHERE session_id = :id"
+_INSERT = (
+    "INSERT INTO agentguard_parked_sessions"
+    " (session_id, state, resume_at_ms, attempts, lease_owner, lease_until_ms, updated_at_ms, record)"
+    " VALUES (:id, :state, :resume, :attempts, :owner, :until, :now, :record)"
+)
+_UPDATE = (
+    "UPDATE agentguard_parked_sessions SET state = :state, resume_at_ms = :resume,"
+    " attempts = :attempts, lease_owner = :owner, lease_until_ms = :until,"
+    " updated_at_ms = :now, record = :record WHERE session_id = :id"
+)
+_CLAIM = (
+    "UPDATE agentguard_parked_sessions SET state = 'resuming', lease_owner = :owner,"
+    " lease_until_ms = :until, updated_at_ms = :now"
+    " WHERE session_id = :id AND ("
+    " (state = 'parked' AND (resume_at_ms IS NULL OR resume_at_ms <= :now))"
+    " OR (state = 'resuming' AND lease_until_ms < :now))"
+)
+_DUE = (
+    "SELECT session_id FROM agentguard_parked_sessions WHERE"
+    " (state = 'parked' AND resume_at_ms IS NOT NULL AND resume_at_ms <= :now)"
+    " OR (state = 'resuming' AND lease_until_ms < :now) ORDER BY resume_at_ms"
+)
+_WAITING = (
+    "SELECT session_id, resume_at_ms FROM agentguard_parked_sessions"
+    " WHERE state = 'parked' OR state = 'resuming' ORDER BY resume_at_ms"
+)
+
+
+class UnknownSession(StoreError, KeyError):
+    """No parked record has this session id."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown session"
+
+
+def _ms(value: datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp() * 1000)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ParkedStore:
+    """The parked-session records of a :class:`~agentguard.store.Store`.
+
+    Args:
+        store: the SQL store.
+        on_corrupt: called with the session id and the problem when a stored record no
+            longer validates (it is then skipped, never deleted).
+    """
+
+    def __init__(
+        self, store: Store, *, on_corrupt: Callable[[str, str], None] | None = None
+    ) -> None:
+        self.store = store
+        self.on_corrupt = on_corrupt
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def get(self, session_id: str) -> ParkedSession:
+        """The record of ``session_id``.
+
+        Raises:
+            UnknownSession: there is none.
+        """
+        with self.store.cursor() as cursor:
+            record = self._load(cursor, session_id)
+        if record is None:
+            raise UnknownSession(f"no parked session with id {session_id!r}")
+        return record
+
+    def find(self, session_id: str) -> ParkedSession | None:
+        """The record of ``session_id``, or ``None``."""
+        with self.store.cursor() as cursor:
+            return self._load(cursor, session_id)
+
+    def list(self, state: ParkState | None = None) -> builtins.list[ParkedSession]:
+        """Every record (of one state), soonest resume first."""
+        sql = "SELECT session_id, record FROM agentguard_parked_sessions"
+        params: dict[str, str] = {}
+        if state is not None:
+            sql += " WHERE state = :state"
+            params["state"] = state
+        sql += " ORDER BY resume_at_ms, session_id"
+        with self.store.cursor() as cursor:
+            rows = cursor.all(sql, params)
+        records = []
+        for session_id, text in rows:
+            record = self._parse(session_id, text)
+            if record is not None:
+                records.append(record)
+        return records
+
+    def due(self, *, now: datetime | None = None) -> builtins.list[str]:
+        """Ids of sessions due to resume (or whose resume's lease ran out)."""
+        with self.store.cursor() as cursor:
+            return [row[0] for row in cursor.all(_DUE, {"now": _ms(now or _now())})]
+
+    def waiting(self) -> builtins.list[tuple[str, datetime | None]]:
+        """Ids and resume times of every parked or resuming session."""
+        with self.store.cursor() as cursor:
+            rows = cursor.all(_WAITING, {})
+        return [
+            (row[0], None if row[1] is None else datetime.fromtimestamp(row[1] / 1000, UTC))
+            for row in rows
+        ]
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def put(self, record: ParkedSession) -> ParkedSession:
+        """Insert or replace a record, in one transaction."""
+        with self.store.cursor() as cursor:
+            self._write(cursor, record, exists=self._exists(cursor, record.session_id))
+        return record
+
+    def update(
+        self, session_id: str, change: Callable[[ParkedSession | None], ParkedSession | None]
+    ) -> ParkedSession | None:
+        """Read, change and write one record in one transaction (the write lock is held
+        throughout, so concurrent changes never interleave). ``change`` gets ``None`` when
+        there is no record yet, and may return ``None`` to write nothing."""
+        with self.store.cursor() as cursor:
+            if not self.store.is_sqlite:
+                cursor.execute(
+                    "SELECT session_id FROM agentguard_parked_sessions WHERE session_id = :id FOR UPDATE",
+                    {"id": session_id},
+                )
+            current = self._load(cursor, session_id)
+            exists = current is not None or self._exists(cursor, session_id)
+            changed = change(current)
+            if changed is not None:
+                self._write(cursor, changed, exists=exists)
+            return changed
+
+    def claim(
+        self, session_id: str, owner: str, *, lease_s: float, now: datetime | None = None
+    ) -> ParkedSession | None:
+        """Atomically move a due record to ``resuming`` with a lease for ``owner``.
+
+        Returns the claimed record, or ``None`` if it is not due or someone else holds it.
+        """
+        current_time = now or _now()
+        until = current_time + timedelta(seconds=lease_s)
+        with self.store.cursor() as cursor:
+            params = {
+                "id": session_id,
+                "owner": owner,
+                "until": _ms(until),
+                "now": _ms(current_time),
+            }
+            if cursor.rowcount(_CLAIM, params) != 1:
+                return None
+            record = self._load(cursor, session_id)
+            if record is None:
+                return None
+            taken_over = record.state == "resuming"
+            record.lease_owner = owner
+            record.lease_until = until
+            record.transition(
+                "resuming",
+                f"claimed by {owner}" + (" (previous lease expired)" if taken_over else ""),
+                at=current_time,
+            )
+            self._write(cursor, record, exists=True)
+            return record
+
+    def delete(self, session_id: str) -> bool:
+        with self.store.cursor() as cursor:
+            return (
+                cursor.rowcount(
+                    "DELETE FROM agentguard_parked_sessions WHERE session_id = :id",
+                    {"id": session_id},
+                )
+                == 1
+            )
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _exists(self, cursor: Cursor, session_id: str) -> bool:
+        row = cursor.one(
+            "SELECT 1 FROM agentguard_parked_sessions WHERE session_id = :id", {"id": session_id}
+        )
+        return row is not None
+
+    def _load(self, cursor: Cursor, session_id: str) -> ParkedSession | None:
+        row = cursor.one(_SELECT, {"id": session_id})
+        return None if row is None else self._parse(session_id, row[0])
+
+    def _parse(self, session_id: str, text: str) -> ParkedSession | None:
+        try:
+            return ParkedSession.model_validate_json(text)
+        except (ValidationError, ValueError) as exc:
+            if self.on_corrupt is not None:
+                self.on_corrupt(session_id, str(exc).splitlines()[0])
+            return None
+
+    def _write(self, cursor: Cursor, record: ParkedSession, *, exists: bool) -> None:
+        params = {
+            "id": record.session_id,
+            "state": record.state,
+            "resume": _ms(record.resume_at),
+            "attempts": record.attempts,
+            "owner": record.lease_owner,
+            "until": _ms(record.lease_until),
+            "now": int(time.time() * 1000),
+            "record": record.model_dump_json(),
+        }
+        cursor.execute(_UPDATE if exists else _INSERT, params)
+
+
+def summary(record: ParkedSession) -> dict[str, object]:
+    """A short, JSON-friendly view of a record (for lists and logs)."""
+    return json.loads(
+        record.model_dump_json(
+            include={
+                "session_id",
+                "parent_id",
+                "budget_key",
+                "framework",
+                "resumer",
+                "state",
+                "attempts",
+                "parked_at",
+                "resume_at",
+                "iterations",
+                "spent_usd",
+            }
+        )
+    )

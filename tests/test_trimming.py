@@ -1,0 +1,646 @@
+"""Trimming: valid requests out, within budget, stable prefixes across a session's calls."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from agentguard.config import TrimmingConfig
+from agentguard.errors import ContextTooLarge
+from agentguard.tokens import TokenCounter
+from agentguard.trimming import (
+    NOTE_ROLE,
+    Trimmer,
+    TrimState,
+    trim_messages,
+    validate_messages,
+)
+
+MODEL = "gpt-4o"
+COUNTER = TokenCounter()  # shared: its cache keeps the property tests fast
+
+Message = dict[str, Any]
+WORDS = [
+    "agent",
+    "budget",
+    "token",
+    "window",
+    "cache",
+    "prefix",
+    "trim",
+    "elide",
+    "tool",
+    "output",
+    "file",
+    "read",
+    "parse",
+    "config",
+    "session",
+    "retry",
+    "limit",
+    "model",
+    "route",
+    "price",
+    "ledger",
+    "reserve",
+    "settle",
+    "park",
+    "resume",
+    "query",
+    "result",
+]
+
+
+def words(count: int, seed: int) -> str:
+    return " ".join(WORDS[(seed + i * 7 + i // 5) % len(WORDS)] for i in range(count))
+
+
+def count(messages: list[Message]) -> int:
+    return COUNTER.count_messages(messages, MODEL)
+
+
+def tool_step(step: int, outputs: list[str], name: str = "read_file") -> list[Message]:
+    calls = [
+        {
+            "id": f"call_{step}_{n}",
+            "type": "function",
+            "function": {"name": name, "arguments": json.dumps({"path": f"src/{step}_{n}.py"})},
+        }
+        for n in range(len(outputs))
+    ]
+    results = [
+        {"role": "tool", "tool_call_id": f"call_{step}_{n}", "content": output}
+        for n, output in enumerate(outputs)
+    ]
+    return [{"role": "assistant", "content": None, "tool_calls": calls}, *results]
+
+
+def agent_history(steps: int, output_words: int = 600) -> list[Message]:
+    history: list[Message] = [
+        {"role": "system", "content": "You are a careful coding agent. " + words(200, 1)},
+        {"role": "user", "content": "Fix the failing test in the parser."},
+    ]
+    for step in range(steps):
+        history += tool_step(step, [words(output_words, step)])
+    return history
+
+
+def is_note(message: Message) -> bool:
+    return message.get("role") == NOTE_ROLE and str(message.get("content")).startswith(
+        "[agentguard:"
+    )
+
+
+# -- validate_messages ----------------------------------------------------------------------------
+
+
+def test_validate_accepts_a_valid_agent_history() -> None:
+    validate_messages(agent_history(3))
+    validate_messages([{"role": "user", "content": [{"type": "text", "text": "hi"}]}])
+
+
+@pytest.mark.parametrize(
+    ("messages", "problem"),
+    [
+        ([], "empty"),
+        ("hello", "list"),
+        ([{"role": "robot", "content": "x"}], "role"),
+        ([{"role": "user"}], "no content"),
+        ([{"role": "user", "content": 3}], "string or a list"),
+        ([{"role": "tool", "tool_call_id": "a", "content": "x"}], "does not follow"),
+        ([{"role": "user", "content": "x"}, {"role": "tool", "content": "x"}], "tool_call_id"),
+        ([{"role": "assistant", "content": None}], "no content"),
+        ([{"role": "assistant", "content": None, "tool_calls": []}], "non-empty"),
+        (tool_step(1, ["a", "b"])[:2], "do not follow"),
+        (
+            [*tool_step(1, ["a"]), {"role": "tool", "tool_call_id": "call_1_0", "content": "x"}],
+            "answered already",
+        ),
+        (
+            [*tool_step(1, ["a"]), {"role": "tool", "tool_call_id": "other", "content": "x"}],
+            "did not make",
+        ),
+        (
+            [
+                *tool_step(1, ["a", "b"])[:2],
+                {"role": "user", "content": "x"},
+                tool_step(1, ["a", "b"])[2],
+            ],
+            "do not follow",
+        ),
+        (
+            [
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {"id": "a", "type": "function", "function": {"name": "f"}},
+                        {"id": "a", "type": "function", "function": {"name": "f"}},
+                    ],
+                }
+            ],
+            "repeats",
+        ),
+    ],
+)
+def test_validate_names_the_violation(messages: Any, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        validate_messages(messages)
+
+
+# -- trim_messages ------------------------------------------------------------------------------
+
+
+def test_history_that_fits_is_returned_unchanged() -> None:
+    history = agent_history(3)
+    out = trim_messages(history, max_tokens=count(history), model=MODEL, counter=COUNTER)
+    assert out == history
+    assert all(a is b for a, b in zip(out, history, strict=True))
+    assert out is not history
+
+
+def test_old_tool_outputs_are_elided_first_oldest_first() -> None:
+    history = agent_history(12)
+    before = copy.deepcopy(history)
+    budget = count(history) - 1500
+    out = trim_messages(
+        history, max_tokens=budget, model=MODEL, tool_output_max_tokens=300, counter=COUNTER
+    )
+    assert history == before
+    validate_messages(out)
+    assert count(out) <= budget
+    assert len(out) == len(history)  # eliding was enough: nothing dropped
+    elided = [i for i, m in enumerate(out) if "tokens of output from tool" in str(m["content"])]
+    assert elided == [3, 5, 7][: len(elided)] and elided  # the oldest, and only as many as needed
+    content = out[3]["content"]
+    assert content.endswith(" tokens of output from tool read_file elided]")
+    assert content.startswith(history[3]["content"][:40])  # the head of the output is kept
+    tokens_cut = int(content.rsplit("[agentguard: ", 1)[1].split()[0])
+    assert tokens_cut > 300
+    assert out[3]["tool_call_id"] == history[3]["tool_call_id"]
+
+
+def test_turns_are_dropped_when_eliding_is_not_enough() -> None:
+    history = agent_history(20)
+    out = trim_messages(history, max_tokens=6000, model=MODEL, keep_last_turns=3, counter=COUNTER)
+    validate_messages(out)
+    assert count(out) <= 6000
+    assert out[:2] == history[:2]
+    assert out[-6:] == history[-6:]  # the last 3 turns, whole
+    notes = [m for m in out if is_note(m)]
+    assert len(notes) == 1 and out[2] is notes[0]
+    dropped = len(history) - (len(out) - 1)
+    assert notes[0]["content"] == (
+        f"[agentguard: {dropped} earlier messages of this conversation were dropped to fit the "
+        "context window]"
+    )
+
+
+def test_window_strategy_only_drops() -> None:
+    history = agent_history(20)
+    out = trim_messages(
+        history,
+        max_tokens=8000,
+        model=MODEL,
+        keep_last_turns=2,
+        strategy="window",
+        tool_output_max_tokens=100,
+        counter=COUNTER,
+    )
+    validate_messages(out)
+    assert not any("tokens of output" in str(m["content"]) for m in out)
+    assert all(m is o for m, o in zip(out[3:], history[-len(out) + 3 :], strict=True))
+
+
+def test_parallel_tool_calls_stay_with_their_results() -> None:
+    history = agent_history(0)
+    for step in range(10):
+        history += tool_step(step, [words(300, step), words(200, step + 1), words(100, step)])
+    out = trim_messages(history, max_tokens=5000, model=MODEL, keep_last_turns=2, counter=COUNTER)
+    validate_messages(out)
+    assert count(out) <= 5000
+
+
+def test_chat_turns_keep_the_last_user_message() -> None:
+    history: list[Message] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "First task: " + words(50, 0)},
+    ]
+    for turn in range(15):
+        history.append({"role": "assistant", "content": words(300, turn)})
+        if turn == 4:
+            history.append({"role": "user", "content": "Actually, also handle the edge case."})
+    history += tool_step(99, [words(50, 3)])
+    last_user = history[7]
+    assert last_user["content"].startswith("Actually")
+    out = trim_messages(history, max_tokens=2500, model=MODEL, keep_last_turns=2, counter=COUNTER)
+    validate_messages(out)
+    assert count(out) <= 2500
+    assert any(m is last_user for m in out)
+    assert out[0] is history[0] and out[1] is history[1]
+
+
+def test_the_newest_turn_is_kept_even_with_keep_last_turns_zero() -> None:
+    history = agent_history(10)
+    out = trim_messages(history, max_tokens=2500, model=MODEL, keep_last_turns=0, counter=COUNTER)
+    validate_messages(out)
+    assert out[-2:] == history[-2:]
+
+
+def test_long_outputs_in_kept_turns_are_elided_only_as_a_last_resort() -> None:
+    # Six kept turns of big file reads do not fit; failing the call would help nobody.
+    history = agent_history(8, output_words=2500)
+    budget = 12_000
+    out = trim_messages(history, max_tokens=budget, model=MODEL, counter=COUNTER)
+    validate_messages(out)
+    assert count(out) <= budget
+    assert out[-1] is history[-1]  # the newest turn's output is never elided
+    elided_kept = [m for m in out[-12:] if "tokens of output" in str(m.get("content"))]
+    assert elided_kept
+
+
+def test_context_too_large_names_the_sizes() -> None:
+    history = [
+        {"role": "system", "content": words(3000, 0)},
+        {"role": "user", "content": "hi"},
+    ]
+    with pytest.raises(ContextTooLarge) as caught:
+        trim_messages(history, max_tokens=1000, model=MODEL, counter=COUNTER)
+    error = caught.value
+    assert error.max_tokens == 1000
+    assert error.tokens > 1000
+    assert "1000" in str(error) and str(error.tokens) in str(error)
+
+
+def test_tools_count_against_the_budget() -> None:
+    history = agent_history(10)
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "read_file",
+                "description": words(400, 1),
+                "parameters": {"type": "object"},
+            },
+        }
+    ]
+    budget = count(history) - 200
+    options: dict[str, Any] = {
+        "max_tokens": budget,
+        "model": MODEL,
+        "counter": COUNTER,
+        "tool_output_max_tokens": 100,
+    }
+    without = trim_messages(history, **options)
+    with_tools = trim_messages(history, tools=tools, **options)
+    assert count(with_tools) + COUNTER.count_tools(tools, MODEL) <= budget
+    assert count(with_tools) < count(without)
+
+
+def test_empty_input() -> None:
+    assert trim_messages([], max_tokens=10, model=MODEL) == []
+
+
+# -- property-based -------------------------------------------------------------------------------
+
+
+@st.composite
+def conversations(draw: st.DrawFn) -> list[Message]:
+    seed = draw(st.integers(0, 10_000))
+    messages: list[Message] = []
+    for n in range(draw(st.integers(0, 2))):
+        role = "system" if n == 0 else draw(st.sampled_from(["system", "developer"]))
+        messages.append({"role": role, "content": words(draw(st.integers(1, 300)), seed + n)})
+    messages.append({"role": "user", "content": words(draw(st.integers(1, 80)), seed)})
+    for step in range(draw(st.integers(0, 14))):
+        kind = draw(st.sampled_from(["reply", "user_reply", "tools", "tools", "user"]))
+        if kind in ("user_reply", "user"):
+            messages.append({"role": "user", "content": words(draw(st.integers(1, 60)), step)})
+        if kind in ("reply", "user_reply"):
+            messages.append(
+                {"role": "assistant", "content": words(draw(st.integers(1, 120)), step)}
+            )
+        if kind == "tools":
+            sizes = draw(st.lists(st.sampled_from([5, 40, 300, 1200]), min_size=1, max_size=3))
+            step_messages = tool_step(step, [words(size, seed + step) for size in sizes])
+            results = step_messages[1:]
+            order = draw(st.permutations(range(len(results))))
+            messages += [step_messages[0], *(results[i] for i in order)]
+    if draw(st.booleans()):
+        messages.append({"role": "user", "content": words(draw(st.integers(1, 40)), seed + 1)})
+    return messages
+
+
+def budgets(total: int) -> st.SearchStrategy[int]:
+    """Mostly budgets trimming can reach (a share of the total), sometimes anything."""
+    return st.one_of(
+        st.floats(0.35, 1.05).map(lambda share: max(int(total * share), 20)),
+        st.integers(20, total + 50),
+    )
+
+
+def check_trimmed(original: list[Message], out: list[Message], budget: int) -> None:
+    validate_messages(out)
+    assert count(out) <= budget
+    prompts = 0
+    while original[prompts]["role"] in ("system", "developer"):
+        prompts += 1
+    assert out[:prompts] == original[:prompts] and all(
+        a is b for a, b in zip(out[:prompts], original, strict=False)
+    )
+    first_user = original[prompts]
+    last_user = next(m for m in reversed(original) if m["role"] == "user")
+    assert any(m is first_user for m in out)
+    assert any(m is last_user for m in out)
+    assert out[-1] is original[-1]  # the newest message is always kept as it is
+    # Every message is an original (in order), an elided tool output, or the one note.
+    positions = {id(m): i for i, m in enumerate(original)}
+    by_call = {m.get("tool_call_id"): i for i, m in enumerate(original) if m["role"] == "tool"}
+    order = []
+    notes = 0
+    for message in out:
+        if id(message) in positions:
+            order.append(positions[id(message)])
+        elif message["role"] == "tool":
+            assert "tokens of output from tool" in message["content"]
+            order.append(by_call[message["tool_call_id"]])
+        else:
+            assert is_note(message)
+            notes += 1
+    assert order == sorted(order)
+    assert notes <= 1
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    messages=conversations(),
+    data=st.data(),
+    keep_last_turns=st.integers(0, 4),
+    tool_output_max_tokens=st.sampled_from([20, 100, 500]),
+    strategy=st.sampled_from(["elide", "window"]),
+)
+def test_trim_messages_properties(
+    messages: list[Message],
+    data: st.DataObject,
+    keep_last_turns: int,
+    tool_output_max_tokens: int,
+    strategy: Any,
+) -> None:
+    validate_messages(messages)
+    total = count(messages)
+    budget = data.draw(budgets(total), label="max_tokens")
+    before = copy.deepcopy(messages)
+    try:
+        out = trim_messages(
+            messages,
+            max_tokens=budget,
+            model=MODEL,
+            keep_last_turns=keep_last_turns,
+            tool_output_max_tokens=tool_output_max_tokens,
+            strategy=strategy,
+            counter=COUNTER,
+        )
+    except ContextTooLarge as error:
+        event("context too large")
+        assert error.max_tokens == budget
+        assert error.tokens > budget
+        assert messages == before
+        return
+    assert messages == before
+    if total <= budget:
+        event("fits as is")
+        assert out == messages
+    else:
+        event("dropped turns" if any(is_note(m) for m in out) else "elided only")
+    check_trimmed(messages, out, budget)
+
+
+def complete_prefixes(messages: list[Message]) -> list[int]:
+    """Lengths at which the history is a valid request (no tool call awaits its result)."""
+    lengths = []
+    for length in range(1, len(messages) + 1):
+        try:
+            validate_messages(messages[:length])
+        except ValueError:
+            continue
+        lengths.append(length)
+    return lengths
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    messages=conversations(),
+    data=st.data(),
+    strategy=st.sampled_from(["elide", "window", "summarize"]),
+)
+def test_trimmer_properties_over_a_growing_session(
+    messages: list[Message], data: st.DataObject, strategy: Any
+) -> None:
+    budget = data.draw(budgets(count(messages)), label="max_tokens")
+    trimmer = Trimmer(
+        TrimmingConfig(strategy=strategy, keep_last_turns=2, tool_output_max_tokens=100),
+        COUNTER,
+        summarizer=lambda dropped: words(3 * len(dropped), len(dropped)),
+    )
+    state: TrimState | None = None
+    previous: list[Message] | None = None
+    first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
+    for length in complete_prefixes(messages):
+        if length <= first_user:
+            continue  # a session starts with its task
+        history = messages[:length]
+        before = copy.deepcopy(history)
+        try:
+            result = trimmer.fit(history, model=MODEL, max_tokens=budget, state=state)
+        except ContextTooLarge as error:
+            event("context too large")
+            assert error.tokens > budget
+            return
+        event("re-trimmed" if result.retrimmed else "cut re-applied")
+        assert history == before
+        check_trimmed(history, result.messages, budget)
+        assert result.tokens_after == count(result.messages)
+        if previous is not None and not result.retrimmed:
+            assert result.prefix_reused
+            assert result.messages[: len(previous)] == previous
+        state = TrimState.model_validate_json(result.state.model_dump_json())
+        previous = result.messages
+
+
+# -- Trimmer --------------------------------------------------------------------------------------
+
+
+def run_session(trimmer: Trimmer, history: list[Message], budget: int, start: int = 4) -> list[Any]:
+    results = []
+    state = None
+    for length in complete_prefixes(history):
+        if length < start:
+            continue
+        result = trimmer.fit(history[:length], model=MODEL, max_tokens=budget, state=state)
+        results.append(result)
+        state = result.state
+    return results
+
+
+def test_trimmer_keeps_the_prefix_byte_identical_between_trims() -> None:
+    history = agent_history(60, output_words=900)
+    budget = 16_000
+    trimmer = Trimmer(TrimmingConfig(max_context_tokens=budget, keep_last_turns=3), COUNTER)
+    results = run_session(trimmer, history, budget)
+    previous_json = None
+    reused = 0
+    for result in results:
+        validate_messages(result.messages)
+        assert result.tokens_after <= budget
+        encoded = [json.dumps(m, sort_keys=True) for m in result.messages]
+        if previous_json is not None and not result.retrimmed:
+            assert encoded[: len(previous_json)] == previous_json
+            assert result.prefix_reused
+            reused += 1
+        if result.retrimmed:
+            # Trimmed with headroom, down to the low watermark.
+            assert result.tokens_after <= 0.7 * budget
+            assert not result.prefix_reused
+        previous_json = encoded
+    retrims = sum(result.retrimmed for result in results)
+    share = reused / (len(results) - 1)
+    print(f"\n{len(results)} calls, {retrims} re-trims, prefix reused on {share:.0%} of calls")
+    assert retrims >= 3
+    assert share >= 0.75
+    assert results[-1].state.trims == retrims
+
+
+def test_trim_state_round_trips_and_is_small() -> None:
+    history = agent_history(40)
+    trimmer = Trimmer(TrimmingConfig(keep_last_turns=2), COUNTER)
+    first = trimmer.fit(history[:60], model=MODEL, max_tokens=6000)
+    assert first.retrimmed and first.dropped_messages > 0
+    stored = first.state.model_dump_json()
+    assert len(stored) < 2000
+    restored = TrimState.model_validate_json(stored)
+    assert restored == first.state
+    later = trimmer.fit(history[:62], model=MODEL, max_tokens=6000, state=restored)
+    assert not later.retrimmed and later.prefix_reused
+    assert later.messages[: len(first.messages)] == first.messages
+
+
+def test_a_rewritten_history_gets_a_fresh_cut() -> None:
+    history = agent_history(40)
+    trimmer = Trimmer(TrimmingConfig(keep_last_turns=2), COUNTER)
+    first = trimmer.fit(history, model=MODEL, max_tokens=6000)
+    edited = copy.deepcopy(history)
+    edited[5]["content"] = "edited"
+    second = trimmer.fit(edited, model=MODEL, max_tokens=6000, state=first.state)
+    validate_messages(second.messages)
+    assert second.retrimmed
+    assert second.tokens_after <= 6000
+
+
+def test_state_from_a_passthrough_call_is_reused() -> None:
+    history = agent_history(3)
+    trimmer = Trimmer(TrimmingConfig(), COUNTER)
+    first = trimmer.fit(history[:4], model=MODEL, max_tokens=100_000)
+    second = trimmer.fit(history, model=MODEL, max_tokens=100_000, state=first.state)
+    assert second.messages == history and second.prefix_reused and not second.retrimmed
+    assert (second.elided_tool_outputs, second.dropped_messages) == (0, 0)
+    assert second.tokens_before == second.tokens_after == count(history)
+
+
+def test_disabled_or_unlimited_trimmer_passes_through() -> None:
+    history = agent_history(20)
+    assert (
+        Trimmer(TrimmingConfig(enabled=False), COUNTER)
+        .fit(history, model=MODEL, max_tokens=10)
+        .messages
+        == history
+    )
+    assert Trimmer(TrimmingConfig(), COUNTER).fit(history, model=MODEL).messages == history
+    limited = Trimmer(TrimmingConfig(max_context_tokens=5000, keep_last_turns=2), COUNTER)
+    assert limited.fit(history, model=MODEL).tokens_after <= 5000
+
+
+def summarizer_spy(
+    text: str = "The agent read the parser sources.",
+) -> tuple[Callable[[list[Message]], str], list[int]]:
+    calls: list[int] = []
+
+    def summarize(messages: list[Message]) -> str:
+        validate_messages([{"role": "user", "content": "x"}, *messages])
+        calls.append(len(messages))
+        return text
+
+    return summarize, calls
+
+
+def test_summarize_replaces_the_dropped_span_once_per_span() -> None:
+    history = agent_history(50)
+    summarize, calls = summarizer_spy()
+    trimmer = Trimmer(
+        TrimmingConfig(strategy="summarize", keep_last_turns=2), COUNTER, summarizer=summarize
+    )
+    results = run_session(trimmer, history, 8000)
+    retrims = [r for r in results if r.retrimmed and r.dropped_messages]
+    assert retrims
+    assert len(calls) == len(retrims)  # reused on every call between trims
+    for result in results:
+        validate_messages(result.messages)
+        assert result.tokens_after <= 8000
+    last = results[-1]
+    summary = next(m for m in last.messages if is_note(m))
+    assert summary["content"].startswith(
+        f"[agentguard: summary of {last.dropped_messages} earlier messages"
+    )
+    assert summary["content"].endswith("The agent read the parser sources.")
+    assert calls[-1] == last.dropped_messages
+
+
+def test_a_long_summary_is_cut_and_a_failing_one_falls_back_to_the_note() -> None:
+    history = agent_history(30)
+    long_summary, _calls = summarizer_spy(words(5000, 3))
+    trimmer = Trimmer(
+        TrimmingConfig(strategy="summarize", keep_last_turns=2),
+        COUNTER,
+        summarizer=long_summary,
+        summary_max_tokens=100,
+    )
+    result = trimmer.fit(history, model=MODEL, max_tokens=6000)
+    summary = next(m for m in result.messages if is_note(m))
+    assert COUNTER.count_text(summary["content"], MODEL) < 150
+
+    def failing(messages: list[Message]) -> str:
+        raise RuntimeError("summarizer is down")
+
+    trimmer = Trimmer(
+        TrimmingConfig(strategy="summarize", keep_last_turns=2), COUNTER, summarizer=failing
+    )
+    result = trimmer.fit(history, model=MODEL, max_tokens=6000)
+    note = next(m for m in result.messages if is_note(m))
+    assert "were dropped to fit the context window" in note["content"]
+
+
+def test_summarize_without_summarizer_behaves_as_elide() -> None:
+    history = agent_history(30)
+    elide = Trimmer(TrimmingConfig(strategy="elide", keep_last_turns=2), COUNTER)
+    summarize = Trimmer(TrimmingConfig(strategy="summarize", keep_last_turns=2), COUNTER)
+    assert (
+        elide.fit(history, model=MODEL, max_tokens=6000).messages
+        == summarize.fit(history, model=MODEL, max_tokens=6000).messages
+    )
+
+
+def test_unknown_model_elisions_stay_identical_when_calibration_moves() -> None:
+    counter = TokenCounter()
+    history = agent_history(30)
+    trimmer = Trimmer(TrimmingConfig(keep_last_turns=2, tool_output_max_tokens=200), counter)
+    first = trimmer.fit(history[:50], model="acme-1", max_tokens=9000)
+    assert first.elided_tool_outputs
+    counter.observe("acme-1", 1000, 1100)  # the estimate factor changes between calls
+    second = trimmer.fit(history[:52], model="acme-1", max_tokens=9000, state=first.state)
+    assert not second.retrimmed and second.prefix_reused
+    assert second.messages[: len(first.messages)] == first.messages

@@ -18,6 +18,7 @@ from agentguard.parking.store import ParkedStore
 from agentguard.pipeline import CallContext, CallStage, Pipeline
 from agentguard.retrying import RetryPolicy
 from agentguard.session import Session, SessionState
+from agentguard.stages import TrimStage
 from agentguard.store import Store, open_store
 from agentguard.transport import flavour_for_client, flavour_of_openai, transports
 
@@ -81,6 +82,8 @@ class Guard:
         self.observers: list[Callable[[CallContext], None]] = []
         """Called with each settled call's context (the demo prints from it)."""
         self.stages: list[CallStage] = []
+        if self.config.trimming.enabled:
+            self.stages.append(TrimStage(self.config.trimming, self.counter, self.pricer))
         self.resumers: dict[str, Resumer] = {"replay": self._replay}
         """Registered resumers by name; see :meth:`resumer`."""
         self._result_callbacks: list[Callable[[ParkedSession, Any], None]] = []

@@ -22,6 +22,9 @@ import structlog
 __all__ = ["configure_logging", "logger"]
 
 _stdlib = logging.getLogger("agentguard")
+# The library convention: silent unless the application configures logging (no "last resort"
+# lines on stderr).
+_stdlib.addHandler(logging.NullHandler())
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 
 

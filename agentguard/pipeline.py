@@ -660,6 +660,7 @@ class Pipeline:
                 )
         call.notes["usage"] = usage
         call.notes["cost_usd"] = cost
+        call.notes["tool_calls"] = [tool.name for tool in tool_calls]
         if logger.enabled("debug"):
             logger.debug(
                 "settle",

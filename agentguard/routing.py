@@ -37,7 +37,7 @@ import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple, TypeAlias
 
 from agentguard.config import RoutingConfig
@@ -91,352 +91,97 @@ _INSTRUCTION_MAX_CHARS = 600
 #
 # Intent (what the user asks for) is read from phrase tables matched on the words of the
 # instruction: a dictionary lookup per word, so the cost grows with the instruction's length
-# and not with the number of phrases. "^" marks a phrase that only counts at the start of a
-# sentence; "*" stands for any one word; "..." for up to six words. Words of four or more
-# capitals keep their case, so the log level DEBUG is not a request to debug.
+# and not with the number of phrases. Phrases are separated by "|"; "^" marks a phrase that
+# only counts at the start of a sentence; "*" stands for any one word; "..." for up to six
+# words. Words of four or more capitals keep their case, so the log level DEBUG is not a
+# request to debug.
 
-_REASONING_PHRASES: dict[str, tuple[str, ...]] = {
+_REASONING_PHRASES: dict[str, str] = {
     "planning": (
-        "make a plan",
-        "write a plan",
-        "draft a plan",
-        "create a plan",
-        "need a plan",
-        "give me a plan",
-        "give me a * plan",
-        "put together a plan",
-        "put together a * plan",
-        "put together an * plan",
-        "come up with a plan",
-        "plan a",
-        "plan an",
-        "plan the",
-        "plan our",
-        "plan my",
-        "plan how",
-        "plan for",
-        "plan out",
-        "roadmap",
-        "strategy",
-        "strategies",
-        "design a",
-        "design an",
-        "design the",
-        "design our",
-        "design how",
-        "redesign",
-        "architect",
-        "trade-off",
-        "trade-offs",
-        "tradeoff",
-        "tradeoffs",
-        "milestone",
-        "milestones",
-        "prioritise",
-        "prioritize",
-        "prioritising",
-        "prioritizing",
-        "break down",
-        "outline",
-        "propose",
-        "recommend",
-        "recommendation",
-        "step by step",
-        "walk me through",
-        "think through",
-        "pros and cons",
+        "make a plan | write a plan | draft a plan | create a plan | need a plan | give me a "
+        "plan | give me a * plan | put together a plan | put together a * plan | put together "
+        "an * plan | come up with a plan | plan a | plan an | plan the | plan our | plan my | "
+        "plan how | plan for | plan out | roadmap | strategy | strategies | design a | design "
+        "an | design the | design our | design how | redesign | architect | trade-off | "
+        "trade-offs | tradeoff | tradeoffs | milestone | milestones | prioritise | prioritize "
+        "| prioritising | prioritizing | break down | outline | propose | recommend | "
+        "recommendation | step by step | walk me through | think through | pros and cons"
     ),
     "debugging": (
-        "debug",
-        "debugging",
-        "debugged",
-        "root cause",
-        "root-cause",
-        "figure out",
-        "find out",
-        "work out",
-        "track down",
-        "track it down",
-        "track this down",
-        "look into",
-        "investigate",
-        "investigating",
-        "investigation",
-        "flaky",
-        "flakey",
-        "intermittent",
-        "intermittently",
-        "sometimes",
-        "every now and then",
-        "every few",
-        "race condition",
-        "deadlock",
-        "deadlocks",
-        "memory leak",
-        "leak",
-        "leaks",
-        "leaking",
-        "hang",
-        "hangs",
-        "hanging",
-        "slower",
-        "regression",
-        "off by one",
-        "off by a",
-        "not working",
-        "doesn't work",
-        "isn't working",
-        "stopped working",
-        "nondeterministic",
-        "non-deterministic",
-        "what happened",
-        "what's going on",
-        "any idea",
-        "what's wrong",
-        "find the bug",
-        "find the cause",
+        "debug | debugging | debugged | root cause | root-cause | figure out | find out | "
+        "work out | track down | track it down | track this down | look into | investigate | "
+        "investigating | investigation | flaky | flakey | intermittent | intermittently | "
+        "sometimes | every now and then | every few | race condition | deadlock | deadlocks | "
+        "memory leak | leak | leaks | leaking | hang | hangs | hanging | slower | regression "
+        "| off by one | off by a | not working | doesn't work | isn't working | stopped "
+        "working | nondeterministic | non-deterministic | what happened | what's going on | "
+        "any idea | what's wrong | find the bug | find the cause"
     ),
-    "explain_why": ("^why does", "^why do", "^why is", "^why are", "^why did", "^why would"),
+    "explain_why": ("^why does | ^why do | ^why is | ^why are | ^why did | ^why would"),
     "refactoring": (
-        "refactor",
-        "refactoring",
-        "across the codebase",
-        "across the project",
-        "across the code",
-        "everywhere",
-        "throughout",
-        "all call sites",
-        "all the call sites",
-        "all callers",
-        "all usages",
-        "centralise",
-        "centralize",
-        "unify",
-        "migrate",
-        "migrating",
-        "migration",
-        "split * into",
-        "replace ... with",
+        "refactor | refactoring | across the codebase | across the project | across the code "
+        "| everywhere | throughout | all call sites | all the call sites | all callers | all "
+        "usages | centralise | centralize | unify | migrate | migrating | migration | split * "
+        "into | replace ... with"
     ),
     "synthesis": (
-        "compare",
-        "comparison",
-        "contrast",
-        "reconcile",
-        "synthesise",
-        "synthesize",
-        "synthesis",
-        "literature review",
-        "themes",
-        "across these",
-        "across all",
-        "weigh",
-        "cluster",
-        "postmortem",
-        "post-mortem",
-        "contradict",
-        "contradictions",
-        "conflict",
-        "conflicts",
-        "conflicting",
-        "based on everything",
-        "based on all",
+        "compare | comparison | contrast | reconcile | synthesise | synthesize | synthesis | "
+        "literature review | themes | across these | across all | weigh | cluster | "
+        "postmortem | post-mortem | contradict | contradictions | conflict | conflicts | "
+        "conflicting | based on everything | based on all"
     ),
     "code_review": (
-        "code review",
-        "review this code",
-        "review the code",
-        "review my code",
-        "review this module",
-        "review this pr",
-        "review this pull request",
-        "review this diff",
-        "review this design",
-        "review this implementation",
-        "review this patch",
+        "code review | review this code | review the code | review my code | review this "
+        "module | review this pr | review this pull request | review this diff | review this "
+        "design | review this implementation | review this patch"
     ),
     "open_question": (
-        "^how would we",
-        "^how would you",
-        "^how would i",
-        "^how should we",
-        "^how should i",
-        "^how could we",
-        "^how do we",
-        "^how can we",
-        "^what should we",
-        "^what should i",
+        "^how would we | ^how would you | ^how would i | ^how should we | ^how should i | "
+        "^how could we | ^how do we | ^how can we | ^what should we | ^what should i"
     ),
 }
-_MATH_PHRASES: dict[str, tuple[str, ...]] = {
-    "proof": (
-        "prove",
-        "proof",
-        "show that",
-        "lemma",
-        "theorem",
-        "qed",
-        "derive",
-        "derivation",
-        "justify",
-    ),
+_MATH_PHRASES: dict[str, str] = {
+    "proof": ("prove | proof | show that | lemma | theorem | qed | derive | derivation | justify"),
     "math_terms": (
-        "probability",
-        "probabilities",
-        "expected value",
-        "expected number",
-        "integral",
-        "integrate",
-        "derivative",
-        "eigenvalue",
-        "eigenvalues",
-        "eigenvector",
-        "eigenvectors",
-        "recurrence",
-        "prime",
-        "primes",
-        "divisible",
-        "converge",
-        "converges",
-        "convergent",
-        "convergence",
-        "matrix",
-        "matrices",
-        "polynomial",
-        "modulo",
-        "combinatorics",
-        "combinatorial",
-        "irrational",
-        "undecidable",
-        "time complexity",
-        "asymptotic",
-        "compounded",
-        "compound interest",
-        "permutation",
-        "permutations",
-        "how many ways",
-        "show your working",
-        "show your work",
-        "show the working",
-        "show the calculation",
-        "show your steps",
-        "show the steps",
+        "probability | probabilities | expected value | expected number | integral | "
+        "integrate | derivative | eigenvalue | eigenvalues | eigenvector | eigenvectors | "
+        "recurrence | prime | primes | divisible | converge | converges | convergent | "
+        "convergence | matrix | matrices | polynomial | modulo | combinatorics | "
+        "combinatorial | irrational | undecidable | time complexity | asymptotic | compounded "
+        "| compound interest | permutation | permutations | how many ways | show your working "
+        "| show your work | show the working | show the calculation | show your steps | show "
+        "the steps"
     ),
 }
-_EASY_PHRASES: dict[str, tuple[str, ...]] = {
+_EASY_PHRASES: dict[str, str] = {
     "classify": (
-        "classify",
-        "categorise",
-        "categorize",
-        "label",
-        "tag this",
-        "tag each",
-        "route this",
-        "intent",
-        "sentiment",
-        "which product",
-        "which department",
-        "which category",
-        "which queue",
-        "pick the",
-        "rate the",
-        "^is this",
-        "^does this",
-        "^is the",
-        "^was it",
+        "classify | categorise | categorize | label | tag this | tag each | route this | "
+        "intent | sentiment | which product | which department | which category | which queue "
+        "| pick the | rate the | ^is this | ^does this | ^is the | ^was it"
     ),
     "constrained_answer": (
-        "yes or no",
-        "yes no",
-        "y or n",
-        "true or false",
-        "one word",
-        "number only",
-        "just say",
-        "just give",
-        "just the",
-        "only the",
-        "answer with",
-        "reply with",
-        "return the",
-        "return json",
-        "as json",
-        "as a number",
-        "as a list",
-        "as csv",
-        "comma separated",
-        "comma-separated",
-        "one per line",
-        "short answer",
-        "in one word",
+        "yes or no | yes no | y or n | true or false | one word | number only | just say | "
+        "just give | just the | only the | answer with | reply with | return the | return "
+        "json | as json | as a number | as a list | as csv | comma separated | "
+        "comma-separated | one per line | short answer | in one word"
     ),
-    "extract": ("extract", "pull out", "list the", "give me the", "get the"),
+    "extract": ("extract | pull out | list the | give me the | get the"),
     "lookup": (
-        "^what's the",
-        "^what is the",
-        "^what are the",
-        "^what does",
-        "^whats the",
-        "^what's your",
-        "^where can",
-        "^where do",
-        "^where is",
-        "^when is",
-        "^when does",
-        "^how do i",
-        "^how can i",
-        "^do you",
-        "^can i",
-        "^is there",
-        "^does the",
+        "^what's the | ^what is the | ^what are the | ^what does | ^whats the | ^what's your "
+        "| ^where can | ^where do | ^where is | ^when is | ^when does | ^how do i | ^how can "
+        "i | ^do you | ^can i | ^is there | ^does the"
     ),
     "convert": (
-        "convert",
-        "format",
-        "reformat",
-        "translate",
-        "rewrite",
-        "render",
-        "turn this",
-        "turn these",
-        "turn the",
-        "make this",
-        "sort",
-        "dedupe",
-        "de-duplicate",
-        "indent",
+        "convert | format | reformat | translate | rewrite | render | turn this | turn these "
+        "| turn the | make this | sort | dedupe | de-duplicate | indent"
     ),
     "small_edit": (
-        "typo",
-        "bump",
-        "rename",
-        "change it",
-        "change the",
-        "change them",
-        "update the",
-        "add a",
-        "add an",
-        "add the",
-        "remove it",
-        "remove the",
-        "fix it",
-        "fix the typo",
+        "typo | bump | rename | change it | change the | change them | update the | add a | "
+        "add an | add the | remove it | remove the | fix it | fix the typo"
     ),
     "short_summary": (
-        "summarise",
-        "summarize",
-        "summary",
-        "tl dr",
-        "tldr",
-        "gist",
-        "one sentence",
-        "one line",
-        "one-line",
-        "two sentences",
-        "a few words",
-        "briefly",
-        "condense",
-        "sum up",
+        "summarise | summarize | summary | tl dr | tldr | gist | one sentence | one line | "
+        "one-line | two sentences | a few words | briefly | condense | sum up"
     ),
 }
 
@@ -449,11 +194,12 @@ class _PhraseTable:
 
     __slots__ = ("_index", "_order")
 
-    def __init__(self, table: Mapping[str, Iterable[str]]) -> None:
+    def __init__(self, table: Mapping[str, str]) -> None:
         self._order = {signal: position for position, signal in enumerate(table)}
         self._index: dict[str, list[_Phrase]] = {}
         for signal, phrases in table.items():
-            for phrase in phrases:
+            for raw in phrases.split("|"):
+                phrase = raw.strip()
                 words = tuple(phrase.lstrip("^ ").split())
                 self._index.setdefault(words[0], []).append((words, phrase.startswith("^"), signal))
 
@@ -622,7 +368,7 @@ def _clip(text: str, head: int, tail: int) -> str:
 
 
 def _content_text(content: Any) -> tuple[str, bool]:
-    """Text of an OpenAI message ``content`` (string or list of parts), and whether it has images."""
+    """The text of a message ``content`` (a string or a list of parts); whether it has images."""
     if content is None:
         return "", False
     if isinstance(content, str):
@@ -1330,6 +1076,7 @@ class RouteDecision:
         ceiling: index in ``ladder`` of the highest model the step may use (the caller's model,
             or the top with ``allow_upgrade``, lowered by budget pressure).
         forced: the model was pinned by ``force_model``.
+        escalated_from: the models this step was sent to before, when it was escalated.
     """
 
     model: str
@@ -1342,7 +1089,7 @@ class RouteDecision:
     ladder: tuple[str, ...] = ()
     ceiling: int | None = None
     forced: bool = False
-    escalated_from: tuple[str, ...] = field(default=())
+    escalated_from: tuple[str, ...] = ()
 
     @property
     def downgraded(self) -> bool:
@@ -1562,8 +1309,9 @@ class Router:
 _REFUSAL = re.compile(
     r"^\W*(?:(?:I'?m|I am) (?:really |very )?sorry|sorry|I apologi[sz]e|unfortunately)?[,.!]?\s*"
     r"(?:but\s+)?(?:as an ai(?: language model)?,?\s+)?"
-    r"I(?:'m| am)? (?:can(?:no|')t|cannot|(?:am |'m )?(?:not able|unable)|won'?t|will not|must decline)"
-    r"\s+(?:to\s+)?(?:help|assist|comply|provide|do that|fulfil+|support|answer|complete|engage|create|share|generate)",
+    r"I(?:'m| am)? (?:can(?:no|')t|cannot|(?:am |'m )?(?:not able|unable)|won'?t|will not"
+    r"|must decline)\s+(?:to\s+)?(?:help|assist|comply|provide|do that|fulfil+|support|answer"
+    r"|complete|engage|create|share|generate)",
     re.IGNORECASE,
 )
 _REFUSAL_MAX_CHARS = 400  # a long answer that says "I can't" somewhere is not a refusal
@@ -1644,7 +1392,8 @@ def _choice_failure(choice: Any, offered: set[str]) -> str | None:
         except ValueError as exc:
             return f"invalid JSON arguments for tool {name!r}: {exc}"
         if not isinstance(parsed, dict):
-            return f"invalid tool call arguments for {name!r}: JSON {type(parsed).__name__}, not an object"
+            kind = type(parsed).__name__
+            return f"invalid tool call arguments for {name!r}: JSON {kind}, not an object"
     content, _ = _content_text(message.get("content"))
     if not calls and not content.strip():
         return "empty answer: no content and no tool calls"

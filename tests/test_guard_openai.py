@@ -357,7 +357,7 @@ def test_unknown_model_is_a_pricing_error_unless_configured(
 ) -> None:
     guard = make_guard()
     client = client_for(guard, sim)
-    with guard.session(), pytest.raises(PricingError, match="pricing.overrides"):
+    with guard.session(), pytest.raises(PricingError, match=r"pricing\.overrides"):
         client.chat.completions.create(model="my-local-model", messages=MESSAGES)
     assert chat_attempts(sim) == 0
     guard = make_guard(

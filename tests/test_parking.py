@@ -280,9 +280,12 @@ def test_child_session_parks_with_its_parent_budget(
     guard = make_guard(parking={"wait_inline_max_s": 0}, limits={"max_session_usd": 1})
     client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-test"))
     sim.rate_limit_next(1, retry_after=600)
-    with guard.session("lead", budget_key="team") as lead, guard.session("helper", parent=lead):
-        with pytest.raises(SessionParked):
-            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    with (
+        guard.session("lead", budget_key="team") as lead,
+        guard.session("helper", parent=lead),
+        pytest.raises(SessionParked),
+    ):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     record = guard.parked.get("helper")
     assert record.parent_id == "lead" and record.budget_key == "team"
     restored = guard.restore_session(record)

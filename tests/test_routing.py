@@ -86,7 +86,7 @@ def constant(label: str, *, uncertain: bool = False, score: float = 0.5) -> rout
 
 
 def test_features_read_latest_user_message_and_tool_batch() -> None:
-    messages = [
+    messages: list[dict[str, Any]] = [
         SYSTEM,
         {"role": "user", "content": "Earlier question about billing plans"},
         {"role": "assistant", "content": "Answered."},
@@ -152,7 +152,8 @@ def test_features_content_parts_and_images() -> None:
         ("```python\nx = 1\n```", "code_signals", "fenced_code"),
         ("--- a/x.py\n+++ b/x.py\n@@ -1,2 +1,2 @@\n-a\n+b", "code_signals", "diff"),
         (
-            'Exception in thread "main" java.lang.NullPointerException\n    at com.acme.App.run(App.java:3)',
+            'Exception in thread "main" java.lang.NullPointerException\n'
+            "    at com.acme.App.run(App.java:3)",
             "code_signals",
             "stack_trace",
         ),
@@ -187,6 +188,13 @@ def test_signals(text: str, field: str, signal: str) -> None:
 )
 def test_task_words_used_as_nouns_are_not_reasoning_signals(text: str) -> None:
     assert features(text).reasoning_signals == ()
+
+
+def test_sentence_start_phrases_only_count_at_a_sentence_start() -> None:
+    assert "classify" in features("Is this a refund request? Does this count?").easy_signals
+    assert "classify" not in features("Why does this loop hang on Windows?").easy_signals
+    assert "lookup" not in features("Tell me how do I feel about it").easy_signals
+    assert "lookup" in features("Thanks. How do I export?").easy_signals
 
 
 def test_pasted_payload_is_not_the_instruction() -> None:
@@ -623,7 +631,7 @@ def test_router_invariants(
 @settings(max_examples=200, deadline=None)
 @given(text=st.text(max_size=2000), tool_output=st.text(max_size=2000))
 def test_feature_extraction_never_fails(text: str, tool_output: str) -> None:
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "user", "content": text},
         {"role": "assistant", "content": None, "tool_calls": []},
         {"role": "tool", "tool_call_id": "1", "content": tool_output},

@@ -12,18 +12,20 @@ from agentguard.ledger import BudgetLine, BudgetStatus, Ledger
 from agentguard.limits import Limits
 from agentguard.log import logger
 from agentguard.parking.handler import Parker
+from agentguard.parking.openclaw import OpenClawResumer
 from agentguard.parking.record import ParkedSession
 from agentguard.parking.resume import ParkedSessions, Resumer
 from agentguard.parking.store import ParkedStore
 from agentguard.pipeline import CallContext, CallStage, Pipeline
 from agentguard.retrying import RetryPolicy
 from agentguard.session import Session, SessionState
-from agentguard.stages import TrimStage
+from agentguard.stages import RouteStage, TrimStage
 from agentguard.store import Store, open_store
 from agentguard.transport import flavour_for_client, flavour_of_openai, transports
 
 if TYPE_CHECKING:
     from agentguard.pricing import Pricer
+    from agentguard.routing import RouteDecision
     from agentguard.tokens import TokenCounter
 
 __all__ = ["Guard"]
@@ -82,9 +84,19 @@ class Guard:
         self.observers: list[Callable[[CallContext], None]] = []
         """Called with each settled call's context (the demo prints from it)."""
         self.stages: list[CallStage] = []
+        self.router_stage = RouteStage(
+            self.config.routing,
+            self.counter,
+            self.remaining_fraction,
+            ask=self._classifier_ask if self.config.routing.classifier != "heuristic" else None,
+        )
+        self.stages.append(self.router_stage)
         if self.config.trimming.enabled:
             self.stages.append(TrimStage(self.config.trimming, self.counter, self.pricer))
-        self.resumers: dict[str, Resumer] = {"replay": self._replay}
+        self.resumers: dict[str, Resumer] = {
+            "replay": self._replay,
+            "openclaw": OpenClawResumer(self),
+        }
         """Registered resumers by name; see :meth:`resumer`."""
         self._result_callbacks: list[Callable[[ParkedSession, Any], None]] = []
         self._replay_client: Any = None
@@ -106,6 +118,7 @@ class Guard:
             wait_inline_max_s=self.config.parking.wait_inline_max_s,
             budget_policy=self._on_exhausted,
             limit_handler=self.parker,
+            escalator=self.router_stage,
         )
 
     @classmethod
@@ -250,6 +263,49 @@ class Guard:
         for callback in self._result_callbacks:
             callback(parked, response)
         return response
+
+    def route(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        session: Session | None = None,
+    ) -> RouteDecision:
+        """The routing decision for a call, without making it (no I/O with the heuristic
+        classifier; budget pressure is read only when a session is given)."""
+        from agentguard.routing import RouteDecision as _RouteDecision
+
+        router = self.router_stage.router
+        decision: _RouteDecision = router.decide(
+            model=model,
+            messages=messages,
+            tools=tools,
+            input_tokens=self.counter.count_messages(messages, model),
+            step_index=max(0, session.state.iterations) if session else 0,
+            previous_outcome=session.state.last_outcome if session else None,  # type: ignore[arg-type]
+            remaining_fraction=(
+                self.remaining_fraction(session)
+                if session is not None and self.config.routing.pressure
+                else None
+            ),
+            force_model=session.force_model if session else None,
+        )
+        return decision
+
+    def _classifier_ask(self, messages: list[dict[str, Any]]) -> str:
+        from agentguard.routing import CLASSIFIER_REQUEST_OPTIONS
+
+        client = self._replay_client
+        if client is None:
+            raise RuntimeError(
+                "routing.classifier needs a wrapped sync openai client to ask the small tier"
+            )
+        small = next(iter(self.config.routing.tiers.values()))
+        response = client.chat.completions.create(
+            model=small, messages=messages, **CLASSIFIER_REQUEST_OPTIONS
+        )
+        return response.choices[0].message.content or ""
 
     # -- budgets --------------------------------------------------------------------------------
 

@@ -209,11 +209,12 @@ class Ledger:
         amount = to_nusd(amount_usd)
         reservation_id = secrets.token_hex(12)
         placed: list[tuple[BudgetLine, int]] = []
+        created: list[tuple[str, int]] = []
         with self.store.cursor() as connection:
             self._maybe_sweep(connection, now)
             for line in lines:
                 window_start = line.window_start_ms(now)
-                self._ensure_row(connection, line.key, window_start)
+                self._ensure_row(connection, line.key, window_start, created)
                 if not self._reserve_line(connection, line, window_start, amount, now):
                     # Raising rolls the whole transaction back: lines already placed are undone.
                     raise self._exceeded(connection, line, window_start, amount, now, session_id)
@@ -229,6 +230,7 @@ class Ledger:
                     },
                 )
                 placed.append((line, window_start))
+        self._remember_rows(created)
         return Reservation(reservation_id, tuple(placed), amount, now)
 
     def settle(
@@ -308,14 +310,20 @@ class Ledger:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _ensure_row(self, connection: Cursor, key: str, window_start: int) -> None:
+    def _ensure_row(
+        self, connection: Cursor, key: str, window_start: int, created: list[tuple[str, int]]
+    ) -> None:
         if (key, window_start) in self._known_rows:
             return
         connection.execute(_ENSURE_ROW, {"key": key, "ws": window_start})
+        created.append((key, window_start))
+
+    def _remember_rows(self, created: list[tuple[str, int]]) -> None:
+        # Only rows of committed transactions: a rolled-back insert must be made again.
         with self._lock:
             if len(self._known_rows) > 10_000:
                 self._known_rows.clear()
-            self._known_rows.add((key, window_start))
+            self._known_rows.update(created)
 
     def _reserve_line(
         self, connection: Cursor, line: BudgetLine, window_start: int, amount: int, now: int

@@ -120,6 +120,18 @@ class CallStage(Protocol):
     def prepare(self, call: CallContext) -> None: ...
 
 
+class Escalator(Protocol):
+    """Routing's second half: re-send a failed cheap step one tier up, or find cheaper models."""
+
+    def escalate(self, call: CallContext, payload: dict[str, Any]) -> str | None:
+        """The model to re-send a checkably failed answer to, or ``None`` to keep it."""
+        ...
+
+    def cheaper_models(self, call: CallContext) -> list[str]:
+        """Models below the call's, cheapest last, to try when the budget cannot fit it."""
+        ...
+
+
 class LimitHandler(Protocol):
     """Decides what limit errors and exhausted budgets do (the parking stage)."""
 
@@ -356,6 +368,7 @@ class Pipeline:
         enforce_output_cap: bool = True,
         wait_inline_max_s: float = 30.0,
         budget_policy: Callable[[str], str] | None = None,
+        escalator: Escalator | None = None,
     ) -> None:
         self.limits = limits
         self.retry = retry
@@ -368,6 +381,7 @@ class Pipeline:
         self.enforce_output_cap = enforce_output_cap
         self.wait_inline_max_s = wait_inline_max_s
         self.budget_policy = budget_policy or (lambda key: "raise")
+        self.escalator = escalator
 
     # The engine ------------------------------------------------------------------------------
 
@@ -384,10 +398,34 @@ class Pipeline:
             session.state.iterations += 1
         for stage in self.stages:
             stage.prepare(call)
-        self._measure(call)
-        yield from self._reserve(call)
+        escalations = 0
+        while True:
+            self._measure(call)
+            yield from self._reserve(call)
+            sent = yield from self._send(call)
+            if isinstance(sent, Outcome):
+                return sent
+            reply, payload = sent
+            if self.escalator is not None and escalations < self.retry.max_retries:
+                target = self.escalator.escalate(call, payload)
+                if target is not None:
+                    # The cheap answer failed in a checkable way: pay for it, send it one tier up.
+                    yield from self._settle_body(call, payload, count_step=False)
+                    escalations += 1
+                    with session.lock:
+                        session.state.retries += 1
+                        session.state.last_outcome = "escalated"
+                    call.body["model"] = target
+                    continue
+            yield from self._settle_body(call, payload)
+            return Outcome(reply)
+
+    def _send(
+        self, call: CallContext
+    ) -> Generator[Action, Any, Outcome | tuple[Reply, dict[str, Any]]]:
+        """Send with retries; an :class:`Outcome` for streams and errors handed back, else the
+        reply and its parsed body."""
         retries = 0
-        payload: dict[str, Any] | None = None
         while True:
             try:
                 reply = yield Send(call.body)
@@ -397,10 +435,13 @@ class Pipeline:
             else:
                 if reply.status < 400:
                     if reply.streaming:
-                        break
+                        tap = StreamTap(strip_usage_chunk=call.strip_usage_chunk)
+                        return Outcome(
+                            reply, tap=tap, finish=lambda tap: self._finish_stream(call, tap)
+                        )
                     payload = _json_object(reply.body)
                     if payload is not None:
-                        break
+                        return reply, payload
                     # A 200 that is not a JSON object: the provider (or a proxy) sent garbage.
                     failure = Failure("garbage", status=reply.status, message=_error_message(reply))
                     error = _HTTPFailure(reply)
@@ -438,12 +479,6 @@ class Pipeline:
                 raise self._retries_exhausted(call, failure, error, retries)
             assert isinstance(error, _HTTPFailure)
             return Outcome(error.reply, {"x-should-retry": "false"})
-        if reply.streaming:
-            tap = StreamTap(strip_usage_chunk=call.strip_usage_chunk)
-            return Outcome(reply, tap=tap, finish=lambda tap: self._finish_stream(call, tap))
-        assert payload is not None
-        yield from self._settle_body(call, payload)
-        return Outcome(reply)
 
     # Stages ------------------------------------------------------------------------------------
 
@@ -484,6 +519,31 @@ class Pipeline:
                 lambda: self.ledger.reserve(lines, call.worst_case_usd, session_id=session.id)
             )
         except BudgetExceeded as exc:
+            policy = self.budget_policy(exc.key)
+            if policy == "downgrade" and self.escalator is not None:
+                for model in self.escalator.cheaper_models(call):
+                    call.body["model"] = model
+                    self._measure(call)
+                    try:
+                        call.reservation = yield Do(
+                            partial(
+                                self.ledger.reserve,
+                                lines,
+                                call.worst_case_usd,
+                                session_id=session.id,
+                            )
+                        )
+                    except BudgetExceeded:
+                        continue
+                    logger.info(
+                        "downgrade",
+                        session_id=session.id,
+                        model=model,
+                        requested_model=call.requested_model,
+                        key=exc.key,
+                        needed_usd=call.worst_case_usd,
+                    )
+                    return
             logger.warning(
                 "limit",
                 limit="budget",
@@ -496,7 +556,6 @@ class Pipeline:
             )
             with session.lock:
                 session.state.iterations -= 1  # the call was never made
-            policy = self.budget_policy(exc.key)
             if (
                 policy == "park"
                 and self.limit_handler is not None
@@ -602,7 +661,7 @@ class Pipeline:
         self._count_failure(call, error)
 
     def _settle_body(
-        self, call: CallContext, payload: dict[str, Any]
+        self, call: CallContext, payload: dict[str, Any], *, count_step: bool = True
     ) -> Generator[Action, Any, None]:
         choices = payload.get("choices") or []
         message = choices[0].get("message") if choices and isinstance(choices[0], dict) else None
@@ -610,7 +669,7 @@ class Pipeline:
         if isinstance(message, dict) and isinstance(message.get("content"), str):
             text = message["content"]
         tool_calls = _tool_calls_of(message)
-        yield from self._settle(call, payload.get("usage"), text, tool_calls)
+        yield from self._settle(call, payload.get("usage"), text, tool_calls, count_step=count_step)
 
     def _finish_stream(self, call: CallContext, tap: StreamTap) -> Generator[Action, Any, None]:
         tool_calls = [
@@ -624,6 +683,8 @@ class Pipeline:
         usage_data: Any,
         text: str,
         tool_calls: list[ToolCall],
+        *,
+        count_step: bool = True,
     ) -> Generator[Action, Any, None]:
         from agentguard.pricing import Usage
 
@@ -649,6 +710,8 @@ class Pipeline:
         if reservation is not None:
             yield Do(lambda: self.ledger.settle(reservation, cost))
         session.add_spend(cost, usage.input_tokens, usage.output_tokens)
+        if not count_step:
+            return
         with session.lock:
             session.state.consecutive_failures = 0
             session.state.last_outcome = "ok"

@@ -8,17 +8,114 @@ what it decided in ``call.notes`` for logs and the demo.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
 
 from agentguard.log import logger
 
 if TYPE_CHECKING:
-    from agentguard.config import TrimmingConfig
+    from agentguard.config import RoutingConfig, TrimmingConfig
     from agentguard.pipeline import CallContext
     from agentguard.pricing import Pricer
+    from agentguard.routing import RouteDecision
+    from agentguard.session import Session
     from agentguard.tokens import TokenCounter
 
-__all__ = ["TrimStage"]
+__all__ = ["RouteStage", "TrimStage"]
+
+_classifying: ContextVar[bool] = ContextVar("agentguard_classifying", default=False)
+
+
+class RouteStage:
+    """Picks each call's model by the step's complexity and the budget's pressure; escalates a
+    checkably failed cheap step one tier up; offers cheaper models when the budget is short.
+
+    Args:
+        config: the routing section.
+        counter: counts the input the classifier weighs.
+        remaining_fraction: reads the session's remaining budget share (only asked when
+            ``routing.pressure`` is configured: it reads the ledger).
+        ask: sends a classification prompt to the small tier (for ``llm``/``cascade``).
+    """
+
+    __slots__ = ("config", "counter", "remaining_fraction", "router")
+
+    def __init__(
+        self,
+        config: RoutingConfig,
+        counter: TokenCounter,
+        remaining_fraction: Callable[[Session], float | None],
+        ask: Callable[[list[dict[str, Any]]], str] | None = None,
+    ) -> None:
+        from agentguard.routing import Router
+
+        self.config = config
+        self.counter = counter
+        self.remaining_fraction = remaining_fraction
+        self.router = Router(config, ask=_guarded_ask(ask) if ask else None)
+
+    def decide(self, call: CallContext) -> RouteDecision:
+        session = call.session
+        fraction = self.remaining_fraction(session) if self.config.pressure else None
+        return self.router.decide(
+            model=call.model,
+            messages=call.messages,
+            tools=call.tools,
+            input_tokens=self.counter.count_messages(call.messages, call.model),
+            step_index=max(0, session.state.iterations - 1),
+            previous_outcome=session.state.last_outcome,  # type: ignore[arg-type]
+            remaining_fraction=fraction,
+            force_model=session.force_model,
+        )
+
+    def prepare(self, call: CallContext) -> None:
+        if _classifying.get() or not (
+            self.config.tiers or self.config.force_model or call.session.force_model
+        ):
+            return
+        decision = self.decide(call)
+        call.notes["route"] = decision
+        if decision.model != call.model:
+            call.body["model"] = decision.model
+        logger.info("route", session_id=call.session.id, **decision.log_fields())
+
+    def escalate(self, call: CallContext, payload: dict[str, Any]) -> str | None:
+        from agentguard.routing import check_step_failure
+
+        decision = call.notes.get("route")
+        if decision is None or not self.config.escalate:
+            return None
+        failure = check_step_failure(payload, call.tools)
+        if failure is None:
+            return None
+        higher = self.router.escalate(decision, failure)
+        if higher is None:
+            return None
+        call.notes["route"] = higher
+        logger.info("escalate", session_id=call.session.id, failure=failure, **higher.log_fields())
+        return higher.model
+
+    def cheaper_models(self, call: CallContext) -> list[str]:
+        decision = call.notes.get("route")
+        if decision is None:
+            decision = self.decide(call)
+        return [model for model in self.router.cheaper_tiers(decision) if model != call.model]
+
+
+def _guarded_ask(
+    ask: Callable[[list[dict[str, Any]]], str],
+) -> Callable[[list[dict[str, Any]]], str]:
+    """The classifier's own call must not be routed (or classified) itself."""
+
+    def guarded(messages: list[dict[str, Any]]) -> str:
+        token = _classifying.set(True)
+        try:
+            return ask(messages)
+        finally:
+            _classifying.reset(token)
+
+    return guarded
 
 
 class TrimStage:

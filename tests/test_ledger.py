@@ -163,3 +163,11 @@ def test_four_processes_never_overspend(tmp_path: Path) -> None:
     assert status.spent_usd <= LIMIT
     assert sum(counts) == int(LIMIT / COST)
     assert status.reserved_usd == 0
+
+
+def test_a_refused_reservation_does_not_poison_the_next(ledger: Ledger) -> None:
+    line = BudgetLine("fresh", Decimal("0.002"), timedelta(hours=1))
+    with pytest.raises(BudgetExceeded):
+        ledger.reserve([line], Decimal("0.01"))  # creates the window row, then rolls it back
+    ledger.reserve([line], Decimal("0.001"))  # the row must be created again, not assumed
+    assert ledger.status(line).reserved_usd == Decimal("0.001")

@@ -23,6 +23,7 @@ from agentguard.parking.store import ParkedStore
 if TYPE_CHECKING:
     from agentguard.config import ParkingConfig
     from agentguard.pipeline import CallContext, Reply
+    from agentguard.session import Session
 
 __all__ = ["Decision", "Parker"]
 
@@ -107,7 +108,9 @@ class Parker:
             reset_source=source,
             budget_key=call.session.budget_key,
         )
-        return self._park(call, reason, None if failed else resume_at, failed=failed)
+        return self.park_session(
+            call.session, call.original_body, reason, None if failed else resume_at, failed=failed
+        )
 
     def park_budget(self, call: CallContext, error: BudgetExceeded) -> ParkedSession:
         reason = ParkReason(
@@ -116,13 +119,25 @@ class Parker:
             reset_source="ledger",
             budget_key=error.key,
         )
-        return self._park(call, reason, error.resets_at, failed=False)
+        return self.park_session(
+            call.session, call.original_body, reason, error.resets_at, failed=False
+        )
 
-    def _park(
-        self, call: CallContext, reason: ParkReason, resume_at: datetime | None, *, failed: bool
+    def park_session(
+        self,
+        session: Session,
+        pending_request: Mapping[str, Any],
+        reason: ParkReason,
+        resume_at: datetime | None,
+        *,
+        failed: bool = False,
     ) -> ParkedSession:
-        session = call.session
-        request = {k: v for k, v in call.original_body.items() if k not in _NOT_REPLAYED}
+        """Write (or update) the session's parked record in one transaction.
+
+        A session that is being resumed parks again with ``attempts + 1``; past
+        ``parking.max_attempts`` the record is ``failed``.
+        """
+        request = {k: v for k, v in pending_request.items() if k not in _NOT_REPLAYED}
         max_attempts = self.config.max_attempts
 
         def change(current: ParkedSession | None) -> ParkedSession:

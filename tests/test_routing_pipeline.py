@@ -1,0 +1,142 @@
+"""Routing inside the pipeline, over the sim on loopback: per-step tiers, the caller's model as
+the ceiling, budget pressure, escalation of a failed cheap step, and downgrade on a short
+budget."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import openai
+
+from agentguard.guard import Guard
+from agentguard.sim import Reply, SimServer, ToolCall
+
+TIERS = {"small": "gpt-4o-mini", "large": "gpt-4o"}
+EASY = [
+    {
+        "role": "user",
+        "content": "Classify the sentiment of this review as positive or negative: 'Great phone, love it.'",
+    }
+]
+HARD = [
+    {
+        "role": "user",
+        "content": (
+            "Our distributed job scheduler deadlocks under load. Here is the traceback:\n"
+            'Traceback (most recent call last):\n  File "scheduler/lease.py", line 88, in acquire\n'
+            "    with self._lock:\nRuntimeError: deadlock detected\n"
+            "Debug why the lease renewal and the worker heartbeat can deadlock, design a fix across "
+            "scheduler/lease.py, scheduler/worker.py and scheduler/store.py, and prove it cannot "
+            "starve a worker."
+        ),
+    }
+]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "read_file",
+            "description": "Read a file",
+            "parameters": {"type": "object", "properties": {"path": {"type": "string"}}},
+        },
+    }
+]
+
+
+def models_sent(sim: SimServer) -> list[str]:
+    return [r.body["model"] for r in sim.requests if r.body]
+
+
+def test_easy_steps_go_to_the_small_tier_hard_ones_stay(
+    sim: SimServer, make_guard: Callable[..., Guard]
+) -> None:
+    guard = make_guard(routing={"tiers": TIERS})
+    client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-test"))
+    with guard.session() as session:
+        easy = client.chat.completions.create(model="gpt-4o", messages=EASY)
+        hard = client.chat.completions.create(model="gpt-4o", messages=HARD)
+    assert models_sent(sim) == ["gpt-4o-mini", "gpt-4o"]
+    assert easy.model == "gpt-4o-mini" and hard.model == "gpt-4o"
+    assert session.iterations == 2
+
+
+def test_the_callers_model_is_the_ceiling(sim: SimServer, make_guard: Callable[..., Guard]) -> None:
+    guard = make_guard(routing={"tiers": TIERS})
+    client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-test"))
+    with guard.session():
+        client.chat.completions.create(model="gpt-4o-mini", messages=HARD)
+    assert models_sent(sim) == ["gpt-4o-mini"]
+
+
+def test_force_model_pins_a_session(sim: SimServer, make_guard: Callable[..., Guard]) -> None:
+    guard = make_guard(routing={"tiers": TIERS})
+    client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-test"))
+    with guard.session(force_model="gpt-4.1-mini"):
+        client.chat.completions.create(model="gpt-4o", messages=HARD)
+    assert models_sent(sim) == ["gpt-4.1-mini"]
+
+
+def test_budget_pressure_caps_the_tier(sim: SimServer, make_guard: Callable[..., Guard]) -> None:
+    guard = make_guard(
+        routing={"tiers": TIERS, "pressure": [[0.5, "small"]]},
+        budgets=[{"key": "team", "limit_usd": 0.05, "window": "1h"}],
+    )
+    client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-test"))
+    with guard.session(budget_key="team"):
+        client.chat.completions.create(model="gpt-4o", messages=HARD, max_tokens=50)
+        assert models_sent(sim)[-1] == "gpt-4o"
+        # spend over half the budget outside routing, then the same hard step is capped
+        reservation = guard.ledger.reserve(
+            [guard.budget_line("team")], guard.budget_status("team").limit_usd * 6 / 10
+        )
+        guard.ledger.settle(reservation, reservation.amount_usd)
+        client.chat.completions.create(model="gpt-4o", messages=HARD, max_tokens=50)
+    assert models_sent(sim)[-1] == "gpt-4o-mini"
+
+
+def test_a_failed_cheap_step_is_escalated_and_counted_as_a_retry(
+    make_guard: Callable[..., Guard],
+) -> None:
+    def reply(body: dict[str, Any]) -> Reply:
+        if body["model"] == "gpt-4o-mini":
+            return Reply(tool_calls=[ToolCall("read_file", '{"path": "a.py"')])  # broken JSON
+        return Reply(tool_calls=[ToolCall("read_file", {"path": "a.py"})])
+
+    with SimServer(script=reply) as sim:
+        guard = make_guard(routing={"tiers": TIERS})
+        client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-test"))
+        with guard.session() as session:
+            response = client.chat.completions.create(
+                model="gpt-4o",
+                messages=[{"role": "user", "content": "Read a.py and summarise it briefly."}],
+                tools=TOOLS,
+            )
+    assert models_sent(sim) == ["gpt-4o-mini", "gpt-4o"]
+    assert response.model == "gpt-4o"
+    assert response.choices[0].message.tool_calls is not None
+    assert session.state.retries == 1 and session.iterations == 1
+    assert session.state.tool_calls == 1  # the broken call is paid for, not counted as a step
+
+
+def test_downgrade_when_the_frontier_model_does_not_fit(
+    sim: SimServer, make_guard: Callable[..., Guard]
+) -> None:
+    guard = make_guard(
+        routing={"tiers": TIERS},
+        budgets=[{"key": "tight", "limit_usd": 0.002, "window": "1h", "on_exhausted": "downgrade"}],
+    )
+    client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-test"))
+    with guard.session(budget_key="tight"):
+        # gpt-4o's worst case (1000 output tokens at $10/M) is $0.01: over the limit; mini fits
+        client.chat.completions.create(model="gpt-4o", messages=HARD, max_tokens=1000)
+    assert models_sent(sim) == ["gpt-4o-mini"]
+
+
+def test_guard_route_is_pure_and_explains_itself(make_guard: Callable[..., Guard]) -> None:
+    guard = make_guard(routing={"tiers": TIERS})
+    decision = guard.route(model="gpt-4o", messages=EASY)
+    assert decision.model == "gpt-4o-mini" and decision.tier == "small"
+    assert decision.reasons
+    off = make_guard().route(model="gpt-4o", messages=EASY)
+    assert off.model == "gpt-4o"

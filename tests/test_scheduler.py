@@ -1,0 +1,217 @@
+"""The resume daemon over real APScheduler, real SQLite files and the sim on loopback:
+resumes at the window reset, survives restarts, never resumes a session twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from agentguard import SessionParked
+from agentguard.config import GuardConfig
+from agentguard.guard import Guard
+from agentguard.scheduler import ResumeDaemon
+from agentguard.sim import GatewayKey, SimGateway, SimServer
+
+KEY = "sk-daemon-test-key-0001"
+MESSAGES = [{"role": "user", "content": "Draft a two-line status update for the team."}]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def park_one(guard: Guard, client: openai.OpenAI, session_id: str) -> SessionParked:
+    with guard.session(session_id, budget_key="team"):
+        for step in range(40):
+            try:
+                client.chat.completions.create(
+                    model="gpt-4o",
+                    messages=[*MESSAGES, {"role": "user", "content": f"#{step}"}],
+                    max_tokens=40,
+                )
+            except SessionParked as parked:
+                return parked
+    raise AssertionError("never parked")
+
+
+@pytest.fixture
+def gateway() -> Any:
+    gateway = SimGateway({KEY: GatewayKey(limit_usd=Decimal("0.002"), window_s=1.0)})
+    with SimServer(gateway=gateway) as sim:
+        yield sim
+
+
+def new_guard(tmp_path: Path) -> Guard:
+    return Guard(
+        GuardConfig.from_mapping(
+            {
+                "store": {"url": f"sqlite:///{tmp_path / 'store.db'}"},
+                "parking": {"wait_inline_max_s": 0, "dir": str(tmp_path / "parked")},
+                "limits": {"backoff_initial_s": 0.01},
+            },
+            env={},
+        )
+    )
+
+
+def test_daemon_resumes_when_the_window_resets(gateway: SimServer, tmp_path: Path) -> None:
+    guard = new_guard(tmp_path)
+    client = guard.wrap(openai.OpenAI(base_url=gateway.base_url, api_key=KEY))
+    results: list[Any] = []
+    guard.on_resumed(lambda parked, response: results.append(response))
+    daemon = ResumeDaemon(guard, poll_interval_s=0.2)
+    daemon.start()
+    try:
+        park_one(guard, client, "d-1")
+        wait_for(lambda: guard.parked.get("d-1").state == "resumed")
+    finally:
+        daemon.stop()
+    assert len(results) == 1 and results[0].choices[0].message.content
+
+
+def test_a_daemon_restart_between_park_and_resume_loses_nothing(
+    gateway: SimServer, tmp_path: Path
+) -> None:
+    guard = new_guard(tmp_path)
+    client = guard.wrap(openai.OpenAI(base_url=gateway.base_url, api_key=KEY))
+    first = ResumeDaemon(guard, poll_interval_s=0.2)
+    first.start()
+    first.stop()  # stopped before anything is parked
+    park_one(guard, client, "d-2")
+    assert guard.parked.get("d-2").state == "parked"
+    # a new guard and daemon, as after a process restart: the store is the truth
+    restarted = new_guard(tmp_path)
+    restarted.wrap(openai.OpenAI(base_url=gateway.base_url, api_key=KEY))
+    second = ResumeDaemon(restarted, poll_interval_s=0.2)
+    second.start()
+    try:
+        wait_for(lambda: restarted.parked.get("d-2").state == "resumed")
+    finally:
+        second.stop()
+
+
+def test_records_parked_by_another_process_appear_without_restart(
+    gateway: SimServer, tmp_path: Path
+) -> None:
+    guard = new_guard(tmp_path)
+    guard.wrap(openai.OpenAI(base_url=gateway.base_url, api_key=KEY))
+    daemon = ResumeDaemon(guard, poll_interval_s=0.2)
+    daemon.start()
+    try:
+        other = new_guard(tmp_path)  # another process's guard on the same store
+        client = other.wrap(openai.OpenAI(base_url=gateway.base_url, api_key=KEY))
+        park_one(other, client, "d-3")
+        wait_for(lambda: guard.parked.get("d-3").state == "resumed")
+    finally:
+        daemon.stop()
+
+
+def test_two_daemons_resume_each_session_once(gateway: SimServer, tmp_path: Path) -> None:
+    guards = [new_guard(tmp_path) for _ in range(2)]
+    calls: list[str] = []
+    for index, guard in enumerate(guards):
+        guard.wrap(openai.OpenAI(base_url=gateway.base_url, api_key=KEY))
+
+        @guard.resumer("counted")
+        def counted(parked: Any, index: int = index) -> str:
+            calls.append(f"{parked.session_id}@{index}")
+            return "done"
+
+    parker = new_guard(tmp_path)
+    client = parker.wrap(openai.OpenAI(base_url=gateway.base_url, api_key=KEY))
+    for number in range(6):
+        with parker.session(f"twin-{number}", budget_key="team", resumer="counted"):
+            gateway.rate_limit_next(1, retry_after=0.5)
+            with pytest.raises(SessionParked):
+                client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    daemons = [
+        ResumeDaemon(guard, poll_interval_s=0.1, owner=f"daemon-{i}")
+        for i, guard in enumerate(guards)
+    ]
+    for daemon in daemons:
+        daemon.start()
+    try:
+        wait_for(lambda: all(r.state == "resumed" for r in parker.parked.list()))
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+    assert sorted(call.split("@")[0] for call in calls) == [f"twin-{n}" for n in range(6)]
+
+
+def test_a_crashed_resume_is_taken_over_when_its_lease_expires(
+    gateway: SimServer, tmp_path: Path
+) -> None:
+    guard = new_guard(tmp_path)
+    client = guard.wrap(openai.OpenAI(base_url=gateway.base_url, api_key=KEY))
+    park_one(guard, client, "d-4")
+    time.sleep(1.1)
+    # a process claims it and dies without finishing
+    assert guard.parked.store.claim("d-4", "dead-process", lease_s=0.3) is not None
+    assert guard.parked.get("d-4").state == "resuming"
+    daemon = ResumeDaemon(guard, poll_interval_s=0.1)
+    daemon.start()
+    try:
+        wait_for(lambda: guard.parked.get("d-4").state == "resumed")
+    finally:
+        daemon.stop()
+    notes = [t.note for t in guard.parked.get("d-4").history]
+    assert any("previous lease expired" in note for note in notes)
+
+
+PARKER_SCRIPT = textwrap.dedent(
+    """
+    import sys, openai
+    from agentguard import SessionParked
+    from agentguard.config import GuardConfig
+    from agentguard.guard import Guard
+    store, base_url, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    guard = Guard(GuardConfig.from_mapping({"store": {"url": store}, "parking": {"wait_inline_max_s": 0}}, env={}))
+    client = guard.wrap(openai.OpenAI(base_url=base_url, api_key="sk-test"))
+    messages = [{"role": "user", "content": "x" * 20000}]
+    for n in range(count):
+        with guard.session(f"kill-{n}"):
+            try:
+                client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+            except SessionParked:
+                print(n, flush=True)
+    """
+)
+
+
+def test_sigkill_while_parking_leaves_whole_records_or_none(tmp_path: Path) -> None:
+    with SimServer() as sim:
+        sim.rate_limit_next(10_000, retry_after=3600)
+        store = f"sqlite:///{tmp_path / 'store.db'}"
+        for round_number in range(5):
+            process = subprocess.Popen(
+                [sys.executable, "-c", PARKER_SCRIPT, store, sim.base_url, "400"],
+                stdout=subprocess.PIPE,
+                env={**os.environ, "AGENTGUARD_HOME": str(tmp_path / "home")},
+            )
+            assert process.stdout is not None
+            process.stdout.readline()  # it is parking now
+            time.sleep(0.05 * (round_number + 1))
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            guard = new_guard(tmp_path)  # the store opens cleanly
+            records = guard.parked.list()
+            assert records, "nothing was parked before the kill"
+            for record in records:
+                assert record.state == "parked"
+                assert record.request["messages"][0]["content"] == "x" * 20000

@@ -12,9 +12,13 @@ happened). A reservation whose process dies is released after ``reservation_ttl_
 
 from __future__ import annotations
 
+import atexit
+import os
 import secrets
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
@@ -181,15 +185,24 @@ class Ledger:
         store: where the ledger lives.
         reservation_ttl_s: a reservation not settled within this time is released (its
             process died mid-call).
+        flush_interval_s: the longest a deferred settlement waits to be written.
     """
 
-    def __init__(self, store: Store, *, reservation_ttl_s: float = 600.0) -> None:
+    def __init__(
+        self, store: Store, *, reservation_ttl_s: float = 600.0, flush_interval_s: float = 0.2
+    ) -> None:
         self.store = store
         self.reservation_ttl_ms = int(reservation_ttl_s * 1000)
         self._known_rows: set[tuple[str, int]] = set()
         self._last_sweep_ms = 0
         self._sweep_every_ms = max(1000, min(30_000, self.reservation_ttl_ms // 10))
         self._lock = threading.Lock()
+        self.flush_interval_s = flush_interval_s
+        self._pending: list[tuple[Reservation, int, int]] = []
+        self._wake = threading.Event()
+        self._flusher: threading.Thread | None = None
+        os.register_at_fork(after_in_child=self._after_fork)
+        atexit.register(self._flush_at_exit)
 
     def reserve(
         self,
@@ -201,6 +214,9 @@ class Ledger:
     ) -> Reservation:
         """Set ``amount_usd`` aside on every line, or on none.
 
+        Settlements deferred by this process are written in the same transaction first, so
+        a loop of calls costs one transaction per call.
+
         Raises:
             BudgetExceeded: some line has no room for the amount in its current window.
             StoreError: the store failed.
@@ -210,14 +226,27 @@ class Ledger:
         reservation_id = secrets.token_hex(12)
         placed: list[tuple[BudgetLine, int]] = []
         created: list[tuple[str, int]] = []
-        with self.store.cursor() as connection:
+        refused: BudgetExceeded | None = None
+        with self._flushing() as pending, self.store.cursor() as connection:
+            self._apply_settlements(connection, pending)
             self._maybe_sweep(connection, now)
             for line in lines:
                 window_start = line.window_start_ms(now)
                 self._ensure_row(connection, line.key, window_start, created)
                 if not self._reserve_line(connection, line, window_start, amount, now):
-                    # Raising rolls the whole transaction back: lines already placed are undone.
-                    raise self._exceeded(connection, line, window_start, amount, now, session_id)
+                    refused = self._exceeded(
+                        connection, line, window_start, amount, now, session_id
+                    )
+                    # Undo the lines placed so far; the settlements above still commit.
+                    for placed_line, placed_start in placed:
+                        connection.execute(
+                            _DELETE_RESERVATION, {"id": reservation_id, "key": placed_line.key}
+                        )
+                        connection.execute(
+                            _RELEASE,
+                            {"key": placed_line.key, "ws": placed_start, "amount": amount},
+                        )
+                    break
                 connection.execute(
                     _INSERT_RESERVATION,
                     {
@@ -231,15 +260,72 @@ class Ledger:
                 )
                 placed.append((line, window_start))
         self._remember_rows(created)
+        if refused is not None:
+            raise refused
         return Reservation(reservation_id, tuple(placed), amount, now)
 
     def settle(
-        self, reservation: Reservation, actual_usd: Decimal, *, now_ms: int | None = None
+        self,
+        reservation: Reservation,
+        actual_usd: Decimal,
+        *,
+        now_ms: int | None = None,
+        defer: bool = False,
     ) -> None:
-        """Replace the reservation by the real cost (``0`` releases it)."""
+        """Replace the reservation by the real cost (``0`` releases it).
+
+        With ``defer``, the settlement is queued and written with this process's next
+        reservation, or by a background flush within ``flush_interval_s``, whichever comes
+        first (the reservation holds the worst case until then: never less than the truth).
+        """
         now = _now_ms() if now_ms is None else now_ms
-        actual = to_nusd(actual_usd)
-        with self.store.cursor() as connection:
+        settlement = (reservation, to_nusd(actual_usd), now)
+        if defer:
+            with self._lock:
+                self._pending.append(settlement)
+            self._wake_flusher()
+            return
+        with self._flushing() as pending, self.store.cursor() as connection:
+            self._apply_settlements(connection, [*pending, settlement])
+
+    def flush(self) -> None:
+        """Write every deferred settlement now."""
+        with self._flushing() as pending:
+            if pending:
+                with self.store.cursor() as connection:
+                    self._apply_settlements(connection, pending)
+
+    def release(self, reservation: Reservation) -> None:
+        """Give the reservation back without spending anything (the call failed)."""
+        with self._flushing() as pending, self.store.cursor() as connection:
+            self._apply_settlements(connection, pending)
+            for line, window_start in reservation.lines:
+                params = {"id": reservation.id, "key": line.key}
+                if connection.rowcount(_DELETE_RESERVATION, params) == 1:
+                    connection.execute(
+                        _RELEASE,
+                        {"key": line.key, "ws": window_start, "amount": reservation.amount_nusd},
+                    )
+
+    # -- deferred settlements ----------------------------------------------------------------
+
+    @contextmanager
+    def _flushing(self) -> Iterator[list[tuple[Reservation, int, int]]]:
+        """Take the queued settlements; put them back if the transaction fails."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        try:
+            yield pending
+        except BaseException as exc:
+            if pending and not isinstance(exc, BudgetExceeded):
+                with self._lock:
+                    self._pending[:0] = pending
+            raise
+
+    def _apply_settlements(
+        self, connection: Cursor, settlements: list[tuple[Reservation, int, int]]
+    ) -> None:
+        for reservation, actual, at in settlements:
             for line, window_start in reservation.lines:
                 params = {"id": reservation.id, "key": line.key}
                 held = connection.rowcount(_DELETE_RESERVATION, params) == 1
@@ -251,23 +337,45 @@ class Ledger:
                 }
                 connection.execute(_SETTLE_HELD if held else _SETTLE_EXPIRED, values)
                 if line.mode == "rolling" and line.window is not None and actual:
-                    connection.execute(
-                        _INSERT_EVENT, {"key": line.key, "at": now, "amount": actual}
-                    )
+                    connection.execute(_INSERT_EVENT, {"key": line.key, "at": at, "amount": actual})
 
-    def release(self, reservation: Reservation) -> None:
-        """Give the reservation back without spending anything (the call failed)."""
-        with self.store.cursor() as connection:
-            for line, window_start in reservation.lines:
-                params = {"id": reservation.id, "key": line.key}
-                if connection.rowcount(_DELETE_RESERVATION, params) == 1:
-                    connection.execute(
-                        _RELEASE,
-                        {"key": line.key, "ws": window_start, "amount": reservation.amount_nusd},
+    def _wake_flusher(self) -> None:
+        if self._flusher is None or not self._flusher.is_alive():
+            with self._lock:
+                if self._flusher is None or not self._flusher.is_alive():
+                    self._flusher = threading.Thread(
+                        target=self._flush_loop, name="agentguard-ledger-flush", daemon=True
                     )
+                    self._flusher.start()
+        self._wake.set()
+
+    def _flush_loop(self) -> None:
+        while True:
+            self._wake.wait()
+            # Coalesce: a busy agent's next reservation usually writes the settlement first.
+            time.sleep(self.flush_interval_s)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception as exc:  # retried at the next wake; never kills the thread
+                from agentguard.log import logger
+
+                logger.warning("ledger_flush_failed", error=str(exc))
+
+    def _after_fork(self) -> None:
+        # The parent's queue and flusher stay with the parent.
+        self._pending = []
+        self._flusher = None
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+
+    def _flush_at_exit(self) -> None:
+        with suppress(Exception):
+            self.flush()
 
     def status(self, line: BudgetLine, *, now_ms: int | None = None) -> BudgetStatus:
         """Spend, reservations and reset time of ``line``'s current window."""
+        self.flush()
         now = _now_ms() if now_ms is None else now_ms
         window_start = line.window_start_ms(now)
         with self.store.cursor() as connection:
@@ -296,6 +404,7 @@ class Ledger:
 
     def keys(self) -> list[str]:
         """Every budget key the ledger has seen."""
+        self.flush()
         with self.store.cursor() as connection:
             rows = connection.all(
                 "SELECT DISTINCT key FROM agentguard_budget_windows ORDER BY key", {}

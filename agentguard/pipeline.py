@@ -485,7 +485,11 @@ class Pipeline:
     def _measure(self, call: CallContext) -> None:
         """Count the input, fix the output cap, ask for stream usage, find the price."""
         model = call.model
-        call.input_tokens = self.counter.count_messages(call.messages, model)
+        counted = call.notes.get("message_tokens")
+        if counted is not None and counted[0] == model and counted[1] is call.messages:
+            call.input_tokens = counted[2]
+        else:
+            call.input_tokens = self.counter.count_messages(call.messages, model)
         if call.tools:
             call.input_tokens += self.counter.count_tools(call.tools, model)
         requested = call.body.get("max_completion_tokens") or call.body.get("max_tokens")
@@ -708,7 +712,7 @@ class Pipeline:
         reservation = call.reservation
         call.reservation = None
         if reservation is not None:
-            yield Do(lambda: self.ledger.settle(reservation, cost))
+            yield Do(lambda: self.ledger.settle(reservation, cost, defer=True))
         session.add_spend(cost, usage.input_tokens, usage.output_tokens)
         if not count_step:
             return

@@ -161,8 +161,13 @@ class TrimStage:
         state = (
             TrimState.model_validate(session.state.trim_state) if session.state.trim_state else None
         )
-        if state is None and self.counter.count_messages(call.messages, call.model) <= room:
-            return  # fits and nothing was cut before: nothing to keep stable yet
+        if state is None:
+            tokens = self.counter.count_messages(call.messages, call.model)
+            if tokens <= room:
+                # Fits and nothing was cut before: nothing to keep stable yet. The count is
+                # kept so pricing does not count the same messages again.
+                call.notes["message_tokens"] = (call.model, call.messages, tokens)
+                return
         result = self.trimmer.fit(
             call.messages,
             model=call.model,

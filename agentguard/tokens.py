@@ -163,7 +163,7 @@ class _LRU:
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: tuple[str, bytes]) -> int | None:
+    def get(self, key: tuple[str, Any]) -> int | None:
         value = self._data.get(key)
         if value is None:
             self.misses += 1
@@ -172,7 +172,7 @@ class _LRU:
         self._data.move_to_end(key)
         return value
 
-    def put(self, key: tuple[str, bytes], value: int) -> None:
+    def put(self, key: tuple[str, Any], value: int) -> None:
         self._data[key] = value
         self._data.move_to_end(key)
         while len(self._data) > self.maxsize:
@@ -185,6 +185,27 @@ class _LRU:
         self._data.clear()
         self.hits = 0
         self.misses = 0
+
+
+_PLAIN_FIELDS = frozenset({"role", "content", "name", "tool_call_id"})
+
+
+def _plain_key(message: Any) -> tuple[Any, ...] | None:
+    """A cache key for the common message made of strings only: the strings themselves.
+
+    Python hashes strings in C and compares keys by equality, so this is exact and costs far
+    less than streaming the message into a digest; other messages fall back to the digest.
+    """
+    if type(message) is not dict or not message.keys() <= _PLAIN_FIELDS:
+        return None
+    role = message.get("role")
+    content = message.get("content")
+    name = message.get("name")
+    call_id = message.get("tool_call_id")
+    for value in (role, content, name, call_id):
+        if value is not None and type(value) is not str:
+            return None
+    return ("plain", role, content, name, call_id)
 
 
 def message_digest(message: Mapping[str, Any]) -> bytes:
@@ -461,10 +482,11 @@ class TokenCounter:
         """
         basis, exact = self._basis(model)
         factor = self._factor(model, exact)
-        keys = [
-            (basis, digest)
-            for digest in (digests if digests is not None else map(message_digest, messages))
-        ]
+        keys: list[tuple[str, Any]]
+        if digests is not None:
+            keys = [(basis, digest) for digest in digests]
+        else:
+            keys = [(basis, _plain_key(m) or message_digest(m)) for m in messages]
         with self._lock:
             raws = [self._cache.get(key) for key in keys]
         missing = [index for index, raw in enumerate(raws) if raw is None]

@@ -1,0 +1,152 @@
+"""Per-call overhead of the guard: the raw openai SDK vs the wrapped client, interleaved, against
+the simulated provider on loopback (budget on, the default durable SQLite ledger), plus the time
+of ``import agentguard``.
+
+Run: .venv/bin/python bench/overhead.py [--calls 3000]
+Writes bench/results/overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_until_up(base_url: str, timeout: float = 20.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base_url}/models", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"the sim at {base_url} did not start")
+
+
+def import_time(runs: int = 7) -> float:
+    samples = []
+    for _ in range(runs):
+        code = "import time; t = time.perf_counter(); import agentguard; print(time.perf_counter() - t)"
+        output = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        samples.append(float(output.stdout))
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=3000)
+    args = parser.parse_args()
+    home = tempfile.mkdtemp(prefix="agentguard-bench-")
+    os.environ["AGENTGUARD_HOME"] = home
+
+    import openai
+
+    from agentguard.config import GuardConfig
+    from agentguard.guard import Guard
+
+    config = GuardConfig.from_mapping(
+        {
+            "budgets": [{"key": "default", "limit_usd": 1_000_000, "window": "1d"}],
+            "limits": {"max_iterations": None},
+        },
+        env={},
+    )
+    guard = Guard(config)
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Say hello in one short sentence."},
+    ]
+    # The provider runs in its own process, as a real one would: in-process it would compete
+    # with the client for the interpreter lock and blur what the guard itself costs.
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "agentguard.cli", "sim", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base_url = f"http://127.0.0.1:{port}/v1"
+    wait_until_up(base_url)
+    try:
+        raw = openai.OpenAI(base_url=base_url, api_key="sk-bench", max_retries=0)
+        wrapped = guard.wrap(openai.OpenAI(base_url=base_url, api_key="sk-bench", max_retries=0))
+        timings: dict[str, list[float]] = {"raw": [], "guarded": []}
+        with guard.session("bench", budget_key="default"):
+            for _ in range(200):  # warm up both paths (connections, caches, price lookups)
+                raw.chat.completions.create(model="gpt-4o-mini", messages=messages, max_tokens=16)
+                wrapped.chat.completions.create(
+                    model="gpt-4o-mini", messages=messages, max_tokens=16
+                )
+            for _ in range(args.calls):
+                for name, client in (("raw", raw), ("guarded", wrapped)):
+                    started = time.perf_counter()
+                    client.chat.completions.create(
+                        model="gpt-4o-mini", messages=messages, max_tokens=16
+                    )
+                    timings[name].append(time.perf_counter() - started)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    summary = {
+        name: {
+            "median_ms": round(statistics.median(values) * 1000, 4),
+            "p99_ms": round(percentile(values, 0.99) * 1000, 4),
+            "mean_ms": round(statistics.fmean(values) * 1000, 4),
+        }
+        for name, values in timings.items()
+    }
+    ratio = summary["guarded"]["median_ms"] / summary["raw"]["median_ms"]
+    result = {
+        "benchmark": "overhead",
+        "calls_each": args.calls,
+        "interleaved": True,
+        "ledger": "SQLite (WAL, synchronous=NORMAL) in a temporary AGENTGUARD_HOME",
+        "provider": "agentguard sim in its own process, loopback HTTP/1.1 keep-alive",
+        "budget": "on (one key, 1-day fixed window)",
+        "raw": summary["raw"],
+        "guarded": summary["guarded"],
+        "median_ratio": round(ratio, 4),
+        "median_overhead_ms": round(
+            summary["guarded"]["median_ms"] - summary["raw"]["median_ms"], 4
+        ),
+        "import_agentguard_s": round(import_time(), 4),
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+        },
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "overhead.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -19,7 +19,7 @@ from agentguard.parking.store import ParkedStore
 from agentguard.pipeline import CallContext, CallStage, Pipeline
 from agentguard.retrying import RetryPolicy
 from agentguard.session import Session, SessionState
-from agentguard.stages import RouteStage, TrimStage
+from agentguard.stages import RouteStage, TrimStage, new_input
 from agentguard.store import Store, open_store
 from agentguard.transport import flavour_for_client, flavour_of_openai, transports
 
@@ -281,7 +281,7 @@ class Guard:
             model=model,
             messages=messages,
             tools=tools,
-            input_tokens=self.counter.count_messages(messages, model),
+            input_tokens=self.counter.count_messages(new_input(messages), model),
             step_index=max(0, session.state.iterations) if session else 0,
             previous_outcome=session.state.last_outcome if session else None,  # type: ignore[arg-type]
             remaining_fraction=(

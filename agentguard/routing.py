@@ -652,16 +652,33 @@ class ToolBatchRule(Rule):
         batch_weight: weight for several results.
         failure_weight: weight for a stack trace or failing tests in a tool result, when the
             instruction does not ask for something bounded (reading a test verdict is easy).
+        routine_weight: weight for digesting one or two clean tool results (0 turns it off).
+        routine_after_steps: steps into the session before that applies (the first steps
+            make the plan).
     """
 
-    __slots__ = ("batch_weight", "failure_weight", "min_results")
+    __slots__ = (
+        "batch_weight",
+        "failure_weight",
+        "min_results",
+        "routine_after_steps",
+        "routine_weight",
+    )
 
     def __init__(
-        self, *, min_results: int = 3, batch_weight: float = 0.9, failure_weight: float = 0.8
+        self,
+        *,
+        min_results: int = 3,
+        batch_weight: float = 0.9,
+        failure_weight: float = 0.8,
+        routine_weight: float = -0.8,
+        routine_after_steps: int = 2,
     ) -> None:
+        self.routine_after_steps = routine_after_steps
         self.min_results = min_results
         self.batch_weight = batch_weight
         self.failure_weight = failure_weight
+        self.routine_weight = routine_weight
 
     def __call__(self, features: StepFeatures) -> list[Evidence]:
         found = []
@@ -678,6 +695,19 @@ class ToolBatchRule(Rule):
                     self.failure_weight, f"tool reported a failure: {', '.join(sorted(failures))}"
                 )
             )
+        elif (
+            features.digesting_tool_result
+            and features.step_index >= self.routine_after_steps
+            and not failures
+            and not features.reasoning_signals
+            and not features.math_signals
+            and features.tool_results_in_batch < self.min_results
+            and self.routine_weight
+        ):
+            # Once the plan is made (the first steps), reading a file or a clean tool result and
+            # choosing the next action is the bulk of an agent's steps, and a small model does
+            # it as well as a large one.
+            found.append(Evidence(self.routine_weight, "routine step: digesting a tool result"))
         return found
 
 

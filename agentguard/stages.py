@@ -62,7 +62,7 @@ class RouteStage:
             model=call.model,
             messages=call.messages,
             tools=call.tools,
-            input_tokens=self.counter.count_messages(call.messages, call.model),
+            input_tokens=self.counter.count_messages(new_input(call.messages), call.model),
             step_index=max(0, session.state.iterations - 1),
             previous_outcome=session.state.last_outcome,  # type: ignore[arg-type]
             remaining_fraction=fraction,
@@ -101,6 +101,20 @@ class RouteStage:
         if decision is None:
             decision = self.decide(call)
         return [model for model in self.router.cheaper_tiers(decision) if model != call.model]
+
+
+def new_input(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages a step has to digest: those after the last assistant message (the new
+    tool results or user turn), or every non-system message on a first step.
+
+    The system prompt and the history the model already answered are re-sent each step but
+    are not what makes the step hard; sizing the step by them would send every step of a long
+    session to the top tier.
+    """
+    for index in range(len(messages) - 1, -1, -1):
+        if messages[index].get("role") == "assistant":
+            return messages[index + 1 :]
+    return [m for m in messages if m.get("role") not in ("system", "developer")]
 
 
 def _guarded_ask(

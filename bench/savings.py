@@ -27,10 +27,33 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 FRONTIER, SMALL = "gpt-4o", "gpt-4o-mini"
 TOOL_CALLS = 38
-WORDS = (
-    "the invoice total rounding ledger module function returns value check test case line "
-    "amount currency tax rate customer order refund discount export report schema field"
-).split()
+WORDS = [
+    "the",
+    "invoice",
+    "total",
+    "rounding",
+    "ledger",
+    "module",
+    "function",
+    "returns",
+    "value",
+    "check",
+    "test",
+    "case",
+    "line",
+    "amount",
+    "currency",
+    "tax",
+    "rate",
+    "customer",
+    "order",
+    "refund",
+    "discount",
+    "export",
+    "report",
+    "schema",
+    "field",
+]
 
 
 def filler(tokens: int, seed: int) -> str:

@@ -159,6 +159,9 @@ class Store:
                     f"cannot open store {self.safe_url}: {exc}", url=self.safe_url
                 ) from exc
         database = url.database or ""
+        if url.query:
+            # URI options (read-only mode and such) are the driver's to apply: no fast path.
+            return sa.create_engine(url, connect_args={"timeout": self.busy_timeout_s})
         if database and database != ":memory:":
             path = Path(database).expanduser()
             try:

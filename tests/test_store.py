@@ -1,0 +1,217 @@
+"""One store test suite, run against every backend: SQLite files, and PostgreSQL when
+``AGENTGUARD_TEST_POSTGRES_URL`` names a server (CI starts one; there the PostgreSQL runs are
+required, never skipped)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from agentguard import BudgetExceeded, StoreError
+from agentguard.ledger import BudgetLine, Ledger
+from agentguard.parking.record import ParkedSession, ParkReason
+from agentguard.parking.store import ParkedStore
+from agentguard.store import SCHEMA_VERSION, Store
+
+POSTGRES_URL = os.environ.get("AGENTGUARD_TEST_POSTGRES_URL")
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    if not POSTGRES_URL:
+        if os.environ.get("CI"):
+            pytest.fail(
+                "CI must run the PostgreSQL store tests: AGENTGUARD_TEST_POSTGRES_URL is not set"
+            )
+        pytest.skip("no PostgreSQL server (set AGENTGUARD_TEST_POSTGRES_URL to run these)")
+    name = f"agtest_{secrets.token_hex(6)}"
+    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"CREATE DATABASE {name}")
+    url = sa.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        from agentguard.store import _stores
+
+        for key in [k for k in _stores if name in k]:
+            _stores.pop(key).dispose()
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
+
+
+def test_reserve_settle_release_and_windows(store_url: str) -> None:
+    ledger = Ledger(Store(store_url))
+    line = BudgetLine("team", Decimal("1"), timedelta(hours=1))
+    now = 7 * 3_600_000
+    first = ledger.reserve([line], Decimal("0.6"), session_id="s", now_ms=now)
+    with pytest.raises(BudgetExceeded):
+        ledger.reserve([line], Decimal("0.5"), now_ms=now)
+    ledger.settle(first, Decimal("0.2"), now_ms=now)
+    second = ledger.reserve([line], Decimal("0.5"), now_ms=now)
+    ledger.release(second)
+    status = ledger.status(line, now_ms=now)
+    assert (status.spent_usd, status.reserved_usd, status.calls) == (Decimal("0.2"), 0, 1)
+    assert ledger.status(line, now_ms=now + 3_600_000).spent_usd == 0  # next window
+
+
+def test_rolling_windows(store_url: str) -> None:
+    ledger = Ledger(Store(store_url))
+    line = BudgetLine("roll", Decimal("1"), timedelta(minutes=10), "rolling")
+    ledger.settle(ledger.reserve([line], Decimal("0.9"), now_ms=0), Decimal("0.9"), now_ms=0)
+    with pytest.raises(BudgetExceeded):
+        ledger.reserve([line], Decimal("0.2"), now_ms=60_000)
+    ledger.reserve([line], Decimal("0.2"), now_ms=600_001)
+
+
+def test_deferred_settlements_are_written(store_url: str) -> None:
+    ledger = Ledger(Store(store_url), flush_interval_s=0.05)
+    line = BudgetLine("deferred", Decimal("1"), timedelta(days=1))
+    reservation = ledger.reserve([line], Decimal("0.5"))
+    ledger.settle(reservation, Decimal("0.1"), defer=True)
+    status = ledger.status(line)  # status flushes first
+    assert status.spent_usd == Decimal("0.1") and status.reserved_usd == 0
+
+
+def _hammer(url: str, rounds: int) -> int:
+    ledger = Ledger(Store(url))
+    line = BudgetLine("shared", Decimal("3"), timedelta(days=1))
+    done = 0
+    for _ in range(rounds):
+        try:
+            reservation = ledger.reserve([line], Decimal("0.07"))
+        except BudgetExceeded:
+            continue
+        ledger.settle(reservation, Decimal("0.07"), defer=done % 2 == 0)
+        done += 1
+    ledger.flush()
+    return done
+
+
+def test_threads_and_processes_never_overspend(store_url: str) -> None:
+    Ledger(Store(store_url)).status(BudgetLine("shared", Decimal("3"), timedelta(days=1)))
+    counts: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: counts.append(_hammer(store_url, 8))) for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        counts += pool.starmap(_hammer, [(store_url, 10)] * 4)
+    status = Ledger(Store(store_url)).status(BudgetLine("shared", Decimal("3"), timedelta(days=1)))
+    assert status.spent_usd <= Decimal("3")
+    assert sum(counts) == 42 and status.spent_usd == Decimal("0.07") * 42
+    assert status.reserved_usd == 0
+
+
+def record(session_id: str, resume_at: datetime) -> ParkedSession:
+    parked = ParkedSession(
+        session_id=session_id,
+        request={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
+        reason=ParkReason(kind="rate_limit", status=429),
+        resume_at=resume_at,
+    )
+    parked.transition("parked")
+    return parked
+
+
+def test_claims_are_exactly_once_under_contention(store_url: str) -> None:
+    parked = ParkedStore(Store(store_url))
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    for n in range(10):
+        parked.put(record(f"race-{n}", past))
+    winners: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def claim_all(owner: str) -> None:
+        for n in range(10):
+            if parked.claim(f"race-{n}", owner, lease_s=60) is not None:
+                with lock:
+                    winners.append((f"race-{n}", owner))
+
+    threads = [threading.Thread(target=claim_all, args=(f"owner-{i}",)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(w[0] for w in winners) == sorted(f"race-{n}" for n in range(10))
+    assert all(parked.get(f"race-{n}").state == "resuming" for n in range(10))
+
+
+def test_expired_leases_are_taken_over_and_future_records_wait(store_url: str) -> None:
+    parked = ParkedStore(Store(store_url))
+    parked.put(record("later", datetime.now(UTC) + timedelta(hours=1)))
+    assert parked.claim("later", "a", lease_s=60) is None
+    parked.put(record("now", datetime.now(UTC) - timedelta(seconds=1)))
+    assert parked.claim("now", "a", lease_s=0.01) is not None
+    assert (
+        parked.claim("now", "b", lease_s=60, now=datetime.now(UTC) + timedelta(seconds=1))
+        is not None
+    )
+    assert parked.get("now").lease_owner == "b"
+    assert "now" not in parked.due()
+
+
+def test_update_is_one_transaction_and_dedups_by_session(store_url: str) -> None:
+    parked = ParkedStore(Store(store_url))
+    parked.put(record("dup", datetime.now(UTC)))
+    parked.put(record("dup", datetime.now(UTC) + timedelta(hours=2)))
+    assert [r.session_id for r in parked.list()] == ["dup"]
+
+    def bump(current: ParkedSession | None) -> ParkedSession:
+        assert current is not None
+        current.attempts += 1
+        return current
+
+    threads = [threading.Thread(target=lambda: parked.update("dup", bump)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert parked.get("dup").attempts == 8  # no lost update
+
+
+def test_a_newer_schema_is_refused(store_url: str) -> None:
+    store = Store(store_url)
+    store.ensure_schema()
+    with store.engine.begin() as connection:
+        connection.exec_driver_sql(f"UPDATE agentguard_schema SET version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="newer than"):
+        Store(store_url).ensure_schema()
+
+
+def test_a_store_path_that_cannot_be_created_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the store's directory should be")
+    with pytest.raises(StoreError, match="cannot create the store directory"):
+        Store(f"sqlite:///{blocker / 'store.db'}")
+
+
+def test_a_read_only_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    Ledger(Store(f"sqlite:///{path}")).status(BudgetLine("k", None))  # create it
+    read_only = Ledger(Store(f"sqlite:///file:{path}?mode=ro&uri=true"))
+    with pytest.raises(StoreError, match="read-only"):
+        read_only.reserve([BudgetLine("k", None)], Decimal("0.01"))
+
+
+def test_unreachable_database_is_a_clear_error() -> None:
+    store = Store("postgresql+psycopg://nobody@127.0.0.1:1/nothing")
+    with pytest.raises(StoreError, match="127.0.0.1"):
+        Ledger(store).status(BudgetLine("k", None))

@@ -213,5 +213,5 @@ def test_a_read_only_database_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_unreachable_database_is_a_clear_error() -> None:
     store = Store("postgresql+psycopg://nobody@127.0.0.1:1/nothing")
-    with pytest.raises(StoreError, match="127.0.0.1"):
+    with pytest.raises(StoreError, match=r"127\.0\.0\.1"):
         Ledger(store).status(BudgetLine("k", None))

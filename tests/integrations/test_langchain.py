@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -27,10 +28,12 @@ from agentguard_langchain import (
 )
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage
+from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, tool
 from langchain_openai import ChatOpenAI
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite import SqliteSaver
+from pydantic import BaseModel, SecretStr
 
 from agentguard import BudgetExceeded, IterationLimitExceeded, LoopDetected, SessionParked
 from agentguard.guard import Guard
@@ -73,7 +76,7 @@ def checkpointer(tmp_path: Path) -> Iterator[SqliteSaver]:
     connection.close()
 
 
-def thread(thread_id: str) -> dict[str, Any]:
+def thread(thread_id: str) -> RunnableConfig:
     return {"configurable": {"thread_id": thread_id}}
 
 
@@ -113,8 +116,12 @@ def wait_for_state(guard: Guard, session_id: str, state: str, timeout_s: float =
 
 
 def test_tool_agent_completes_with_spend_and_iterations_recorded(
-    make_guard: Callable[..., Guard], weather: Weather, checkpointer: SqliteSaver
+    make_guard: Callable[..., Guard],
+    weather: Weather,
+    checkpointer: SqliteSaver,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="agentguard")
     guard = make_guard(budgets=[{"key": "team", "limit_usd": 5, "window": "1h"}])
     with SimServer(script=WEATHER_SCRIPT) as sim:
         agent = build_agent(guard, sim, weather, checkpointer=checkpointer, budget_key="team")
@@ -140,6 +147,31 @@ def test_tool_agent_completes_with_spend_and_iterations_recorded(
     assert guard.budget_status("team").spent_usd == spent
     assert messages[-1].usage_metadata and messages[-1].usage_metadata["input_tokens"] > 0
     assert guard.parked.list() == []
+    steps = [
+        getattr(r, "agentguard_fields", {})
+        for r in caplog.records
+        if getattr(r, "agentguard_event", None) == "agent_step"
+    ]
+    assert [(s["iterations"], s["tool_calls"], s["model"]) for s in steps] == [
+        (1, ["get_weather"], "gpt-4o"),
+        (2, [], "gpt-4o"),
+    ]
+    assert all(s["thread_id"] == "ticket-1" for s in steps)
+
+
+def test_structured_output_goes_through_the_guard(make_guard: Callable[..., Guard]) -> None:
+    class Forecast(BaseModel):
+        city: str
+        sunny: bool
+
+    guard = make_guard()
+    with SimServer(script=[Reply(content='{"city": "Paris", "sunny": true}')]) as sim:
+        model = guarded_chat_openai(guard, model="gpt-4o", base_url=sim.base_url, api_key=KEY)
+        with guard.session("structured") as session:
+            forecast = model.with_structured_output(Forecast).invoke("Weather in Paris?")
+    assert forecast == Forecast(city="Paris", sunny=True)
+    assert sim.requests[0].body and sim.requests[0].body["response_format"]["type"] == "json_schema"
+    assert session.iterations == 1 and session.spent_usd > 0
 
 
 def test_a_session_bound_around_invoke_is_the_one_used(
@@ -282,7 +314,7 @@ def test_a_429_handed_back_is_one_attempt_whatever_the_sdk_retries(
             model = ChatOpenAI(
                 model="gpt-4o",
                 base_url=sim.base_url,
-                api_key=KEY,
+                api_key=SecretStr(KEY),
                 http_client=guard.http_client(),
                 http_async_client=guard.async_http_client(),
             )
@@ -296,7 +328,8 @@ def test_a_429_handed_back_is_one_attempt_whatever_the_sdk_retries(
 
 # -- exit_behavior ----------------------------------------------------------------------------------
 
-LIMIT_CASES = {
+LimitCase = tuple[dict[str, Any], list[Any], type[Exception], str, str]
+LIMIT_CASES: dict[str, LimitCase] = {
     "iterations": (
         {"limits": {"max_iterations": 1}},
         WEATHER_SCRIPT,
@@ -345,7 +378,7 @@ def test_exit_behavior_end_finishes_the_run_with_a_message(
 
     last = result["messages"][-1]
     assert isinstance(last, AIMessage) and not last.tool_calls
-    assert last.content.startswith("Stopped by agentguard:") and says in last.content
+    assert last.text.startswith("Stopped by agentguard:") and says in last.text
     stop = last.response_metadata["agentguard"]
     assert stop["stopped_by"] == error_type.__name__ and stop["limit"] == limit
     assert stop["session_id"] == f"lg-ticket-{case}"
@@ -389,11 +422,17 @@ async def test_an_async_run_parks_and_resumes_with_ainvoke(
 ) -> None:
     gateway = SimGateway({KEY: GatewayKey(limit_usd=Decimal("0.0001"), window_s=60)})
     guard = make_guard(parking={"wait_inline_max_s": 0})
+    checkpointer = InMemorySaver()
     with SimServer(script=WEATHER_SCRIPT, gateway=gateway) as sim:
-        agent = build_agent(guard, sim, weather, checkpointer=InMemorySaver(), exit_behavior="end")
-        register_langgraph_resumer(guard, agent)
+
+        def build_graph() -> Any:
+            # Each resume runs in an event loop of its own, where async HTTP clients made in
+            # another loop cannot be used: the factory gives it a fresh model.
+            return build_agent(guard, sim, weather, checkpointer=checkpointer, exit_behavior="end")
+
+        register_langgraph_resumer(guard, build_graph)
         with pytest.raises(SessionParked):
-            await agent.ainvoke(QUESTION, thread("async-2"))
+            await build_graph().ainvoke(QUESTION, thread("async-2"))
         record = guard.parked.get("lg-async-2")
         assert record.metadata == {"thread_id": "async-2", "langgraph_invoke": "ainvoke"}
 
@@ -415,6 +454,7 @@ def test_guarded_chat_openai_owns_its_clients_and_retries(make_guard: Callable[.
     assert model.max_retries == 0 and model.stream_usage is True
     assert model.use_responses_api is False
     assert model.root_client.max_retries == 0
+    assert model.http_client is not None and model.http_async_client is not None
     assert type(model.http_client._transport).__name__ == "GuardTransport"
     assert type(model.http_async_client._transport).__name__ == "AsyncGuardTransport"
     for bad in (

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from agentguard.config import GuardConfig
 from agentguard.guard import Guard
@@ -45,3 +48,35 @@ def make_guard(tmp_path: Path) -> Callable[..., Guard]:
         return Guard(GuardConfig.from_mapping(data))
 
     return build
+
+
+POSTGRES_URL = os.environ.get("AGENTGUARD_TEST_POSTGRES_URL")
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    if not POSTGRES_URL:
+        if os.environ.get("CI"):
+            pytest.fail(
+                "CI must run the PostgreSQL store tests: AGENTGUARD_TEST_POSTGRES_URL is not set"
+            )
+        pytest.skip("no PostgreSQL server (set AGENTGUARD_TEST_POSTGRES_URL to run these)")
+    name = f"agtest_{secrets.token_hex(6)}"
+    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"CREATE DATABASE {name}")
+    url = sa.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        from agentguard.store import _stores
+
+        for key in [k for k in _stores if name in k]:
+            _stores.pop(key).dispose()
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()

@@ -5,53 +5,18 @@ required, never skipped)."""
 from __future__ import annotations
 
 import multiprocessing
-import os
-import secrets
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from agentguard import BudgetExceeded, StoreError
 from agentguard.ledger import BudgetLine, Ledger
 from agentguard.parking.record import ParkedSession, ParkReason
 from agentguard.parking.store import ParkedStore
 from agentguard.store import SCHEMA_VERSION, Store
-
-POSTGRES_URL = os.environ.get("AGENTGUARD_TEST_POSTGRES_URL")
-BACKENDS = ["sqlite", "postgresql"]
-
-
-@pytest.fixture(params=BACKENDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-        return
-    if not POSTGRES_URL:
-        if os.environ.get("CI"):
-            pytest.fail(
-                "CI must run the PostgreSQL store tests: AGENTGUARD_TEST_POSTGRES_URL is not set"
-            )
-        pytest.skip("no PostgreSQL server (set AGENTGUARD_TEST_POSTGRES_URL to run these)")
-    name = f"agtest_{secrets.token_hex(6)}"
-    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f"CREATE DATABASE {name}")
-    url = sa.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        yield url
-    finally:
-        from agentguard.store import _stores
-
-        for key in [k for k in _stores if name in k]:
-            _stores.pop(key).dispose()
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.dispose()
 
 
 def test_reserve_settle_release_and_windows(store_url: str) -> None:

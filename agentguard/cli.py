@@ -446,7 +446,7 @@ def store_upgrade(config: ConfigOption = None) -> None:
 @app.command()
 def demo(
     steps: Annotated[int, typer.Option(help="Model calls the scripted agent wants to make.")] = 12,
-    budget: Annotated[float, typer.Option(help="Dollar budget for the demo window.")] = 0.06,
+    budget: Annotated[float, typer.Option(help="Dollar budget for the demo window.")] = 0.02,
     model: Annotated[str, typer.Option(help="The model the agent asks for.")] = "gpt-4o",
 ) -> None:
     """Run a scripted tool-using agent against the built-in simulated provider (offline)."""

@@ -110,10 +110,15 @@ def _run(console: Console, home: Path, *, steps: int, budget_usd: float, model: 
         route = call.notes.get("route")
         why = ""
         if route is not None:
-            why = (route.reasons[0] if route.reasons else "")[:38]
+            classification = route.classification
+            if classification is not None:
+                first = classification.reasons[0].split(" (")[0] if classification.reasons else ""
+                why = f"{classification.label}: {first}"[:46]
+            else:
+                why = (route.reasons[0] if route.reasons else "")[:46]
         trim = call.notes.get("trim")
         if trim is not None and (trim.elided_tool_outputs or trim.dropped_messages):
-            why = (why + f" | trimmed {trim.tokens_before}->{trim.tokens_after}")[:60]
+            why = f"{why}; trimmed {trim.tokens_before}->{trim.tokens_after}"
         remaining = guard.budget_status("demo").remaining_usd
         action = "answer"
         if call.notes.get("tool_calls"):

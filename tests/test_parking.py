@@ -301,3 +301,33 @@ def test_resumers_are_registered_names_only(make_guard: Callable[..., Guard]) ->
         ParkedSession.model_validate(
             {"session_id": "x", "resumer": "os:system", "reason": {"kind": "rate_limit"}}
         )
+
+
+def test_no_key_or_auth_header_in_logs_or_files(
+    gateway_sim: SimServer, make_guard: Callable[..., Guard], tmp_path: Path
+) -> None:
+    import io
+    import logging
+
+    from agentguard.log import configure_logging
+
+    stream = io.StringIO()
+    configure_logging("debug", json_lines=True, stream=stream)
+    try:
+        guard = gateway_guard(make_guard, dir=str(tmp_path / "parked"))
+        client = guard.wrap(openai.OpenAI(base_url=gateway_sim.base_url, api_key=KEY))
+        exhaust(client, guard, "agent-logged")
+    finally:
+        logger = logging.getLogger("agentguard")
+        for handler in list(logger.handlers):
+            if getattr(handler, "_agentguard", False):
+                logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    text = stream.getvalue()
+    assert '"event": "park"' in text and '"event": "reserve"' in text
+    assert KEY not in text and "authorization" not in text.lower()
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            content = path.read_bytes()
+            assert KEY.encode() not in content, path
+            assert b"Bearer" not in content, path

@@ -165,10 +165,15 @@ class Guard:
     def async_http_client(self, *, flavour: str | None = None, **kwargs: Any) -> Any:
         """A guarded ``httpx.AsyncClient``; see :meth:`http_client`."""
         classes = transports(flavour or flavour_of_openai())
-        inner = (
-            classes.module.AsyncClient(**kwargs) if kwargs else classes.module.AsyncHTTPTransport()
+
+        def make_inner() -> Any:
+            if kwargs:
+                return classes.module.AsyncClient(**kwargs)
+            return classes.module.AsyncHTTPTransport()
+
+        transport = classes.AsyncGuardTransport(
+            self, make_inner(), owns_inner=True, inner_factory=make_inner
         )
-        transport = classes.AsyncGuardTransport(self, inner, owns_inner=True)
         return classes.module.AsyncClient(transport=transport, timeout=kwargs.get("timeout", 600.0))
 
     def session(

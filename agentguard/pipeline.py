@@ -513,7 +513,12 @@ class Pipeline:
                 call.body["stream_options"] = {**(options or {}), "include_usage": True}
                 call.strip_usage_chunk = True
         call.price = self.pricer.price(model)
-        call.worst_case_usd = call.price.worst_case(call.input_tokens, call.max_output_tokens)
+        # A margin over the counted input: a provider's own accounting (tool-call framing,
+        # message wrappers) can run a few percent above any client-side count.
+        margin_tokens = call.input_tokens // 20 + 16
+        call.worst_case_usd = call.price.worst_case(
+            call.input_tokens + margin_tokens, call.max_output_tokens
+        )
 
     def _reserve(self, call: CallContext) -> Generator[Action, Any, None]:
         session = call.session

@@ -15,7 +15,8 @@ import asyncio
 import importlib
 import json
 import time
-from collections.abc import AsyncIterator, Generator, Iterator
+import weakref
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from types import ModuleType, SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -131,6 +132,11 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
             try:
                 for chunk in self.response.iter_bytes():
                     out = tap.feed(chunk)
+                    if tap.done:
+                        # Settle before handing on [DONE]: the SDK stops reading there, and a
+                        # limit the answer tripped (a loop, too many tool calls) must reach
+                        # the caller as an error, not be lost in close().
+                        self._finish()
                     if out:
                         yield out
                 rest = tap.flush()
@@ -169,6 +175,8 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
             try:
                 async for chunk in self.response.aiter_bytes():
                     out = tap.feed(chunk)
+                    if tap.done:
+                        await self._finish()
                     if out:
                         yield out
                 rest = tap.flush()
@@ -267,14 +275,46 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
     class AsyncGuardTransport(httpx.AsyncBaseTransport):  # type: ignore[misc,name-defined]
         """An async transport that runs chat completions through the guard's pipeline."""
 
-        def __init__(self, guard: Guard, inner: Any, *, owns_inner: bool) -> None:
+        def __init__(
+            self,
+            guard: Guard,
+            inner: Any,
+            *,
+            owns_inner: bool,
+            inner_factory: Callable[[], Any] | None = None,
+        ) -> None:
             self.guard = guard
             self.inner = inner
             self.owns_inner = owns_inner
             self._sends_via_client = isinstance(inner, httpx.AsyncClient)
             self.offload = not guard.store.is_sqlite
+            # Connections belong to the event loop that opened them: an owned inner transport
+            # is made once per loop, so the client works across asyncio.run() calls.
+            self._inner_factory = inner_factory
+            self._per_loop: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+            self._adopted = False
+
+        def _inner(self) -> Any:
+            if self._inner_factory is None:
+                return self.inner
+            loop = asyncio.get_running_loop()
+            inner = self._per_loop.get(loop)
+            if inner is None:
+                # The first loop gets the transport made up front; later loops get their own.
+                inner = self.inner if not self._adopted else self._inner_factory()
+                self._adopted = True
+                self._per_loop[loop] = inner
+            return inner
 
         async def _send_raw(self, request: Any) -> Any:
+            if self._inner_factory is not None:
+                inner = self._inner()
+                if isinstance(inner, httpx.AsyncClient):
+                    transport = inner._transport_for_url(request.url)
+                    response = await transport.handle_async_request(request)
+                    response.request = request
+                    return response
+                return await inner.handle_async_request(request)
             if self._sends_via_client:
                 transport = self.inner._transport_for_url(request.url)
                 response = await transport.handle_async_request(request)
@@ -324,8 +364,17 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
             return build_response(request, outcome, response, stream)
 
         async def aclose(self) -> None:
-            if self.owns_inner:
-                await self.inner.aclose()
+            if not self.owns_inner:
+                return
+            if self._inner_factory is not None:
+                try:
+                    inner = self._per_loop.get(asyncio.get_running_loop())
+                except RuntimeError:
+                    inner = None
+                if inner is not None:
+                    await inner.aclose()
+                return
+            await self.inner.aclose()
 
     return SimpleNamespace(
         module=httpx,

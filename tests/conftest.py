@@ -27,6 +27,15 @@ def agentguard_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+@pytest.fixture(autouse=True)
+def fresh_token_counter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own process-wide token counter: calibration learned from one test's
+    provider must not change another test's counts."""
+    import agentguard.tokens
+
+    monkeypatch.setattr(agentguard.tokens, "_default", None)
+
+
 @pytest.fixture
 def sim() -> Iterator[SimServer]:
     with SimServer() as server:

@@ -448,3 +448,56 @@ def test_transport_passes_non_json_posts_through(
     # httpx with openai 2.x, httpx2 with openai 3.x: the flavour the installed SDK speaks
     assert type(response).__module__.split(".")[0] in ("httpx", "httpx2")
     assert response.status_code == 400
+
+
+def test_loop_detection_also_stops_streams(make_guard: Callable[..., Guard]) -> None:
+    same = Reply(tool_calls=[ToolCall("read_file", {"path": "a.py"})])
+    with SimServer(script=[same] * 10) as sim:
+        guard = make_guard(limits={"loop_threshold": 2})
+        client = client_for(guard, sim)
+        messages: list[dict] = list(MESSAGES)
+        with guard.session("stream-loop"), pytest.raises(LoopDetected):
+            for _ in range(4):
+                chunks = list(
+                    client.chat.completions.create(
+                        model="gpt-4o-mini", messages=messages, tools=TOOLS, stream=True
+                    )
+                )
+                call_id = next(
+                    c.choices[0].delta.tool_calls[0].id
+                    for c in chunks
+                    if c.choices and c.choices[0].delta.tool_calls
+                )
+                messages.append(
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {
+                                "id": call_id,
+                                "type": "function",
+                                "function": {"name": "read_file", "arguments": '{"path": "a.py"}'},
+                            }
+                        ],
+                    }
+                )
+                messages.append({"role": "tool", "tool_call_id": call_id, "content": "same"})
+    assert chat_attempts(sim) == 2
+
+
+def test_async_http_client_works_across_event_loops(
+    sim: SimServer, make_guard: Callable[..., Guard]
+) -> None:
+    import asyncio
+
+    guard = make_guard()
+    client = openai.AsyncOpenAI(
+        base_url=sim.base_url, api_key="sk-test", http_client=guard.async_http_client()
+    )
+
+    async def one() -> str:
+        async with guard.session():
+            response = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+            return response.choices[0].message.content or ""
+
+    assert asyncio.run(one()) and asyncio.run(one())
+    assert chat_attempts(sim) == 2

@@ -17,15 +17,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import agentguard_langchain
 import openai
 import pytest
-from agentguard_langchain import (
-    AgentGuardMiddleware,
-    guarded_chat_openai,
-    register_langgraph_resumer,
-    session_id_for_thread,
-)
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnableConfig
@@ -35,10 +28,19 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 from pydantic import BaseModel, SecretStr
 
+import agentguard_langchain
 from agentguard import BudgetExceeded, IterationLimitExceeded, LoopDetected, SessionParked
+from agentguard.config import GuardConfig
 from agentguard.guard import Guard
 from agentguard.scheduler import ResumeDaemon
 from agentguard.sim import GatewayKey, Reply, SimGateway, SimServer, ToolCall
+from agentguard.tokens import TokenCounter
+from agentguard_langchain import (
+    AgentGuardMiddleware,
+    guarded_chat_openai,
+    register_langgraph_resumer,
+    session_id_for_thread,
+)
 
 KEY = "sk-langchain-test-key-0001"
 QUESTION = {"messages": [{"role": "user", "content": "What is the weather in Paris?"}]}
@@ -61,6 +63,21 @@ class Weather:
             return f"Sunny, 22 C in {city}"
 
         self.tool: BaseTool = get_weather
+
+
+@pytest.fixture
+def make_guard(tmp_path: Path) -> Callable[..., Guard]:
+    """A guard on a fresh SQLite store, as the suite's ``make_guard``, but with a token counter
+    of its own: what it learns from these calls stays out of the process-wide counter."""
+
+    def build(**sections: Any) -> Guard:
+        data: dict[str, Any] = {"store": {"url": f"sqlite:///{tmp_path / 'store.db'}"}}
+        data["limits"] = {"backoff_initial_s": 0.01, "backoff_max_s": 0.05}
+        data["limits"].update(sections.pop("limits", {}))
+        data.update(sections)
+        return Guard(GuardConfig.from_mapping(data), counter=TokenCounter())
+
+    return build
 
 
 @pytest.fixture
@@ -284,6 +301,26 @@ def test_a_resume_refused_again_reparks_then_a_graph_factory_finishes_it(
     assert weather.calls == ["Paris"]
     assert len(sim.requests) == 4
     assert guard.parked.get("lg-ticket-4").state == "resumed"
+
+
+def test_a_thread_continued_by_hand_is_not_run_again_by_the_resume(
+    make_guard: Callable[..., Guard], weather: Weather, checkpointer: SqliteSaver
+) -> None:
+    gateway = SimGateway({KEY: GatewayKey(limit_usd=Decimal("0.0001"), window_s=60)})
+    guard = make_guard(parking={"wait_inline_max_s": 0})
+    with SimServer(script=WEATHER_SCRIPT, gateway=gateway) as sim:
+        agent = build_agent(guard, sim, weather, checkpointer=checkpointer)
+        register_langgraph_resumer(guard, agent)
+        with pytest.raises(SessionParked):
+            agent.invoke(QUESTION, thread("ticket-5"))
+        gateway.reset()
+        agent.invoke(None, thread("ticket-5"))  # the application continued it itself
+        calls = len(sim.requests)
+        final = guard.parked.resume("lg-ticket-5")
+
+    assert len(sim.requests) == calls == 3
+    assert final["messages"][-1].content == "It is sunny in Paris."
+    assert guard.parked.get("lg-ticket-5").state == "resumed"
 
 
 def test_a_run_without_a_checkpointer_parks_but_cannot_be_continued(

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from agentguard.log import configure_logging
     from agentguard.parking.record import ParkedSession
     from agentguard.pricing import ModelPrice, Pricer, Usage
-    from agentguard.session import Session, SessionState
+    from agentguard.session import Session, SessionState, current_session
     from agentguard.tokens import count_tokens
     from agentguard.trimming import trim_messages
 
@@ -70,6 +70,7 @@ __all__ = [
     "__version__",
     "configure_logging",
     "count_tokens",
+    "current_session",
     "trim_messages",
 ]
 
@@ -84,6 +85,7 @@ _LAZY = {
     "Usage": "agentguard.pricing",
     "Session": "agentguard.session",
     "SessionState": "agentguard.session",
+    "current_session": "agentguard.session",
     "count_tokens": "agentguard.tokens",
     "trim_messages": "agentguard.trimming",
 }

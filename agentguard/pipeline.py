@@ -393,6 +393,8 @@ class Pipeline:
             requested_model=str(body.get("model", "")),
             original_body=dict(body),
         )
+        if session.parked_record is not None and self.limit_handler is not None:
+            raise self.limit_handler.parked_error(session.parked_record)
         with session.lock:
             self.limits.before_call(session)
             session.state.iterations += 1
@@ -465,6 +467,7 @@ class Pipeline:
                         )
                         record = yield Do(park)
                         if decision.action == "park":
+                            call.session.parked_record = record
                             raise self._handler().parked_error(record)
                     self._count_failure(call, error)
                     return Outcome(reply, {"x-should-retry": "false"})
@@ -573,6 +576,7 @@ class Pipeline:
             ):
                 handler, exhausted = self.limit_handler, exc
                 record = yield Do(lambda: handler.park_budget(call, exhausted))
+                session.parked_record = record
                 raise handler.parked_error(record) from exc
             raise
         if logger.enabled("debug"):

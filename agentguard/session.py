@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 if TYPE_CHECKING:
     from agentguard.guard import Guard
     from agentguard.ledger import BudgetLine
+    from agentguard.parking.record import ParkedSession
 
 __all__ = ["Session", "SessionState", "current_session"]
 
@@ -90,6 +91,10 @@ class Session:
         self.force_model = force_model
         self.framework = framework
         self.state = state or SessionState()
+        self.parked_record: ParkedSession | None = None
+        """Set when this session parks: further calls through it raise ``SessionParked`` at
+        once, without an HTTP attempt, so a framework's retry loop cannot hammer the limit.
+        The resume runs in a session restored from the record."""
         self.metadata: dict[str, Any] = {}
         """Free-form, JSON-serialisable data that integrations keep with a parked session."""
         self.lock = threading.RLock()

@@ -331,3 +331,16 @@ def test_no_key_or_auth_header_in_logs_or_files(
             content = path.read_bytes()
             assert KEY.encode() not in content, path
             assert b"Bearer" not in content, path
+
+
+def test_a_parked_session_refuses_further_calls_without_sending(
+    sim: SimServer, make_guard: Callable[..., Guard]
+) -> None:
+    guard = make_guard(parking={"wait_inline_max_s": 0})
+    client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-test"))
+    sim.rate_limit_next(1, retry_after=600)
+    with guard.session("stubborn"):
+        for _ in range(3):  # a framework's retry loop
+            with pytest.raises(SessionParked):
+                client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert len(sim.requests) == 1

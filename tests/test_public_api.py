@@ -30,6 +30,7 @@ CONTRACT = {
     "__version__",
     "configure_logging",
     "count_tokens",
+    "current_session",
     "trim_messages",
 }
 

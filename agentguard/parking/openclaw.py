@@ -131,6 +131,7 @@ class OpenClawResumer:
             budget_key=parked.budget_key,
         )
         record = self.guard.parker.park_session(session, parked.request, reason, resume_at)
+        session.parked_record = record
         raise self.guard.parker.parked_error(record)
 
 

@@ -276,12 +276,17 @@ class AgentGuardMiddleware(AgentMiddleware[AgentGuardState[Any], Any, Any]):
             if session is not None:
                 self._sessions.move_to_end(session_id)
                 return session
-            session = self.guard.session(
-                session_id,
-                budget_key=self.budget_key,
-                resumer=self.resumer,
-                framework=FRAMEWORK,
-            )
+            parked = self.guard.parked.store.find(session_id)
+            if parked is not None and parked.state == "parked":
+                # Continuing a parked thread by hand: keep its counters and spend.
+                session = self.guard.restore_session(parked)
+            else:
+                session = self.guard.session(
+                    session_id,
+                    budget_key=self.budget_key,
+                    resumer=self.resumer,
+                    framework=FRAMEWORK,
+                )
             self._sessions[session_id] = session
             # Runs that died without reaching their end leave sessions behind; keep the newest.
             while len(self._sessions) > _MAX_LIVE_SESSIONS:
@@ -291,6 +296,11 @@ class AgentGuardMiddleware(AgentMiddleware[AgentGuardState[Any], Any, Any]):
     def _final_message(self, step: _Step, error: LimitExceeded | SessionParked) -> AIMessage | None:
         """The message that ends the run on ``error``, or ``None`` if the error propagates."""
         if isinstance(error, SessionParked):
+            # The parked session object refuses further calls; a later invoke on the thread
+            # (the application continuing it by hand) starts from a session restored from the
+            # record, and the daemon's resume from one of its own.
+            with self._lock:
+                self._sessions.pop(step.session.id, None)
             if step.thread_id is None:
                 logger.warning(
                     "agent_parked_without_thread",

@@ -183,6 +183,9 @@ class TrimmingConfig(_Section):
     keep_last_turns: Annotated[int, Field(ge=0)] = 6
     tool_output_max_tokens: PositiveInt = 2000
     strategy: Literal["elide", "window", "summarize"] = "elide"
+    summary_model: str | None = None
+    """Model that writes the summary for ``strategy = "summarize"`` (default: the cheapest
+    routing tier). Its calls go through the guard: counted against the same budget."""
     low_watermark: Annotated[float, Field(gt=0, lt=1)] = 0.7
     """When a trim is needed, trim down to this fraction of the room, so the next calls append
     to an unchanged prefix (provider prompt caches stay warm)."""

@@ -92,7 +92,15 @@ class Guard:
         )
         self.stages.append(self.router_stage)
         if self.config.trimming.enabled:
-            self.stages.append(TrimStage(self.config.trimming, self.counter, self.pricer))
+            summarize = self.config.trimming.strategy == "summarize"
+            self.stages.append(
+                TrimStage(
+                    self.config.trimming,
+                    self.counter,
+                    self.pricer,
+                    summarizer=self._summarize if summarize else None,
+                )
+            )
         self.resumers: dict[str, Resumer] = {
             "replay": self._replay,
             "openclaw": OpenClawResumer(self),
@@ -297,6 +305,40 @@ class Guard:
             force_model=session.force_model if session else None,
         )
         return decision
+
+    def _summarize(self, messages: list[dict[str, Any]]) -> str:
+        """Summarise a dropped span of the conversation with the small model (a guarded call:
+        its cost counts against the session's budget)."""
+        client = self._replay_client
+        if client is None:
+            raise RuntimeError("trimming.strategy = 'summarize' needs a wrapped sync openai client")
+        model = self.config.trimming.summary_model or next(
+            iter(self.config.routing.tiers.values()), None
+        )
+        if model is None:
+            raise RuntimeError(
+                "trimming.strategy = 'summarize' needs trimming.summary_model or routing.tiers"
+            )
+        transcript = "\n".join(
+            f"[{m.get('role')}] {str(m.get('content') or '')[:4000]}"
+            + (f" (called {len(m['tool_calls'])} tools)" if m.get("tool_calls") else "")
+            for m in messages
+        )
+        response = client.chat.completions.create(
+            model=model,
+            max_tokens=400,
+            temperature=0,
+            messages=[
+                {
+                    "role": "system",
+                    "content": "Summarise this part of an agent's conversation for the agent "
+                    "itself: facts learned, files and values seen, decisions made, open "
+                    "questions. Be terse; keep names, paths and numbers exact.",
+                },
+                {"role": "user", "content": transcript[:60000]},
+            ],
+        )
+        return response.choices[0].message.content or ""
 
     def _classifier_ask(self, messages: list[dict[str, Any]]) -> str:
         from agentguard.routing import CLASSIFIER_REQUEST_OPTIONS

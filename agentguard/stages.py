@@ -141,13 +141,21 @@ class TrimStage:
 
     __slots__ = ("config", "counter", "pricer", "trimmer")
 
-    def __init__(self, config: TrimmingConfig, counter: TokenCounter, pricer: Pricer) -> None:
+    def __init__(
+        self,
+        config: TrimmingConfig,
+        counter: TokenCounter,
+        pricer: Pricer,
+        summarizer: Callable[[list[dict[str, Any]]], str] | None = None,
+    ) -> None:
         from agentguard.trimming import Trimmer
 
         self.config = config
         self.counter = counter
         self.pricer = pricer
-        self.trimmer = Trimmer(config, counter)
+        self.trimmer = Trimmer(
+            config, counter, summarizer=_guarded_ask(summarizer) if summarizer else None
+        )
 
     def _room(self, call: CallContext) -> int | None:
         limit = self.config.max_context_tokens
@@ -164,7 +172,7 @@ class TrimStage:
         return max(1, limit - output)
 
     def prepare(self, call: CallContext) -> None:
-        if not self.config.enabled or not call.messages:
+        if not self.config.enabled or not call.messages or _classifying.get():
             return
         room = self._room(call)
         if room is None:

@@ -140,3 +140,28 @@ def test_guard_route_is_pure_and_explains_itself(make_guard: Callable[..., Guard
     assert decision.reasons
     off = make_guard().route(model="gpt-4o", messages=EASY)
     assert off.model == "gpt-4o"
+
+
+def test_summarize_strategy_replaces_dropped_turns_with_a_small_model_summary(
+    sim: SimServer, make_guard: Callable[..., Guard]
+) -> None:
+    guard = make_guard(
+        routing={"tiers": TIERS},
+        trimming={"max_context_tokens": 1500, "keep_last_turns": 1, "strategy": "summarize"},
+    )
+    client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-test"))
+    messages: list[dict[str, Any]] = [{"role": "system", "content": "You are terse."}, *EASY]
+    for turn in range(6):
+        messages.append({"role": "assistant", "content": f"Noted part {turn}. " + "detail " * 150})
+        messages.append({"role": "user", "content": f"Part {turn + 1}: " + "more text " * 100})
+    with guard.session() as session:
+        client.chat.completions.create(model="gpt-4o", messages=messages, max_tokens=50)
+    bodies = [r.body for r in sim.requests if r.body]
+    summary_calls = [
+        b for b in bodies if "Summarise this part" in str(b["messages"][0].get("content"))
+    ]
+    assert len(summary_calls) == 1 and summary_calls[0]["model"] == "gpt-4o-mini"
+    main = bodies[-1]
+    assert len(main["messages"]) < len(messages)
+    assert any("Simulated answer" in str(m.get("content")) for m in main["messages"])  # the summary
+    assert session.iterations == 2  # the summary call is counted and paid for

@@ -21,11 +21,8 @@ from agentguard.parking.classify import reset_after
 from agentguard.parking.store import UnknownSession
 from agentguard.sim import GatewayKey, SimGateway, SimServer
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "limit-errors.json"
-if not FIXTURES.exists():  # a clean clone keeps shared/ beside the repository
-    FIXTURES = (
-        Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "limit-errors.json"
-    )
+# Limit errors as real gateways and providers send them (recorded or documented).
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "limit-errors.json"
 
 MESSAGES = [{"role": "user", "content": "Summarise the quarterly report in three bullet points."}]
 KEY = "sk-gateway-secret-key-0001"

@@ -54,6 +54,11 @@ AppOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
+def _print_json(value: Any) -> None:
+    # Plain JSON on stdout, whatever the terminal: no colour codes for a parser to trip on.
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
 def _fail(message: str, code: int = 1) -> typer.Exit:
     errors.print(f"[bold red]error:[/] {message}", highlight=False)
     return typer.Exit(code)
@@ -154,7 +159,7 @@ def budget_status(
             }
         )
     if as_json:
-        console.print_json(json.dumps(rows))
+        _print_json(rows)
         return
     if not rows:
         console.print("No budgets configured and no spend recorded yet.")
@@ -205,7 +210,7 @@ def parked_list(
     guard = _guard(config)
     records = guard.parked.list(state)  # type: ignore[arg-type]
     if as_json:
-        console.print_json(json.dumps([_record_json(r, messages=False) for r in records]))
+        _print_json([_record_json(r, messages=False) for r in records])
         return
     if not records:
         console.print("No parked sessions" + (f" in state {state!r}." if state else "."))
@@ -246,7 +251,7 @@ def parked_show(
     """One parked session in full."""
     record = _get(_guard(config), session_id)
     if as_json:
-        console.print_json(json.dumps(_record_json(record, messages=messages)))
+        _print_json(_record_json(record, messages=messages))
         return
     console.print(f"[bold]{record.session_id}[/]  state={record.state}  attempts={record.attempts}")
     console.print(

@@ -27,5 +27,5 @@ echo "== pytest"
 .venv/bin/python -m pytest "$@"
 if [ -d integrations/openclaw/test ] && command -v node >/dev/null 2>&1; then
     echo "== node --test (OpenClaw plugin)"
-    (cd integrations/openclaw && node --test test/)
+    (cd integrations/openclaw && node --test test/*.test.js)
 fi

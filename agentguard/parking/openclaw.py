@@ -123,8 +123,10 @@ class OpenClawResumer:
         if resume_at is None:
             resume_at = datetime.fromtimestamp(time.time() + parking.window_hours * 3600, UTC)
             source = "parking.window_hours"
+        kinds = {"rate_limit": "rate_limit", "budget_window": "budget_window"}
+        kind = kinds.get(str(ack.get("kind")), "rate_limit")
         reason = ParkReason(
-            kind="rate_limit",
+            kind=kind,  # type: ignore[arg-type]
             status=429,
             message=str(ack.get("message", ""))[:500],
             reset_source=source,

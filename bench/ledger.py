@@ -11,12 +11,13 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import tempfile
 import time
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+
+from _machine import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -71,11 +72,7 @@ def main() -> None:
         "benchmark": "ledger",
         "seconds_each": args.seconds,
         "rows": rows,
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-        },
+        "machine": machine_info(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     RESULTS.mkdir(exist_ok=True)

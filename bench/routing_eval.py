@@ -35,8 +35,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
 import sys
 import time
 from collections import Counter, defaultdict
@@ -47,6 +45,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _machine import machine_info  # noqa: E402
 
 from agentguard.config import RoutingConfig  # noqa: E402
 from agentguard.routing import (  # noqa: E402
@@ -215,17 +215,6 @@ def time_decide(steps: list[dict[str, Any]], rounds: int = 5) -> dict[str, float
         "median_us": round(samples[len(samples) // 2], 1),
         "p95_us": round(samples[int(len(samples) * 0.95)], 1),
         "max_us": round(samples[-1], 1),
-    }
-
-
-def machine_info() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or None,
-        "cpu_count": os.cpu_count(),
     }
 
 

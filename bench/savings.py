@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import random
 import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+from _machine import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FRONTIER, SMALL = "gpt-4o", "gpt-4o-mini"
@@ -235,11 +236,7 @@ def main() -> None:
         "target": "routing+trimming at least 60% cheaper than unguarded, every request valid",
         "target_met": variants[-1]["saving_vs_unguarded"] >= 0.6
         and all(v["invalid_requests"] == 0 for v in variants),
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-        },
+        "machine": machine_info(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     RESULTS.mkdir(exist_ok=True)

@@ -42,6 +42,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _machine import machine_info  # noqa: E402
+
 from agentguard.config import TrimmingConfig  # noqa: E402
 from agentguard.tokens import TokenCounter  # noqa: E402
 from agentguard.trimming import Trimmer, trim_messages, validate_messages  # noqa: E402
@@ -150,17 +152,6 @@ def summary(samples: list[float]) -> dict[str, Any]:
         "min_ms": round(min(samples), 3),
         "max_ms": round(max(samples), 3),
         "samples_ms": [round(sample, 3) for sample in samples],
-    }
-
-
-def machine_info() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or None,
-        "cpu_count": os.cpu_count(),
     }
 
 

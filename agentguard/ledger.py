@@ -17,12 +17,11 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
-from typing import Literal
+from typing import Any, Literal
 
 from agentguard.errors import BudgetExceeded
 from agentguard.store import Cursor, Store
@@ -309,18 +308,9 @@ class Ledger:
 
     # -- deferred settlements ----------------------------------------------------------------
 
-    @contextmanager
-    def _flushing(self) -> Iterator[list[tuple[Reservation, int, int]]]:
+    def _flushing(self) -> _Flushing:
         """Take the queued settlements; put them back if the transaction fails."""
-        with self._lock:
-            pending, self._pending = self._pending, []
-        try:
-            yield pending
-        except BaseException as exc:
-            if pending and not isinstance(exc, BudgetExceeded):
-                with self._lock:
-                    self._pending[:0] = pending
-            raise
+        return _Flushing(self)
 
     def _apply_settlements(
         self, connection: Cursor, settlements: list[tuple[Reservation, int, int]]
@@ -340,6 +330,8 @@ class Ledger:
                     connection.execute(_INSERT_EVENT, {"key": line.key, "at": at, "amount": actual})
 
     def _wake_flusher(self) -> None:
+        if self._wake.is_set():
+            return  # a flush is already on its way
         if self._flusher is None or not self._flusher.is_alive():
             with self._lock:
                 if self._flusher is None or not self._flusher.is_alive():
@@ -528,6 +520,31 @@ class Ledger:
                 connection.execute(_RELEASE, {"key": key, "ws": window_start, "amount": amount})
                 released += 1
         return released
+
+
+class _Flushing:
+    """The queued settlements of a ledger, taken for one transaction (a plain class: this is
+    on every call's path)."""
+
+    __slots__ = ("ledger", "pending")
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def __enter__(self) -> list[tuple[Reservation, int, int]]:
+        ledger = self.ledger
+        if ledger._pending:
+            with ledger._lock:
+                self.pending, ledger._pending = ledger._pending, []
+        else:
+            self.pending = []
+        return self.pending
+
+    def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
+        if exc_type is not None and self.pending and not isinstance(exc, BudgetExceeded):
+            ledger = self.ledger
+            with ledger._lock:
+                ledger._pending[:0] = self.pending
 
 
 def _describe_window(line: BudgetLine) -> str:

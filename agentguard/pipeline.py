@@ -56,6 +56,8 @@ class Send:
     :class:`TransportFailure`."""
 
     body: dict[str, Any]
+    modified: bool = True
+    """Whether the body differs from the caller's request (if not, it is sent as it came)."""
 
 
 @dataclass(slots=True)
@@ -430,7 +432,8 @@ class Pipeline:
         retries = 0
         while True:
             try:
-                reply = yield Send(call.body)
+                # Top-level keys are replaced, never mutated, so this compares little.
+                reply = yield Send(call.body, call.body != call.original_body)
             except TransportFailure as exc:
                 failure = Failure(exc.kind, message=str(exc.error))
                 error: BaseException = exc.error

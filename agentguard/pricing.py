@@ -137,6 +137,10 @@ class Usage:
             return None
         if isinstance(usage, Usage):
             return usage
+        if type(usage) is dict:
+            fast = _from_chat_dict(usage)
+            if fast is not None:
+                return fast
         prompt = _read(usage, "prompt_tokens")
         completion = _read(usage, "completion_tokens")
         if prompt is not None or completion is not None:
@@ -184,6 +188,34 @@ class Usage:
         if other == 0:
             return self
         return NotImplemented
+
+
+def _from_chat_dict(usage: dict[str, Any]) -> Usage | None:
+    """The common case, decoded JSON of a chat completion's usage, without the general path's
+    per-field checks (this runs on every call)."""
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens")
+    if type(prompt) is not int or type(completion) is not int or prompt < 0 or completion < 0:
+        return None
+    input_details = usage.get("prompt_tokens_details") or {}
+    output_details = usage.get("completion_tokens_details") or {}
+    if type(input_details) is not dict or type(output_details) is not dict:
+        return None
+    cached = input_details.get("cached_tokens") or 0
+    cache_write = input_details.get("cache_write_tokens") or 0
+    reasoning = output_details.get("reasoning_tokens") or 0
+    if type(cached) is not int or type(cache_write) is not int or type(reasoning) is not int:
+        return None
+    if cached < 0 or cache_write < 0 or reasoning < 0:
+        return None
+    cached = min(cached, prompt)
+    return Usage(
+        input_tokens=prompt,
+        cached_input_tokens=cached,
+        output_tokens=completion,
+        reasoning_tokens=min(reasoning, completion),
+        cache_write_tokens=min(cache_write, prompt - cached),
+    )
 
 
 def _read(source: object, name: str) -> Any:

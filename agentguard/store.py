@@ -13,7 +13,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -90,17 +90,18 @@ class Cursor:
 
     __slots__ = ("_translate", "raw")
 
-    def __init__(self, raw: Any, translate: Callable[[str], str]) -> None:
+    def __init__(self, raw: Any, translate: Callable[[str], str] | None) -> None:
         self.raw = raw
-        self._translate = translate
+        self._translate = translate or _same
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
         self.raw.execute(self._translate(sql), params or {})
         return self.raw
 
     def rowcount(self, sql: str, params: Mapping[str, Any]) -> int:
-        self.raw.execute(self._translate(sql), params)
-        return int(self.raw.rowcount)
+        raw = self.raw
+        raw.execute(self._translate(sql), params)
+        return int(raw.rowcount)
 
     def one(self, sql: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         self.raw.execute(self._translate(sql), params)
@@ -110,6 +111,10 @@ class Cursor:
     def all(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         self.raw.execute(self._translate(sql), params)
         return [tuple(row) for row in self.raw.fetchall()]
+
+
+def _same(sql: str) -> str:
+    return sql
 
 
 def _redact(url: str) -> str:
@@ -260,8 +265,7 @@ class Store:
         except SQLAlchemyError as exc:
             raise self.error("read", exc) from exc
 
-    @contextmanager
-    def cursor(self) -> Iterator[Cursor]:
+    def cursor(self) -> AbstractContextManager[Cursor]:
         """A write transaction on a raw driver connection, for the per-call hot path.
 
         SQLAlchemy's statement machinery costs more than the whole SQLite transaction; the
@@ -271,11 +275,14 @@ class Store:
         Raises:
             StoreError: the database cannot be reached or written.
         """
-        self.ensure_schema()
+        if not self._schema_ready:
+            self.ensure_schema()
         if self._sqlite_path is not None:
-            with self._sqlite_cursor() as cursor:
-                yield cursor
-            return
+            return _SQLiteTransaction(self)
+        return self._pooled_cursor()
+
+    @contextmanager
+    def _pooled_cursor(self) -> Iterator[Cursor]:
         try:
             raw = self.engine.raw_connection()
         except SQLAlchemyError as exc:
@@ -298,38 +305,24 @@ class Store:
         finally:
             raw.close()
 
-    @contextmanager
-    def _sqlite_cursor(self) -> Iterator[Cursor]:
+    def _sqlite_connection(self) -> tuple[sqlite3.Connection, Cursor]:
         # One driver connection per thread, kept open: checking one out of a pool for each
         # transaction costs as much as the transaction.
-        connection = getattr(self._local, "connection", None)
-        try:
-            if connection is None:
-                connection = sqlite3.connect(
-                    str(self._sqlite_path),
-                    timeout=self.busy_timeout_s,
-                    isolation_level=None,
-                    check_same_thread=False,
-                )
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.execute("PRAGMA synchronous=NORMAL")
-                connection.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
-                self._local.connection = connection
-                self._local.cursor = Cursor(connection.cursor(), self._translate)
-            cursor: Cursor = self._local.cursor
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                yield cursor
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if connection is not None and connection.in_transaction:
-                with suppress(sqlite3.Error):
-                    connection.execute("ROLLBACK")
-            raise self.error("write to", exc) from exc
+        local = self._local
+        connection: sqlite3.Connection | None = getattr(local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(
+                str(self._sqlite_path),
+                timeout=self.busy_timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
+            local.connection = connection
+            local.cursor = Cursor(connection.cursor(), None)
+        return connection, local.cursor
 
     def _translate(self, sql: str) -> str:
         cached = self._translated.get(sql)
@@ -359,6 +352,40 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+class _SQLiteTransaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` on the thread's connection (a plain class: a
+    generator-based context manager costs a noticeable share of a call)."""
+
+    __slots__ = ("connection", "cursor", "store")
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def __enter__(self) -> Cursor:
+        try:
+            self.connection, self.cursor = self.store._sqlite_connection()
+            self.connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise self.store.error("write to", exc) from exc
+        return self.cursor
+
+    def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
+        connection = self.connection
+        try:
+            if exc_type is None:
+                connection.execute("COMMIT")
+                return
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+        except sqlite3.Error as error:
+            if connection.in_transaction:
+                with suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+            raise self.store.error("write to", error) from error
+        if isinstance(exc, sqlite3.Error):
+            raise self.store.error("write to", exc) from exc
 
 
 _stores: dict[str, Store] = {}

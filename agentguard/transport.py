@@ -67,7 +67,7 @@ def _drive_sync(engine: Generator[Action, Any, Any], send: Any) -> Any:
         value, error = None, None
         try:
             if isinstance(action, Send):
-                value = send(action.body)
+                value = send(action.body, action.modified)
             elif isinstance(action, Sleep):
                 time.sleep(action.seconds)
             elif isinstance(action, Do):
@@ -87,7 +87,7 @@ async def _drive_async(engine: Generator[Action, Any, Any], send: Any, offload: 
         value, error = None, None
         try:
             if isinstance(action, Send):
-                value = await send(action.body)
+                value = await send(action.body, action.modified)
             elif isinstance(action, Sleep):
                 await asyncio.sleep(action.seconds)
             elif isinstance(action, Do):
@@ -240,9 +240,9 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
                 return self._send_raw(request)
             last: dict[str, Any] = {}
 
-            def send(new_body: dict[str, Any]) -> Reply:
+            def send(new_body: dict[str, Any], modified: bool) -> Reply:
                 try:
-                    response = self._send_raw(with_body(request, new_body))
+                    response = self._send_raw(with_body(request, new_body) if modified else request)
                 except Exception as exc:
                     failure = failure_of(exc)
                     if failure is None:
@@ -333,9 +333,11 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
                 return await self._send_raw(request)
             last: dict[str, Any] = {}
 
-            async def send(new_body: dict[str, Any]) -> Reply:
+            async def send(new_body: dict[str, Any], modified: bool) -> Reply:
                 try:
-                    response = await self._send_raw(with_body(request, new_body))
+                    response = await self._send_raw(
+                        with_body(request, new_body) if modified else request
+                    )
                 except Exception as exc:
                     failure = failure_of(exc)
                     if failure is None:

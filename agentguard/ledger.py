@@ -82,6 +82,9 @@ class Reservation:
     """Each line with the window start it was reserved in."""
     amount_nusd: int
     created_ms: int
+    held: bool = True
+    """Whether the amount was set aside in the store. Lines without a limit need no hold:
+    their spend is only recorded, at settlement."""
 
     @property
     def amount_usd(self) -> Decimal:
@@ -223,6 +226,11 @@ class Ledger:
         now = _now_ms() if now_ms is None else now_ms
         amount = to_nusd(amount_usd)
         reservation_id = secrets.token_hex(12)
+        if all(line.limit_usd is None for line in lines):
+            # Nothing to protect: no transaction before the call, the spend is recorded when
+            # the settlement is written.
+            placed_lines = tuple((line, line.window_start_ms(now)) for line in lines)
+            return Reservation(reservation_id, placed_lines, amount, now, held=False)
         placed: list[tuple[BudgetLine, int]] = []
         created: list[tuple[str, int]] = []
         refused: BudgetExceeded | None = None
@@ -296,6 +304,8 @@ class Ledger:
 
     def release(self, reservation: Reservation) -> None:
         """Give the reservation back without spending anything (the call failed)."""
+        if not reservation.held:
+            return
         with self._flushing() as pending, self.store.cursor() as connection:
             self._apply_settlements(connection, pending)
             for line, window_start in reservation.lines:
@@ -317,8 +327,12 @@ class Ledger:
     ) -> None:
         for reservation, actual, at in settlements:
             for line, window_start in reservation.lines:
-                params = {"id": reservation.id, "key": line.key}
-                held = connection.rowcount(_DELETE_RESERVATION, params) == 1
+                if not reservation.held:
+                    connection.execute(_ENSURE_ROW, {"key": line.key, "ws": window_start})
+                    held = False
+                else:
+                    params = {"id": reservation.id, "key": line.key}
+                    held = connection.rowcount(_DELETE_RESERVATION, params) == 1
                 values = {
                     "key": line.key,
                     "ws": window_start,

@@ -93,13 +93,13 @@ def test_larger_than_the_whole_limit_never_fits(ledger: Ledger) -> None:
     assert "cannot fit even an empty window" in str(caught.value)
 
 
-def test_release_and_unlimited_lines(ledger: Ledger) -> None:
-    line = BudgetLine("free", None)
+def test_release_gives_the_hold_back(ledger: Ledger) -> None:
+    line = BudgetLine("capped", Decimal("10"), timedelta(days=1))
     reservation = ledger.reserve([line], Decimal("5"))
     assert ledger.status(line).reserved_usd == 5
     ledger.release(reservation)
     status = ledger.status(line)
-    assert (status.reserved_usd, status.spent_usd, status.remaining_usd) == (0, 0, None)
+    assert (status.reserved_usd, status.spent_usd, status.remaining_usd) == (0, 0, 10)
 
 
 def test_expired_reservations_are_released(tmp_path: Path) -> None:
@@ -171,3 +171,14 @@ def test_a_refused_reservation_does_not_poison_the_next(ledger: Ledger) -> None:
         ledger.reserve([line], Decimal("0.01"))  # creates the window row, then rolls it back
     ledger.reserve([line], Decimal("0.001"))  # the row must be created again, not assumed
     assert ledger.status(line).reserved_usd == Decimal("0.001")
+
+
+def test_unlimited_lines_record_spend_without_holding(ledger: Ledger) -> None:
+    line = BudgetLine("free", None, timedelta(days=1))
+    reservation = ledger.reserve([line], Decimal("3"))
+    assert not reservation.held
+    assert ledger.status(line).reserved_usd == 0
+    ledger.settle(reservation, Decimal("0.25"), defer=True)
+    ledger.release(reservation)  # nothing was held: nothing to give back
+    status = ledger.status(line)
+    assert (status.spent_usd, status.calls, status.reserved_usd) == (Decimal("0.25"), 1, 0)

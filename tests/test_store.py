@@ -173,7 +173,7 @@ def test_a_read_only_database_is_a_clear_error(tmp_path: Path) -> None:
     Ledger(Store(f"sqlite:///{path}")).status(BudgetLine("k", None))  # create it
     read_only = Ledger(Store(f"sqlite:///file:{path}?mode=ro&uri=true"))
     with pytest.raises(StoreError, match="read-only"):
-        read_only.reserve([BudgetLine("k", None)], Decimal("0.01"))
+        read_only.reserve([BudgetLine("k", Decimal("1"), timedelta(days=1))], Decimal("0.01"))
 
 
 def test_unreachable_database_is_a_clear_error() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from contextvars import ContextVar
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -81,6 +82,10 @@ class Guard:
             max_retry_after_s=limits.max_retry_after_s,
         )
         self.default_budget_key = "default"
+        self.current_session_var: ContextVar[Session | None] = ContextVar(
+            f"agentguard_session_{id(self)}", default=None
+        )
+        """The session of this guard bound in the current context."""
         self.observers: list[Callable[[CallContext], None]] = []
         """Called with each settled call's context (the demo prints from it)."""
         self.stages: list[CallStage] = []

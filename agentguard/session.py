@@ -98,7 +98,7 @@ class Session:
         self.metadata: dict[str, Any] = {}
         """Free-form, JSON-serialisable data that integrations keep with a parked session."""
         self.lock = threading.RLock()
-        self._tokens: list[Token[Session | None]] = []
+        self._tokens: list[tuple[Token[Session | None], Token[Session | None]]] = []
         self._budget_lines: tuple[BudgetLine, ...] | None = None
 
     # -- what callers read -------------------------------------------------------------------
@@ -166,7 +166,9 @@ class Session:
     # -- binding -----------------------------------------------------------------------------
 
     def __enter__(self) -> Session:
-        self._tokens.append(_current.set(self))
+        # Bound twice: as "the current session" and as this guard's current session, so calls
+        # through another guard's clients inside the block are not charged to this one.
+        self._tokens.append((_current.set(self), self.guard.current_session_var.set(self)))
         return self
 
     def __exit__(
@@ -176,7 +178,9 @@ class Session:
         traceback: TracebackType | None,
     ) -> None:
         if self._tokens:
-            _current.reset(self._tokens.pop())
+            current, own = self._tokens.pop()
+            self.guard.current_session_var.reset(own)
+            _current.reset(current)
 
     async def __aenter__(self) -> Session:
         return self.__enter__()

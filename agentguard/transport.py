@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentguard.log import logger
 from agentguard.pipeline import Action, Do, Outcome, Reply, Send, Sleep, TransportFailure
-from agentguard.session import Session, current_session
+from agentguard.session import Session
 
 if TYPE_CHECKING:
     from agentguard.guard import Guard
@@ -47,12 +47,11 @@ def _response_headers(headers: Any, extra: dict[str, str]) -> list[tuple[str, st
 
 
 def _session_for(guard: Guard) -> Session:
-    session = current_session()
-    if session is not None and session.guard is guard:
-        return session
+    session = guard.current_session_var.get()
     if session is not None:
-        # A session of another guard: calls through this guard still count against it.
         return session
+    # No session of this guard is bound: the call is a session of its own (budgets apply;
+    # per-session limits need a session around the agent's calls).
     return guard.session(budget_key=guard.default_budget_key)
 
 

@@ -71,14 +71,25 @@ def main() -> None:
     from agentguard.config import GuardConfig
     from agentguard.guard import Guard
 
-    config = GuardConfig.from_mapping(
-        {
-            "budgets": [{"key": "default", "limit_usd": 1_000_000, "window": "1d"}],
-            "limits": {"max_iterations": None},
-        },
-        env={},
+    guard = Guard(
+        GuardConfig.from_mapping(
+            {
+                "budgets": [{"key": "default", "limit_usd": 1_000_000, "window": "1d"}],
+                "limits": {"max_iterations": None},
+            },
+            env={},
+        )
     )
-    guard = Guard(config)
+    # The same guard with no budget configured: spend is only recorded (at settlement).
+    unbudgeted = Guard(
+        GuardConfig.from_mapping(
+            {
+                "store": {"url": f"sqlite:///{home}/unbudgeted.db"},
+                "limits": {"max_iterations": None},
+            },
+            env={},
+        )
+    )
     messages = [
         {"role": "system", "content": "You are a helpful assistant."},
         {"role": "user", "content": "Say hello in one short sentence."},
@@ -96,15 +107,21 @@ def main() -> None:
     try:
         raw = openai.OpenAI(base_url=base_url, api_key="sk-bench", max_retries=0)
         wrapped = guard.wrap(openai.OpenAI(base_url=base_url, api_key="sk-bench", max_retries=0))
-        timings: dict[str, list[float]] = {"raw": [], "guarded": []}
-        with guard.session("bench", budget_key="default"):
-            for _ in range(200):  # warm up both paths (connections, caches, price lookups)
-                raw.chat.completions.create(model="gpt-4o-mini", messages=messages, max_tokens=16)
-                wrapped.chat.completions.create(
-                    model="gpt-4o-mini", messages=messages, max_tokens=16
-                )
+        recorded = unbudgeted.wrap(
+            openai.OpenAI(base_url=base_url, api_key="sk-bench", max_retries=0)
+        )
+        clients = (("raw", raw), ("guarded", wrapped), ("guarded_no_budget", recorded))
+        timings: dict[str, list[float]] = {name: [] for name, _ in clients}
+        # Each guard in a session of its own (a session of one guard would carry its budget
+        # into the other's calls).
+        with guard.session("bench", budget_key="default"), unbudgeted.session("bench-free"):
+            for _ in range(200):  # warm up every path (connections, caches, price lookups)
+                for _name, client in clients:
+                    client.chat.completions.create(
+                        model="gpt-4o-mini", messages=messages, max_tokens=16
+                    )
             for _ in range(args.calls):
-                for name, client in (("raw", raw), ("guarded", wrapped)):
+                for name, client in clients:
                     started = time.perf_counter()
                     client.chat.completions.create(
                         model="gpt-4o-mini", messages=messages, max_tokens=16
@@ -131,7 +148,11 @@ def main() -> None:
         "budget": "on (one key, 1-day fixed window)",
         "raw": summary["raw"],
         "guarded": summary["guarded"],
+        "guarded_no_budget": summary["guarded_no_budget"],
         "median_ratio": round(ratio, 4),
+        "median_ratio_no_budget": round(
+            summary["guarded_no_budget"]["median_ms"] / summary["raw"]["median_ms"], 4
+        ),
         "median_overhead_ms": round(
             summary["guarded"]["median_ms"] - summary["raw"]["median_ms"], 4
         ),

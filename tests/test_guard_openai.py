@@ -501,3 +501,20 @@ def test_async_http_client_works_across_event_loops(
 
     assert asyncio.run(one()) and asyncio.run(one())
     assert chat_attempts(sim) == 2
+
+
+def test_a_session_of_one_guard_is_not_charged_by_another(
+    sim: SimServer, make_guard: Callable[..., Guard], tmp_path: Path
+) -> None:
+    from agentguard.config import GuardConfig
+
+    first = make_guard()
+    second = Guard(
+        GuardConfig.from_mapping({"store": {"url": f"sqlite:///{tmp_path / 'other.db'}"}})
+    )
+    client_one, client_two = client_for(first, sim), client_for(second, sim)
+    with first.session("one") as one, second.session("two") as two:
+        client_one.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        client_two.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        client_two.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert (one.iterations, two.iterations) == (1, 2)

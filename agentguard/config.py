@@ -80,6 +80,12 @@ class StoreConfig(_Section):
     ``postgresql+psycopg://user@host/db`` when several machines share budgets."""
     reservation_ttl_s: PositiveFloat = 600.0
     """A reservation not settled within this many seconds (its process died) is released."""
+    lease_fraction: Annotated[float, Field(ge=0, le=0.5)] = 0.05
+    """Each process takes this share of a budget's limit from the store at a time and
+    reserves its calls from it in memory: one store write per slice instead of per call.
+    Never overspends (the store holds the slice); a process's unused slice is given back after
+    ``lease_idle_s``, at exit, or when it expires. 0: a store write before every call."""
+    lease_idle_s: PositiveFloat = 1.0
     busy_timeout_s: PositiveFloat = 30.0
     """How long SQLite waits for another process's write lock before giving up."""
 

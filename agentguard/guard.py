@@ -70,7 +70,12 @@ class Guard:
         self.store: Store = open_store(
             self.config.store.resolved_url(), busy_timeout_s=self.config.store.busy_timeout_s
         )
-        self.ledger = Ledger(self.store, reservation_ttl_s=self.config.store.reservation_ttl_s)
+        self.ledger = Ledger(
+            self.store,
+            reservation_ttl_s=self.config.store.reservation_ttl_s,
+            lease_fraction=self.config.store.lease_fraction,
+            lease_idle_s=self.config.store.lease_idle_s,
+        )
         self.counter = counter or default_counter()
         self.pricer = pricer or Pricer(self.config.pricing)
         self.limits = Limits.from_config(self.config.limits)
@@ -403,6 +408,11 @@ class Guard:
     def _on_exhausted(self, key: str) -> str:
         budget = self.config.budget(key)
         return budget.on_exhausted if budget is not None else "raise"
+
+    def close(self) -> None:
+        """Write pending settlements and give this process's budget leases back (also done at
+        interpreter exit; call it in processes that end with ``os._exit``, like pool workers)."""
+        self.ledger.close()
 
     def spent_usd(self, key: str) -> Decimal:
         return self.budget_status(key).spent_usd

@@ -73,6 +73,24 @@ class BudgetLine:
         return now_ms - now_ms % length
 
 
+@dataclass(slots=True, eq=False)
+class _Lease:
+    """A slice of one budget window that this process holds in the store (one reservation
+    row), from which its calls reserve in memory.
+
+    ``held`` is what the store holds for it; ``available`` is the part not promised to calls in
+    flight nor spent by settlements still to be written.
+    """
+
+    id: str
+    line: BudgetLine
+    window_start: int
+    held: int = 0
+    available: int = 0
+    expires_ms: int = 0
+    last_used_ms: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Reservation:
     """Money set aside for one call until it is settled."""
@@ -85,6 +103,8 @@ class Reservation:
     held: bool = True
     """Whether the amount was set aside in the store. Lines without a limit need no hold:
     their spend is only recorded, at settlement."""
+    leases: tuple[_Lease, ...] = ()
+    """For a reservation taken from this process's leases: the leases it drew on."""
 
     @property
     def amount_usd(self) -> Decimal:
@@ -153,6 +173,10 @@ _INSERT_RESERVATION = (
     " (id, key, window_start_ms, amount_nusd, expires_at_ms, session_id)"
     " VALUES (:id, :key, :ws, :amount, :expires, :session_id)"
 )
+_GROW_LEASE = (
+    "UPDATE agentguard_reservations SET amount_nusd = amount_nusd + :amount,"
+    " expires_at_ms = :expires WHERE id = :id AND key = :key"
+)
 _DELETE_RESERVATION = "DELETE FROM agentguard_reservations WHERE id = :id AND key = :key"
 _SETTLE_HELD = (
     "UPDATE agentguard_budget_windows SET reserved_nusd = reserved_nusd - :reserved,"
@@ -188,10 +212,20 @@ class Ledger:
         reservation_ttl_s: a reservation not settled within this time is released (its
             process died mid-call).
         flush_interval_s: the longest a deferred settlement waits to be written.
+        lease_fraction: with ``reserve(..., lease=True)``, the share of a budget's limit this
+            process takes from the store at once and reserves its calls from in memory (one
+            write transaction per slice instead of per call); 0 turns leasing off.
+        lease_idle_s: a lease unused this long is given back to the store.
     """
 
     def __init__(
-        self, store: Store, *, reservation_ttl_s: float = 600.0, flush_interval_s: float = 0.2
+        self,
+        store: Store,
+        *,
+        reservation_ttl_s: float = 600.0,
+        flush_interval_s: float = 0.2,
+        lease_fraction: float = 0.0,
+        lease_idle_s: float = 1.0,
     ) -> None:
         self.store = store
         self.reservation_ttl_ms = int(reservation_ttl_s * 1000)
@@ -200,6 +234,11 @@ class Ledger:
         self._sweep_every_ms = max(1000, min(30_000, self.reservation_ttl_ms // 10))
         self._lock = threading.Lock()
         self.flush_interval_s = flush_interval_s
+        self.lease_fraction = lease_fraction
+        self.lease_idle_ms = int(lease_idle_s * 1000)
+        self._leases: dict[tuple[str, int], _Lease] = {}
+        self._lease_lock = threading.RLock()
+        self._held_lock = threading.Lock()
         self._pending: list[tuple[Reservation, int, int]] = []
         self._wake = threading.Event()
         self._flusher: threading.Thread | None = None
@@ -213,11 +252,14 @@ class Ledger:
         *,
         session_id: str | None = None,
         now_ms: int | None = None,
+        lease: bool = False,
     ) -> Reservation:
         """Set ``amount_usd`` aside on every line, or on none.
 
         Settlements deferred by this process are written in the same transaction first, so
-        a loop of calls costs one transaction per call.
+        a loop of calls costs one transaction per call. With ``lease`` (and a
+        ``lease_fraction``), the amount comes from this process's leases of the budgets, and the
+        store is written only when a lease must grow.
 
         Raises:
             BudgetExceeded: some line has no room for the amount in its current window.
@@ -226,6 +268,8 @@ class Ledger:
         now = _now_ms() if now_ms is None else now_ms
         amount = to_nusd(amount_usd)
         reservation_id = secrets.token_hex(12)
+        if lease and self.lease_fraction > 0 and any(line.limit_usd is not None for line in lines):
+            return self._reserve_leased(lines, amount, reservation_id, now, session_id)
         if all(line.limit_usd is None for line in lines):
             # Nothing to protect: no transaction before the call, the spend is recorded when
             # the settlement is written.
@@ -287,6 +331,12 @@ class Ledger:
         """
         now = _now_ms() if now_ms is None else now_ms
         settlement = (reservation, to_nusd(actual_usd), now)
+        if reservation.leases:
+            with self._lease_lock:
+                for held in reservation.leases:
+                    # The unused part of the worst case goes back to the lease at once; the
+                    # spend stays held until the settlement is written.
+                    held.available += reservation.amount_nusd - settlement[1]
         if defer:
             with self._lock:
                 self._pending.append(settlement)
@@ -304,6 +354,11 @@ class Ledger:
 
     def release(self, reservation: Reservation) -> None:
         """Give the reservation back without spending anything (the call failed)."""
+        if reservation.leases:
+            with self._lease_lock:
+                for held in reservation.leases:
+                    held.available += reservation.amount_nusd
+            return
         if not reservation.held:
             return
         with self._flushing() as pending, self.store.cursor() as connection:
@@ -316,6 +371,186 @@ class Ledger:
                         {"key": line.key, "ws": window_start, "amount": reservation.amount_nusd},
                     )
 
+    # -- leases ------------------------------------------------------------------------------
+
+    def _reserve_leased(
+        self,
+        lines: tuple[BudgetLine, ...] | list[BudgetLine],
+        amount: int,
+        reservation_id: str,
+        now: int,
+        session_id: str | None,
+    ) -> Reservation:
+        placed = tuple((line, line.window_start_ms(now)) for line in lines)
+        limited = [(line, start) for line, start in placed if line.limit_usd is not None]
+        # Refresh a lease well before its row could expire: a swept lease must never be used.
+        fresh_until = now + self.reservation_ttl_ms // 2
+        with self._lease_lock:
+            short = [
+                (line, start)
+                for line, start in limited
+                if (lease := self._leases.get((line.key, start))) is None
+                or lease.available < amount
+                or lease.expires_ms < fresh_until
+            ]
+            if short:
+                self._grow_leases(short, amount, now, session_id)
+            taken = []
+            for line, start in limited:
+                lease = self._leases[(line.key, start)]
+                lease.available -= amount
+                lease.last_used_ms = now
+                taken.append(lease)
+        self._wake_flusher()  # it gives idle leases back
+        return Reservation(reservation_id, placed, amount, now, leases=tuple(taken))
+
+    def _grow_leases(
+        self,
+        short: list[tuple[BudgetLine, int]],
+        amount: int,
+        now: int,
+        session_id: str | None,
+    ) -> None:
+        """Grow (or take) the leases of ``short`` lines so each has ``amount`` available, in
+        one transaction; all or none."""
+        expires = now + self.reservation_ttl_ms
+        grown: list[tuple[_Lease, int, bool]] = []
+        created: list[tuple[str, int]] = []
+        refused: BudgetExceeded | None = None
+        with self._flushing() as pending, self.store.cursor() as connection:
+            self._apply_settlements(connection, pending)
+            self._maybe_sweep(connection, now)
+            for line, start in short:
+                lease = self._leases.get((line.key, start))
+                new = lease is None
+                if lease is None:
+                    lease = _Lease("lease-" + secrets.token_hex(10), line, start)
+                need = max(0, amount - lease.available)
+                limit = to_nusd(line.limit_usd or Decimal(0))
+                slice_size = max(need, int(limit * self.lease_fraction))
+                self._ensure_row(connection, line.key, start, created)
+                got = None
+                for size in dict.fromkeys((slice_size, need)):
+                    if size == 0 or self._reserve_line(connection, line, start, size, now):
+                        got = size
+                        break
+                if got is None:
+                    refused = self._exceeded(connection, line, start, need, now, session_id)
+                    for done, size, was_new in grown:  # all or none
+                        connection.execute(
+                            _RELEASE,
+                            {"key": done.line.key, "ws": done.window_start, "amount": size},
+                        )
+                        if was_new:
+                            connection.execute(
+                                _DELETE_RESERVATION, {"id": done.id, "key": done.line.key}
+                            )
+                        else:
+                            connection.execute(
+                                _GROW_LEASE,
+                                {
+                                    "id": done.id,
+                                    "key": done.line.key,
+                                    "amount": -size,
+                                    "expires": done.expires_ms,
+                                },
+                            )
+                    grown = []
+                    break
+                if (
+                    new
+                    or connection.rowcount(
+                        _GROW_LEASE,
+                        {"id": lease.id, "key": line.key, "amount": got, "expires": expires},
+                    )
+                    == 0
+                ):
+                    if not new:
+                        # The row was swept (this process stalled past its time to live): what
+                        # it held was released, so start the lease again from nothing.
+                        lease.held = lease.available = 0
+                        new = True
+                    connection.execute(
+                        _INSERT_RESERVATION,
+                        {
+                            "id": lease.id,
+                            "key": line.key,
+                            "ws": start,
+                            "amount": got,
+                            "expires": expires,
+                            "session_id": session_id,
+                        },
+                    )
+                grown.append((lease, got, new))
+        self._remember_rows(created)
+        if refused is not None:
+            raise refused
+        for lease, got, _new in grown:
+            with self._held_lock:
+                lease.held += got
+            lease.available += got
+            lease.expires_ms = expires
+            self._leases[(lease.line.key, lease.window_start)] = lease
+
+    def _tend_leases(self, *, everything: bool = False, now_ms: int | None = None) -> None:
+        """Give back what idle leases (and leases of windows that have passed) hold unused,
+        and keep the rest of them from expiring."""
+        now = _now_ms() if now_ms is None else now_ms
+        with self._lease_lock:
+            if not self._leases:
+                return
+            with self.store.cursor() as connection:
+                for key, lease in list(self._leases.items()):
+                    idle = everything or now - lease.last_used_ms >= self.lease_idle_ms
+                    passed = lease.line.window_start_ms(now) != lease.window_start
+                    if idle or passed:
+                        give_back = max(0, lease.available)
+                        if give_back:
+                            connection.execute(
+                                _RELEASE,
+                                {
+                                    "key": lease.line.key,
+                                    "ws": lease.window_start,
+                                    "amount": give_back,
+                                },
+                            )
+                            with self._held_lock:
+                                lease.held -= give_back
+                            lease.available -= give_back
+                        with self._held_lock:
+                            empty = lease.held <= 0
+                        if empty:
+                            connection.execute(
+                                _DELETE_RESERVATION, {"id": lease.id, "key": lease.line.key}
+                            )
+                            del self._leases[key]
+                            continue
+                        connection.execute(
+                            _GROW_LEASE,
+                            {
+                                "id": lease.id,
+                                "key": lease.line.key,
+                                "amount": -give_back,
+                                "expires": now + self.reservation_ttl_ms,
+                            },
+                        )
+                    else:
+                        connection.execute(
+                            _GROW_LEASE,
+                            {
+                                "id": lease.id,
+                                "key": lease.line.key,
+                                "amount": 0,
+                                "expires": now + self.reservation_ttl_ms,
+                            },
+                        )
+                    lease.expires_ms = now + self.reservation_ttl_ms
+
+    def close(self) -> None:
+        """Write deferred settlements and give every lease back (at exit, or when done)."""
+        self.flush()
+        self._tend_leases(everything=True)
+
     # -- deferred settlements ----------------------------------------------------------------
 
     def _flushing(self) -> _Flushing:
@@ -326,7 +561,32 @@ class Ledger:
         self, connection: Cursor, settlements: list[tuple[Reservation, int, int]]
     ) -> None:
         for reservation, actual, at in settlements:
+            leased = {(held.line.key, held.window_start): held for held in reservation.leases}
             for line, window_start in reservation.lines:
+                held_lease = leased.get((line.key, window_start))
+                if held_lease is not None:
+                    connection.execute(
+                        _SETTLE_HELD,
+                        {"key": line.key, "ws": window_start, "reserved": actual, "actual": actual},
+                    )
+                    connection.execute(
+                        _GROW_LEASE,
+                        {
+                            "id": held_lease.id,
+                            "key": line.key,
+                            "amount": -actual,
+                            "expires": held_lease.expires_ms,
+                        },
+                    )
+                    # A lock that is never held across store I/O: the flusher writes these in
+                    # its own transaction while a caller may hold the lease lock waiting on it.
+                    with self._held_lock:
+                        held_lease.held -= actual
+                    if line.mode == "rolling" and line.window is not None and actual:
+                        connection.execute(
+                            _INSERT_EVENT, {"key": line.key, "at": at, "amount": actual}
+                        )
+                    continue
                 if not reservation.held:
                     connection.execute(_ENSURE_ROW, {"key": line.key, "ws": window_start})
                     held = False
@@ -357,12 +617,15 @@ class Ledger:
 
     def _flush_loop(self) -> None:
         while True:
-            self._wake.wait()
-            # Coalesce: a busy agent's next reservation usually writes the settlement first.
-            time.sleep(self.flush_interval_s)
-            self._wake.clear()
+            woken = self._wake.wait(timeout=self.lease_idle_ms / 1000 if self._leases else None)
+            if woken:
+                # Coalesce: a busy agent's next reservation usually writes the settlement first.
+                time.sleep(self.flush_interval_s)
+                self._wake.clear()
             try:
                 self.flush()
+                if self._leases:
+                    self._tend_leases()
             except Exception as exc:  # retried at the next wake; never kills the thread
                 from agentguard.log import logger
 
@@ -371,13 +634,16 @@ class Ledger:
     def _after_fork(self) -> None:
         # The parent's queue and flusher stay with the parent.
         self._pending = []
+        self._leases = {}
+        self._lease_lock = threading.RLock()
+        self._held_lock = threading.Lock()
         self._flusher = None
         self._wake = threading.Event()
         self._lock = threading.Lock()
 
     def _flush_at_exit(self) -> None:
         with suppress(Exception):
-            self.flush()
+            self.close()
 
     def status(self, line: BudgetLine, *, now_ms: int | None = None) -> BudgetStatus:
         """Spend, reservations and reset time of ``line``'s current window."""

@@ -531,7 +531,9 @@ class Pipeline:
         lines = session.budget_lines()
         try:
             call.reservation = yield Do(
-                lambda: self.ledger.reserve(lines, call.worst_case_usd, session_id=session.id)
+                lambda: self.ledger.reserve(
+                    lines, call.worst_case_usd, session_id=session.id, lease=True
+                )
             )
         except BudgetExceeded as exc:
             policy = self.budget_policy(exc.key)
@@ -546,6 +548,7 @@ class Pipeline:
                                 lines,
                                 call.worst_case_usd,
                                 session_id=session.id,
+                                lease=True,
                             )
                         )
                     except BudgetExceeded:

@@ -329,6 +329,9 @@ def test_budget_exceeded_before_sending(sim: SimServer, make_guard: Callable[...
         assert caught.value.key == "tiny" and caught.value.resets_at is not None
         assert session.spent_usd <= Decimal("0.0003")
     status = guard.budget_status("tiny")
+    assert status.spent_usd + status.reserved_usd <= Decimal("0.0003")
+    guard.close()  # the process gives back what it leased of the budget
+    status = guard.budget_status("tiny")
     assert status.spent_usd <= Decimal("0.0003") and status.reserved_usd == 0
     assert chat_attempts(sim) == session.iterations
 

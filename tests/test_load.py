@@ -57,7 +57,7 @@ def agent(store_url: str, base_url: str, calls: int, worker: int) -> dict[str, A
             except BudgetExceeded:
                 refused += 1
         spent = str(session.spent_usd)
-    guard.ledger.flush()
+    guard.close()  # pool workers end with os._exit: give the budget lease back explicitly
     return {"done": done, "refused": refused, "spent": spent}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -180,3 +181,68 @@ def test_unreachable_database_is_a_clear_error() -> None:
     store = Store("postgresql+psycopg://nobody@127.0.0.1:1/nothing")
     with pytest.raises(StoreError, match=r"127\.0\.0\.1"):
         Ledger(store).status(BudgetLine("k", None))
+
+
+def test_leases_reserve_calls_in_memory_and_never_overspend(store_url: str) -> None:
+    line = BudgetLine("leased", Decimal("1"), timedelta(days=1))
+    first = Ledger(Store(store_url), lease_fraction=0.25, lease_idle_s=60)
+    second = Ledger(Store(store_url), lease_fraction=0.25, lease_idle_s=60)
+    reservation = first.reserve([line], Decimal("0.01"), lease=True)
+    assert first.status(line).reserved_usd == Decimal("0.25")  # one slice held in the store
+    for _ in range(10):  # from memory: the store is not written
+        first.settle(
+            first.reserve([line], Decimal("0.01"), lease=True), Decimal("0.005"), defer=True
+        )
+    first.settle(reservation, Decimal("0.005"))
+    status = first.status(line)
+    assert status.spent_usd == Decimal("0.055") and status.calls == 11
+    assert status.spent_usd + status.reserved_usd == Decimal("0.25")
+    # the other process gets what is left, never more
+    taken = [second.reserve([line], Decimal("0.2"), lease=True) for _ in range(3)]
+    with pytest.raises(BudgetExceeded):
+        second.reserve([line], Decimal("0.2"), lease=True)
+    status = first.status(line)
+    assert status.spent_usd + status.reserved_usd <= Decimal("1")
+    for held in taken:
+        second.release(held)
+    first.close()
+    second.close()
+    status = first.status(line)
+    assert status.reserved_usd == 0 and status.spent_usd == Decimal("0.055")
+
+
+def test_an_idle_lease_is_given_back(store_url: str) -> None:
+    line = BudgetLine("idle", Decimal("1"), timedelta(days=1))
+    ledger = Ledger(Store(store_url), lease_fraction=0.5, lease_idle_s=0.2, flush_interval_s=0.05)
+    ledger.settle(ledger.reserve([line], Decimal("0.01"), lease=True), Decimal("0.01"), defer=True)
+    deadline = time.monotonic() + 5
+    while ledger.status(line).reserved_usd and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status = ledger.status(line)
+    assert (status.reserved_usd, status.spent_usd) == (0, Decimal("0.01"))
+
+
+def _hammer_leased(url: str, rounds: int) -> int:
+    ledger = Ledger(Store(url), lease_fraction=0.1)
+    line = BudgetLine("shared-leased", Decimal("3"), timedelta(days=1))
+    done = 0
+    for _ in range(rounds):
+        try:
+            reservation = ledger.reserve([line], Decimal("0.07"), lease=True)
+        except BudgetExceeded:
+            continue
+        ledger.settle(reservation, Decimal("0.07"), defer=True)
+        done += 1
+    ledger.close()
+    return done
+
+
+def test_leased_processes_never_overspend(store_url: str) -> None:
+    line = BudgetLine("shared-leased", Decimal("3"), timedelta(days=1))
+    Ledger(Store(store_url)).status(line)
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        counts = pool.starmap(_hammer_leased, [(store_url, 20)] * 4)
+    status = Ledger(Store(store_url)).status(line)
+    assert status.spent_usd <= Decimal("3") and status.reserved_usd == 0
+    assert status.spent_usd == Decimal("0.07") * sum(counts)
+    assert sum(counts) >= 36  # leases may strand a little near the limit, never overspend

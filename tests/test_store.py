@@ -5,6 +5,7 @@ required, never skipped)."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -246,3 +247,43 @@ def test_leased_processes_never_overspend(store_url: str) -> None:
     assert status.spent_usd <= Decimal("3") and status.reserved_usd == 0
     assert status.spent_usd == Decimal("0.07") * sum(counts)
     assert sum(counts) >= 36  # leases may strand a little near the limit, never overspend
+
+
+def test_a_full_disk_is_a_clear_store_error(tmp_path: Path) -> None:
+    import subprocess
+
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the full-disk test (mount failed: {mounted.stderr.strip()})")
+        pytest.skip(f"cannot mount a small filesystem here: {mounted.stderr.strip()}")
+    try:
+        store = Store(f"sqlite:///{mount_point / 'store.db'}")
+        ledger = Ledger(store)
+        ledger.status(BudgetLine("k", None))  # the schema fits
+        with (mount_point / "filler").open("wb") as filler:
+            try:
+                while True:
+                    filler.write(b"\0" * 16384)
+                    filler.flush()
+            except OSError:
+                pass  # the disk is full now
+        parked = ParkedStore(store)
+        with pytest.raises(StoreError, match="disk is full"):
+            for n in range(200):
+                parked.put(record(f"full-{n}", datetime.now(UTC)))
+                ledger.reserve(
+                    [BudgetLine(f"key-{n}", Decimal("1"), timedelta(days=1))], Decimal("0.01")
+                )
+    finally:
+        from agentguard.store import _stores
+
+        for key in [k for k in _stores if "small-disk" in k]:
+            _stores.pop(key).dispose()
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)

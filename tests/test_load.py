@@ -65,7 +65,7 @@ def test_sixteen_processes_on_one_budget_never_overspend(store_url: str) -> None
     Ledger(Store(store_url)).status(BudgetLine("shared", LIMIT, timedelta(days=1)))
     with SimServer(record_requests=True) as sim:
         with multiprocessing.get_context("spawn").Pool(16) as pool:
-            results = pool.starmap(agent, [(store_url, sim.base_url, 20, w) for w in range(16)])
+            results = pool.starmap(agent, [(store_url, sim.base_url, 200, w) for w in range(16)])
         sent = sum(1 for r in sim.requests if r.path.endswith("/chat/completions"))
     status = Ledger(Store(store_url)).status(BudgetLine("shared", LIMIT, timedelta(days=1)))
     done = sum(r["done"] for r in results)
@@ -146,7 +146,7 @@ def test_three_daemons_resume_every_session_one_killed_mid_resume(
         APP.format(store=store_url, parked=str(tmp_path / "parked"), log=str(log))
     )
     guard = guard_for(store_url)
-    sessions = 60
+    sessions = 100
     for n in range(sessions):
         record = ParkedSession(
             session_id=f"park-{n}",
@@ -210,5 +210,5 @@ def test_three_daemons_resume_every_session_one_killed_mid_resume(
     # was never marked resumed); nothing else runs twice.
     for session in repeated:
         assert any(pid == killed for s, pid in lines if s == session), session
-    assert len(repeated) <= 4
+    assert len(repeated) <= 4  # at most one per worker of the killed daemon
     json.dumps(per_session)

@@ -4,6 +4,7 @@ resumes at the window reset, survives restarts, never resumes a session twice.""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -198,7 +199,8 @@ def test_sigkill_while_parking_leaves_whole_records_or_none(tmp_path: Path) -> N
     with SimServer() as sim:
         sim.rate_limit_next(10_000, retry_after=3600)
         store = f"sqlite:///{tmp_path / 'store.db'}"
-        for round_number in range(5):
+        rng = random.Random(7)
+        for _round in range(50):
             process = subprocess.Popen(
                 [sys.executable, "-c", PARKER_SCRIPT, store, sim.base_url, "400"],
                 stdout=subprocess.PIPE,
@@ -206,7 +208,7 @@ def test_sigkill_while_parking_leaves_whole_records_or_none(tmp_path: Path) -> N
             )
             assert process.stdout is not None
             process.stdout.readline()  # it is parking now
-            time.sleep(0.05 * (round_number + 1))
+            time.sleep(rng.uniform(0.0, 0.15))  # a random point of the parking loop
             process.send_signal(signal.SIGKILL)
             process.wait()
             guard = new_guard(tmp_path)  # the store opens cleanly

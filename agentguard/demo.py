@@ -33,7 +33,7 @@ def _agent_loop(
 
     for _ in range(max_steps):
         response = client.chat.completions.create(
-            model=model, messages=messages, tools=tools, max_tokens=800
+            model=model, messages=messages, tools=tools, max_tokens=300
         )
         message = response.choices[0].message
         messages.append(message.model_dump(exclude_none=True))
@@ -180,6 +180,9 @@ def _run(console: Console, home: Path, *, steps: int, budget_usd: float, model: 
                     parked = None
                 except SessionParked as again:
                     parked = again
+                except LimitExceeded as stopped:
+                    console.print(f"\n[bold red]stopped by a limit:[/] {stopped}")
+                    return 0
         except LimitExceeded as stopped:
             console.print(f"\n[bold red]stopped by a limit:[/] {stopped}")
             return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from contextvars import ContextVar
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agentguard.config import GuardConfig
@@ -369,13 +368,7 @@ class Guard:
     def budget_lines_for(self, session: Session) -> tuple[BudgetLine, ...]:
         """The ledger lines calls in ``session`` draw on: its budget key's window and, with
         ``limits.max_session_usd``, its root session's own budget."""
-        budget = self.config.budget(session.budget_key)
-        if budget is None:
-            lines = [BudgetLine(session.budget_key, None)]
-        else:
-            lines = [
-                BudgetLine(budget.key, budget.limit_usd, budget.window_length, budget.window_mode)
-            ]
+        lines = [self.budget_line(session.budget_key)]
         if self.config.limits.max_session_usd is not None:
             lines.append(
                 BudgetLine(f"session:{session.root_id}", self.config.limits.max_session_usd)
@@ -413,6 +406,3 @@ class Guard:
         """Write pending settlements and give this process's budget leases back (also done at
         interpreter exit; call it in processes that end with ``os._exit``, like pool workers)."""
         self.ledger.close()
-
-    def spent_usd(self, key: str) -> Decimal:
-        return self.budget_status(key).spent_usd

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from agentguard.errors import AgentGuardError, BudgetExceeded, LimitExceeded, RetryLimitExceeded
 from agentguard.limits import Limits, ToolCall, tool_call_signature
 from agentguard.log import logger
+from agentguard.pricing import Usage
 from agentguard.retrying import Failure, RetryPolicy, parse_retry_after
 
 if TYPE_CHECKING:
@@ -705,8 +706,6 @@ class Pipeline:
         *,
         count_step: bool = True,
     ) -> Generator[Action, Any, None]:
-        from agentguard.pricing import Usage
-
         session = call.session
         usage = Usage.from_openai(usage_data) if usage_data else None
         if usage is None:

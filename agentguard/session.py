@@ -104,14 +104,6 @@ class Session:
     # -- what callers read -------------------------------------------------------------------
 
     @property
-    def root(self) -> Session:
-        """The top of the parent chain (whose budget a child draws on)."""
-        session = self
-        while session.parent is not None:
-            session = session.parent
-        return session
-
-    @property
     def root_id(self) -> str:
         """The id of the session whose own budget this one draws on."""
         if self.parent is not None:

@@ -199,10 +199,7 @@ class Store:
         def _on_begin(connection: Connection) -> None:
             # Every write transaction takes the write lock up front: read-then-write races are
             # impossible and a busy database waits (busy_timeout) instead of failing on upgrade.
-            if connection.get_execution_options().get("agentguard_read_only"):
-                connection.exec_driver_sql("BEGIN")
-            else:
-                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
 
@@ -240,30 +237,6 @@ class Store:
                     if candidate.exists():
                         candidate.chmod(0o600)
             self._schema_ready = True
-
-    @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """A write transaction: the write lock is held from its start (SQLite) so nothing races.
-
-        Raises:
-            StoreError: the database cannot be reached or written.
-        """
-        self.ensure_schema()
-        try:
-            with self.engine.begin() as connection:
-                yield connection
-        except SQLAlchemyError as exc:
-            raise self.error("write to", exc) from exc
-
-    @contextmanager
-    def read(self) -> Iterator[Connection]:
-        """A read-only connection (no write lock taken on SQLite)."""
-        self.ensure_schema()
-        try:
-            with self.engine.connect() as connection:
-                yield connection.execution_options(agentguard_read_only=True)
-        except SQLAlchemyError as exc:
-            raise self.error("read", exc) from exc
 
     def cursor(self) -> AbstractContextManager[Cursor]:
         """A write transaction on a raw driver connection, for the per-call hot path.
@@ -330,11 +303,6 @@ class Store:
             cached = sql if self._paramstyle == "named" else _NAMED_PARAM.sub(r"%(\1)s", sql)
             self._translated[sql] = cached
         return cached
-
-    def lock_clause(self) -> dict[str, Any]:
-        """Arguments for ``Select.with_for_update`` that lock rows on PostgreSQL (SQLite holds
-        the whole database lock already)."""
-        return {} if self.is_sqlite else {"nowait": False}
 
     def error(self, action: str, exc: BaseException) -> StoreError:
         detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]

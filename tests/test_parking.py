@@ -13,6 +13,7 @@ from typing import Any
 
 import openai
 import pytest
+from helpers import run_until_parked
 
 from agentguard import ParkedSession, SessionParked
 from agentguard.guard import Guard
@@ -95,22 +96,8 @@ def gateway_guard(make_guard: Callable[..., Guard], **parking: Any) -> Guard:
     return make_guard(parking={"wait_inline_max_s": 0.0, **parking})
 
 
-def exhaust(
-    client: openai.OpenAI, guard: Guard, session_id: str, *, calls: int = 30
-) -> SessionParked:
-    """Run calls in a session until the gateway's budget parks it."""
-    with guard.session(session_id, budget_key="team") as session:
-        session.metadata["note"] = "kept with the record"
-        for step in range(calls):
-            try:
-                client.chat.completions.create(
-                    model="gpt-4o",
-                    messages=[*MESSAGES, {"role": "user", "content": f"step {step}"}],
-                    max_tokens=40,
-                )
-            except SessionParked as parked:
-                return parked
-    raise AssertionError("the gateway never ran out")
+def exhaust(client: openai.OpenAI, guard: Guard, session_id: str) -> SessionParked:
+    return run_until_parked(guard, client, session_id, metadata={"note": "kept with the record"})
 
 
 @pytest.fixture

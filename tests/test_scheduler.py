@@ -17,6 +17,7 @@ from typing import Any
 
 import openai
 import pytest
+from helpers import run_until_parked
 
 from agentguard import SessionParked
 from agentguard.config import GuardConfig
@@ -38,17 +39,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 def park_one(guard: Guard, client: openai.OpenAI, session_id: str) -> SessionParked:
-    with guard.session(session_id, budget_key="team"):
-        for step in range(40):
-            try:
-                client.chat.completions.create(
-                    model="gpt-4o",
-                    messages=[*MESSAGES, {"role": "user", "content": f"#{step}"}],
-                    max_tokens=40,
-                )
-            except SessionParked as parked:
-                return parked
-    raise AssertionError("never parked")
+    return run_until_parked(guard, client, session_id)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ taken again once its lease runs out.
 from __future__ import annotations
 
 import builtins
-import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -189,16 +188,6 @@ class ParkedStore:
             self._write(cursor, record, exists=True)
             return record
 
-    def delete(self, session_id: str) -> bool:
-        with self.store.cursor() as cursor:
-            return (
-                cursor.rowcount(
-                    "DELETE FROM agentguard_parked_sessions WHERE session_id = :id",
-                    {"id": session_id},
-                )
-                == 1
-            )
-
     # -- internals -------------------------------------------------------------------------------
 
     def _exists(self, cursor: Cursor, session_id: str) -> bool:
@@ -231,24 +220,3 @@ class ParkedStore:
             "record": record.model_dump_json(),
         }
         cursor.execute(_UPDATE if exists else _INSERT, params)
-
-
-def summary(record: ParkedSession) -> dict[str, object]:
-    """A short, JSON-friendly view of a record (for lists and logs)."""
-    return json.loads(
-        record.model_dump_json(
-            include={
-                "session_id",
-                "parent_id",
-                "budget_key",
-                "framework",
-                "resumer",
-                "state",
-                "attempts",
-                "parked_at",
-                "resume_at",
-                "iterations",
-                "spent_usd",
-            }
-        )
-    )

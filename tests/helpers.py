@@ -1,0 +1,33 @@
+"""Helpers shared by the test modules."""
+
+from __future__ import annotations
+
+import openai
+
+from agentguard import SessionParked
+from agentguard.guard import Guard
+
+PROMPT = [{"role": "user", "content": "Summarise the quarterly report in three bullet points."}]
+
+
+def run_until_parked(
+    guard: Guard,
+    client: openai.OpenAI,
+    session_id: str,
+    *,
+    metadata: dict[str, str] | None = None,
+    calls: int = 40,
+) -> SessionParked:
+    """Make calls in a session (budget key ``team``) until the provider's budget parks it."""
+    with guard.session(session_id, budget_key="team") as session:
+        session.metadata.update(metadata or {})
+        for step in range(calls):
+            try:
+                client.chat.completions.create(
+                    model="gpt-4o",
+                    messages=[*PROMPT, {"role": "user", "content": f"step {step}"}],
+                    max_tokens=40,
+                )
+            except SessionParked as parked:
+                return parked
+    raise AssertionError(f"session {session_id} was never parked in {calls} calls")

@@ -166,45 +166,85 @@ def test_a_crashed_resume_is_taken_over_when_its_lease_expires(
     assert any("previous lease expired" in note for note in notes)
 
 
+# One process imports agentguard once, then forks a parker per round on demand: a fork costs
+# milliseconds where a fresh interpreter costs seconds, so the kill rounds stay cheap on a slow
+# machine. The forking process runs no other thread, so the fork is safe.
 PARKER_SCRIPT = textwrap.dedent(
     """
-    import sys, openai
+    import os, sys, openai
     from agentguard import SessionParked
     from agentguard.config import GuardConfig
     from agentguard.guard import Guard
-    store, base_url, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    guard = Guard(GuardConfig.from_mapping({"store": {"url": store}, "parking": {"wait_inline_max_s": 0}}, env={}))
-    client = guard.wrap(openai.OpenAI(base_url=base_url, api_key="sk-test"))
-    messages = [{"role": "user", "content": "x" * 20000}]
-    for n in range(count):
-        with guard.session(f"kill-{n}"):
-            try:
-                client.chat.completions.create(model="gpt-4o-mini", messages=messages)
-            except SessionParked:
-                print(n, flush=True)
+    store, base_url = sys.argv[1], sys.argv[2]
+    MESSAGES = [{"role": "user", "content": "x" * 20000}]
+    import tempfile
+
+    def park(store, session_ids, report=True):
+        guard = Guard(GuardConfig.from_mapping({"store": {"url": store}, "parking": {"wait_inline_max_s": 0}}, env={}))
+        client = guard.wrap(openai.OpenAI(base_url=base_url, api_key="sk-test"))
+        for n, session_id in enumerate(session_ids):
+            with guard.session(session_id):
+                try:
+                    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+                except SessionParked:
+                    if report:
+                        print(n, flush=True)
+        return guard
+
+    # Load the tokenizer's vocabulary, prices and the SDK's lazy modules once, before forking.
+    park(f"sqlite:///{tempfile.mkdtemp()}/warm.db", ["warm"], report=False).close()
+    for line in sys.stdin:
+        round_number = int(line)
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:
+            os.close(read_end)
+            os.dup2(write_end, 1)
+            sys.stdout = os.fdopen(1, "w")
+            park(store, [f"kill-{round_number}-{n}" for n in range(400)])
+            os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end) as child_output:
+            child_output.readline()  # it is parking now
+            print(child, flush=True)
+            os.waitpid(child, 0)
     """
 )
 
 
 def test_sigkill_while_parking_leaves_whole_records_or_none(tmp_path: Path) -> None:
     with SimServer() as sim:
-        sim.rate_limit_next(10_000, retry_after=3600)
+        sim.rate_limit_next(100_000, retry_after=3600)
         store = f"sqlite:///{tmp_path / 'store.db'}"
         rng = random.Random(7)
-        for _round in range(50):
-            process = subprocess.Popen(
-                [sys.executable, "-c", PARKER_SCRIPT, store, sim.base_url, "400"],
-                stdout=subprocess.PIPE,
-                env={**os.environ, "AGENTGUARD_HOME": str(tmp_path / "home")},
-            )
-            assert process.stdout is not None
-            process.stdout.readline()  # it is parking now
-            time.sleep(rng.uniform(0.0, 0.15))  # a random point of the parking loop
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            guard = new_guard(tmp_path)  # the store opens cleanly
-            records = guard.parked.list()
-            assert records, "nothing was parked before the kill"
-            for record in records:
-                assert record.state == "parked"
-                assert record.request["messages"][0]["content"] == "x" * 20000
+        forker = subprocess.Popen(
+            [sys.executable, "-c", PARKER_SCRIPT, store, sim.base_url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "AGENTGUARD_HOME": str(tmp_path / "home")},
+        )
+        assert forker.stdin is not None and forker.stdout is not None
+        try:
+            for round_number in range(50):
+                forker.stdin.write(f"{round_number}\n")
+                forker.stdin.flush()
+                parker = int(forker.stdout.readline())  # it is parking now
+                assert parker > 0
+                time.sleep(rng.uniform(0.0, 0.15))  # a random point of the parking loop
+                os.kill(parker, signal.SIGKILL)
+                guard = new_guard(tmp_path)  # the store opens cleanly
+                first = guard.parked.get(f"kill-{round_number}-0")  # parked before the kill
+                assert first.state == "parked"
+                assert first.request["messages"][0]["content"] == "x" * 20000
+                guard.close()
+        finally:
+            forker.stdin.close()
+            forker.wait(timeout=60)
+        records = new_guard(tmp_path).parked.list()
+        assert {record.session_id.split("-")[1] for record in records} == {
+            str(n) for n in range(50)
+        }
+        for record in records:
+            assert record.state == "parked"
+            assert record.request["messages"][0]["content"] == "x" * 20000

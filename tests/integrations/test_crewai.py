@@ -148,7 +148,7 @@ def one_agent_crew(guard: Guard, sim: SimServer, **llm: Any) -> Crew:
     return guard_crew(Crew(agents=[researcher], tasks=[research]), guard, budget_key="team")
 
 
-def wait_for_state(guard: Guard, session_id: str, state: str, timeout_s: float = 10.0) -> None:
+def wait_for_state(guard: Guard, session_id: str, state: str, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while guard.parked.get(session_id).state != state:
         assert time.monotonic() < deadline, guard.parked.get(session_id)

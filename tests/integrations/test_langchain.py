@@ -122,7 +122,7 @@ def kinds(messages: list[Any]) -> list[str]:
     ]
 
 
-def wait_for_state(guard: Guard, session_id: str, state: str, timeout_s: float = 8.0) -> None:
+def wait_for_state(guard: Guard, session_id: str, state: str, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while guard.parked.get(session_id).state != state:
         assert time.monotonic() < deadline, guard.parked.get(session_id)

@@ -230,9 +230,12 @@ def _from_now(value: datetime) -> str:
 
 
 def _money(amount: Decimal | None) -> str:
+    """Dollars for people: cents when that is exact, else four decimals (six below a cent)."""
     if amount is None:
         return "-"
-    return f"${amount:.4f}" if amount >= Decimal("0.01") or not amount else f"${amount:.6f}"
+    if amount == amount.quantize(Decimal("0.01")):
+        return f"${amount:.2f}"
+    return f"${amount:.4f}" if amount >= Decimal("0.01") else f"${amount:.6f}"
 
 
 # -- budgets ---------------------------------------------------------------------------------------
@@ -410,7 +413,9 @@ def budget_history(
         return
     for name, budget, spends in histories:
         if budget is not None:
-            line_text = f"${budget.limit_usd} per {budget.window} ({budget.window_mode} windows)"
+            line_text = (
+                f"{_money(budget.limit_usd)} per {budget.window} ({budget.window_mode} windows)"
+            )
         else:
             line_text = "not in this config: its windows as stored, limit unknown"
         _print_history(name, budget is not None, line_text, spends)

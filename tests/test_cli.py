@@ -275,7 +275,7 @@ def test_budget_history_chart_and_json(config_file: Path, sim: SimServer) -> Non
     assert len(entry["windows"]) == 4
     assert Decimal(entry["windows"][-1]["spent_usd"]) == status.spent_usd
     code, output = invoke("budget", "history", "--config", str(config_file))
-    assert code == 0 and "team" in output and "of $1.5000" in output and "2 calls" in output
+    assert code == 0 and "team" in output and "of $1.50" in output and "2 calls" in output
     assert "█" in output and "< now" in output
     assert max(len(line) for line in output.splitlines()) <= 80
     code, output = invoke("budget", "history", "team", "--windows", "0", "-c", str(config_file))

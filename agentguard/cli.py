@@ -474,8 +474,8 @@ def parked_list(
     table = Table(
         title="Parked sessions", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True
     )
-    for column in ("id", "key", "framework", "state", "attempts", "reason", "parked", "resumes"):
-        table.add_column(column)
+    for column in ("id", "key", "framework", "state", "tries", "reason", "parked", "resumes"):
+        table.add_column(column, no_wrap=column not in ("id", "key"))
     for record in records:
         table.add_row(
             record.session_id,
@@ -484,7 +484,7 @@ def parked_list(
             record.state,
             str(record.attempts),
             f"{record.reason.kind} {record.reason.status or ''}".strip(),
-            _when(record.parked_at),
+            record.parked_at.astimezone().strftime("%m-%d %H:%M"),
             _resumes(record, short=True),
         )
     console.print(table)
@@ -539,7 +539,7 @@ def parked_show(
     out(f"  reason: {what} — {reason.message[:300]}", markup=False)
     headers = ", ".join(f"{k}: {v}" for k, v in reason.headers.items()) or "-"
     out(f"  reset from: {reason.reset_source or '-'}   headers: {headers}", markup=False)
-    out(f"  iterations: {record.iterations}   spent: ${record.spent_usd}", markup=False)
+    out(f"  iterations: {record.iterations}   spent: {_money(record.spent_usd)}", markup=False)
     request = record.request
     out(
         f"  pending call: model={request.get('model')} "

@@ -262,14 +262,12 @@ class Guard:
         if record.resumer not in self.resumers:
             return (
                 f"session {record.session_id!r} resumes with {record.resumer!r}, which is not "
-                f"registered here (registered: {', '.join(sorted(self.resumers))}); load the "
-                "application that registers it"
+                f"registered here (registered: {', '.join(sorted(self.resumers))})"
             )
         if record.resumer == "replay" and self._replay_client is None:
             return (
                 f"session {record.session_id!r} resumes with 'replay', which needs the "
-                "application's wrapped openai client (guard.wrap or guard.set_replay_client); "
-                "load the application that makes it"
+                "application's wrapped openai client (guard.wrap or guard.set_replay_client)"
             )
         return None
 

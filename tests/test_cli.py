@@ -364,7 +364,8 @@ def test_show_says_when_in_words_and_labels_roles(config_file: Path, parked_sess
     invoke("parked", "drop", "cli-1", "--config", str(config_file))
     code, output = invoke("parked", "show", "cli-1", "--config", str(config_file))
     assert "resumes: not scheduled (dropped)" in output
-    invoke("parked", "resume", "cli-1", "--config", str(config_file))
+    code, output = invoke("parked", "resume", "cli-1", "--json", "--config", str(config_file))
+    assert code == 0 and json.loads(output)["state"] == "parked"
     code, output = invoke("parked", "show", "cli-1", "--config", str(config_file))
     assert "resumes: due now" in output and "(in due)" not in output
 

@@ -628,11 +628,19 @@ def parked_drop(
     console.print(f"{record.session_id}: dropped.")
 
 
+AlwaysJsonOption = Annotated[
+    bool,
+    typer.Option("--json", help="Accepted for uniformity: the output is JSON.", show_default=False),
+]
+
+
 @parked_app.command("export")
 def parked_export(
-    session_id: Annotated[str, typer.Argument(help="The session id.")], config: ConfigOption = None
+    session_id: Annotated[str, typer.Argument(help="The session id.")],
+    config: ConfigOption = None,
+    as_json: AlwaysJsonOption = True,
 ) -> None:
-    """Print a parked record as JSON (``> file.json``; it holds the conversation)."""
+    """Print a parked record as JSON (redirect it to a file; it holds the conversation)."""
     record = _get(_guard(config), session_id)
     sys.stdout.write(record.model_dump_json(indent=2) + "\n")
 
@@ -696,7 +704,7 @@ def parked_import(
 
 
 @parked_app.command("schema")
-def parked_schema() -> None:
+def parked_schema(as_json: AlwaysJsonOption = True) -> None:
     """Print the JSON Schema of parked records (the inbox file format)."""
     from agentguard.parking.record import json_schema
 

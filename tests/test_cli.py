@@ -167,10 +167,12 @@ def test_schema_and_store_upgrade(config_file: Path) -> None:
 def test_the_console_script_and_import_cost(config_file: Path) -> None:
     """`import agentguard` loads no framework and no heavy stage; `python -m agentguard` is the
     command, and a mistake through it is one line on stderr."""
+    # The command's own import stays light too: --version and --help load no openai,
+    # pydantic or SQL.
     code = (
-        "import sys, agentguard;"
+        "import sys, agentguard.cli;"
         "bad = [m for m in ('langchain', 'crewai', 'langgraph', 'sqlalchemy', 'apscheduler', "
-        "'watchdog', 'openai') if m in sys.modules];"
+        "'watchdog', 'openai', 'pydantic') if m in sys.modules];"
         "print(bad)"
     )
     output = subprocess.run(
@@ -204,6 +206,8 @@ def test_flags_are_plain_flags_and_every_command_has_json() -> None:
         ["parked", "resume"],
         ["parked", "drop"],
         ["parked", "import"],
+        ["parked", "export"],
+        ["parked", "schema"],
         ["store", "upgrade"],
     ):
         code, output = invoke(*command, "--help")

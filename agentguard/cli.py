@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ class _Commands(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except typer.Exit:
+            raise
         except Exception as exc:
             from agentguard.errors import AgentGuardError
 
@@ -66,7 +69,7 @@ class _Commands(TyperGroup):
             if ctx.meta.get("agentguard.debug") or os.environ.get("AGENTGUARD_DEBUG"):
                 raise
             _report(str(exc))
-            raise typer.Exit(getattr(exc, "code", 2)) from None
+            raise typer.Exit(exc.code if isinstance(exc, UsageProblem) else 2) from None
 
 
 app = typer.Typer(
@@ -319,7 +322,7 @@ def budget_status(
         budget = guard.config.budget(str(row["key"]))
         resets = datetime.fromisoformat(str(row["resets_at"])) if row["resets_at"] else None
         table.add_row(
-            str(row["key"]) + ("" if row["configured"] else " *"),
+            escape(str(row["key"])) + ("" if row["configured"] else " *"),
             _money(Decimal(row["spent_usd"])),
             _money(Decimal(row["reserved_usd"])),
             _money(Decimal(row["limit_usd"])) if row["limit_usd"] else "none",
@@ -352,7 +355,7 @@ def _bar(spent: Decimal, scale: Decimal) -> str:
 
 
 def _print_history(key: str, configured: bool, line_text: str, spends: list[WindowSpend]) -> None:
-    console.print(f"[bold]{key}[/]: {line_text}")
+    console.print(f"[bold]{escape(key)}[/]: {escape(line_text)}")
     if not spends:
         console.print("  no spend recorded")
         return
@@ -479,7 +482,7 @@ def parked_list(
     for record in records:
         table.add_row(
             record.session_id,
-            record.budget_key,
+            escape(record.budget_key),
             record.framework,
             record.state,
             str(record.attempts),

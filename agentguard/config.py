@@ -488,7 +488,7 @@ def _config_error(
             expected = _without_prefix(error["msg"])
             # Our own validators already quote the bad value; say it once. A URL may hold a
             # password: never echoed.
-            quoted = isinstance(got, dict) or repr(got) in expected or location[-1] == "url"
+            quoted = isinstance(got, dict) or repr(got) in expected or location[-1:] == ("url",)
             got_text = "" if quoted else f" (got {got!r})"
         problems.append(f"{origin}: {field}: {expected}{got_text}")
         if first_field is None:

@@ -27,6 +27,15 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
+try:
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # a typer that uses click itself
+    from click.exceptions import UsageError  # type: ignore[assignment]
+
+    # Before click 8.2, a bare group printed its help without raising.
+    _click_errors: Any = importlib.import_module("click.exceptions")
+    NoArgsIsHelpError = _click_errors.__dict__.get("NoArgsIsHelpError", typer.Exit)  # type: ignore[misc]
+
 if TYPE_CHECKING:
     from agentguard.budget_history import WindowSpend
     from agentguard.config import BudgetConfig
@@ -59,8 +68,14 @@ class _Commands(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except typer.Exit:
+        except (typer.Exit, NoArgsIsHelpError):
             raise
+        except UsageError as exc:
+            # A bad flag or argument below the root: one line too, with where to look.
+            message = exc.format_message().replace("Value error, ", "")
+            where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+            _report(message + where)
+            raise typer.Exit(2) from None
         except Exception as exc:
             from agentguard.errors import AgentGuardError
 

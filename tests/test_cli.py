@@ -56,7 +56,7 @@ def parked_session(config_file: Path, sim: SimServer) -> str:
 
 
 def invoke(*args: str) -> tuple[int, str]:
-    result = runner.invoke(app, list(args))
+    result = runner.invoke(app, list(args), prog_name="agentguard")
     return result.exit_code, result.output
 
 
@@ -347,11 +347,15 @@ def test_mistakes_in_flags_are_one_line_errors(config_file: Path) -> None:
         (["demo", "--budget", "-1"], "--budget -1.0: expected a dollar amount above 0"),
         (["demo", "--steps", "0"], "'--steps'"),
         (["sim", "--style", "grpc"], "--style 'grpc': expected one of openai, litellm"),
+        (["budget", "status", "--jsn"], "No such option: --jsn (Possible options: --json)"),
+        (["budget", "statu"], "Did you mean 'status'? (see `agentguard budget --help`)"),
+        (["parked", "show"], "Missing argument"),
     ):
         if args[0] == "daemon":
             args = [*args, "--config", str(config_file)]
         code, output = invoke(*args)
         assert code == 2 and expected in output, (args, output)
+        assert output.startswith("agentguard: error: ") and len(output.splitlines()) == 1
         assert "Traceback" not in output and "<mapping>" not in output
     # --debug shows what is behind an error.
     result = runner.invoke(app, ["--debug", "budget", "status", "-c", directory])

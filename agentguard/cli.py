@@ -62,8 +62,24 @@ def _report(message: str) -> None:
     sys.stderr.write(f"agentguard: error: {message}\n")
 
 
+def _usage_exit(error: UsageError) -> typer.Exit:
+    """Report a bad flag, argument or command in one line, with where to look."""
+    message = error.format_message().replace("Value error, ", "")
+    where = f" (see `{error.ctx.command_path} --help`)" if error.ctx is not None else ""
+    _report(message + where)
+    return typer.Exit(2)
+
+
 class _Commands(TyperGroup):
     """The root command: turns mistakes raised anywhere below it into one-line errors."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as exc:
+            raise _usage_exit(exc) from None
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -71,11 +87,7 @@ class _Commands(TyperGroup):
         except (typer.Exit, NoArgsIsHelpError):
             raise
         except UsageError as exc:
-            # A bad flag or argument below the root: one line too, with where to look.
-            message = exc.format_message().replace("Value error, ", "")
-            where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
-            _report(message + where)
-            raise typer.Exit(2) from None
+            raise _usage_exit(exc) from None
         except Exception as exc:
             from agentguard.errors import AgentGuardError
 

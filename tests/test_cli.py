@@ -350,6 +350,7 @@ def test_mistakes_in_flags_are_one_line_errors(config_file: Path) -> None:
         (["budget", "status", "--jsn"], "No such option: --jsn (Possible options: --json)"),
         (["budget", "statu"], "Did you mean 'status'? (see `agentguard budget --help`)"),
         (["parked", "show"], "Missing argument"),
+        (["--bogus"], "No such option: --bogus (see `agentguard --help`)"),
     ):
         if args[0] == "daemon":
             args = [*args, "--config", str(config_file)]

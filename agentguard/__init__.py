@@ -19,22 +19,21 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from agentguard.errors import (
-    AgentGuardError,
-    BudgetExceeded,
-    ConfigError,
-    ContextTooLarge,
-    IterationLimitExceeded,
-    LimitExceeded,
-    LoopDetected,
-    PricingError,
-    RetryLimitExceeded,
-    SessionParked,
-    StoreError,
-)
-
 if TYPE_CHECKING:
     from agentguard.config import GuardConfig
+    from agentguard.errors import (
+        AgentGuardError,
+        BudgetExceeded,
+        ConfigError,
+        ContextTooLarge,
+        IterationLimitExceeded,
+        LimitExceeded,
+        LoopDetected,
+        PricingError,
+        RetryLimitExceeded,
+        SessionParked,
+        StoreError,
+    )
     from agentguard.guard import Guard
     from agentguard.ledger import BudgetStatus
     from agentguard.log import configure_logging
@@ -74,7 +73,20 @@ __all__ = [
     "trim_messages",
 ]
 
+# The errors are lazy too: they subclass openai's, and importing openai costs more than a
+# second, which `agentguard --version` and `--help` should not pay.
 _LAZY = {
+    "AgentGuardError": "agentguard.errors",
+    "BudgetExceeded": "agentguard.errors",
+    "ConfigError": "agentguard.errors",
+    "ContextTooLarge": "agentguard.errors",
+    "IterationLimitExceeded": "agentguard.errors",
+    "LimitExceeded": "agentguard.errors",
+    "LoopDetected": "agentguard.errors",
+    "PricingError": "agentguard.errors",
+    "RetryLimitExceeded": "agentguard.errors",
+    "SessionParked": "agentguard.errors",
+    "StoreError": "agentguard.errors",
     "Guard": "agentguard.guard",
     "GuardConfig": "agentguard.config",
     "BudgetStatus": "agentguard.ledger",

@@ -59,6 +59,29 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+SUPPORTED_STORE_SCHEMES = ("sqlite", "postgresql+psycopg")
+"""The store URL schemes agentguard works with."""
+
+
+def check_store_scheme(url: str) -> None:
+    """Refuse a store URL whose scheme agentguard does not support.
+
+    Raises:
+        ValueError: the URL has no scheme, or one other than ``sqlite`` and
+            ``postgresql+psycopg`` (named, with the supported ones, in the message).
+    """
+    scheme, separator, _ = url.partition("://")
+    scheme = scheme.lower()
+    if scheme in ("sqlite+pysqlite",):
+        return
+    if not separator or scheme not in SUPPORTED_STORE_SCHEMES:
+        shown = repr(scheme) if separator else "none"
+        raise ValueError(
+            f"the URL scheme {shown} is not supported; supported: sqlite:///path/to/file.db, "
+            "postgresql+psycopg://user@host/database"
+        )
+
+
 def agentguard_home() -> Path:
     """The directory agentguard keeps its state in: ``$AGENTGUARD_HOME`` or ``~/.agentguard``."""
     return Path(os.environ.get("AGENTGUARD_HOME") or "~/.agentguard").expanduser()
@@ -88,6 +111,13 @@ class StoreConfig(_Section):
     lease_idle_s: PositiveFloat = 1.0
     busy_timeout_s: PositiveFloat = 30.0
     """How long SQLite waits for another process's write lock before giving up."""
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_store_scheme(value)
+        return value
 
     def resolved_url(self) -> str:
         """The URL to connect to, with ``~`` expanded in SQLite paths."""
@@ -338,32 +368,51 @@ class GuardConfig(_Section):
             raise _config_error(exc, source, env_sources) from None
 
     @classmethod
-    def discover(cls, explicit: str | os.PathLike[str] | None = None) -> GuardConfig:
+    def discover(
+        cls, explicit: str | os.PathLike[str] | None = None, *, origin: str = "the path given"
+    ) -> GuardConfig:
         """Find the config the way the CLI does: ``explicit``, ``$AGENTGUARD_CONFIG``,
-        ``./agentguard.toml``, ``$AGENTGUARD_HOME/agentguard.toml``, else defaults."""
-        path = find_config_file(explicit)
+        ``./agentguard.toml``, ``$AGENTGUARD_HOME/agentguard.toml``, else defaults.
+
+        Args:
+            explicit: a path given by the caller.
+            origin: who gave ``explicit`` (``--config``, ``Guard.from_config()``), named in
+                the error when it is not a file.
+        """
+        path = find_config_file(explicit, origin=origin)
         if path is None:
             return cls.from_mapping({}, source="defaults")
         return cls.load(path)
 
 
-def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+def find_config_file(
+    explicit: str | os.PathLike[str] | None = None, *, origin: str = "the path given"
+) -> Path | None:
     """The config file the CLI would read, or ``None`` for defaults.
 
+    Args:
+        explicit: a path given by the caller.
+        origin: who gave ``explicit``, named in the error.
+
     Raises:
-        ConfigError: a path was given explicitly (or by ``$AGENTGUARD_CONFIG``) and does not exist.
+        ConfigError: a path was given explicitly (or by ``$AGENTGUARD_CONFIG``) and is not a
+            file (it does not exist, or it is a directory).
     """
-    for given, origin in (
-        (explicit, "--config"),
-        (os.environ.get("AGENTGUARD_CONFIG"), "AGENTGUARD_CONFIG"),
+    for given, named_by in (
+        (explicit, origin),
+        (os.environ.get("AGENTGUARD_CONFIG"), "$AGENTGUARD_CONFIG"),
     ):
         if given:
             path = Path(given).expanduser()
-            if not path.is_file():
-                raise ConfigError(
-                    f"{path}: config file named by {origin} does not exist", source=str(path)
-                )
-            return path
+            if path.is_dir():
+                problem = "is a directory, not a config file"
+            elif not path.is_file():
+                problem = "does not exist"
+            else:
+                return path
+            raise ConfigError(
+                f"{path}: the config file given to {named_by} {problem}", source=str(path)
+            )
     for candidate in (Path("agentguard.toml"), agentguard_home() / "agentguard.toml"):
         if candidate.is_file():
             return candidate
@@ -414,6 +463,12 @@ def _parse_env_value(text: str) -> Any:
         return text
 
 
+_REFERENCE = "docs/configuration.md"
+# Pydantic starts the messages of errors raised in validators with these; the user never wrote
+# a validator, so they only get in the way.
+_LIBRARY_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
 def _config_error(
     exc: ValidationError, source: str, env_sources: Mapping[tuple[str, ...], str]
 ) -> ConfigError:
@@ -424,16 +479,70 @@ def _config_error(
         location = tuple(str(part) for part in error["loc"])
         field = ".".join(location) or "(top level)"
         origin = env_sources.get(location, source)
-        if error["type"] == "extra_forbidden":
-            expected = "no such field (check the spelling; see the configuration reference)"
-        else:
-            expected = error["msg"]
         got = error.get("input")
-        got_text = (
-            "" if error["type"] == "extra_forbidden" or isinstance(got, dict) else f" (got {got!r})"
-        )
+        if error["type"] == "extra_forbidden":
+            expected = "no such field" + _did_you_mean(location)
+            expected += f" (check the spelling; every field is listed in {_REFERENCE})"
+            got_text = ""
+        else:
+            expected = _without_prefix(error["msg"])
+            # Our own validators already quote the bad value; say it once. A URL may hold a
+            # password: never echoed.
+            quoted = isinstance(got, dict) or repr(got) in expected or location[-1:] == ("url",)
+            got_text = "" if quoted else f" (got {got!r})"
         problems.append(f"{origin}: {field}: {expected}{got_text}")
         if first_field is None:
             first_field, first_expected = field, expected
-    message = "invalid configuration:\n  " + "\n  ".join(problems)
+    if len(problems) == 1:
+        message = problems[0]
+    else:
+        message = "invalid configuration:\n  " + "\n  ".join(problems)
     return ConfigError(message, source=source, field=first_field, expected=first_expected)
+
+
+def _without_prefix(message: str) -> str:
+    for prefix in _LIBRARY_PREFIXES:
+        if message.startswith(prefix):
+            return message[len(prefix) :]
+    return message
+
+
+def _did_you_mean(location: tuple[str, ...]) -> str:
+    """``; did you mean 'max_iterations'?`` for a misspelt field, or nothing."""
+    import difflib
+
+    fields = _fields_at(location[:-1])
+    matches = difflib.get_close_matches(location[-1], fields, n=1, cutoff=0.6)
+    return f"; did you mean {matches[0]!r}?" if matches else ""
+
+
+def _fields_at(location: tuple[str, ...]) -> list[str]:
+    """The field names of the config section at ``location``; list indexes and dict keys
+    (``budgets.0``, ``pricing.overrides.my-model``) step into the items."""
+    model: Any = GuardConfig
+    in_container = False
+    for part in location:
+        field = model.model_fields.get(part)
+        if field is None:
+            if not in_container:
+                return []
+            in_container = False  # an index or key: the items are of the same model
+            continue
+        model = _section_type(field.annotation)
+        if model is None:
+            return []
+        in_container = model is not field.annotation
+    return list(model.model_fields)
+
+
+def _section_type(annotation: Any) -> Any:
+    """The config model inside an annotation (``LimitRule`` in ``list[LimitRule]``)."""
+    from typing import get_args
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in get_args(annotation):
+        found = _section_type(argument)
+        if found is not None:
+            return found
+    return None

@@ -8,6 +8,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agentguard.config import GuardConfig
+from agentguard.errors import ConfigError
 from agentguard.ledger import BudgetLine, BudgetStatus, Ledger
 from agentguard.limits import Limits
 from agentguard.log import logger
@@ -24,6 +25,7 @@ from agentguard.store import Store, open_store
 from agentguard.transport import flavour_for_client, flavour_of_openai, transports
 
 if TYPE_CHECKING:
+    from agentguard.budget_history import WindowSpend
     from agentguard.pricing import Pricer
     from agentguard.routing import RouteDecision
     from agentguard.tokens import TokenCounter
@@ -67,7 +69,9 @@ class Guard:
 
         self.config = config or GuardConfig()
         self.store: Store = open_store(
-            self.config.store.resolved_url(), busy_timeout_s=self.config.store.busy_timeout_s
+            self.config.store.resolved_url(),
+            busy_timeout_s=self.config.store.busy_timeout_s,
+            origin="store.url" if self.config.store.url else "the default store; set store.url",
         )
         self.ledger = Ledger(
             self.store,
@@ -141,7 +145,7 @@ class Guard:
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] | None = None) -> Guard:
         """A guard configured from a TOML file (or found the way the CLI finds it)."""
-        return cls(GuardConfig.discover(path))
+        return cls(GuardConfig.discover(path, origin="Guard.from_config()"))
 
     # -- ways in --------------------------------------------------------------------------------
 
@@ -251,6 +255,21 @@ class Guard:
         """The client the ``replay`` resumer re-sends pending requests through (default: the
         last sync ``openai.OpenAI`` client wrapped by this guard)."""
         self._replay_client = client
+
+    def resume_problem(self, record: ParkedSession) -> str | None:
+        """Why this process cannot resume ``record`` (its resumer is not registered, or the
+        ``replay`` resumer has no client), or ``None`` when it can."""
+        if record.resumer not in self.resumers:
+            return (
+                f"session {record.session_id!r} resumes with {record.resumer!r}, which is not "
+                f"registered here (registered: {', '.join(sorted(self.resumers))})"
+            )
+        if record.resumer == "replay" and self._replay_client is None:
+            return (
+                f"session {record.session_id!r} resumes with 'replay', which needs the "
+                "application's wrapped openai client (guard.wrap or guard.set_replay_client)"
+            )
+        return None
 
     def restore_session(self, record: ParkedSession) -> Session:
         """A session with a parked record's id, budget, counters and metadata."""
@@ -385,6 +404,45 @@ class Guard:
     def budget_status(self, key: str) -> BudgetStatus:
         """Spend, limit and reset time of ``key``'s current window."""
         return self.ledger.status(self.budget_line(key))
+
+    def budget_keys(self) -> list[str]:
+        """Every budget key: the configured ones and those with spend in the store (sessions'
+        own ``session:<id>`` budgets left out)."""
+        in_store = self.ledger.keys()
+        stored = {key for key in in_store if not key.startswith("session:")}
+        return sorted({budget.key for budget in self.config.budgets} | stored)
+
+    def budget_history(self, key: str, *, windows: int = 12) -> list[WindowSpend]:
+        """Spend of ``key`` in each of its last ``windows`` windows, oldest first.
+
+        A key the config does not know but the store does gives its stored windows as they
+        were written.
+
+        Raises:
+            ConfigError: neither the config nor the store knows ``key``.
+        """
+        from agentguard.budget_history import spend_history
+
+        self.require_budget_key(key)
+        self.ledger.flush()
+        return spend_history(self.store, self.budget_line(key), windows=windows)
+
+    def require_budget_key(self, key: str) -> None:
+        """Raise :class:`ConfigError` (with a did-you-mean) unless the config or the store
+        knows budget ``key``."""
+        import difflib
+
+        known = self.budget_keys()
+        if key in known:
+            return
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        listed = ", ".join(repr(k) for k in known) if known else "none"
+        raise ConfigError(
+            f"unknown budget key {key!r}: not configured and no spend in the store{hint} "
+            f"(known keys: {listed})",
+            field="budgets",
+        )
 
     def budget_statuses(self, session: Session) -> list[BudgetStatus]:
         return [self.ledger.status(line) for line in session.budget_lines()]

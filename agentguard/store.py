@@ -128,16 +128,28 @@ class Store:
     """A connection pool to one database, with the agentguard schema created on first use.
 
     Use :func:`open_store` to share one ``Store`` per URL in a process.
+
+    Args:
+        url: the SQLAlchemy URL.
+        busy_timeout_s: how long SQLite waits for another process's write lock.
+        origin: where the URL came from (``store.url``), named in every error so the user
+            knows what to change.
     """
 
-    def __init__(self, url: str, *, busy_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, url: str, *, busy_timeout_s: float = 30.0, origin: str = "store.url"
+    ) -> None:
         self.url = url
         self.safe_url = _redact(url)
+        self.origin = origin
         self.busy_timeout_s = busy_timeout_s
         try:
             parsed = sa.make_url(url)
         except SQLAlchemyError as exc:
-            raise StoreError(f"store url {url!r} is not a valid SQLAlchemy URL: {exc}") from exc
+            raise StoreError(
+                f"{origin}: {self.safe_url} is not a valid SQLAlchemy URL: {exc}",
+                url=self.safe_url,
+            ) from exc
         self.dialect = parsed.get_backend_name()
         self.is_sqlite = self.dialect == "sqlite"
         self._sqlite_path: Path | None = None
@@ -159,9 +171,15 @@ class Store:
         if not self.is_sqlite:
             try:
                 return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
-            except (SQLAlchemyError, ImportError) as exc:
+            except ImportError as exc:
                 raise StoreError(
-                    f"cannot open store {self.safe_url}: {exc}", url=self.safe_url
+                    f"cannot open store {self.safe_url} ({self.origin}): its driver is not "
+                    f"installed ({exc}); PostgreSQL needs `pip install 'agentguard[postgres]'`",
+                    url=self.safe_url,
+                ) from exc
+            except SQLAlchemyError as exc:
+                raise StoreError(
+                    f"cannot open store {self.safe_url} ({self.origin}): {exc}", url=self.safe_url
                 ) from exc
         database = url.database or ""
         if url.query:
@@ -173,7 +191,8 @@ class Store:
                 path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             except OSError as exc:
                 raise StoreError(
-                    f"cannot create the store directory {path.parent}: {exc.strerror}",
+                    f"cannot create the store directory {path.parent} for {self.safe_url} "
+                    f"({self.origin}): {exc.strerror}",
                     url=self.safe_url,
                 ) from exc
             url = url.set(database=str(path))
@@ -315,7 +334,8 @@ class Store:
         elif "locked" in lowered:
             hint = " (another process held the lock longer than busy_timeout_s)"
         return StoreError(
-            f"cannot {action} store {self.safe_url}: {detail}{hint}", url=self.safe_url
+            f"cannot {action} store {self.safe_url} ({self.origin}): {detail}{hint}",
+            url=self.safe_url,
         )
 
     def dispose(self) -> None:
@@ -360,10 +380,11 @@ _stores: dict[str, Store] = {}
 _stores_lock = threading.Lock()
 
 
-def open_store(url: str, *, busy_timeout_s: float = 30.0) -> Store:
-    """The process-wide :class:`Store` for ``url`` (created on first use)."""
+def open_store(url: str, *, busy_timeout_s: float = 30.0, origin: str = "store.url") -> Store:
+    """The process-wide :class:`Store` for ``url`` (created on first use; ``origin`` names
+    where the URL came from in errors)."""
     with _stores_lock:
         store = _stores.get(url)
         if store is None:
-            store = _stores[url] = Store(url, busy_timeout_s=busy_timeout_s)
+            store = _stores[url] = Store(url, busy_timeout_s=busy_timeout_s, origin=origin)
         return store

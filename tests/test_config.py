@@ -173,3 +173,72 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_a_missing_or_directory_config_names_the_path_and_who_gave_it(tmp_path: Path) -> None:
+    from agentguard import Guard
+
+    missing = tmp_path / "missing.toml"
+    with pytest.raises(ConfigError) as caught:
+        Guard.from_config(missing)
+    assert str(caught.value) == (
+        f"{missing}: the config file given to Guard.from_config() does not exist"
+    )
+    with pytest.raises(ConfigError, match=r"given to Guard.from_config\(\) is a directory"):
+        Guard.from_config(tmp_path)
+
+
+def test_a_bad_value_is_said_once_without_library_prefixes(tmp_path: Path) -> None:
+    path = write(tmp_path, "[[budgets]]\nkey = 'a'\nlimit_usd = 1\nwindow = '5 hours'\n")
+    with pytest.raises(ConfigError) as caught:
+        GuardConfig.load(path, env={})
+    message = str(caught.value)
+    assert message == (
+        f"{path}: budgets.0.window: expected a duration like '30s', '15m', '5h' or '1d', "
+        "got '5 hours'"
+    )
+    assert "Value error" not in message and message.count("5 hours") == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "suggestion"),
+    [
+        ("[limits]\nmax_iteration = 3\n", "did you mean 'max_iterations'?"),
+        ("[limitz]\nmax_iterations = 3\n", "did you mean 'limits'?"),
+        ("[[budgets]]\nkey = 'a'\nlimit_usd = 1\nwindw = '1h'\n", "did you mean 'window'?"),
+        (
+            "[pricing.overrides.m]\ninput_per_mtok = 1\noutput_per_mtok = 1\ncached_per_mtok = 1\n",
+            "did you mean 'cached_input_per_mtok'?",
+        ),
+    ],
+)
+def test_a_misspelt_field_gets_a_suggestion_and_the_reference(
+    tmp_path: Path, text: str, suggestion: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        GuardConfig.load(write(tmp_path, text), env={})
+    assert suggestion in str(caught.value)
+    assert "docs/configuration.md" in str(caught.value)
+    assert "configuration reference" not in str(caught.value)
+
+
+def test_an_unsupported_store_scheme_is_named_with_the_supported_ones(tmp_path: Path) -> None:
+    path = write(tmp_path, "[store]\nurl = 'mysql://user:hunter2@db/agents'\n")
+    with pytest.raises(ConfigError) as caught:
+        GuardConfig.load(path, env={})
+    message = str(caught.value)
+    assert "store.url" in message and "'mysql' is not supported" in message
+    assert "sqlite:///" in message and "postgresql+psycopg://" in message
+    assert "MySQLdb" not in message and "hunter2" not in message
+
+
+def test_an_unwritable_store_names_store_url_and_the_path(tmp_path: Path) -> None:
+    from agentguard import Guard, StoreError
+
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    url = f"sqlite:///{blocker / 'store.db'}"
+    with pytest.raises(StoreError) as caught:
+        Guard(GuardConfig.from_mapping({"store": {"url": url}}, env={})).budget_status("a")
+    message = str(caught.value)
+    assert "store.url" in message and str(blocker) in message

@@ -142,6 +142,10 @@ class Parker:
 
         def change(current: ParkedSession | None) -> ParkedSession:
             resuming = current is not None and current.state == "resuming"
+            # A record that is still parked or resuming is this same live session: its history
+            # goes on. A finished one (resumed, failed, dropped) belonged to an earlier run
+            # that reused the id: the new record starts afresh.
+            live = current is not None and current.state in ("parked", "resuming")
             attempts = current.attempts + 1 if resuming and current is not None else 0
             record = ParkedSession(
                 session_id=session.id,
@@ -161,7 +165,7 @@ class Parker:
                 reason=reason,
                 attempts=attempts,
                 resume_at=resume_at,
-                history=list(current.history) if current is not None else [],
+                history=list(current.history) if live and current is not None else [],
                 parked_at=current.parked_at
                 if resuming and current is not None
                 else datetime.now(UTC),

@@ -26,9 +26,12 @@ if TYPE_CHECKING:
     from agentguard.guard import Guard
     from agentguard.session import Session
 
-__all__ = ["ParkedSessions", "Resumer", "default_owner"]
+__all__ = ["FINISHED_STATES", "ParkedSessions", "Resumer", "default_owner"]
 
 Resumer = Callable[[ParkedSession], Any]
+
+FINISHED_STATES: frozenset[ParkState] = frozenset({"resumed", "failed", "dropped"})
+"""States a record does not leave on its own: it will not resume unless asked to."""
 
 
 def default_owner() -> str:
@@ -92,15 +95,23 @@ class ParkedSessions:
     # -- acting ------------------------------------------------------------------------------------
 
     def drop(self, session_id: str, *, note: str = "dropped by request") -> ParkedSession:
-        """Mark a record ``dropped``: it will not resume (the record is kept).
+        """Mark a ``parked`` (or ``resuming``) record ``dropped``: it will not resume (the
+        record is kept).
 
         Raises:
             UnknownSession: no record has this id.
+            ValueError: the record is finished (``resumed``, ``failed`` or ``dropped``): there
+                is nothing left to stop, and its outcome stays as it was.
         """
 
         def change(current: ParkedSession | None) -> ParkedSession:
             if current is None:
                 raise UnknownSession(f"no parked session with id {session_id!r}")
+            if current.state in FINISHED_STATES:
+                raise ValueError(
+                    f"session {session_id!r} is {current.state}: a finished record cannot be "
+                    "dropped (it will not resume anyway)"
+                )
             current.resume_at = None
             current.lease_owner = None
             current.lease_until = None
@@ -153,17 +164,37 @@ class ParkedSessions:
 
         Raises:
             UnknownSession: no record has this id.
+            ValueError: this process cannot resume it (its resumer is not registered, or
+                ``replay`` has no client); nothing was claimed.
             SessionParked: the resume hit a limit again and was parked again.
         """
+        problem = self.guard.resume_problem(self.get(session_id))
+        if problem is not None:
+            # Checked before the claim: a resume that cannot start must not spend an attempt.
+            raise ValueError(problem)
         if force:
             self.schedule_now(session_id)
         return self.run(session_id, owner=owner or default_owner(), raise_parked=True)
 
-    def import_record(self, record: ParkedSession) -> ParkedSession:
+    def import_record(self, record: ParkedSession, *, replace: bool = True) -> ParkedSession:
         """Store a record that came from elsewhere (a file, another process). A record of the
-        same session that is being resumed is left alone (dedup by session id)."""
+        same session that is being resumed is left alone (dedup by session id).
+
+        Args:
+            record: the record.
+            replace: overwrite a stored record of the same id (the inbox does); ``False``
+                refuses to.
+
+        Raises:
+            ValueError: ``replace`` is false and a record with this id exists.
+        """
 
         def change(current: ParkedSession | None) -> ParkedSession | None:
+            if current is not None and not replace:
+                raise ValueError(
+                    f"session {record.session_id!r} already has a record ({current.state}); "
+                    "replace it explicitly to overwrite it"
+                )
             if current is not None and current.state == "resuming":
                 logger.info("ingest_skipped", session_id=record.session_id, reason="resuming")
                 return None

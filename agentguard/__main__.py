@@ -1,0 +1,5 @@
+"""``python -m agentguard``: the ``agentguard`` command."""
+
+from agentguard.cli import main
+
+main()

@@ -201,7 +201,7 @@ class TrimStage:
         with session.lock:
             session.state.trim_state = result.state.model_dump(mode="json")
         call.notes["trim"] = result
-        if result.elided_tool_outputs or result.dropped_messages:
+        if result.trimmed:
             call.body["messages"] = result.messages
             if result.retrimmed or logger.enabled("debug"):
                 logger.info(
@@ -213,6 +213,7 @@ class TrimStage:
                     room=room,
                     elided_tool_outputs=result.elided_tool_outputs,
                     dropped_messages=result.dropped_messages,
+                    truncated_messages=result.truncated_messages,
                     retrimmed=result.retrimmed,
                     prefix_reused=result.prefix_reused,
                 )

@@ -3,17 +3,30 @@
 The history is read as a *head* (the leading system/developer prompts and the first user
 message, the task), then *turns*, each ending with an assistant message: a user message and the
 assistant reply that follows it are one turn, and an assistant message with ``tool_calls`` is
-never separated from its tool results. The last ``keep_last_turns`` turns are the *tail*. The
-head, the tail and the last user message are kept whole. To make room, trimming
+never separated from its tool results. The last ``keep_last_turns`` turns are the *tail*.
+
+The prompts, the task and the last message are always kept; the last user message and the tail
+are kept whole when they can be. To make room, trimming degrades step by step, each step only
+when the ones before it, taken as far as they go, cannot make the request fit:
 
 1. elides old tool outputs longer than ``tool_output_max_tokens``, oldest first, only as far as
    needed: the output's first lines stay, followed by
    ``[agentguard: 1234 tokens of output from tool read_file elided]``;
-2. when that is not enough, drops the oldest whole turns and puts one note in their place;
-3. only when even dropping every turn outside the tail cannot reach the limit, elides the long
-   tool outputs of the tail's older turns as well (never the newest turn's), because agent
-   tails routinely hold several multi-thousand-token file reads and failing the call helps
-   nobody. If the request still does not fit, :class:`~agentguard.ContextTooLarge` is raised.
+2. drops the oldest whole turns and puts one note in their place;
+3. elides the long tool outputs of the kept turns as well, oldest first, the newest turn's last
+   (never the last message itself), because agent tails routinely hold several
+   multi-thousand-token file reads and failing the call helps nobody;
+4. keeps fewer turns, down to the group that holds the last message (an assistant message
+   with ``tool_calls`` and its results, parallel calls included, stay together);
+5. cuts the middle out of the largest message left, then the next largest, only as far as
+   needed: its start and end stay around
+   ``[agentguard: 1234 tokens cut from the middle of this message to fit the context window]``.
+   The last message is the step's input, so it is cut only when cutting every other message
+   cannot make room (and then first, so the system prompt and the task stay whole if they can).
+
+:class:`~agentguard.ContextTooLarge` is raised only when even that cannot fit: the prompts, the
+task and the last message, each cut down to its marker, with everything else dropped (the last
+user message and the note go last). Its message gives the sizes.
 
 The note is a **user** message. Every OpenAI-compatible server accepts a user message at a turn
 boundary, after the system prompt and after tool results, whereas a ``system`` message in the
@@ -46,6 +59,7 @@ from agentguard.tokens import TokenCounter, _as_mapping, default_counter, messag
 
 __all__ = [
     "NOTE_ROLE",
+    "ChatView",
     "Summarizer",
     "TrimResult",
     "TrimState",
@@ -65,7 +79,6 @@ ELIDED_HEAD_MAX_TOKENS = 200
 Summarizer = Callable[[list[dict[str, Any]]], str]
 """Turns the dropped messages into a short text that replaces them."""
 
-_PROMPT_ROLES = frozenset({"system", "developer"})
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
@@ -198,6 +211,8 @@ class TrimState(BaseModel):
     """``(index, tokens cut)`` of each elided tool output."""
     head_tokens: int = 0
     """How much of each elided output was kept."""
+    truncated: list[tuple[int, int, int]] = Field(default_factory=list)
+    """``(index, tokens kept, tokens cut)`` of each message cut in the middle."""
     drop_start: int = 0
     drop_end: int = 0
     """The dropped span ``[drop_start, drop_end)``; empty when equal."""
@@ -224,6 +239,7 @@ class TrimResult:
         tokens_after: tokens of the trimmed request.
         elided_tool_outputs: how many tool outputs are elided in ``messages``.
         dropped_messages: how many messages the dropped span removed.
+        truncated_messages: how many messages had their middle cut out (the last resort).
         prefix_reused: the previous call's trimmed request is a prefix of this one, byte for
             byte (a provider prompt cache can serve it).
         retrimmed: a new cut was made in this call (the previous one no longer fit).
@@ -238,6 +254,12 @@ class TrimResult:
     prefix_reused: bool
     retrimmed: bool
     state: TrimState
+    truncated_messages: int = 0
+
+    @property
+    def trimmed(self) -> bool:
+        """Whether ``messages`` differ from the request as given."""
+        return bool(self.elided_tool_outputs or self.dropped_messages or self.truncated_messages)
 
 
 # -- the engine ---------------------------------------------------------------------------------
@@ -246,21 +268,32 @@ class TrimResult:
 @dataclass(slots=True)
 class _Cut:
     elided: dict[int, int] = field(default_factory=dict)  # index -> tokens cut
+    truncated: dict[int, tuple[int, int]] = field(default_factory=dict)  # index -> (kept, cut)
     drop_start: int = 0
     drop_end: int = 0
     kept_in_span: tuple[int, ...] = ()
+    noted: bool = True  # a note stands where the dropped messages were
+
+    def drops(self, index: int) -> bool:
+        return self.drop_start <= index < self.drop_end and index not in self.kept_in_span
 
     @property
     def dropped(self) -> int:
-        return self.drop_end - self.drop_start - len(self.kept_in_span)
+        return max(self.drop_end - self.drop_start - len(self.kept_in_span), 0)
 
     @property
     def empty(self) -> bool:
-        return not self.elided and self.drop_end <= self.drop_start
+        return not self.elided and not self.truncated and self.drop_end <= self.drop_start
 
     @property
     def covered(self) -> int:
-        return max([self.drop_end, *(index + 1 for index in self.elided)])
+        return max(
+            [
+                self.drop_end,
+                *(index + 1 for index in self.elided),
+                *(index + 1 for index in self.truncated),
+            ]
+        )
 
 
 def _combined_digest(digests: Sequence[bytes]) -> str:
@@ -297,8 +330,99 @@ def _summary_note(count: int, summary: str) -> str:
     )
 
 
+def _cut_marker(tokens_cut: int) -> str:
+    return (
+        f"[agentguard: {tokens_cut} tokens cut from the middle of this message to fit the "
+        "context window]"
+    )
+
+
+class ChatView:
+    """What trimming needs to know about the OpenAI chat wire format, in one place.
+
+    The planner sees a history only through these questions (which messages are prompts, which
+    belong together, what text a message carries and how to replace it), so another wire
+    format can bring its own view.
+    """
+
+    prompt_roles = frozenset({"system", "developer"})
+
+    def units(self, messages: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
+        """``(start, end)`` of each group that must be kept or dropped whole: an assistant
+        message with ``tool_calls`` and the tool results that follow it; any other message alone.
+        """
+        units: list[tuple[int, int]] = []
+        index = 0
+        n = len(messages)
+        while index < n:
+            end = index + 1
+            message = messages[index]
+            if message.get("role") == "assistant" and message.get("tool_calls"):
+                while end < n and messages[end].get("role") == "tool":
+                    end += 1
+            units.append((index, end))
+            index = end
+        return units
+
+    def is_prompt(self, message: Mapping[str, Any]) -> bool:
+        return message.get("role") in self.prompt_roles
+
+    def is_user(self, message: Mapping[str, Any]) -> bool:
+        return message.get("role") == "user"
+
+    def is_reply(self, message: Mapping[str, Any]) -> bool:
+        """Whether the message is the model's (a turn ends with one)."""
+        return message.get("role") == "assistant"
+
+    def is_tool_output(self, message: Mapping[str, Any]) -> bool:
+        return message.get("role") == "tool"
+
+    def tool_names(self, messages: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+        """Tool call id -> the name of the tool called."""
+        names: dict[str, str] = {}
+        for message in messages:
+            calls = message.get("tool_calls") if message.get("role") == "assistant" else None
+            for call in calls or ():
+                if isinstance(call, Mapping):
+                    spec = call.get("function") or call.get("custom") or {}
+                    name = spec.get("name") if isinstance(spec, Mapping) else None
+                    names[str(call.get("id"))] = str(name or "unknown")
+        return names
+
+    def tool_name(self, message: Mapping[str, Any], names: Mapping[str, str]) -> str:
+        return names.get(str(message.get("tool_call_id"))) or str(message.get("name") or "unknown")
+
+    def text(self, message: Mapping[str, Any]) -> str | None:
+        """The message's text when it is text only (a string or text parts), else ``None``."""
+        content = message.get("content")
+        if isinstance(content, str):
+            return content
+        if (
+            isinstance(content, list)
+            and content
+            and all(isinstance(part, Mapping) and part.get("type") == "text" for part in content)
+        ):
+            return "\n".join(str(part.get("text", "")) for part in content)
+        return None
+
+    def with_text(self, message: Mapping[str, Any], text: str) -> dict[str, Any]:
+        """The message with its content replaced by ``text`` (every other field kept)."""
+        return {**message, "content": text}
+
+    def note(self, text: str) -> dict[str, Any]:
+        return {"role": NOTE_ROLE, "content": text}
+
+
+CHAT_VIEW = ChatView()
+
+
 class _History:
-    """One request's messages with what trimming needs to know about them."""
+    """One request's messages with what trimming needs to know about them.
+
+    The layout: the *head* (leading prompts and the first user message), then *turns*, each
+    ending with a reply; the last ``keep_last_turns`` turns are the *tail*; the *last unit* is
+    the group holding the last message (with, for a tool result, its call and sibling results).
+    """
 
     def __init__(
         self,
@@ -309,80 +433,74 @@ class _History:
         keep_last_turns: int,
         tool_output_max_tokens: int,
         tools: Sequence[Mapping[str, Any]] | None,
+        view: ChatView = CHAT_VIEW,
     ) -> None:
         self.messages: list[dict[str, Any]] = [
             message if isinstance(message, dict) else dict(_as_mapping(message))
             for message in messages
         ]
+        self.view = view
         self.model = model
         self.counter = counter
         self.tool_output_max_tokens = tool_output_max_tokens
         self.head_tokens = min(ELIDED_HEAD_MAX_TOKENS, tool_output_max_tokens // 4)
         self._heads: dict[tuple[int, int], str] = {}
+        self._elisions: dict[int, tuple[int, int]] = {}
         self.digests = [message_digest(message) for message in self.messages]
         self.counts = counter.message_counts(self.messages, model, digests=self.digests)
         self.overhead = counter.request_overhead(model) + counter.count_tools(tools, model)
         self.total = self.overhead + sum(self.counts)
+        self.tool_names = view.tool_names(self.messages)
         self._layout(max(keep_last_turns, 1))
 
     def _layout(self, keep_last_turns: int) -> None:
-        # The last turn is always kept, even with keep_last_turns=0: it is what the model is
-        # answering.
+        # The newest turn is always kept first and given up last: it is what the model answers.
         messages = self.messages
+        view = self.view
         n = len(messages)
-        units: list[tuple[int, int]] = []
-        self.tool_names: dict[str, str] = {}
-        index = 0
-        while index < n:
-            end = index + 1
-            message = messages[index]
-            if message.get("role") == "assistant" and message.get("tool_calls"):
-                while end < n and messages[end].get("role") == "tool":
-                    end += 1
-                for call in message["tool_calls"]:
-                    if isinstance(call, Mapping):
-                        spec = call.get("function") or call.get("custom") or {}
-                        name = spec.get("name") if isinstance(spec, Mapping) else None
-                        self.tool_names[str(call.get("id"))] = str(name or "unknown")
-            units.append((index, end))
-            index = end
-
+        units = view.units(messages)
         prompts = 0
-        while prompts < n and messages[prompts].get("role") in _PROMPT_ROLES:
+        while prompts < n and view.is_prompt(messages[prompts]):
             prompts += 1
-        first_user = next((i for i in range(prompts, n) if messages[i].get("role") == "user"), None)
+        first_user = next((i for i in range(prompts, n) if view.is_user(messages[i])), None)
         head_end = prompts
         if first_user is not None:
             head_end = next(end for start, end in units if start <= first_user < end)
         self.head_end = head_end
 
-        # A turn ends with an assistant unit; trailing messages form the open, current turn.
+        # A turn ends with a reply unit; trailing messages form the open, current turn.
         turns: list[tuple[int, int]] = []
         start = head_end
         for unit_start, unit_end in units:
             if unit_start < head_end:
                 continue
-            if messages[unit_start].get("role") == "assistant":
+            if view.is_reply(messages[unit_start]):
                 turns.append((start, unit_end))
                 start = unit_end
         if start < n:
             turns.append((start, n))
         self.turns = turns
-        self.tail_start = turns[-keep_last_turns][0] if len(turns) >= keep_last_turns else head_end
-        self.droppable = [turn for turn in turns if turn[1] <= self.tail_start]
-        last_user = next(
-            (i for i in range(n - 1, -1, -1) if messages[i].get("role") == "user"), None
-        )
+        self.last_unit_start = units[-1][0] if units else n
+        tail_start = turns[-keep_last_turns][0] if len(turns) >= keep_last_turns else head_end
+        self.tail_start = tail_start
+        newest_start = turns[-1][0] if turns else n
+        # Drop points: ends of old turns (the first degradation), then of the tail's turns, then
+        # of the units of the newest turn before the last one (keeping fewer turns).
+        self.old_ends = [end for _start, end in turns if end <= tail_start]
+        self.tail_ends = [end for start, end in turns[:-1] if start >= tail_start] + [
+            end for start, end in units if newest_start <= start and end <= self.last_unit_start
+        ]
+        last_user = next((i for i in range(n - 1, -1, -1) if view.is_user(messages[i])), None)
         self.pinned_user = (
-            last_user if last_user is not None and head_end <= last_user < self.tail_start else None
+            last_user
+            if last_user is not None and head_end <= last_user < self.last_unit_start
+            else None
         )
 
     # -- pieces of a trimmed request ----------------------------------------------------------
 
     def tool_name(self, index: int) -> str:
-        message = self.messages[index]
-        call_id = message.get("tool_call_id")
-        return self.tool_names.get(str(call_id)) or str(message.get("name") or "unknown")
+        return self.view.tool_name(self.messages[index], self.tool_names)
 
     def elision_head(self, index: int, head_tokens: int) -> str:
         """The start of a tool output an elision keeps (the same text every time)."""
@@ -402,22 +520,64 @@ class _History:
         marker = (
             f"[agentguard: {tokens_cut} tokens of output from tool {self.tool_name(index)} elided]"
         )
-        return {**self.messages[index], "content": f"{head}\n{marker}" if head else marker}
+        return self.view.with_text(self.messages[index], f"{head}\n{marker}" if head else marker)
 
-    def elision(self, index: int) -> tuple[int, dict[str, Any], int]:
-        """Tokens cut, the elided message, and its token count, for a fresh elision."""
-        head = self.elision_head(index, self.head_tokens)
-        head_only = {**self.messages[index], "content": head}
-        head_count = self.counter.message_counts([head_only], self.model)[0]
-        tokens_cut = max(self.counts[index] - head_count, 0)
-        message = self.elided_message(index, tokens_cut, head)
-        return tokens_cut, message, self.count(message)
+    def elision(self, index: int) -> tuple[int, int]:
+        """Tokens cut and the elided message's token count, for a fresh elision."""
+        cached = self._elisions.get(index)
+        if cached is None:
+            head = self.elision_head(index, self.head_tokens)
+            head_count = self.count(self.view.with_text(self.messages[index], head))
+            tokens_cut = max(self.counts[index] - head_count, 0)
+            cached = (tokens_cut, self.count(self.elided_message(index, tokens_cut, head)))
+            self._elisions[index] = cached
+        return cached
+
+    def truncated_message(self, index: int, kept: int, tokens_cut: int) -> dict[str, Any]:
+        """The message with its middle cut: ``kept`` tokens of its text stay, half at each end."""
+        text = self.view.text(self.messages[index]) or ""
+        head = self.counter.truncate_text(text, kept - kept // 2, self.model)
+        tail = self.counter.truncate_text_end(text, kept // 2, self.model)
+        parts = [part for part in (head, _cut_marker(tokens_cut), tail) if part]
+        return self.view.with_text(self.messages[index], "\n".join(parts))
+
+    def truncated_size(self, index: int, kept: int) -> tuple[int, int]:
+        """Tokens cut and the new count when ``kept`` tokens of the message's text stay."""
+        text = self.view.text(self.messages[index]) or ""
+        head = self.counter.truncate_text(text, kept - kept // 2, self.model)
+        tail = self.counter.truncate_text_end(text, kept // 2, self.model)
+        tokens_cut = max(
+            self.counter.count_text(text, self.model)
+            - self.counter.count_text(head, self.model)
+            - self.counter.count_text(tail, self.model),
+            0,
+        )
+        return tokens_cut, self.count(self.truncated_message(index, kept, tokens_cut))
+
+    def smallest_truncation(self, index: int) -> int | None:
+        """The count of the message cut down to its marker, or ``None`` if it has no text."""
+        if self.view.text(self.messages[index]) is None:
+            return None
+        return self.truncated_size(index, 0)[1]
+
+    def truncation(self, index: int, allowed: int) -> tuple[int, int, int]:
+        """``(tokens kept, tokens cut, new count)`` of the least middle cut that brings the
+        message to ``allowed`` tokens, or down to its marker alone when that is not possible.
+        """
+        text = self.view.text(self.messages[index]) or ""
+        kept = max(self.counter.count_text(text, self.model) - (self.counts[index] - allowed), 0)
+        while True:
+            tokens_cut, size = self.truncated_size(index, kept)
+            if size <= allowed or kept == 0:
+                return kept, tokens_cut, size
+            # Token counts are close to linear in the text kept: step down by the excess.
+            kept = max(kept - max(size - allowed, 1), 0)
 
     def count(self, message: Mapping[str, Any]) -> int:
         return self.counter.message_counts([message], self.model)[0]
 
     def note_message(self, text: str) -> dict[str, Any]:
-        return {"role": NOTE_ROLE, "content": text}
+        return self.view.note(text)
 
     # -- planning -----------------------------------------------------------------------------
 
@@ -432,91 +592,180 @@ class _History:
     ) -> _Cut:
         """The least cut that brings the request to ``target`` (or as close as it can).
 
+        Each degradation is used only when the ones before it, taken as far as they go, cannot
+        bring the request within ``limit``; once used, it goes as far as ``target`` needs.
+
         Raises:
             ContextTooLarge: even the most trimming leaves more than ``limit`` tokens.
         """
         if self.total <= target:
             return _Cut()
-        newest_turn = self.turns[-1][0] if self.turns else len(self.messages)
-        old: dict[int, tuple[int, int]] = {}  # index -> (tokens cut, tokens saved)
-        kept_turns: dict[int, tuple[int, int]] = {}
-        if elide:
-            for index in range(newest_turn):
-                if (
-                    self.messages[index].get("role") == "tool"
-                    and self.counts[index] > self.tool_output_max_tokens
-                ):
-                    tokens_cut, _message, elided_count = self.elision(index)
-                    if elided_count < self.counts[index]:
-                        into = old if index < self.tail_start else kept_turns
-                        into[index] = (tokens_cut, self.counts[index] - elided_count)
-        old_savings = sum(saved for _cut, saved in old.values())
+        old, kept = self._elision_candidates() if elide else ({}, {})
+        cut, size = self._drop_and_elide(self.old_ends, 0, old, target, note_tokens)
+        if size > limit:
+            cut, size = self._drop_and_elide(
+                self.old_ends + self.tail_ends,
+                len(self.old_ends),
+                {**old, **kept},
+                target,
+                note_tokens,
+            )
+        if size > limit:
+            cut = self._truncate(cut, target, limit, note_tokens, session_id)
+        return cut
 
-        # Dropping d oldest turns: find the fewest that, with every remaining old output elided,
-        # reach the target. Running sums keep this linear in the history's length.
-        best_size, best_drop = self.total - old_savings, 0
-        chosen: int | None = 0 if best_size <= target else None
-        dropped_tokens = dropped_savings = dropped_messages = 0
-        if chosen is None:
-            for number, (start, end) in enumerate(self.droppable, start=1):
-                for index in range(start, end):
-                    if index == self.pinned_user:
+    def _elision_candidates(
+        self,
+    ) -> tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]]:
+        """Tool outputs worth eliding, ``index -> (tokens cut, tokens saved)``, oldest first:
+        those before the tail, and those inside it (the newest last; never the last message).
+        """
+        old: dict[int, tuple[int, int]] = {}
+        kept: dict[int, tuple[int, int]] = {}
+        for index in range(len(self.messages) - 1):
+            if (
+                self.view.is_tool_output(self.messages[index])
+                and self.counts[index] > self.tool_output_max_tokens
+            ):
+                tokens_cut, elided_count = self.elision(index)
+                if elided_count < self.counts[index]:
+                    into = old if index < self.tail_start else kept
+                    into[index] = (tokens_cut, self.counts[index] - elided_count)
+        return old, kept
+
+    def _drop_and_elide(
+        self,
+        ends: Sequence[int],
+        fewest: int,
+        candidates: Mapping[int, tuple[int, int]],
+        target: int,
+        note_tokens: Callable[[int], int],
+    ) -> tuple[_Cut, int]:
+        """Drop the fewest leading groups (at least ``fewest``) that, with every candidate
+        elided, reach ``target``, or the number that comes closest; then elide only as many
+        candidates as still needed, in their order. Running sums keep this linear.
+        """
+        pinned = self.pinned_user
+        all_savings = sum(saved for _cut, saved in candidates.values())
+        dropped_tokens = dropped_messages = dropped_savings = 0
+        position = self.head_end
+        best_size, best_number = self.total + 1, fewest
+        chosen_end = self.head_end
+        for number in range(len(ends) + 1):
+            if number:
+                for index in range(position, ends[number - 1]):
+                    if index == pinned:
                         continue
                     dropped_tokens += self.counts[index]
                     dropped_messages += 1
-                    if index in old:
-                        dropped_savings += old[index][1]
-                size = (
-                    self.total
-                    - dropped_tokens
-                    + note_tokens(dropped_messages)
-                    - (old_savings - dropped_savings)
-                )
-                if size < best_size:
-                    best_size, best_drop = size, number
-                if size <= target:
-                    chosen = number
-                    break
-        candidates = old
-        if chosen is None:
-            chosen = best_drop
-            if best_size > limit:
-                # Last resort, rather than failing the call: elide the long outputs of the kept
-                # turns too, oldest first. The newest turn is never touched.
-                smallest = best_size - sum(saved for _cut, saved in kept_turns.values())
-                if smallest > limit:
-                    raise self._too_large(smallest, limit, session_id)
-                candidates = {**old, **kept_turns}
-
-        cut = _Cut()
-        size = self.total
-        if chosen:
-            cut.drop_start = self.head_end
-            cut.drop_end = self.droppable[chosen - 1][1]
-            if self.pinned_user is not None and self.pinned_user < cut.drop_end:
-                cut.kept_in_span = (self.pinned_user,)
-            size -= sum(
-                self.counts[i]
-                for i in range(cut.drop_start, cut.drop_end)
-                if i not in cut.kept_in_span
-            )
-            size += note_tokens(cut.dropped)
+                    if index in candidates:
+                        dropped_savings += candidates[index][1]
+                position = ends[number - 1]
+            if number < fewest:
+                continue
+            note = note_tokens(dropped_messages) if dropped_messages else 0
+            size = self.total - dropped_tokens + note - (all_savings - dropped_savings)
+            if size < best_size:
+                best_size, best_number = size, number
+            if size <= target:
+                break
+        if best_number:
+            chosen_end = ends[best_number - 1]
+        cut = _Cut(drop_start=self.head_end, drop_end=chosen_end)
+        if pinned is not None and self.head_end <= pinned < chosen_end:
+            cut.kept_in_span = (pinned,)
+        if not cut.dropped:
+            cut = _Cut()
+        size = self._size(cut, note_tokens)
         for index, (tokens_cut, saved) in candidates.items():
             if size <= target:
                 break
-            if cut.drop_start <= index < cut.drop_end:
+            if not cut.drops(index):
+                cut.elided[index] = tokens_cut
+                size -= saved
+        return cut, size
+
+    def _size(self, cut: _Cut, note_tokens: Callable[[int], int]) -> int:
+        """The planned request's tokens for a cut (elisions and cuts are counted as kept)."""
+        size = self.overhead
+        for index, count in enumerate(self.counts):
+            if cut.drops(index):
                 continue
-            cut.elided[index] = tokens_cut
-            size -= saved
+            if index in cut.elided:
+                count = self.elision(index)[1]
+            size += count
+        if cut.dropped and cut.noted:
+            size += note_tokens(cut.dropped)
+        return size
+
+    def _truncate(
+        self,
+        cut: _Cut,
+        target: int,
+        limit: int,
+        note_tokens: Callable[[int], int],
+        session_id: str | None,
+    ) -> _Cut:
+        """The last resort: cut the middle out of the largest kept messages.
+
+        The last message is cut only when nothing else can make room. When even every kept
+        message cut down to its marker does not fit, the last user message (when it is not the
+        last message) and then the note are given up before :class:`ContextTooLarge` is raised.
+        """
+        kept = [index for index in range(len(self.messages)) if not cut.drops(index)]
+        current = {
+            index: self.elision(index)[1] if index in cut.elided else self.counts[index]
+            for index in kept
+        }
+        smallest: dict[int, int] = {}
+        for index in kept:
+            fewest = self.smallest_truncation(index)
+            if fewest is not None and fewest < current[index]:
+                smallest[index] = fewest
+
+        def floor() -> int:
+            return self._size(cut, note_tokens) - sum(
+                current[index] - smallest[index] for index in smallest if not cut.drops(index)
+            )
+
+        if floor() > limit and cut.kept_in_span:
+            cut.kept_in_span = ()
+        if floor() > limit and cut.dropped:
+            cut.noted = False
+        if floor() > limit:
+            raise self._too_large(floor(), limit, session_id)
+
+        size = self._size(cut, note_tokens)
+        last = len(self.messages) - 1
+        others = sorted(
+            (index for index in smallest if index != last and not cut.drops(index)),
+            key=lambda index: (-current[index], index),
+        )
+        without_last = size - sum(current[index] - smallest[index] for index in others)
+        order = others if without_last <= limit or last not in smallest else [last, *others]
+        for index in order:
+            if size <= target:
+                break
+            allowed = max(current[index] - (size - target), smallest[index])
+            tokens_kept, tokens_cut, count = self.truncation(index, allowed)
+            cut.truncated[index] = (tokens_kept, tokens_cut)
+            cut.elided.pop(index, None)
+            size += count - current[index]
         return cut
 
     def _too_large(self, smallest: int, limit: int, session_id: str | None) -> ContextTooLarge:
         where = f" of session {session_id!r}" if session_id else ""
+        head = sum(self.counts[: self.head_end])
+        kept = (
+            f"the system prompt and the task take {head} tokens and the last message "
+            f"{self.counts[-1]}"
+            if self.last_unit_start >= self.head_end
+            else f"the system prompt and the task (the last message) take {head} tokens"
+        )
         return ContextTooLarge(
             f"the messages{where} take {self.total} tokens and cannot be trimmed below "
-            f"{smallest}, more than the {limit} allowed: the system prompt, the first and the "
-            "last user message and the newest turn are kept whole, and the "
-            f"{len(self.turns) - len(self.droppable)} most recent turn(s) are not dropped",
+            f"{smallest}, more than the {limit} allowed: {kept}; with every other message "
+            "dropped and these cut down to a marker each, they still do not fit",
             tokens=smallest,
             max_tokens=limit,
             session_id=session_id,
@@ -531,26 +780,27 @@ class _History:
         out: list[dict[str, Any]] = []
         digests: list[bytes] = []
         tokens = self.overhead
-        kept_in_span = set(cut.kept_in_span)
-        for index, message in enumerate(self.messages):
-            if cut.drop_start <= index < cut.drop_end:
-                if index == cut.drop_start and note is not None:
-                    placeholder = self.note_message(note)
-                    out.append(placeholder)
-                    digests.append(message_digest(placeholder))
-                    tokens += self.count(placeholder)
-                if index not in kept_in_span:
-                    continue
-            if index in cut.elided:
-                head = self.elision_head(index, head_tokens)
-                elided = self.elided_message(index, cut.elided[index], head)
-                out.append(elided)
-                digests.append(message_digest(elided))
-                tokens += self.count(elided)
-                continue
+
+        def add(message: dict[str, Any]) -> None:
+            nonlocal tokens
             out.append(message)
-            digests.append(self.digests[index])
-            tokens += self.counts[index]
+            digests.append(message_digest(message))
+            tokens += self.count(message)
+
+        for index, message in enumerate(self.messages):
+            if index == cut.drop_start and cut.drop_end > cut.drop_start and note is not None:
+                add(self.note_message(note))
+            if cut.drops(index):
+                continue
+            if index in cut.truncated:
+                add(self.truncated_message(index, *cut.truncated[index]))
+            elif index in cut.elided:
+                head = self.elision_head(index, head_tokens)
+                add(self.elided_message(index, cut.elided[index], head))
+            else:
+                out.append(message)
+                digests.append(self.digests[index])
+                tokens += self.counts[index]
         return out, digests, tokens
 
 
@@ -571,12 +821,24 @@ def trim_messages(
 ) -> list[dict[str, Any]]:
     """Trim a chat history to ``max_tokens``, keeping it a valid OpenAI request.
 
-    Keeps the system/developer prompts at the start, the first user message, the last user
-    message and the last ``keep_last_turns`` turns whole. First elides old tool outputs longer
-    than ``tool_output_max_tokens`` (oldest first, only as many as needed), then drops the oldest
-    whole turns and puts one user-role note where they were; as a last resort it elides long
-    outputs of the kept turns too, except the newest turn's. A tool call is never separated from
-    its results. The input is not modified; messages kept unchanged are the same dict objects.
+    Always keeps the system/developer prompts at the start, the first user message (the task)
+    and the last message, and prefers to keep the last user message and the last
+    ``keep_last_turns`` turns whole. It degrades in this order, each step only when the ones
+    before it cannot make the request fit:
+
+    1. elides old tool outputs longer than ``tool_output_max_tokens`` (oldest first, only as
+       many as needed);
+    2. drops the oldest whole turns and puts one user-role note where they were;
+    3. elides long tool outputs inside the kept turns (oldest first, the newest turn's last;
+       never the last message);
+    4. keeps fewer turns, down to the group that holds the last message;
+    5. cuts the middle out of the largest remaining message (then the next largest), leaving
+       its start and end around a marker that says how many tokens were cut. The last message
+       is the step's input: it is cut only when cutting every other message cannot make room,
+       and then before the others.
+
+    A tool call is never separated from its results. The input is not modified; messages kept
+    unchanged are the same dict objects.
 
     Args:
         messages: OpenAI chat message dicts.
@@ -592,7 +854,8 @@ def trim_messages(
         The trimmed messages; a new list (the original messages when they fit).
 
     Raises:
-        ContextTooLarge: the kept parts alone exceed ``max_tokens``; names both sizes.
+        ContextTooLarge: even with every other message dropped and every kept one cut down to
+            its marker, the request exceeds ``max_tokens``; names the sizes.
     """
     if not messages:
         return []
@@ -613,7 +876,7 @@ def trim_messages(
     )
     if cut.empty:
         return list(history.messages)
-    note = _drop_note(cut.dropped) if cut.dropped or cut.kept_in_span else None
+    note = _drop_note(cut.dropped) if cut.dropped and cut.noted else None
     out, _digests, _tokens = history.assemble(cut, note, history.head_tokens)
     return out
 
@@ -675,7 +938,8 @@ class Trimmer:
             The trimmed request and what was done; ``result.state`` goes to the next call.
 
         Raises:
-            ContextTooLarge: the kept parts alone exceed ``max_tokens``.
+            ContextTooLarge: even the prompts, the task and the last message, each cut down to
+                its marker, exceed ``max_tokens`` (see :func:`trim_messages`).
         """
         config = self.config
         history = _History(
@@ -724,7 +988,7 @@ class Trimmer:
         )
         note = None
         summary_digest = None
-        if cut.dropped or cut.kept_in_span:
+        if cut.dropped and cut.noted:
             note = _drop_note(cut.dropped)
             if summarize:
                 note, summary_digest = self._summary(history, cut, previous, reserve)
@@ -744,6 +1008,7 @@ class Trimmer:
             return None
         cut = _Cut(
             elided=dict(state.elided),
+            truncated={index: (kept, tokens_cut) for index, kept, tokens_cut in state.truncated},
             drop_start=state.drop_start,
             drop_end=state.drop_end,
             kept_in_span=tuple(state.kept_in_span),
@@ -798,6 +1063,9 @@ class Trimmer:
             covered=covered,
             covered_digest=_combined_digest(history.digests[:covered]),
             elided=sorted(cut.elided.items()),
+            truncated=sorted(
+                (index, kept, tokens_cut) for index, (kept, tokens_cut) in cut.truncated.items()
+            ),
             head_tokens=head_tokens,
             drop_start=cut.drop_start,
             drop_end=cut.drop_end,
@@ -814,6 +1082,7 @@ class Trimmer:
             tokens_after=tokens,
             elided_tool_outputs=len(cut.elided),
             dropped_messages=cut.dropped if cut.drop_end > cut.drop_start else 0,
+            truncated_messages=len(cut.truncated),
             prefix_reused=prefix_reused,
             retrimmed=retrimmed,
             state=state,

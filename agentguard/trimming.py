@@ -76,6 +76,15 @@ ELIDED_HEAD_MAX_TOKENS = 200
 """At most this much of an elided tool output is kept (and at most a quarter of
 ``tool_output_max_tokens``), so the model still sees what the output was."""
 
+PROMPT_CACHE_MIN_TOKENS = 1024
+"""Prompts shorter than this are not cached (OpenAI)."""
+PROMPT_CACHE_STEP = 128
+"""Cached prefixes are whole multiples of this many tokens (OpenAI)."""
+
+CACHE_BREAK_EVEN_MARGIN = 0.97
+"""A cache-aware cut aims this far below the break-even size: a provider counts a request's
+framing a little differently, by up to about 2% on tool-heavy histories."""
+
 Summarizer = Callable[[list[dict[str, Any]]], str]
 """Turns the dropped messages into a short text that replaces them."""
 
@@ -330,6 +339,13 @@ def _summary_note(count: int, summary: str) -> str:
     )
 
 
+def _cached_tokens(prefix_tokens: int) -> int:
+    """How much of a prefix a provider's prompt cache serves (OpenAI's rule: in steps of
+    :data:`PROMPT_CACHE_STEP`, from :data:`PROMPT_CACHE_MIN_TOKENS`)."""
+    cached = prefix_tokens // PROMPT_CACHE_STEP * PROMPT_CACHE_STEP
+    return cached if cached >= PROMPT_CACHE_MIN_TOKENS else 0
+
+
 def _cut_marker(tokens_cut: int) -> str:
     return (
         f"[agentguard: {tokens_cut} tokens cut from the middle of this message to fit the "
@@ -576,6 +592,36 @@ class _History:
     def count(self, message: Mapping[str, Any]) -> int:
         return self.counter.message_counts([message], self.model)[0]
 
+    def cache_break_even(self, cached_input_ratio: float) -> int:
+        """The largest trimmed request that costs no more than the untrimmed one, with caching.
+
+        The untrimmed request would find its previous version (everything before the last
+        reply) in the provider's cache; a freshly cut one finds only the messages before the
+        cut, the head. With ``r`` the cached price ratio, ``P`` and ``P_cached`` the untrimmed
+        request and its cached part, and ``K`` the head's cached part, a cut request of ``T``
+        tokens costs no more when ``T <= K * (1 - r) + r * P_cached + (P - P_cached)``.
+        """
+        last_reply = next(
+            (
+                index
+                for index in range(len(self.messages) - 1, -1, -1)
+                if self.view.is_reply(self.messages[index])
+            ),
+            None,
+        )
+        previous = self.overhead + sum(self.counts[:last_reply]) if last_reply is not None else 0
+        head = self.overhead + sum(self.counts[: self.head_end])
+        untrimmed_cached = _cached_tokens(previous)
+        head_cached = _cached_tokens(min(head, previous))
+        return math.floor(
+            CACHE_BREAK_EVEN_MARGIN
+            * (
+                head_cached * (1 - cached_input_ratio)
+                + cached_input_ratio * untrimmed_cached
+                + (self.total - untrimmed_cached)
+            )
+        )
+
     def note_message(self, text: str) -> dict[str, Any]:
         return self.view.note(text)
 
@@ -589,11 +635,14 @@ class _History:
         elide: bool,
         note_tokens: Callable[[int], int],
         session_id: str | None,
+        elide_kept_for_target: bool = False,
     ) -> _Cut:
         """The least cut that brings the request to ``target`` (or as close as it can).
 
         Each degradation is used only when the ones before it, taken as far as they go, cannot
         bring the request within ``limit``; once used, it goes as far as ``target`` needs.
+        With ``elide_kept_for_target``, the kept turns' long outputs are also elided when
+        dropping old turns cannot reach ``target`` (a target set by cost, not by room).
 
         Raises:
             ContextTooLarge: even the most trimming leaves more than ``limit`` tokens.
@@ -602,6 +651,10 @@ class _History:
             return _Cut()
         old, kept = self._elision_candidates() if elide else ({}, {})
         cut, size = self._drop_and_elide(self.old_ends, 0, old, target, note_tokens)
+        if size > target and elide_kept_for_target and kept:
+            cut, size = self._drop_and_elide(
+                self.old_ends, len(self.old_ends), {**old, **kept}, target, note_tokens
+            )
         if size > limit:
             cut, size = self._drop_and_elide(
                 self.old_ends + self.tail_ends,
@@ -922,6 +975,7 @@ class Trimmer:
         state: TrimState | None = None,
         tools: Sequence[Mapping[str, Any]] | None = None,
         session_id: str | None = None,
+        cached_input_ratio: float | None = None,
     ) -> TrimResult:
         """Fit one request of a session into ``max_tokens``.
 
@@ -933,6 +987,11 @@ class Trimmer:
             state: the previous call's ``result.state`` (``None`` for a session's first call).
             tools: the request's tool definitions, whose tokens count against ``max_tokens``.
             session_id: named in errors.
+            cached_input_ratio: the model's price of a cached input token over an uncached
+                one. When given, a new cut goes deep enough (where dropping and eliding old
+                turns can) that this call costs no more than the untrimmed request would with
+                its prefix in the provider's prompt cache: a new cut is sent uncached after the
+                system prompt and the task, so a cheap cache makes it worth cutting further.
 
         Returns:
             The trimmed request and what was done; ``result.state`` goes to the next call.
@@ -970,6 +1029,10 @@ class Trimmer:
             return self._result(history, _Cut(), None, previous, retrimmed=False)
 
         target = max(math.floor(config.low_watermark * limit), 1)
+        break_even = None
+        if cached_input_ratio is not None:
+            break_even = max(history.cache_break_even(cached_input_ratio), 1)
+            target = min(target, break_even)
         summarize = config.strategy == "summarize" and self.summarizer is not None
         reserve = min(self.summary_max_tokens, max(32, target // 8))
         note_tokens = _drop_note_tokens(history)
@@ -985,6 +1048,7 @@ class Trimmer:
             elide=config.strategy != "window",
             note_tokens=note_tokens,
             session_id=session_id,
+            elide_kept_for_target=break_even is not None and break_even == target,
         )
         note = None
         summary_digest = None

@@ -915,3 +915,74 @@ def test_unknown_model_elisions_stay_identical_when_calibration_moves() -> None:
     second = trimmer.fit(history[:52], model="acme-1", max_tokens=9000, state=first.state)
     assert not second.retrimmed and second.prefix_reused
     assert second.messages[: len(first.messages)] == first.messages
+
+
+def provider_bills(requests: list[list[Message]], cached_input_ratio: float) -> list[float]:
+    """Each request's input cost (in uncached-token units), billed as the simulated provider
+    bills: its own token counts and its prompt cache."""
+    from agentguard.sim.tokens import PrefixCache
+    from agentguard.sim.tokens import TokenCounter as ProviderCounter
+
+    provider = ProviderCounter()
+    cache = PrefixCache()
+    costs = []
+    for request in requests:
+        prompt = provider.prompt(request, None, MODEL)
+        cached = cache.lookup_and_store(b"test", prompt)
+        costs.append(prompt.total - cached + cached_input_ratio * cached)
+    return costs
+
+
+def session_requests(
+    history: list[Message], cached_input_ratio: float, keep_last_turns: int
+) -> tuple[list[list[Message]], list[list[Message]], TrimState | None]:
+    """The untrimmed and the trimmed request of every call of a growing session."""
+    trimmer = Trimmer(TrimmingConfig(keep_last_turns=keep_last_turns), COUNTER)
+    untrimmed: list[list[Message]] = []
+    trimmed: list[list[Message]] = []
+    state = None
+    for length in complete_prefixes(history)[1:]:
+        untrimmed.append(history[:length])
+        result = trimmer.fit(
+            history[:length],
+            model=MODEL,
+            max_tokens=16_000,
+            state=state,
+            cached_input_ratio=cached_input_ratio,
+        )
+        assert result.tokens_after <= 16_000
+        state = result.state
+        trimmed.append(result.messages)
+    return untrimmed, trimmed, state
+
+
+@pytest.mark.parametrize("cached_input_ratio", [0.5, 0.25, 0.1])
+def test_a_cache_aware_cut_costs_no_more_than_the_untrimmed_call(
+    cached_input_ratio: float,
+) -> None:
+    # Long outputs the cut may elide: the break-even size is reachable at every new cut.
+    history = agent_history(0)
+    for step in range(30):
+        history += tool_step(step, [words(2200 + (step * 397) % 900, step)])
+    untrimmed, trimmed, state = session_requests(history, cached_input_ratio, keep_last_turns=2)
+    assert state is not None and state.trims >= 2
+    costs = provider_bills(trimmed, cached_input_ratio)
+    bases = provider_bills(untrimmed, cached_input_ratio)
+    for call, (cost, base) in enumerate(zip(costs, bases, strict=True)):
+        assert cost <= base, f"call {call} costs {cost:.0f} trimmed, {base:.0f} untrimmed"
+
+
+@pytest.mark.parametrize("cached_input_ratio", [0.5, 0.25, 0.1])
+def test_a_cache_aware_session_costs_no_more_than_the_untrimmed_one(
+    cached_input_ratio: float,
+) -> None:
+    # Short and long outputs in the kept turns: a new cut may not reach the break-even size
+    # without giving up the kept turns, so one call may cost more; the session does not.
+    history = agent_history(0)
+    for step in range(40):
+        history += tool_step(step, [words(300 + (step * 397) % 2500, step)])
+    untrimmed, trimmed, state = session_requests(history, cached_input_ratio, keep_last_turns=3)
+    assert state is not None and state.trims >= 2
+    cost = sum(provider_bills(trimmed, cached_input_ratio))
+    base = sum(provider_bills(untrimmed, cached_input_ratio))
+    assert cost <= base

@@ -900,7 +900,8 @@ def trim_messages(
         keep_last_turns: recent turns kept whole (the last one always is).
         tool_output_max_tokens: tool outputs longer than this may be elided.
         counter: the token counter (default: the process-wide one).
-        strategy: ``"elide"`` (elide, then drop) or ``"window"`` (drop only).
+        strategy: ``"elide"`` (every step above) or ``"window"`` (no eliding: drop turns,
+            then, as the last resort, cut the middle of a message).
         tools: the request's tool definitions, whose tokens count against ``max_tokens``.
 
     Returns:
@@ -942,9 +943,17 @@ class Trimmer:
     so they extend the previous request instead of rewriting it. Pass each call's
     ``result.state`` to the next call.
 
-    Strategies: ``window`` drops turns only; ``elide`` elides old tool outputs, then drops turns;
-    ``summarize`` does what ``elide`` does and, given a ``summarizer``, replaces the dropped
-    turns with its summary of them (computed once per dropped span and kept in the state).
+    Strategies: ``window`` drops turns and never elides; ``elide`` degrades in the order
+    :func:`trim_messages` describes; ``summarize`` does what ``elide`` does and, given a
+    ``summarizer``, replaces the dropped turns with its summary of them (computed once per
+    dropped span and kept in the state). Under any strategy, cutting the middle of a message is
+    the last resort before :class:`~agentguard.ContextTooLarge`.
+
+    Given the model's cached-input price ratio (``cached_input_ratio``, which the pipeline
+    takes from the price data when ``trimming.cache_aware`` is on), a new cut also goes deep
+    enough that its call costs no more than the untrimmed request would with the provider's
+    prompt cache, dropping old turns and eliding long outputs (of the kept turns too) for it,
+    but never giving up the kept turns or cutting a message for cost alone.
 
     Args:
         config: the trimming policy.

@@ -986,3 +986,28 @@ def test_a_cache_aware_session_costs_no_more_than_the_untrimmed_one(
     cost = sum(provider_bills(trimmed, cached_input_ratio))
     base = sum(provider_bills(untrimmed, cached_input_ratio))
     assert cost <= base
+
+
+# -- in the pipeline, over the sim ----------------------------------------------------------------
+
+
+def test_a_guarded_call_whose_last_message_is_too_long_is_cut_and_sent(
+    sim: Any, make_guard: Callable[..., Any]
+) -> None:
+    import openai
+
+    guard = make_guard(trimming={"max_context_tokens": 3000})
+    client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-test"))
+    messages = [
+        {"role": "system", "content": "You are a careful coding agent. " + words(300, 1)},
+        {"role": "user", "content": "Fix the failing test in the parser."},
+        *tool_step(0, [words(6000, 2)]),
+    ]
+    with guard.session():
+        response = client.chat.completions.create(model="gpt-4o", messages=messages, max_tokens=100)
+    (sent,) = [request.body for request in sim.requests if request.body]
+    validate_messages(sent["messages"])
+    assert count(sent["messages"]) <= 3000 - 100  # the room: the context less the output
+    assert response.usage.prompt_tokens < 3000  # as the provider counted it
+    assert sent["messages"][:3] == messages[:3]
+    assert is_cut_of(messages[-1], sent["messages"][-1])

@@ -363,6 +363,11 @@ class ChatView:
 
     prompt_roles = frozenset({"system", "developer"})
 
+    def validate(self, messages: Sequence[Mapping[str, Any]]) -> None:
+        """Raise ``ValueError`` unless the messages form a valid request (see
+        :func:`validate_messages`)."""
+        validate_messages(messages)
+
     def units(self, messages: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
         """``(start, end)`` of each group that must be kept or dropped whole: an assistant
         message with ``tool_calls`` and the tool results that follow it; any other message alone.
@@ -960,6 +965,7 @@ class Trimmer:
         counter: the token counter (default: the process-wide one).
         summarizer: for ``strategy="summarize"``: turns the dropped messages into a text.
         summary_max_tokens: a longer summary is cut to this.
+        view: how to read the wire format's messages (OpenAI chat messages by default).
     """
 
     def __init__(
@@ -969,11 +975,13 @@ class Trimmer:
         *,
         summarizer: Summarizer | None = None,
         summary_max_tokens: int = 1024,
+        view: ChatView = CHAT_VIEW,
     ) -> None:
         self.config = config or TrimmingConfig()
         self.counter = counter or default_counter()
         self.summarizer = summarizer
         self.summary_max_tokens = summary_max_tokens
+        self.view = view
 
     def fit(
         self,
@@ -1017,6 +1025,7 @@ class Trimmer:
             keep_last_turns=config.keep_last_turns,
             tool_output_max_tokens=config.tool_output_max_tokens,
             tools=tools,
+            view=self.view,
         )
         limit = max_tokens if max_tokens is not None else config.max_context_tokens
         previous = state or TrimState()
@@ -1032,7 +1041,7 @@ class Trimmer:
                 result = self._result(
                     history, cut, note, previous, retrimmed=False, head_tokens=previous.head_tokens
                 )
-                if result.tokens_after <= limit and _is_valid(result.messages):
+                if result.tokens_after <= limit and self._is_valid(result.messages):
                     return result
         elif history.total <= limit:
             return self._result(history, _Cut(), None, previous, retrimmed=False)
@@ -1072,6 +1081,13 @@ class Trimmer:
             # The summary came out longer than planned; the plain note always fits the plan.
             result = self._result(history, cut, _drop_note(cut.dropped), previous, retrimmed=True)
         return result
+
+    def _is_valid(self, messages: Sequence[Mapping[str, Any]]) -> bool:
+        try:
+            self.view.validate(messages)
+        except ValueError:
+            return False
+        return True
 
     def _reapply(self, history: _History, state: TrimState) -> tuple[_Cut, str | None] | None:
         """The state's cut, if it still applies to this history (its prefix is unchanged)."""
@@ -1160,11 +1176,3 @@ class Trimmer:
             retrimmed=retrimmed,
             state=state,
         )
-
-
-def _is_valid(messages: Sequence[Mapping[str, Any]]) -> bool:
-    try:
-        validate_messages(messages)
-    except ValueError:
-        return False
-    return True

@@ -225,6 +225,10 @@ class TrimmingConfig(_Section):
     low_watermark: Annotated[float, Field(gt=0, lt=1)] = 0.7
     """When a trim is needed, trim down to this fraction of the room, so the next calls append
     to an unchanged prefix (provider prompt caches stay warm)."""
+    cache_aware: bool = True
+    """When a trim is needed, also cut deep enough that the call costs no more than the
+    untrimmed request would with the provider's prompt cache (priced from the model's cached
+    input rate): with a cheap cache, a shallow cut would cost more than it saves."""
 
 
 class LimitRule(_Section):

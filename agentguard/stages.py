@@ -171,6 +171,17 @@ class TrimStage:
         output = requested if isinstance(requested, int) and requested > 0 else 0
         return max(1, limit - output)
 
+    def _cached_input_ratio(self, model: str) -> float | None:
+        if not self.config.cache_aware:
+            return None
+        try:
+            price = self.pricer.price(model)
+        except Exception:
+            return None  # unpriced models are refused later, by pricing
+        if price.input <= 0:
+            return None
+        return min(float(price.cached_input / price.input), 1.0)
+
     def prepare(self, call: CallContext) -> None:
         if not self.config.enabled or not call.messages or _classifying.get():
             return
@@ -197,11 +208,12 @@ class TrimStage:
             state=state,
             tools=call.tools,
             session_id=session.id,
+            cached_input_ratio=self._cached_input_ratio(call.model),
         )
         with session.lock:
             session.state.trim_state = result.state.model_dump(mode="json")
         call.notes["trim"] = result
-        if result.elided_tool_outputs or result.dropped_messages:
+        if result.trimmed:
             call.body["messages"] = result.messages
             if result.retrimmed or logger.enabled("debug"):
                 logger.info(
@@ -213,6 +225,7 @@ class TrimStage:
                     room=room,
                     elided_tool_outputs=result.elided_tool_outputs,
                     dropped_messages=result.dropped_messages,
+                    truncated_messages=result.truncated_messages,
                     retrimmed=result.retrimmed,
                     prefix_reused=result.prefix_reused,
                 )

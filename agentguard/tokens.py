@@ -563,6 +563,32 @@ class TokenCounter:
                 return window
         return window
 
+    def truncate_text_end(self, text: str, max_tokens: int, model: str) -> str:
+        """The longest end of ``text`` that is at most ``max_tokens`` tokens.
+
+        The mirror of :meth:`truncate_text` (same encoding, same determinism): only the last
+        ``32 * max_tokens`` characters are considered.
+        """
+        if max_tokens <= 0 or not text:
+            return ""
+        basis, _exact = self._basis(model)
+        tokenizer = None if basis == _FALLBACK_BASIS else self._tokenizer(basis)
+        if tokenizer is None:
+            return text[-max_tokens * _BYTES_PER_TOKEN_FALLBACK :]
+        for chars_per_token in (8, 32):
+            window = text[-max_tokens * chars_per_token :]
+            try:
+                tokens = tokenizer.encode_ordinary(window)
+            except Exception:
+                window = window.encode("utf-8", "replace").decode("utf-8")
+                tokens = tokenizer.encode_ordinary(window)
+            if len(tokens) > max_tokens:
+                # The window may start inside a character or a word; the tokens kept are whole.
+                return tokenizer.decode(tokens[-max_tokens:]).lstrip("\ufffd")
+            if len(window) == len(text):
+                return window
+        return window
+
     def cache_info(self) -> CacheInfo:
         """Hits, misses and size of the per-message cache."""
         with self._lock:

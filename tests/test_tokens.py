@@ -355,6 +355,18 @@ def test_truncate_text(counter: TokenCounter) -> None:
     assert counter.truncate_text("日本語のテキスト" * 20, 5, "gpt-4o").isprintable()
 
 
+def test_truncate_text_end(counter: TokenCounter) -> None:
+    text = "".join(f"line {n} of source code\n" for n in range(500))
+    tail = counter.truncate_text_end(text, 50, "gpt-4o")
+    assert text.endswith(tail)
+    assert 40 <= counter.count_text(tail, "gpt-4o") <= 50
+    assert counter.truncate_text_end("short", 50, "gpt-4o") == "short"
+    assert counter.truncate_text_end(text, 0, "gpt-4o") == ""
+    assert counter.truncate_text_end("日本語のテキスト" * 20, 5, "gpt-4o").isprintable()
+    # Unknown models: the same basis, the same text every time.
+    assert counter.truncate_text_end(text, 50, "acme-1") == tail
+
+
 def test_sdk_message_objects_are_counted_like_dicts(counter: TokenCounter) -> None:
     from openai.types.chat import ChatCompletionMessage
 

@@ -309,10 +309,13 @@ class _Demo:
             f"Budget '{BUDGET_KEY}': ${self.budget_usd:g} per {self.window_s:g}s window; when "
             "it runs out the session parks and resumes when the window resets."
         )
-        self.prose(
-            f"Tiers: small = {TIERS['small']}, large = {TIERS['large']}; each step goes to the "
-            f"cheapest tier that can do it, never above the {self.model} the agent asks for."
+        tiers = (
+            f"Tiers: small = {TIERS['small']}, large = {TIERS['large']}; easy steps go small, "
+            "the rest large."
         )
+        if self.model != TIERS["large"]:
+            tiers += f" No step goes above {self.model}, the model the agent asks for."
+        self.prose(tiers)
         self.line()
         self.row(("#", "model", "why", "in tok", "out", "cost", "left", "action"), "bold")
 

@@ -42,7 +42,9 @@ def test_the_demo_parks_resumes_answers_and_compares_with_the_unguarded_agent() 
     models = {match.group(2) for line in lines if (match := STEP_LINE.match(line))}
     assert models == {"gpt-4o", "gpt-4o-mini"}, output  # routed per step
 
-    assert "Tiers: small = gpt-4o-mini, large = gpt-4o" in output
+    assert (
+        "Tiers: small = gpt-4o-mini, large = gpt-4o; easy steps go small, the rest large." in lines
+    )
     park = output.index("parked: budget 'demo'")
     resume = output.index("resumed: demo-task")
     assert park < resume < output.index("Answer:"), output

@@ -3,9 +3,9 @@
 Runs offline with no API key: the sim serves a tool-using agent's replies on loopback, the
 guard routes each step, trims the history, reserves and settles every call against a small
 dollar budget with a short window, and when the budget runs out parks the session; the demo
-then waits for the window to reset and resumes the agent through a registered resumer. Last,
-the same agent runs again on the sim without the guard, and a summary compares the two runs
-by the sim's own bill.
+then waits for the window to reset and resumes the agent through a registered resumer. The
+same agent also runs on the sim without the guard (first, before the clock of the budget
+window matters), and a closing summary compares the two runs by the sim's own bill.
 
 Every line the demo prints fits 80 columns: one line per model call, prose wrapped at word
 boundaries, the agent's answer printed whole.
@@ -173,6 +173,7 @@ class _Demo:
             self.line(wrapped, style)
 
     def row(self, cells: tuple[str, ...], style: str | None = None) -> None:
+        """Print one step line, each cell cut to its column."""
         parts = []
         for index, (cell, width) in enumerate(zip(cells, _COLUMNS, strict=True)):
             text = cell if len(cell) <= width else cell[: width - 1] + "…"

@@ -88,7 +88,9 @@ def agentguard_home() -> Path:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, use_attribute_docstrings=True
+    )
 
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -109,6 +111,8 @@ class StoreConfig(_Section):
     Never overspends (the store holds the slice); a process's unused slice is given back after
     ``lease_idle_s``, at exit, or when it expires. 0: a store write before every call."""
     lease_idle_s: PositiveFloat = 1.0
+    """A process gives its unused slice of a budget back to the store after this many seconds
+    without a call on that budget."""
     busy_timeout_s: PositiveFloat = 30.0
     """How long SQLite waits for another process's write lock before giving up."""
 
@@ -150,10 +154,19 @@ class LimitsConfig(_Section):
     max_retry_after_s: PositiveFloat = 86400.0
     """A provider's ``retry-after`` longer than this is capped (and logged)."""
     default_max_output_tokens: PositiveInt = 4096
-    """Output tokens reserved for a call that sets no ``max_tokens``; the guard also sets it on
-    the request so the reservation is a true worst case."""
+    """The output cap of a call that sets none (no ``max_tokens`` nor
+    ``max_completion_tokens``). A budget reserves each call's worst case before it is sent,
+    input tokens plus the output cap, so this decides how much a call without a cap reserves;
+    with ``enforce_output_cap`` (the default) it is also set on the request (``max_tokens``;
+    ``max_completion_tokens`` for reasoning models), so a longer answer is cut off at this
+    many tokens (``finish_reason = "length"``). Raise it, or set ``max_tokens`` on the call,
+    for long answers; lower it to reserve less per call."""
     enforce_output_cap: bool = True
-    """Add ``max_completion_tokens`` to requests that set none (makes the reservation exact)."""
+    """Set ``default_max_output_tokens`` as the output cap of requests that set none, so the
+    reservation is a true worst case. ``false`` leaves the request alone;
+    the call still reserves ``default_max_output_tokens`` of output, and an answer longer
+    than that is paid in full at settlement (the budget may then end a window above its
+    limit by the difference)."""
 
 
 class BudgetConfig(_Section):
@@ -190,6 +203,10 @@ class RoutingConfig(_Section):
     """Tier name to model, cheapest first (``{small = "gpt-4o-mini", large = "gpt-4o"}``).
     Empty turns routing off."""
     classifier: Literal["heuristic", "llm", "cascade"] = "heuristic"
+    """How a step's difficulty is judged: ``heuristic`` (offline rules on the request: tool
+    results being digested, code/maths/multi-step signals, input size, position, previous
+    outcome), ``llm`` (the cheapest tier is asked, a model call of its own, through the guard),
+    or ``cascade`` (the heuristic, and the LLM only for steps it is unsure of)."""
     pressure: list[tuple[Annotated[float, Field(gt=0, le=1)], str]] = Field(default_factory=list)
     """``[remaining budget fraction, highest tier allowed]`` pairs."""
     allow_upgrade: bool = False
@@ -214,11 +231,19 @@ class TrimmingConfig(_Section):
     """Fitting the accumulating context into a token budget."""
 
     enabled: bool = True
+    """Trim requests that do not fit. ``false`` sends every request whole."""
     max_context_tokens: PositiveInt | None = None
     """Input tokens allowed per call. ``None``: trim only to the model's context window."""
     keep_last_turns: Annotated[int, Field(ge=0)] = 6
+    """The newest turns kept whole (a turn ends with an assistant message; a tool call stays
+    with its results). The system prompt and the task (first user message) are always kept."""
     tool_output_max_tokens: PositiveInt = 2000
+    """Older tool outputs longer than this are elided first (their first lines kept, with a
+    note saying how many tokens of which tool's output were cut)."""
     strategy: Literal["elide", "window", "summarize"] = "elide"
+    """``elide``: elide old tool outputs, then drop the oldest whole turns; ``window``: drop
+    turns only; ``summarize``: like ``elide``, with a summary of the dropped turns in their
+    place (written by ``summary_model``)."""
     summary_model: str | None = None
     """Model that writes the summary for ``strategy = "summarize"`` (default: the cheapest
     routing tier). Its calls go through the guard: counted against the same budget."""
@@ -238,7 +263,10 @@ class LimitRule(_Section):
     """
 
     kind: Literal["rate_limit", "budget_window", "quota_exhausted"]
+    """What the error means: ``rate_limit`` and ``budget_window`` park the session until the
+    limit resets; ``quota_exhausted`` (waiting cannot help) records it as failed."""
     status: list[int] | None = None
+    """HTTP status codes the rule applies to (any status when unset)."""
     error_type: str | None = None
     """Equal to the body's ``error.type``."""
     error_code: str | None = None
@@ -258,9 +286,11 @@ class ParkingConfig(_Section):
     """Parking sessions that hit a limit, and resuming them."""
 
     enabled: bool = True
+    """Park sessions that hit a limit. ``false``: the provider's error reaches the caller."""
     dir: str | None = None
     """Directory with ``inbox/`` and ``quarantine/``. ``None``: ``parked/`` under AGENTGUARD_HOME."""
     max_attempts: PositiveInt = 3
+    """Resumes tried before a session that keeps hitting its limit is marked ``failed``."""
     wait_inline_max_s: Annotated[float, Field(ge=0)] = 30.0
     """Waits up to this long are slept in-process and retried instead of parking."""
     window_hours: PositiveFloat = 5.0
@@ -268,6 +298,7 @@ class ParkingConfig(_Section):
     lease_s: PositiveFloat = 300.0
     """A resume claimed by a process that then dies is retried after this many seconds."""
     inbox_max_bytes: PositiveInt = 8 * 1024 * 1024
+    """A record file dropped into ``inbox/`` larger than this is quarantined unread."""
     rules: list[LimitRule] = Field(default_factory=list)
     """Extra rules, tried before the built-in ones."""
 
@@ -281,16 +312,24 @@ class PriceOverride(_Section):
     """A price for a model the price data does not know (dollars per million tokens)."""
 
     input_per_mtok: Annotated[Decimal, Field(ge=0)]
+    """Dollars per million input tokens."""
     output_per_mtok: Annotated[Decimal, Field(ge=0)]
+    """Dollars per million output tokens."""
     cached_input_per_mtok: Annotated[Decimal, Field(ge=0)] | None = None
+    """Dollars per million input tokens read from the provider's prompt cache (default: the
+    input price)."""
     reasoning_per_mtok: Annotated[Decimal, Field(ge=0)] | None = None
+    """Dollars per million reasoning tokens (default: the output price)."""
     context_window: PositiveInt | None = None
+    """The most input tokens the model takes; trimming fits requests to it."""
 
 
 class PricingConfig(_Section):
     """Where prices come from."""
 
     overrides: dict[str, PriceOverride] = Field(default_factory=dict)
+    """Prices by model name, for models the price data does not know or prices it has
+    wrong (``[pricing.overrides."my-local-model"]``)."""
     provider_id: str | None = None
     """Price data provider to look models up under (``openai``); ``None`` lets it guess."""
 

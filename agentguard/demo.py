@@ -3,38 +3,89 @@
 Runs offline with no API key: the sim serves a tool-using agent's replies on loopback, the
 guard routes each step, trims the history, reserves and settles every call against a small
 dollar budget with a short window, and when the budget runs out parks the session; the demo
-then waits for the window to reset and resumes the agent through a registered resumer.
+then waits for the window to reset and resumes the agent through a registered resumer. The
+same agent also runs on the sim without the guard (first, before the clock of the budget
+window matters), and a closing summary compares the two runs by the sim's own bill.
+
+Every line the demo prints fits 80 columns: one line per model call, prose wrapped at word
+boundaries, the agent's answer printed whole.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+import textwrap
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
+
+if TYPE_CHECKING:
+    from agentguard.ledger import BudgetStatus
+    from agentguard.pipeline import CallContext
+
+WIDTH = 80
+"""Every line the demo prints fits this many columns."""
 
 SYSTEM_PROMPT = (
     "You are a careful senior engineer working in a Python repository. Read before you edit, "
     "keep changes minimal, explain what you changed and why. "
 ) * 12
 TASK = "Fix the rounding bug in the invoice totals (src/billing/invoice.py) and explain the fix."
+TIERS = {"small": "gpt-4o-mini", "large": "gpt-4o"}
+BUDGET_KEY = "demo"
+SESSION_ID = "demo-task"
+GUARDED_KEY = "sk-demo-guarded"
+UNGUARDED_KEY = "sk-demo-unguarded"
+
+# Column widths of a step line: step, model, why, in tok, out tok, cost, left, action.
+_COLUMNS = (2, 11, 24, 6, 4, 7, 7, 12)
+_RIGHT = {0, 3, 4, 5, 6}
+_WEIGHT = re.compile(r"\(([+-]\d+(?:\.\d+)?)\)$")
 
 
-def _agent_loop(
-    client: Any, model: str, messages: list[dict[str, Any]], tools: Any, max_steps: int
+@dataclass(slots=True)
+class Tally:
+    """Model calls and tokens of one run, added up from the usage each answer reports."""
+
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def add(self, input_tokens: int, output_tokens: int) -> None:
+        self.calls += 1
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
+
+
+def agent_loop(
+    client: Any,
+    model: str,
+    messages: list[dict[str, Any]],
+    max_steps: int,
+    on_answer: Callable[[Any], None] | None = None,
 ) -> str:
-    from agentguard.sim.scripts import run_tools
+    """The agent under test: a plain tool loop over ``client.chat.completions.create``.
+
+    It knows nothing of the guard; the demo runs it through a guarded client and through a
+    plain one. ``on_answer`` sees each response (the unguarded run counts its usage there).
+    """
+    from agentguard.sim.scripts import CODING_TOOLS, run_tools
 
     for _ in range(max_steps):
         response = client.chat.completions.create(
-            model=model, messages=messages, tools=tools, max_tokens=300
+            model=model, messages=messages, tools=CODING_TOOLS, max_tokens=300
         )
+        if on_answer is not None:
+            on_answer(response)
         message = response.choices[0].message
         messages.append(message.model_dump(exclude_none=True))
         if not message.tool_calls:
@@ -45,14 +96,27 @@ def _agent_loop(
 
 
 def run_demo(
-    console: Console, *, steps: int = 12, budget_usd: float = 0.06, model: str = "gpt-4o"
+    console: Console,
+    *,
+    steps: int = 12,
+    budget_usd: float = 0.02,
+    model: str = "gpt-4o",
+    window_s: float = 2.0,
 ) -> int:
-    """Run the demo; returns the process exit code."""
+    """Run the demo; returns the process exit code.
+
+    Args:
+        console: where the demo prints (every line fits 80 columns).
+        steps: model calls the scripted agent makes, the final answer included.
+        budget_usd: the budget's dollars per window.
+        model: the model the agent asks for (the router never goes above it).
+        window_s: the budget window's length in seconds.
+    """
     with tempfile.TemporaryDirectory(prefix="agentguard-demo-") as home:
         previous = os.environ.get("AGENTGUARD_HOME")
         os.environ["AGENTGUARD_HOME"] = home
         try:
-            return _run(console, Path(home), steps=steps, budget_usd=budget_usd, model=model)
+            return _Demo(console, Path(home), steps, budget_usd, model, window_s).run()
         finally:
             if previous is None:
                 os.environ.pop("AGENTGUARD_HOME", None)
@@ -60,146 +124,323 @@ def run_demo(
                 os.environ["AGENTGUARD_HOME"] = previous
 
 
-def _run(console: Console, home: Path, *, steps: int, budget_usd: float, model: str) -> int:
-    import openai
+def left_usd(status: BudgetStatus) -> Decimal | None:
+    """Dollars of the budget's window still free to spend, as the demo shows them.
 
-    from agentguard.config import GuardConfig
-    from agentguard.errors import LimitExceeded, SessionParked
-    from agentguard.guard import Guard
-    from agentguard.pipeline import CallContext
-    from agentguard.sim import SimServer
-    from agentguard.sim.scripts import CODING_TOOLS, coding_agent_script
+    The demo reads the status between calls, when no call is in flight, so what the ledger
+    holds beyond the spend is this process's unused lease slice: free money, not spent.
+    """
+    if status.limit_usd is None:
+        return None
+    return max(Decimal(0), status.limit_usd - status.spent_usd)
 
-    window_s = 8
-    config = GuardConfig.from_mapping(
-        {
-            "store": {"url": f"sqlite:///{home / 'agentguard.db'}"},
-            "limits": {"max_iterations": 40, "max_tool_calls": 60},
-            "parking": {"max_attempts": 10},
-            "budgets": [
-                {
-                    "key": "demo",
-                    "limit_usd": budget_usd,
-                    "window": f"{window_s}s",
-                    "on_exhausted": "park",
-                }
-            ],
-            "routing": {"tiers": {"small": "gpt-4o-mini", "large": "gpt-4o"}},
-            "trimming": {
-                "max_context_tokens": 12000,
-                "keep_last_turns": 3,
-                "tool_output_max_tokens": 800,
+
+class _Demo:
+    """One run of the demo: the guarded agent, its park and resume, the unguarded run, the
+    summary."""
+
+    def __init__(
+        self,
+        console: Console,
+        home: Path,
+        steps: int,
+        budget_usd: float,
+        model: str,
+        window_s: float,
+    ) -> None:
+        self.console = console
+        self.home = home
+        self.steps = steps
+        self.budget_usd = budget_usd
+        self.model = model
+        self.window_s = window_s
+        self.guarded = Tally()
+        self.unguarded = Tally()
+        self.parks = 0
+        self.resumes = 0
+
+    # -- printing -----------------------------------------------------------------------------
+
+    def line(self, text: str = "", style: str | None = None) -> None:
+        """Print one line as it is (never re-wrapped by the console)."""
+        self.console.print(escape(text), style=style, highlight=False, soft_wrap=True)
+
+    def prose(self, text: str, style: str | None = None, indent: str = "") -> None:
+        """Print a paragraph wrapped at word boundaries to 80 columns."""
+        for wrapped in textwrap.wrap(
+            text, WIDTH, initial_indent=indent, subsequent_indent=indent, break_long_words=False
+        ):
+            self.line(wrapped, style)
+
+    def row(self, cells: tuple[str, ...], style: str | None = None) -> None:
+        """Print one step line, each cell cut to its column."""
+        parts = []
+        for index, (cell, width) in enumerate(zip(cells, _COLUMNS, strict=True)):
+            text = cell if len(cell) <= width else cell[: width - 1] + "…"
+            parts.append(text.rjust(width) if index in _RIGHT else text.ljust(width))
+        self.line(" ".join(parts).rstrip(), style)
+
+    # -- the run ------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        guard = self._guard()
+        try:
+            return self._run(guard)
+        finally:
+            guard.close()
+
+    def _run(self, guard: Any) -> int:
+        import openai
+
+        from agentguard.errors import LimitExceeded, SessionParked
+        from agentguard.sim import GatewayKey, SimGateway, SimServer
+        from agentguard.sim.scripts import coding_agent_script
+
+        # The sim bills both runs per API key: the comparison is the provider's own bill.
+        gateway = SimGateway({GUARDED_KEY: GatewayKey(), UNGUARDED_KEY: GatewayKey()})
+        with SimServer(script=coding_agent_script(self.steps), gateway=gateway) as sim:
+            client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key=GUARDED_KEY))
+            guard.observers.append(lambda call: self._on_call(guard, call))
+
+            @guard.resumer("demo-agent")
+            def resume_agent(parked: Any) -> str:
+                self.resumes += 1
+                self.line()
+                self.line(
+                    f"resumed: {parked.session_id} continues from its saved messages "
+                    f"(attempt {parked.attempts + 1})",
+                    "bold green",
+                )
+                messages = list(parked.request["messages"])
+                return agent_loop(client, parked.request["model"], messages, self.steps * 2)
+
+            # The same agent without the guard, for the summary. Run first: it also loads the
+            # SDK's lazy modules, so the guarded run's calls land in one budget window.
+            agent_loop(
+                openai.OpenAI(base_url=sim.base_url, api_key=UNGUARDED_KEY),
+                self.model,
+                [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": TASK}],
+                self.steps * 2,
+                on_answer=self._count_unguarded,
+            )
+            unguarded_bill = gateway.spent(UNGUARDED_KEY)
+            guard.counter.count_text(TASK, self.model)  # loads the tokenizer before the clock runs
+
+            self._introduce()
+            messages: list[dict[str, Any]] = [
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": TASK},
+            ]
+            self._start_in_fresh_window()
+            try:
+                answer = self._run_guarded(guard, client, messages)
+            except SessionParked as failed:  # parked for good: it will not resume
+                self.prose(f"the session will not resume: {failed}", "bold red")
+                return 1
+            except LimitExceeded as stopped:
+                self.line()
+                self.prose(f"stopped by a limit: {stopped}", "bold red")
+                return 0
+            guarded_bill = gateway.spent(GUARDED_KEY)
+            record = guard.parked.store.find(SESSION_ID)
+
+        self.line()
+        self.line("Answer:", "bold")
+        self.prose(answer, indent="  ")
+        if record is not None:
+            self.line()
+            self.prose(
+                f"Parked record {record.session_id}: " + " -> ".join(_states(record.history)) + "."
+            )
+        self._summary(guarded_bill, unguarded_bill)
+        return 0
+
+    def _run_guarded(self, guard: Any, client: Any, messages: list[dict[str, Any]]) -> str:
+        """The agent under the guard; when it parks, wait for the reset and resume it."""
+        from agentguard.errors import SessionParked
+
+        try:
+            with guard.session(SESSION_ID, budget_key=BUDGET_KEY, resumer="demo-agent"):
+                return agent_loop(client, self.model, messages, self.steps * 2)
+        except SessionParked as parked:
+            pending = parked
+        while True:
+            self._on_park(guard, pending)
+            if pending.resume_at is None:
+                raise pending
+            time.sleep(max(0.0, (pending.resume_at - datetime.now(UTC)).total_seconds()))
+            try:
+                return str(guard.parked.resume(SESSION_ID))
+            except SessionParked as again:
+                pending = again
+
+    def _guard(self) -> Any:
+        from agentguard.config import GuardConfig
+        from agentguard.guard import Guard
+
+        config = GuardConfig.from_mapping(
+            {
+                "store": {"url": f"sqlite:///{self.home / 'agentguard.db'}"},
+                "limits": {"max_iterations": 40, "max_tool_calls": 60},
+                "parking": {"max_attempts": 10, "dir": str(self.home / "parked")},
+                "budgets": [
+                    {
+                        "key": BUDGET_KEY,
+                        "limit_usd": self.budget_usd,
+                        "window": f"{self.window_s:g}s",
+                        "on_exhausted": "park",
+                    }
+                ],
+                "routing": {"tiers": TIERS},
+                "trimming": {
+                    "max_context_tokens": 12000,
+                    "keep_last_turns": 3,
+                    "tool_output_max_tokens": 800,
+                },
             },
-        },
-        env={},
-    )
-    guard = Guard(config)
-    table = Table(
-        title=f"agentguard demo: a coding agent on a ${budget_usd} per {window_s}s budget"
-    )
-    for column in ("step", "model", "why", "in tok", "out tok", "cost", "left", "action"):
-        table.add_column(
-            column,
-            justify="right" if column in ("step", "in tok", "out tok", "cost", "left") else "left",
+            source="agentguard demo",
+            env={},
         )
-    rows: list[tuple[str, ...]] = []
+        return Guard(config)
 
-    def observe(call: CallContext) -> None:
+    def _introduce(self) -> None:
+        self.line("agentguard demo: a scripted coding agent on the simulated provider", "bold")
+        self.prose(f"Task: {TASK}")
+        self.prose(
+            f"Budget '{BUDGET_KEY}': ${self.budget_usd:g} per {self.window_s:g}s window; when "
+            "it runs out the session parks and resumes when the window resets."
+        )
+        tiers = (
+            f"Tiers: small = {TIERS['small']}, large = {TIERS['large']}; easy steps go small, "
+            "the rest large."
+        )
+        if self.model != TIERS["large"]:
+            tiers += f" No step goes above {self.model}, the model the agent asks for."
+        self.prose(tiers)
+        self.line()
+        self.row(("#", "model", "why", "in tok", "out", "cost", "left", "action"), "bold")
+
+    def _start_in_fresh_window(self) -> None:
+        """Wait for a new budget window if little of the current one is left.
+
+        Windows are aligned to the clock; the agent's first calls must land in one window for
+        the budget to run out (and the session to park) as the demo tells it.
+        """
+        now = time.time()
+        left = self.window_s - now % self.window_s
+        if left < self.window_s * 0.6:
+            time.sleep(left)
+
+    # -- what happens ---------------------------------------------------------------------------
+
+    def _on_call(self, guard: Any, call: CallContext) -> None:
         usage = call.notes.get("usage")
         cost: Decimal = call.notes.get("cost_usd", Decimal(0))
-        route = call.notes.get("route")
-        why = ""
-        if route is not None:
-            classification = route.classification
-            if classification is not None:
-                first = classification.reasons[0].split(" (")[0] if classification.reasons else ""
-                why = f"{classification.label}: {first}"[:46]
-            else:
-                why = (route.reasons[0] if route.reasons else "")[:46]
-        trim = call.notes.get("trim")
-        if trim is not None and (trim.elided_tool_outputs or trim.dropped_messages):
-            why = f"{why}; trimmed {trim.tokens_before}->{trim.tokens_after}"
-        remaining = guard.budget_status("demo").remaining_usd
-        action = "answer"
-        if call.notes.get("tool_calls"):
-            action = "tools: " + ", ".join(call.notes["tool_calls"])
-        rows.append(
+        input_tokens = usage.input_tokens if usage else 0
+        output_tokens = usage.output_tokens if usage else 0
+        self.guarded.add(input_tokens, output_tokens)
+        left = left_usd(guard.budget_status(BUDGET_KEY))
+        self.row(
             (
                 str(call.session.iterations),
                 call.model,
-                why,
-                str(usage.input_tokens if usage else "?"),
-                str(usage.output_tokens if usage else "?"),
-                f"${cost:.5f}",
-                f"${remaining:.4f}" if remaining is not None else "-",
-                action,
+                _why(call),
+                str(input_tokens),
+                str(output_tokens),
+                f"${cost:.4f}",
+                "-" if left is None else f"${left:.4f}",
+                _action(call.notes.get("tool_calls") or []),
             )
         )
-        console.print(
-            f"  step {rows[-1][0]:>2}  {call.model:<12} in={rows[-1][3]:>6} out={rows[-1][4]:>4} "
-            f"cost={rows[-1][5]}  left={rows[-1][6]}  {action}",
-            highlight=False,
+
+    def _on_park(self, guard: Any, parked: Any) -> None:
+        self.line()
+        if parked.resume_at is None:
+            return
+        self.parks += 1
+        status = guard.budget_status(BUDGET_KEY)
+        wait = max(0.0, (parked.resume_at - datetime.now(UTC)).total_seconds())
+        self.prose(
+            f"parked: budget '{BUDGET_KEY}' cannot cover the next call (spent "
+            f"${status.spent_usd:.4f} of ${status.limit_usd}). The session and its pending "
+            f"request are saved in the store; the window resets in {wait:.1f}s. (A daemon, "
+            "`agentguard daemon`, resumes parked sessions; the demo waits and resumes here.)",
+            "bold yellow",
         )
 
-    guard.observers.append(observe)
-    with SimServer(script=coding_agent_script(steps)) as sim:
-        client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-demo-not-a-real-key"))
+    def _count_unguarded(self, response: Any) -> None:
+        usage = response.usage
+        self.unguarded.add(usage.prompt_tokens, usage.completion_tokens)
 
-        @guard.resumer("demo-agent")
-        def resume_agent(parked: Any) -> str:
-            console.print(
-                f"\n[bold green]resuming[/] {parked.session_id} (attempt {parked.attempts + 1})"
+    def _summary(self, guarded_bill: Decimal, unguarded_bill: Decimal) -> None:
+        self.line()
+        self.prose(
+            "The same agent and task, run on the same sim without the guard (every call to "
+            f"{self.model}, the whole history re-sent). Measured, not estimated: tokens as the "
+            "sim reported them, cost as the sim billed it.",
+        )
+        self.line()
+        saved = ""
+        if unguarded_bill > 0:
+            saved = f"  ({(guarded_bill - unguarded_bill) / unguarded_bill:+.0%})"
+        rows = (
+            ("", "guarded", "unguarded"),
+            ("model calls", f"{self.guarded.calls}", f"{self.unguarded.calls}"),
+            ("input tokens", f"{self.guarded.input_tokens:,}", f"{self.unguarded.input_tokens:,}"),
+            (
+                "output tokens",
+                f"{self.guarded.output_tokens:,}",
+                f"{self.unguarded.output_tokens:,}",
+            ),
+            ("cost", f"${guarded_bill:.4f}", f"${unguarded_bill:.4f}"),
+            ("parks / resumes", f"{self.parks} / {self.resumes}", "-"),
+        )
+        for index, (name, guarded, unguarded) in enumerate(rows):
+            tail = saved if name == "cost" else ""
+            self.line(
+                f"  {name:<16}{guarded:>12}{unguarded:>12}{tail}", "bold" if index == 0 else None
             )
-            messages = list(parked.request["messages"])
-            return _agent_loop(client, parked.request["model"], messages, CODING_TOOLS, steps * 2)
 
-        console.print(
-            f"[bold]Task:[/] {TASK}\n[dim]sim on {sim.base_url}, store in a temporary directory[/]\n"
-        )
-        messages: list[dict[str, Any]] = [
-            {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": TASK},
+
+def _why(call: CallContext) -> str:
+    """The router's class for the step and its strongest reason, or what trimming did."""
+    route = call.notes.get("route")
+    label, reason = "", ""
+    if route is not None and route.classification is not None:
+        classification = route.classification
+        label = classification.label
+        # Reasons end in their weight, "(+0.6)": show the one that pulled hardest toward the
+        # class chosen (down for an easy step, up for the others).
+        weighted = [
+            (float(match.group(1)), text.split(" (")[0].split(": ")[0])
+            for text in classification.reasons
+            if (match := _WEIGHT.search(text)) is not None
         ]
-        answer = ""
-        try:
-            with guard.session("demo-task", budget_key="demo", resumer="demo-agent"):
-                answer = _agent_loop(client, model, messages, CODING_TOOLS, steps * 2)
-        except SessionParked as first:
-            parked: SessionParked | None = first
-            while parked is not None:
-                console.print(f"\n[bold yellow]parked:[/] {parked}")
-                if parked.resume_at is None:
-                    return 1
-                wait = max(0.0, (parked.resume_at - datetime.now(UTC)).total_seconds())
-                console.print(
-                    f"[dim]the budget window resets in {wait:.1f}s; waiting, then resuming…[/]"
-                )
-                time.sleep(wait + 0.1)
-                try:
-                    answer = guard.parked.resume("demo-task")
-                    parked = None
-                except SessionParked as again:
-                    parked = again
-                except LimitExceeded as stopped:
-                    console.print(f"\n[bold red]stopped by a limit:[/] {stopped}")
-                    return 0
-        except LimitExceeded as stopped:
-            console.print(f"\n[bold red]stopped by a limit:[/] {stopped}")
-            return 0
+        if weighted:
+            pick = min if label == "easy" else max
+            reason = pick(weighted)[1]
+    elif route is not None and route.reasons:
+        reason = route.reasons[0]
+    trim = call.notes.get("trim")
+    if trim is not None and (trim.elided_tool_outputs or trim.dropped_messages):
+        reason = f"trimmed {trim.tokens_before / 1000:.0f}k->{trim.tokens_after / 1000:.0f}k"
+    return f"{label}: {reason}" if label else reason
 
-        record = guard.parked.store.find("demo-task")
-    for row in rows:
-        table.add_row(*row)
-    console.print()
-    console.print(table)
-    status = guard.budget_status("demo")
-    console.print(f"\n[bold]Answer:[/] {answer[:300]}")
-    console.print(
-        f"Budget 'demo' this window: spent ${status.spent_usd}, reserved ${status.reserved_usd}, limit ${status.limit_usd}."
-    )
-    if record is not None:
-        console.print(
-            f"Parked record: state={record.state}, attempts={record.attempts}, history: "
-            + " -> ".join(t.state for t in record.history)
-        )
-    return 0
+
+def _states(history: list[Any]) -> list[str]:
+    """The states a parked record went through, each run of one state shown once."""
+    states: list[str] = []
+    for entry in history:
+        if not states or states[-1] != entry.state:
+            states.append(entry.state)
+    return states
+
+
+def _action(tools: list[str]) -> str:
+    """What the model asked for: the tools it called (``read_file x2``), or ``answer``."""
+    if not tools:
+        return "answer"
+    counted: dict[str, int] = {}
+    for name in tools:
+        counted[name] = counted.get(name, 0) + 1
+    return ",".join(name if n == 1 else f"{name} x{n}" for name, n in counted.items())

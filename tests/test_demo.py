@@ -1,21 +1,65 @@
 """`agentguard demo`, the main job, runs end to end offline: routed steps, a park on the budget
-window, the resume, the answer."""
+window, the resume, the whole answer, and a summary against the same agent unguarded; every
+line fits 80 columns and each model call is one line."""
 
 from __future__ import annotations
 
 import io
+import re
+from decimal import Decimal
 
 from rich.console import Console
 
 from agentguard.demo import run_demo
+from agentguard.sim.scripts import coding_agent_script
+
+STEP_LINE = re.compile(r"^\s*(\d+) (gpt-4o-mini|gpt-4o)\s")
 
 
-def test_the_demo_parks_resumes_and_answers() -> None:
+def _run(steps: int) -> tuple[int, str]:
     buffer = io.StringIO()
-    code = run_demo(Console(file=buffer, width=160), steps=12, budget_usd=0.02)
-    output = buffer.getvalue()
+    # A console far wider than 80 columns: the demo must fit 80 by itself, not by rich's wrap.
+    code = run_demo(Console(file=buffer, width=200), steps=steps, budget_usd=0.02, window_s=3)
+    return code, buffer.getvalue()
+
+
+def _summary_row(output: str, name: str) -> tuple[str, str]:
+    match = re.search(rf"^  {name}\s+(\S+)\s+(\S+)", output, re.MULTILINE)
+    assert match is not None, f"no summary row {name!r} in:\n{output}"
+    return match.group(1), match.group(2)
+
+
+def test_the_demo_parks_resumes_answers_and_compares_with_the_unguarded_agent() -> None:
+    code, output = _run(steps=12)
     assert code == 0, output
-    assert "parked:" in output and "resuming demo-task" in output
-    assert "gpt-4o-mini" in output and "gpt-4o " in output  # routed per step
-    assert "Answer: I fixed the rounding bug" in output
-    assert "state=resumed" in output
+    lines = output.splitlines()
+
+    too_wide = [line for line in lines if len(line) > 80]
+    assert not too_wide, "\n".join(too_wide)
+
+    steps = [int(match.group(1)) for line in lines if (match := STEP_LINE.match(line))]
+    assert steps == list(range(1, 13)), output  # each call printed once, in order
+    models = {match.group(2) for line in lines if (match := STEP_LINE.match(line))}
+    assert models == {"gpt-4o", "gpt-4o-mini"}, output  # routed per step
+
+    assert (
+        "Tiers: small = gpt-4o-mini, large = gpt-4o; easy steps go small, the rest large." in lines
+    )
+    park = output.index("parked: budget 'demo'")
+    resume = output.index("resumed: demo-task")
+    assert park < resume < output.index("Answer:"), output
+    assert "Parked record demo-task: parked -> resuming -> resumed." in output
+
+    # The whole answer, never cut: its last sentence ends the paragraph.
+    final = coding_agent_script(12).final.content
+    assert final is not None
+    answer = output[output.index("Answer:") :].split("\n\n")[0]
+    assert " ".join(answer.split()[1:]) == " ".join(final.split())
+
+    guarded_calls, unguarded_calls = _summary_row(output, "model calls")
+    assert guarded_calls == unguarded_calls == "12"
+    guarded_cost, unguarded_cost = (
+        Decimal(cell.lstrip("$")) for cell in _summary_row(output, "cost")
+    )
+    assert Decimal(0) < guarded_cost < unguarded_cost, output
+    assert _summary_row(output, "parks / resumes")[0] == "1"

@@ -31,6 +31,7 @@ from agentguard.errors import (
     RetryLimitExceeded,
     SessionParked,
     StoreError,
+    UnmeteredRequest,
 )
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ __all__ = [
     "SessionParked",
     "SessionState",
     "StoreError",
+    "UnmeteredRequest",
     "Usage",
     "__version__",
     "configure_logging",

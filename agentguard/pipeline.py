@@ -398,6 +398,9 @@ class Pipeline:
         )
         if session.parked_record is not None and self.limit_handler is not None:
             raise self.limit_handler.parked_error(session.parked_record)
+        # The caller's model must have a price even when routing replaces it: a misspelt model
+        # would otherwise be swapped for a tier silently.
+        self.pricer.price(call.requested_model)
         with session.lock:
             self.limits.before_call(session)
             session.state.iterations += 1

@@ -3,7 +3,10 @@
 An httpx transport sees every endpoint and every HTTP attempt of the client it is given to,
 survives ``with_options()``/``copy()``, and is how LangChain's ``ChatOpenAI(http_client=...)``
 and CrewAI's native OpenAI provider take a guard too. ``POST .../chat/completions`` goes
-through the pipeline; everything else passes through untouched.
+through the pipeline. Under a dollar budget every other ``POST`` (``/responses``,
+``/completions``, ``/embeddings``, ...) is refused with :class:`~agentguard.UnmeteredRequest`
+before it is sent, unless ``limits.unmetered`` names its endpoint; so is a chat completion
+whose body is not a JSON object. Without a budget they pass through untouched.
 
 openai 2.x speaks ``httpx``; openai 3.x speaks ``httpx2``, a fork with the same API. The
 transport classes are built for whichever of the two the client uses.
@@ -20,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from types import ModuleType, SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from agentguard.errors import UnmeteredRequest
 from agentguard.log import logger
 from agentguard.pipeline import Action, Do, Outcome, Reply, Send, Sleep, TransportFailure
 from agentguard.session import Session
@@ -40,6 +44,52 @@ def _is_chat_completion(method: str, path: str) -> bool:
     return method == "POST" and path.rstrip("/").endswith("/chat/completions")
 
 
+# Methods that only read or delete: no provider bills them.
+_FREE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+
+
+def _budget_of(session: Session) -> str | None:
+    """The session's limited budgets, described for an error (``None`` when it has none)."""
+    limited = [line for line in session.budget_lines() if line.limit_usd is not None]
+    if not limited:
+        return None
+    return ", ".join(f"{line.key!r} (${line.limit_usd})" for line in limited)
+
+
+def _allowed_unmetered(guard: Guard, path: str) -> bool:
+    trimmed = path.rstrip("/")
+    return any(trimmed.endswith(allowed.rstrip("/")) for allowed in guard.config.limits.unmetered)
+
+
+def _refuse_unmetered(guard: Guard, method: str, path: str, reason: str | None = None) -> None:
+    """Raise :class:`UnmeteredRequest` for a request the guard cannot meter, when a budget
+    applies and ``limits.unmetered`` does not allow the endpoint; otherwise return."""
+    if reason is None and method.upper() in _FREE_METHODS:
+        return
+    if _allowed_unmetered(guard, path):
+        return
+    budget = _budget_of(_session_for(guard))
+    if budget is None:
+        return
+    endpoint = path.rstrip("/") or "/"
+    if reason is None:
+        what = "not yet metered" if endpoint.endswith("/responses") else "not metered"
+        reason = f"{method} {endpoint} is {what} by agentguard"
+        fix = (
+            f"use client.chat.completions, or let this endpoint through unmetered with "
+            f'limits.unmetered = ["{endpoint}"] in the config'
+        )
+    else:
+        fix = f'fix the request, or let this endpoint through unmetered with limits.unmetered = ["{endpoint}"]'
+    raise UnmeteredRequest(
+        f"refused before sending: {reason}, and the session runs under the budget {budget}, "
+        f"which every request must be priced against; {fix}",
+        endpoint=endpoint,
+        reason=reason,
+        field="limits.unmetered",
+    )
+
+
 def _response_headers(headers: Any, extra: dict[str, str]) -> list[tuple[str, str]]:
     kept = [(k, v) for k, v in headers.multi_items() if k.lower() not in _HOP_HEADERS]
     kept.extend(extra.items())
@@ -53,6 +103,17 @@ def _session_for(guard: Guard) -> Session:
     # No session of this guard is bound: the call is a session of its own (budgets apply;
     # per-session limits need a session around the agent's calls).
     return guard.session(budget_key=guard.default_budget_key)
+
+
+_UNPARSABLE = "the chat completion's body is not a JSON object, so its cost cannot be bounded"
+
+
+def _chat_body(raw: bytes) -> dict[str, Any] | None:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def _drive_sync(engine: Generator[Action, Any, Any], send: Any) -> Any:
@@ -230,12 +291,11 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
 
         def handle_request(self, request: Any) -> Any:
             if not _is_chat_completion(request.method, request.url.path):
+                _refuse_unmetered(self.guard, request.method, request.url.path)
                 return self._send_raw(request)
-            try:
-                body = json.loads(request.read())
-            except ValueError:
-                return self._send_raw(request)
-            if not isinstance(body, dict):
+            body = _chat_body(request.read())
+            if body is None:
+                _refuse_unmetered(self.guard, request.method, request.url.path, _UNPARSABLE)
                 return self._send_raw(request)
             last: dict[str, Any] = {}
 
@@ -323,12 +383,11 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
 
         async def handle_async_request(self, request: Any) -> Any:
             if not _is_chat_completion(request.method, request.url.path):
+                _refuse_unmetered(self.guard, request.method, request.url.path)
                 return await self._send_raw(request)
-            try:
-                body = json.loads(await request.aread())
-            except ValueError:
-                return await self._send_raw(request)
-            if not isinstance(body, dict):
+            body = _chat_body(await request.aread())
+            if body is None:
+                _refuse_unmetered(self.guard, request.method, request.url.path, _UNPARSABLE)
                 return await self._send_raw(request)
             last: dict[str, Any] = {}
 

@@ -197,7 +197,7 @@ def test_a_session_bound_around_invoke_is_the_one_used(
     guard = make_guard()
     with SimServer(script=WEATHER_SCRIPT) as sim:
         agent = build_agent(guard, sim, weather, checkpointer=checkpointer)
-        with guard.session("task-7", budget_key="research") as session:
+        with guard.session("task-7", budget_key="team") as session:
             result = agent.invoke(QUESTION, thread("ticket-2"))
 
     assert result["messages"][-1].response_metadata["agentguard"]["session_id"] == "task-7"

@@ -26,6 +26,7 @@ from agentguard.limits import Limits, ToolCall, tool_call_signature
 from agentguard.log import logger
 from agentguard.pricing import Usage
 from agentguard.retrying import Failure, RetryPolicy, parse_retry_after
+from agentguard.worst_case import Bound, bound_request, output_cap, settle_price
 
 if TYPE_CHECKING:
     from agentguard.ledger import Ledger, Reservation
@@ -167,6 +168,7 @@ class CallContext:
     input_tokens: int = 0
     max_output_tokens: int = 0
     price: ModelPrice | None = None
+    bound: Bound | None = None
     worst_case_usd: Decimal = Decimal(0)
     reservation: Reservation | None = None
     strip_usage_chunk: bool = False
@@ -206,6 +208,7 @@ class StreamTap:
         "done",
         "events",
         "finish_reason",
+        "service_tier",
         "tool_calls",
         "usage",
     )
@@ -217,6 +220,7 @@ class StreamTap:
         self.tool_calls: dict[int, dict[str, str]] = {}
         self.content_chars: list[str] = []
         self.finish_reason: str | None = None
+        self.service_tier: object = None
         self.done = False
         self.events = 0
 
@@ -263,6 +267,8 @@ class StreamTap:
         if not isinstance(payload, dict):
             return True
         self.events += 1
+        if payload.get("service_tier"):
+            self.service_tier = payload["service_tier"]
         usage = payload.get("usage")
         if isinstance(usage, dict):
             self.usage = usage
@@ -502,8 +508,8 @@ class Pipeline:
             call.input_tokens = self.counter.count_messages(call.messages, model)
         if call.tools:
             call.input_tokens += self.counter.count_tools(call.tools, model)
-        requested = call.body.get("max_completion_tokens") or call.body.get("max_tokens")
-        if isinstance(requested, int) and requested > 0:
+        requested = output_cap(call.body)
+        if requested is not None:
             call.max_output_tokens = requested
         else:
             call.max_output_tokens = self.default_max_output_tokens
@@ -522,13 +528,19 @@ class Pipeline:
             if not (isinstance(options, dict) and options.get("include_usage")):
                 call.body["stream_options"] = {**(options or {}), "include_usage": True}
                 call.strip_usage_chunk = True
-        call.price = self.pricer.price(model)
-        # A margin over the counted input: a provider's own accounting (tool-call framing,
-        # message wrappers) can run a few percent above any client-side count.
-        margin_tokens = call.input_tokens // 20 + 16
-        call.worst_case_usd = call.price.worst_case(
-            call.input_tokens + margin_tokens, call.max_output_tokens
+        bound = bound_request(
+            call.body,
+            model,
+            counted_input=call.input_tokens,
+            max_output_tokens=call.max_output_tokens,
+            output_capped=requested is not None or self.enforce_output_cap,
+            pricer=self.pricer,
+            counter=self.counter,
+            budgeted=any(line.limit_usd is not None for line in call.session.budget_lines()),
         )
+        call.bound = bound
+        call.price = bound.price
+        call.worst_case_usd = bound.usd
 
     def _reserve(self, call: CallContext) -> Generator[Action, Any, None]:
         session = call.session
@@ -692,13 +704,22 @@ class Pipeline:
         if isinstance(message, dict) and isinstance(message.get("content"), str):
             text = message["content"]
         tool_calls = _tool_calls_of(message)
-        yield from self._settle(call, payload.get("usage"), text, tool_calls, count_step=count_step)
+        yield from self._settle(
+            call,
+            payload.get("usage"),
+            text,
+            tool_calls,
+            count_step=count_step,
+            service_tier=payload.get("service_tier"),
+        )
 
     def _finish_stream(self, call: CallContext, tap: StreamTap) -> Generator[Action, Any, None]:
         tool_calls = [
             ToolCall(slot["name"], slot["arguments"]) for _, slot in sorted(tap.tool_calls.items())
         ]
-        yield from self._settle(call, tap.usage, tap.text, tool_calls)
+        yield from self._settle(
+            call, tap.usage, tap.text, tool_calls, service_tier=tap.service_tier
+        )
 
     def _settle(
         self,
@@ -708,6 +729,7 @@ class Pipeline:
         tool_calls: list[ToolCall],
         *,
         count_step: bool = True,
+        service_tier: object = None,
     ) -> Generator[Action, Any, None]:
         session = call.session
         usage = Usage.from_openai(usage_data) if usage_data else None
@@ -725,7 +747,9 @@ class Pipeline:
         else:
             self.counter.observe(call.model, call.input_tokens, usage.input_tokens)
         assert call.price is not None
-        cost = call.price.cost(usage)
+        # Billed at the tier the response says it was served at.
+        price = settle_price(self.pricer, call.model, service_tier, call.bound) or call.price
+        cost = price.cost(usage)
         reservation = call.reservation
         call.reservation = None
         if reservation is not None:

@@ -6,6 +6,11 @@ through the official ``openai`` SDK costs about a millisecond, nearly all of it 
 
 Routes: ``POST /v1/chat/completions`` (plain and streamed), ``GET /v1/models``,
 ``GET /v1/models/{id}``; anything else is a 404 with an OpenAI-shaped error body.
+
+Chat completions honour ``n`` (that many choices, all billed), image parts (billed by OpenAI's
+formula: :mod:`agentguard.images`) and ``service_tier`` (served, reported and billed at
+``priority``, ``flex`` or ``scale``). The server keeps its own bill: every answer it generated,
+at list price, whether or not the client read it (:meth:`SimServer.billed_usd`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -36,8 +42,8 @@ from agentguard.sim.faults import (
     Timeout,
     rate_limit_fault,
 )
-from agentguard.sim.gateway import Rejection, SimGateway
-from agentguard.sim.payloads import completion_body, error_body, stream_events
+from agentguard.sim.gateway import ModelPrice, Rejection, SimGateway
+from agentguard.sim.payloads import Completion, completion_body, error_body, stream_events
 from agentguard.sim.script import Reply, ReplyFn, Script, as_script
 
 __all__ = ["DEFAULT_MODELS", "RecordedRequest", "SimServer", "serve"]
@@ -135,6 +141,8 @@ class SimServer:
         self._faults = FaultQueue()
         self._requests: list[RecordedRequest] = []
         self._requests_lock = threading.Lock()
+        self._bill: list[tuple[str | None, Decimal]] = []
+        self._list_prices: dict[tuple[str, str], ModelPrice] = {}
         self._stopping = threading.Event()
         self._stopping.set()  # set whenever the server is not running
         self._httpd: _HTTPServer | None = None
@@ -226,6 +234,36 @@ class SimServer:
         """Forget the recorded requests."""
         with self._requests_lock:
             self._requests.clear()
+
+    # -- the provider's bill ----------------------------------------------------------------
+
+    def billed_usd(self, key: str | None = None) -> Decimal:
+        """Dollars billed at list price for every answer generated so far (for one API key, or
+        all), including answers whose client timed out or stopped reading."""
+        with self._requests_lock:
+            return sum((cost for who, cost in self._bill if key is None or who == key), Decimal(0))
+
+    def billed_calls(self, key: str | None = None) -> int:
+        """How many answers were generated (and billed), for one API key or all."""
+        with self._requests_lock:
+            return sum(1 for who, _ in self._bill if key is None or who == key)
+
+    def _charge(self, api_key: str | None, model: str, completion: Completion) -> Decimal:
+        price = self._list_price(model, completion.service_tier)
+        cost = price.cost(
+            completion.prompt_tokens, completion.cached_tokens, completion.generated_tokens
+        )
+        with self._requests_lock:
+            self._bill.append((api_key, cost))
+        return cost
+
+    def _list_price(self, model: str, service_tier: str) -> ModelPrice:
+        """Dollars per token from genai-prices at ``service_tier`` ($1/$4 per million tokens
+        for a model it does not know)."""
+        price = self._list_prices.get((model, service_tier))
+        if price is None:
+            price = self._list_prices[(model, service_tier)] = _genai_price(model, service_tier)
+        return price
 
     # -- failure injection ------------------------------------------------------------------
 
@@ -399,6 +437,9 @@ class SimServer:
             return
         partition = hashlib.blake2b(api_key.encode(), digest_size=16).digest() if api_key else b""
         completion = self.engine.complete(request, reply, script, partition)
+        completion.choices = _choices(request)
+        completion.service_tier = _served_tier(request)
+        self._charge(api_key, request["model"], completion)
 
         headers: dict[str, str] = {}
         if gateway is not None and api_key is not None:
@@ -406,7 +447,7 @@ class SimServer:
                 request["model"],
                 completion.prompt_tokens,
                 completion.cached_tokens,
-                completion.completion_tokens,
+                completion.generated_tokens,
             )
             spent = gateway.charge(api_key, cost)
             if gateway.style == "litellm":
@@ -660,6 +701,44 @@ def _drop_connection(handler: BaseHTTPRequestHandler) -> None:
     handler.close_connection = True
     with contextlib.suppress(OSError):
         handler.connection.shutdown(socket.SHUT_RDWR)
+
+
+def _choices(request: Mapping[str, Any]) -> int:
+    n = request.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+
+
+def _served_tier(request: Mapping[str, Any]) -> str:
+    """The tier an answer is served at: the one asked for, else the standard one."""
+    tier = request.get("service_tier")
+    return tier if tier in ("priority", "flex", "scale") else "default"
+
+
+_MILLION = Decimal(1_000_000)
+_UNKNOWN_MODEL_PRICE = ModelPrice(
+    Decimal(1) / _MILLION, Decimal(1) / _MILLION, Decimal(4) / _MILLION
+)
+
+
+def _genai_price(model: str, service_tier: str) -> ModelPrice:
+    import genai_prices  # imported here: it takes ~0.1 s to load
+
+    context = None if service_tier == "default" else {"service_tier": service_tier}
+    per_million: list[Decimal] = []
+    for usage in (
+        genai_prices.Usage(input_tokens=1_000_000),
+        genai_prices.Usage(input_tokens=1_000_000, cache_read_tokens=1_000_000),
+        genai_prices.Usage(output_tokens=1_000_000),
+    ):
+        try:
+            calculation = genai_prices.calc_price(
+                usage, model.removeprefix("openai/"), provider_id="openai", price_context=context
+            )
+        except (LookupError, ValueError):
+            return _UNKNOWN_MODEL_PRICE
+        per_million.append(Decimal(calculation.total_price))
+    input_price, cached_price, output_price = (price / _MILLION for price in per_million)
+    return ModelPrice(input_price, cached_price, output_price)
 
 
 def _model_object(model: str) -> dict[str, Any]:

@@ -8,8 +8,9 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from agentguard.config import GuardConfig
+from agentguard.config import GuardConfig, agentguard_home
 from agentguard.errors import ConfigError, PricingError
+from agentguard.files import tighten_home
 from agentguard.ledger import BudgetLine, BudgetStatus, Ledger
 from agentguard.limits import Limits
 from agentguard.log import logger
@@ -68,6 +69,7 @@ class Guard:
         from agentguard.tokens import default_counter
 
         self.config = config or GuardConfig()
+        tighten_home(agentguard_home())
         self.store: Store = open_store(
             self.config.store.resolved_url(), busy_timeout_s=self.config.store.busy_timeout_s
         )

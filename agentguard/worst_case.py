@@ -104,7 +104,8 @@ def bound_request(
         UnmeteredRequest: under a budget, a part of the request cannot be bounded.
         PricingError: the model has no price.
     """
-    problem = _unbounded(body, output_capped)
+    image_surplus, part_problem = _scan_parts(body, model)
+    problem = _unbounded(body, output_capped, part_problem)
     if problem is not None and budgeted:
         reason, fix, field = problem
         raise UnmeteredRequest(
@@ -114,7 +115,7 @@ def bound_request(
             reason=reason,
             field=field,
         )
-    extra = _image_surplus(body, model) + _schema_tokens(body, model, counter)
+    extra = image_surplus + _schema_tokens(body, model, counter)
     input_tokens = counted_input + extra
     # A margin over the counted input: a provider's own accounting (tool-call framing,
     # message wrappers) can run a few percent above any client-side count.
@@ -158,7 +159,9 @@ def _choices(body: Mapping[str, Any]) -> int:
     return 1
 
 
-def _unbounded(body: Mapping[str, Any], output_capped: bool) -> tuple[str, str, str] | None:
+def _unbounded(
+    body: Mapping[str, Any], output_capped: bool, part_problem: tuple[str, str, str] | None
+) -> tuple[str, str, str] | None:
     """Why the request's cost cannot be bounded, with the fix and the field: or ``None``."""
     if not output_capped:
         return (
@@ -173,58 +176,63 @@ def _unbounded(body: Mapping[str, Any], output_capped: bool) -> tuple[str, str, 
             "ask for text output only, or call without a budget",
             "audio",
         )
+    return part_problem
+
+
+def _scan_parts(body: Mapping[str, Any], model: str) -> tuple[int, tuple[str, str, str] | None]:
+    """One pass over the messages' content parts: the billed image tokens beyond what the
+    counter counted for them, and the first part whose cost cannot be bounded (if any)."""
     messages = body.get("messages")
-    if not isinstance(messages, list):
-        return None
-    for index, message in enumerate(messages):
+    if type(messages) is not list:
+        return 0, None
+    surplus = 0
+    problem: tuple[str, str, str] | None = None
+    # Runs on every call: plain dicts with string content (nearly every message) are skipped
+    # in one comprehension, without the slow abstract Mapping test.
+    with_parts = [
+        index
+        for index, message in enumerate(messages)
+        if type(message) is not dict or type(message.get("content")) is list
+    ]
+    for index in with_parts:
+        message = messages[index]
         content = message.get("content") if isinstance(message, Mapping) else None
-        if not isinstance(content, list):
+        if type(content) is not list:
             continue
         for part in content:
             kind = part.get("type") if isinstance(part, Mapping) else None
-            if kind in _TEXT_PARTS or kind == "image_url":
+            if kind in _TEXT_PARTS:
                 continue
-            where = f"messages[{index}].content"
-            if kind == "input_audio":
-                return (
-                    f"{where} holds audio input, which the price data gives no audio rate for",
-                    "send the audio as a transcript, or call without a budget",
-                    where,
-                )
-            if kind == "file":
-                return (
-                    f"{where} holds a file, whose pages are billed as text and images of "
-                    f"unknown size",
-                    "send the file's text instead, or call without a budget",
-                    where,
-                )
-            return (
-                f"{where} holds a content part of type {str(kind)[:40]!r}, which agentguard "
-                f"does not know how to price",
-                "send text and image_url parts only, or call without a budget",
-                where,
-            )
-    return None
+            if kind == "image_url":
+                assert isinstance(part, Mapping)
+                image = part.get("image_url")
+                detail = image.get("detail") if isinstance(image, Mapping) else None
+                counted = IMAGE_TOKENS_LOW_DETAIL if detail == "low" else IMAGE_TOKENS
+                surplus += max(0, image_tokens(model, image) - counted)
+            elif problem is None:
+                problem = _part_problem(f"messages[{index}].content", kind)
+    return surplus, problem
 
 
-def _image_surplus(body: Mapping[str, Any], model: str) -> int:
-    """Billed image tokens beyond what the counter counted for the images."""
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        return 0
-    surplus = 0
-    for message in messages:
-        content = message.get("content") if isinstance(message, Mapping) else None
-        if not isinstance(content, list):
-            continue
-        for part in content:
-            if not isinstance(part, Mapping) or part.get("type") != "image_url":
-                continue
-            image = part.get("image_url")
-            detail = image.get("detail") if isinstance(image, Mapping) else None
-            counted = IMAGE_TOKENS_LOW_DETAIL if detail == "low" else IMAGE_TOKENS
-            surplus += max(0, image_tokens(model, image) - counted)
-    return surplus
+def _part_problem(where: str, kind: object) -> tuple[str, str, str]:
+    if kind == "input_audio":
+        return (
+            f"{where} holds audio input, which the price data gives no audio rate for",
+            "send the audio as a transcript, or call without a budget",
+            where,
+        )
+    if kind == "file":
+        return (
+            f"{where} holds a file, whose pages are billed as text and images of unknown size",
+            "send the file's text instead, or call without a budget",
+            where,
+        )
+    return (
+        f"{where} holds a content part of type {str(kind)[:40]!r}, which agentguard does not "
+        f"know how to price",
+        "send text and image_url parts only, or call without a budget",
+        where,
+    )
 
 
 def _schema_tokens(body: Mapping[str, Any], model: str, counter: TokenCounter) -> int:
@@ -232,7 +240,7 @@ def _schema_tokens(body: Mapping[str, Any], model: str, counter: TokenCounter) -
     tokens = 0
     for name in ("functions", "response_format"):
         value = body.get(name)
-        if isinstance(value, Mapping | list) and value:
+        if value and isinstance(value, Mapping | list):
             text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
             tokens += counter.count_text(text, model) + 12
     return tokens

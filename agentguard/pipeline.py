@@ -25,6 +25,7 @@ from agentguard.errors import AgentGuardError, BudgetExceeded, LimitExceeded, Re
 from agentguard.limits import Limits, ToolCall, tool_call_signature
 from agentguard.log import logger
 from agentguard.pricing import Usage
+from agentguard.redact import redact_text
 from agentguard.retrying import Failure, RetryPolicy, parse_retry_after
 from agentguard.worst_case import Bound, bound_request, output_cap, settle_price
 
@@ -334,14 +335,15 @@ def _json_object(body: bytes | None) -> dict[str, Any] | None:
 
 
 def _error_message(reply: Reply) -> str:
+    # Redacted: a gateway's error may echo the key it was sent (it ends up in logs and errors).
     try:
         payload = json.loads(reply.body or b"")
         error = payload.get("error") if isinstance(payload, dict) else None
         if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])[:300]
+            return redact_text(str(error["message"])[:300])
     except ValueError:
         pass
-    return (reply.body or b"")[:200].decode("utf-8", "replace")
+    return redact_text((reply.body or b"")[:200].decode("utf-8", "replace"))
 
 
 _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")

@@ -4,6 +4,8 @@ directory, whatever the store URL looks like."""
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -13,7 +15,7 @@ from typing import Any
 import openai
 import pytest
 
-from agentguard import Guard, SessionParked
+from agentguard import Guard, RetryLimitExceeded, SessionParked, configure_logging
 from agentguard.config import GuardConfig
 from agentguard.redact import scrub
 from agentguard.sim import SimServer
@@ -205,3 +207,29 @@ def test_an_existing_loose_home_is_tightened(
     Guard(GuardConfig.from_mapping({}, env={}))
     assert mode(home) == 0o700
     assert mode(home / "agentguard.db") == 0o600
+
+
+def test_a_key_echoed_by_a_gateway_stays_out_of_errors_and_logs(
+    make_guard: Callable[..., Guard], sim: SimServer
+) -> None:
+    stream = io.StringIO()
+    configure_logging("info", json_lines=True, stream=stream)
+    try:
+        guard = make_guard(limits={"max_retries": 1})
+        client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key=OPENAI_KEY))
+        echoed = {"error": {"message": f"upstream rejected key {OPENAI_KEY}", "type": "server"}}
+        sim.fail_next(5, status=500, body=echoed)
+        with guard.session("echo"), pytest.raises(RetryLimitExceeded) as caught:
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=5
+            )
+    finally:
+        logger = logging.getLogger("agentguard")
+        for handler in list(logger.handlers):
+            if getattr(handler, "_agentguard", False):
+                logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    assert "upstream rejected key [redacted]" in str(caught.value)
+    assert_no_secret(str(caught.value).encode(), "the error")
+    assert '"event": "retry"' in stream.getvalue()
+    assert_no_secret(stream.getvalue().encode(), "the log")

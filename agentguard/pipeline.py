@@ -27,7 +27,13 @@ from agentguard.log import logger
 from agentguard.pricing import Usage
 from agentguard.redact import redact_text
 from agentguard.retrying import Failure, RetryPolicy, parse_retry_after
-from agentguard.worst_case import Bound, bound_request, output_cap, settle_price
+from agentguard.worst_case import (
+    Bound,
+    bound_request,
+    output_cap,
+    refuse_unbounded,
+    settle_price,
+)
 
 if TYPE_CHECKING:
     from agentguard.ledger import Ledger, Reservation
@@ -346,6 +352,11 @@ def _error_message(reply: Reply) -> str:
     return redact_text((reply.body or b"")[:200].decode("utf-8", "replace"))
 
 
+def _budgeted(session: Session) -> bool:
+    """Whether a dollar limit applies to the session's calls."""
+    return any(line.limit_usd is not None for line in session.budget_lines())
+
+
 _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 
 
@@ -409,6 +420,11 @@ class Pipeline:
         # The caller's model must have a price even when routing replaces it: a misspelt model
         # would otherwise be swapped for a tier silently.
         self.pricer.price(call.requested_model)
+        if _budgeted(session):
+            # Refused before it counts as a call or any stage (a summary) spends for it.
+            refuse_unbounded(
+                body, output_capped=output_cap(body) is not None or self.enforce_output_cap
+            )
         with session.lock:
             self.limits.before_call(session)
             session.state.iterations += 1
@@ -538,7 +554,7 @@ class Pipeline:
             output_capped=requested is not None or self.enforce_output_cap,
             pricer=self.pricer,
             counter=self.counter,
-            budgeted=any(line.limit_usd is not None for line in call.session.budget_lines()),
+            budgeted=_budgeted(call.session),
         )
         call.bound = bound
         call.price = bound.price

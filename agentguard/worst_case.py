@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from agentguard.pricing import ModelPrice, Pricer
     from agentguard.tokens import TokenCounter
 
-__all__ = ["Bound", "bound_request", "output_cap", "settle_price"]
+__all__ = ["Bound", "bound_request", "output_cap", "refuse_unbounded", "settle_price"]
 
 _ENDPOINT = "/chat/completions"
 _TEXT_PARTS = frozenset({"text", "refusal"})
@@ -107,14 +107,7 @@ def bound_request(
     image_surplus, part_problem = _scan_parts(body, model)
     problem = _unbounded(body, output_capped, part_problem)
     if problem is not None and budgeted:
-        reason, fix, field = problem
-        raise UnmeteredRequest(
-            f"refused before sending: {reason}, so the call's worst-case cost cannot be bounded "
-            f"and the session runs under a budget; {fix}",
-            endpoint=_ENDPOINT,
-            reason=reason,
-            field=field,
-        )
+        raise _refusal(problem)
     extra = image_surplus + _schema_tokens(body, model, counter)
     input_tokens = counted_input + extra
     # A margin over the counted input: a provider's own accounting (tool-call framing,
@@ -136,6 +129,30 @@ def bound_request(
             worst = (usd, tier)
     assert worst is not None
     return Bound(worst[0], input_tokens, output_tokens, standard, worst[1])
+
+
+def refuse_unbounded(body: Mapping[str, Any], *, output_capped: bool) -> None:
+    """Refuse, before anything else happens to the call, a request whose cost cannot be
+    bounded (the same rules :func:`bound_request` applies under a budget).
+
+    Raises:
+        UnmeteredRequest: a part of the request cannot be bounded.
+    """
+    _, part_problem = _scan_parts(body, "")
+    problem = _unbounded(body, output_capped, part_problem)
+    if problem is not None:
+        raise _refusal(problem)
+
+
+def _refusal(problem: tuple[str, str, str]) -> UnmeteredRequest:
+    reason, fix, field = problem
+    return UnmeteredRequest(
+        f"refused before sending: {reason}, so the call's worst-case cost cannot be bounded "
+        f"and the session runs under a budget; {fix}",
+        endpoint=_ENDPOINT,
+        reason=reason,
+        field=field,
+    )
 
 
 def settle_price(

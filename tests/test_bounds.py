@@ -244,10 +244,13 @@ def test_what_cannot_be_bounded_is_refused_under_a_budget(
     extra, says = UNBOUNDED[shape]
     guard = make_guard(budgets=BUDGET)
     client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-bounds"))
-    with guard.session(budget_key="research"), pytest.raises(UnmeteredRequest) as caught:
+    with (
+        guard.session(budget_key="research") as session,
+        pytest.raises(UnmeteredRequest) as caught,
+    ):
         client.chat.completions.create(model="gpt-4o", max_tokens=10, **extra)
     assert says in str(caught.value) and "budget" in str(caught.value)
-    assert sim.requests == []
+    assert sim.requests == [] and session.iterations == 0
     assert guard.budget_status("research").spent_usd == 0
 
     # Without a budget the same request is sent (priced as well as it can be).

@@ -125,9 +125,10 @@ class LimitsConfig(_Section):
     enforce_output_cap: bool = True
     """Add ``max_completion_tokens`` to requests that set none (makes the reservation exact)."""
     unmetered: list[str] = Field(default_factory=list)
-    """Endpoints allowed through unmetered under a budget (``["/v1/embeddings"]``). Under a
-    budget the guard meters ``/chat/completions`` and refuses every other ``POST`` unless its
-    path ends with one of these; without a budget everything passes."""
+    """Endpoints allowed through unmetered under a budget (``["/v1/responses"]``). Under a
+    budget the guard meters ``/chat/completions``, ``/completions`` and ``/embeddings`` and
+    refuses every other ``POST`` unless its path ends with one of these; without a budget
+    everything passes."""
 
     @field_validator("unmetered")
     @classmethod

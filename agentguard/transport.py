@@ -3,10 +3,11 @@
 An httpx transport sees every endpoint and every HTTP attempt of the client it is given to,
 survives ``with_options()``/``copy()``, and is how LangChain's ``ChatOpenAI(http_client=...)``
 and CrewAI's native OpenAI provider take a guard too. ``POST .../chat/completions`` goes
-through the pipeline. Under a dollar budget every other ``POST`` (``/responses``,
-``/completions``, ``/embeddings``, ...) is refused with :class:`~agentguard.UnmeteredRequest`
-before it is sent, unless ``limits.unmetered`` names its endpoint; so is a chat completion
-whose body is not a JSON object. Without a budget they pass through untouched.
+through the pipeline. Under a dollar budget the legacy ``/completions`` and ``/embeddings``
+are metered (:mod:`agentguard.legacy`), and every other ``POST`` (``/responses``, files,
+images...) is refused with :class:`~agentguard.UnmeteredRequest` before it is sent, unless
+``limits.unmetered`` names its endpoint; so is a chat completion whose body is not a JSON
+object. Without a budget they pass through untouched.
 
 openai 2.x speaks ``httpx``; openai 3.x speaks ``httpx2``, a fork with the same API. The
 transport classes are built for whichever of the two the client uses.
@@ -24,6 +25,7 @@ from types import ModuleType, SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from agentguard.errors import UnmeteredRequest
+from agentguard.legacy import legacy_endpoint, run_legacy
 from agentguard.log import logger
 from agentguard.pipeline import Action, Do, Outcome, Reply, Send, Sleep, TransportFailure
 from agentguard.session import Session
@@ -88,6 +90,19 @@ def _refuse_unmetered(guard: Guard, method: str, path: str, reason: str | None =
         reason=reason,
         field="limits.unmetered",
     )
+
+
+def _legacy_route(guard: Guard, method: str, path: str) -> tuple[Session, str, str] | None:
+    """(session, kind, endpoint) for a legacy request to meter: a ``POST`` to
+    ``/completions`` or ``/embeddings`` under a budget, not let through by
+    ``limits.unmetered``."""
+    kind = legacy_endpoint(method, path)
+    if kind is None or _allowed_unmetered(guard, path):
+        return None
+    session = _session_for(guard)
+    if _budget_of(session) is None:
+        return None
+    return session, kind, path.rstrip("/")
 
 
 def _response_headers(headers: Any, extra: dict[str, str]) -> list[tuple[str, str]]:
@@ -291,6 +306,9 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
 
         def handle_request(self, request: Any) -> Any:
             if not _is_chat_completion(request.method, request.url.path):
+                legacy = _legacy_route(self.guard, request.method, request.url.path)
+                if legacy is not None:
+                    return self._handle_legacy(request, *legacy)
                 _refuse_unmetered(self.guard, request.method, request.url.path)
                 return self._send_raw(request)
             body = _chat_body(request.read())
@@ -326,6 +344,33 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
             response = last["response"]
             stream = TapStream(response, outcome) if outcome.tap is not None else None
             return build_response(request, outcome, response, stream)
+
+        def _handle_legacy(self, request: Any, session: Session, kind: str, endpoint: str) -> Any:
+            raw = request.read()
+            last: dict[str, Any] = {}
+
+            def send(_body: dict[str, Any], _modified: bool) -> Reply:
+                try:
+                    response = self._send_raw(request)
+                    last["response"] = response
+                    content = response.read()
+                except Exception as exc:
+                    if "response" in last:
+                        last["response"].close()
+                    failure = failure_of(exc)
+                    if failure is None:
+                        raise
+                    raise failure from exc
+                response.close()
+                return reply_of(response, content)
+
+            try:
+                outcome = _drive_sync(run_legacy(self.guard, session, kind, endpoint, raw), send)
+            except TransportFailure as failure:
+                # The SDK sees the transport's own error, and retries it as usual (each
+                # attempt is metered again).
+                raise failure.error from None
+            return build_response(request, outcome, last["response"], None)
 
         def close(self) -> None:
             if self.owns_inner:
@@ -383,6 +428,9 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
 
         async def handle_async_request(self, request: Any) -> Any:
             if not _is_chat_completion(request.method, request.url.path):
+                legacy = _legacy_route(self.guard, request.method, request.url.path)
+                if legacy is not None:
+                    return await self._handle_legacy(request, *legacy)
                 _refuse_unmetered(self.guard, request.method, request.url.path)
                 return await self._send_raw(request)
             body = _chat_body(await request.aread())
@@ -422,6 +470,34 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
                 AsyncTapStream(response, outcome, self.offload) if outcome.tap is not None else None
             )
             return build_response(request, outcome, response, stream)
+
+        async def _handle_legacy(
+            self, request: Any, session: Session, kind: str, endpoint: str
+        ) -> Any:
+            raw = await request.aread()
+            last: dict[str, Any] = {}
+
+            async def send(_body: dict[str, Any], _modified: bool) -> Reply:
+                try:
+                    response = await self._send_raw(request)
+                    last["response"] = response
+                    content = await response.aread()
+                except Exception as exc:
+                    if "response" in last:
+                        await last["response"].aclose()
+                    failure = failure_of(exc)
+                    if failure is None:
+                        raise
+                    raise failure from exc
+                await response.aclose()
+                return reply_of(response, content)
+
+            engine = run_legacy(self.guard, session, kind, endpoint, raw)
+            try:
+                outcome = await _drive_async(engine, send, self.offload)
+            except TransportFailure as failure:
+                raise failure.error from None
+            return build_response(request, outcome, last["response"], None)
 
         async def aclose(self) -> None:
             if not self.owns_inner:

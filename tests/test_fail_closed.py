@@ -5,13 +5,26 @@ loopback; "reached the provider" is what the sim recorded."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import io
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from agentguard import ConfigError, Guard, PricingError, UnmeteredRequest
+from agentguard import (
+    BudgetExceeded,
+    ConfigError,
+    Guard,
+    PricingError,
+    UnmeteredRequest,
+    configure_logging,
+)
 from agentguard.config import GuardConfig
 from agentguard.sim import SimServer
 
@@ -36,10 +49,8 @@ def test_responses_and_legacy_endpoints_are_refused_under_a_budget(
         assert 'limits.unmetered = ["/v1/responses"]' in message
         assert "'research'" in message
         assert caught.value.endpoint == "/v1/responses"
-        with pytest.raises(UnmeteredRequest, match=r"/v1/completions is not metered"):
-            client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Hello")
-        with pytest.raises(UnmeteredRequest, match="/v1/embeddings"):
-            client.embeddings.create(model="text-embedding-3-small", input="Hello")
+        with pytest.raises(UnmeteredRequest, match=r"/v1/images/generations is not metered"):
+            client.images.generate(model="gpt-image-1", prompt="A lighthouse")
         # Reads cost nothing and pass.
         assert [model.id for model in client.models.list()][:1] == ["gpt-4o"]
     assert paths(sim) == ["/v1/models"]
@@ -56,7 +67,7 @@ def test_the_sessionless_default_and_a_session_budget_count_as_budgets(
     capped = make_guard(limits={"max_session_usd": 1})
     client = capped.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-closed"))
     with capped.session(), pytest.raises(UnmeteredRequest):
-        client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Hello")
+        client.responses.create(model="gpt-4o", input="Hello")
     assert sim.requests == []
 
 
@@ -76,15 +87,15 @@ def test_async_clients_are_refused_too(make_guard: Callable[..., Guard], sim: Si
 def test_limits_unmetered_lets_a_named_endpoint_through(
     make_guard: Callable[..., Guard], sim: SimServer
 ) -> None:
-    guard = make_guard(budgets=TINY, limits={"unmetered": ["/v1/embeddings"]})
+    guard = make_guard(budgets=TINY, limits={"unmetered": ["/v1/responses"]})
     client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-closed", max_retries=0))
     with guard.session(budget_key="research"):
-        # The sim does not serve embeddings: its 404 proves the request got there.
+        # The sim does not serve the Responses API: its 404 proves the request got there.
         with pytest.raises(openai.NotFoundError):
-            client.embeddings.create(model="text-embedding-3-small", input="Hello")
-        with pytest.raises(UnmeteredRequest):
             client.responses.create(model="gpt-4o", input="Hello")
-    assert paths(sim) == ["/v1/embeddings"]
+        with pytest.raises(UnmeteredRequest):
+            client.images.generate(model="gpt-image-1", prompt="A lighthouse")
+    assert paths(sim) == ["/v1/responses"]
 
 
 def test_without_a_budget_other_endpoints_pass_through(
@@ -168,3 +179,113 @@ def test_an_unpriced_caller_model_fails_even_when_routing_would_replace_it(
     with guard.session(), pytest.raises(PricingError, match="gpt-4o-mnii"):
         client.chat.completions.create(model="gpt-4o-mnii", messages=MESSAGES, max_tokens=5)
     assert sim.requests == []
+
+
+# -- the legacy endpoints are metered ---------------------------------------------------------
+
+
+def reservations(stream: io.StringIO) -> list[Decimal]:
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    return [Decimal(event["amount_usd"]) for event in events if event["event"] == "reserve"]
+
+
+@pytest.fixture
+def debug_log() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    configure_logging("debug", json_lines=True, stream=stream)
+    try:
+        yield stream
+    finally:
+        logger = logging.getLogger("agentguard")
+        for handler in list(logger.handlers):
+            if getattr(handler, "_agentguard", False):
+                logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+
+
+LEGACY_CALLS: dict[str, Callable[[openai.OpenAI], Any]] = {
+    "completion": lambda client: client.completions.create(
+        model="gpt-3.5-turbo-instruct", prompt="Once upon a time", max_tokens=30
+    ),
+    "completion, n and best_of": lambda client: client.completions.create(
+        model="gpt-3.5-turbo-instruct", prompt=["Once", "upon"], max_tokens=20, n=2, best_of=3
+    ),
+    "completion, default cap, token ids": lambda client: client.completions.create(
+        model="davinci-002", prompt=[1, 2, 3, 4, 5]
+    ),
+    "embeddings": lambda client: client.embeddings.create(
+        model="text-embedding-3-small", input=["a lighthouse keeper", "the sea at night"] * 20
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", list(LEGACY_CALLS))
+def test_legacy_endpoints_are_metered_under_a_budget(
+    shape: str, make_guard: Callable[..., Guard], sim: SimServer, debug_log: io.StringIO
+) -> None:
+    guard = make_guard(budgets=[{"key": "research", "limit_usd": 1}])
+    client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-legacy"))
+    with guard.session(budget_key="research") as session:
+        LEGACY_CALLS[shape](client)
+    (reserved,) = reservations(debug_log)
+    billed = sim.billed_usd()
+    assert sim.billed_calls() == 1 and 0 < billed <= reserved
+    assert abs(session.spent_usd - billed) < Decimal("1e-9")
+    assert guard.budget_status("research").spent_usd == session.spent_usd
+
+
+def test_a_legacy_call_that_does_not_fit_is_never_sent(
+    make_guard: Callable[..., Guard], sim: SimServer
+) -> None:
+    guard = make_guard(budgets=TINY)
+    client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-legacy"))
+    with guard.session(budget_key="research"):
+        with pytest.raises(BudgetExceeded):
+            client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Hi", max_tokens=5)
+        with pytest.raises(BudgetExceeded):
+            client.embeddings.create(model="text-embedding-3-small", input="Hello " * 200)
+        with pytest.raises(UnmeteredRequest, match="streamed legacy completion"):
+            client.completions.create(
+                model="gpt-3.5-turbo-instruct", prompt="Hi", max_tokens=5, stream=True
+            )
+        with pytest.raises(PricingError):
+            client.embeddings.create(model="no-such-embedder", input="Hello")
+    assert sim.requests == []
+
+
+def test_a_legacy_attempt_that_timed_out_is_charged_its_worst_case(
+    make_guard: Callable[..., Guard],
+) -> None:
+    guard = make_guard(budgets=[{"key": "research", "limit_usd": 1}])
+    with SimServer() as sim:
+        sim.timeout_next(1, seconds=1.0)
+        client = guard.wrap(
+            openai.OpenAI(base_url=sim.base_url, api_key="sk-legacy", max_retries=0, timeout=0.3)
+        )
+        with guard.session(budget_key="research"), pytest.raises(openai.APITimeoutError):
+            client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Hi", max_tokens=50)
+        deadline = time.monotonic() + 30
+        while sim.billed_calls() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        billed = sim.billed_usd()
+    guard.close()
+    assert billed > 0
+    # The provider billed an answer nobody read: the ledger holds at least that.
+    assert guard.budget_status("research").spent_usd >= billed
+
+
+def test_async_legacy_calls_are_metered(make_guard: Callable[..., Guard], sim: SimServer) -> None:
+    guard = make_guard(budgets=[{"key": "research", "limit_usd": 1}])
+    client = guard.wrap(openai.AsyncOpenAI(base_url=sim.base_url, api_key="sk-legacy"))
+
+    async def run() -> Decimal:
+        async with guard.session(budget_key="research") as session:
+            await client.embeddings.create(model="text-embedding-3-small", input="Hello there")
+            await client.completions.create(
+                model="gpt-3.5-turbo-instruct", prompt="Hello", max_tokens=8
+            )
+            return session.spent_usd
+
+    spent = asyncio.run(run())
+    assert sim.billed_calls() == 2
+    assert abs(spent - sim.billed_usd()) < Decimal("1e-9")

@@ -830,7 +830,7 @@ def test_unknown_routes_and_bad_requests_get_openai_errors(shared_sim: SimServer
     client = client_for(shared_sim)
 
     with pytest.raises(openai.NotFoundError) as not_found:
-        client.embeddings.create(model="text-embedding-3-small", input="x")
+        client.images.generate(model="gpt-image-1", prompt="x")
     with pytest.raises(openai.BadRequestError) as no_messages:
         client.chat.completions.create(model="gpt-4o", messages=[])
     with pytest.raises(openai.BadRequestError) as bad_max_tokens:
@@ -842,7 +842,7 @@ def test_unknown_routes_and_bad_requests_get_openai_errors(shared_sim: SimServer
     )
 
     assert not_found.value.body == {
-        "message": "Invalid URL (POST /v1/embeddings)",
+        "message": "Invalid URL (POST /v1/images/generations)",
         "type": "invalid_request_error",
         "param": None,
         "code": None,

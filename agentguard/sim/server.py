@@ -4,7 +4,8 @@ A ``ThreadingHTTPServer`` on loopback, in a background daemon thread, speaking H
 keep-alive. Every answer is written with a single ``send`` on a ``TCP_NODELAY`` socket, so a call
 through the official ``openai`` SDK costs about a millisecond, nearly all of it in the client.
 
-Routes: ``POST /v1/chat/completions`` (plain and streamed), ``GET /v1/models``,
+Routes: ``POST /v1/chat/completions`` (plain and streamed), ``POST /v1/completions`` and
+``POST /v1/embeddings`` (the legacy endpoints, plain only), ``GET /v1/models``,
 ``GET /v1/models/{id}``; anything else is a 404 with an OpenAI-shaped error body.
 
 Chat completions honour ``n`` (that many choices, all billed), image parts (billed by OpenAI's
@@ -249,10 +250,27 @@ class SimServer:
             return sum(1 for who, _ in self._bill if key is None or who == key)
 
     def _charge(self, api_key: str | None, model: str, completion: Completion) -> Decimal:
-        price = self._list_price(model, completion.service_tier)
-        cost = price.cost(
-            completion.prompt_tokens, completion.cached_tokens, completion.generated_tokens
+        return self._charge_tokens(
+            api_key,
+            model,
+            completion.prompt_tokens,
+            completion.generated_tokens,
+            cached_tokens=completion.cached_tokens,
+            service_tier=completion.service_tier,
         )
+
+    def _charge_tokens(
+        self,
+        api_key: str | None,
+        model: str,
+        prompt_tokens: int,
+        output_tokens: int,
+        *,
+        cached_tokens: int = 0,
+        service_tier: str = "default",
+    ) -> Decimal:
+        price = self._list_price(model, service_tier)
+        cost = price.cost(prompt_tokens, cached_tokens, output_tokens)
         with self._requests_lock:
             self._bill.append((api_key, cost))
         return cost
@@ -380,6 +398,8 @@ class SimServer:
         route = path.rstrip("/")
         if route == "/v1/chat/completions" and method == "POST":
             self._chat(handler, body if body_is_json else raw, api_key, started)
+        elif route in ("/v1/completions", "/v1/embeddings") and method == "POST":
+            self._legacy(handler, route, body, api_key, started)
         elif route == "/v1/models" and method == "GET":
             data = [_model_object(model) for model in self.models]
             self._send_json(handler, 200, {"object": "list", "data": data}, started)
@@ -473,6 +493,77 @@ class SimServer:
         else:
             payload = completion_body(completion_id, created, request["model"], completion)
             self._send_json(handler, 200, payload, started, headers, cut)
+
+    def _legacy(
+        self, handler: _Handler, route: str, body: Any, api_key: str | None, started: float
+    ) -> None:
+        """``/v1/completions`` (a filler answer of exactly ``max_tokens`` tokens, default 16,
+        for each of ``max(n, best_of)`` candidates, ``n`` returned) and ``/v1/embeddings``
+        (zero vectors); both billed. Injected timeouts and HTTP errors apply."""
+        fault = self._faults.pop()
+        if isinstance(fault, HTTPError):
+            named = body.get("model", "") if isinstance(body, dict) else ""
+            self._send_json(
+                handler, fault.status, fault.body_for(str(named)), started, fault.headers
+            )
+            return
+        if isinstance(fault, Timeout):
+            self._stopping.wait(fault.seconds)
+        field = "prompt" if route.endswith("/completions") else "input"
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            self._send_json(
+                handler,
+                400,
+                error_body("you must provide a model parameter", "invalid_request_error"),
+                started,
+            )
+            return
+        model: str = body["model"]
+        texts = _legacy_inputs(body.get(field))
+        if texts is None:
+            message = f"Invalid type for '{field}'."
+            self._send_json(
+                handler, 400, error_body(message, "invalid_request_error", field), started
+            )
+            return
+        counter = self.engine.counter
+        prompt_tokens = sum(
+            len(text) if isinstance(text, list) else counter.count(text, model) for text in texts
+        )
+        created = int(time.time())
+        if field == "input":
+            self._charge_tokens(api_key, model, prompt_tokens, 0)
+            data = [
+                {"object": "embedding", "index": index, "embedding": [0.0] * 8}
+                for index in range(len(texts))
+            ]
+            usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
+            embeddings = {"object": "list", "data": data, "model": model, "usage": usage}
+            self._send_json(handler, 200, embeddings, started)
+            return
+        max_tokens = _positive(body.get("max_tokens"), 16)
+        n = _positive(body.get("n"), 1)
+        candidates = max(n, _positive(body.get("best_of"), 1))
+        text, per_choice = counter.truncate("lorem " * (max_tokens + 8), max_tokens, model)
+        output_tokens = per_choice * candidates
+        self._charge_tokens(api_key, model, prompt_tokens, output_tokens)
+        choices = [
+            {"text": text, "index": index, "logprobs": None, "finish_reason": "length"}
+            for index in range(n)
+        ]
+        payload: dict[str, Any] = {
+            "id": f"cmpl-{uuid.uuid4().hex[:29]}",
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": output_tokens,
+                "total_tokens": prompt_tokens + output_tokens,
+            },
+        }
+        self._send_json(handler, 200, payload, started)
 
     # -- writing answers --------------------------------------------------------------------
 
@@ -701,6 +792,31 @@ def _drop_connection(handler: BaseHTTPRequestHandler) -> None:
     handler.close_connection = True
     with contextlib.suppress(OSError):
         handler.connection.shutdown(socket.SHUT_RDWR)
+
+
+def _positive(value: object, default: int) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return default
+
+
+def _legacy_inputs(value: object) -> list[str | list[int]] | None:
+    """A ``prompt``/``input`` as a list of texts and token-id lists, or ``None`` if invalid."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        return None
+    if value and all(isinstance(item, int) for item in value):
+        return [list(value)]
+    items: list[str | list[int]] = []
+    for item in value:
+        if isinstance(item, str):
+            items.append(item)
+        elif isinstance(item, list) and all(isinstance(token, int) for token in item):
+            items.append(list(item))
+        else:
+            return None
+    return items
 
 
 def _choices(request: Mapping[str, Any]) -> int:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         RetryLimitExceeded,
         SessionParked,
         StoreError,
+        UnmeteredRequest,
     )
     from agentguard.guard import Guard
     from agentguard.ledger import BudgetStatus
@@ -65,6 +66,7 @@ __all__ = [
     "SessionParked",
     "SessionState",
     "StoreError",
+    "UnmeteredRequest",
     "Usage",
     "__version__",
     "configure_logging",
@@ -87,6 +89,7 @@ _LAZY = {
     "RetryLimitExceeded": "agentguard.errors",
     "SessionParked": "agentguard.errors",
     "StoreError": "agentguard.errors",
+    "UnmeteredRequest": "agentguard.errors",
     "Guard": "agentguard.guard",
     "GuardConfig": "agentguard.config",
     "BudgetStatus": "agentguard.ledger",

@@ -167,6 +167,21 @@ class LimitsConfig(_Section):
     the call still reserves ``default_max_output_tokens`` of output, and an answer longer
     than that is paid in full at settlement (the budget may then end a window above its
     limit by the difference)."""
+    unmetered: list[str] = Field(default_factory=list)
+    """Endpoints allowed through unmetered under a budget (``["/v1/responses"]``). Under a
+    budget the guard meters ``/chat/completions``, ``/completions`` and ``/embeddings`` and
+    refuses every other ``POST`` unless its path ends with one of these; without a budget
+    everything passes."""
+
+    @field_validator("unmetered")
+    @classmethod
+    def _check_unmetered(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not path.startswith("/") or path.rstrip("/") == "" or "?" in path:
+                raise ValueError(
+                    f"{path!r} is not an endpoint path: write it like '/v1/embeddings'"
+                )
+        return value
 
 
 class BudgetConfig(_Section):
@@ -174,8 +189,9 @@ class BudgetConfig(_Section):
 
     key: Annotated[str, Field(min_length=1, max_length=200)]
     """The budget key sessions name with ``budget_key=``."""
-    limit_usd: Annotated[Decimal, Field(gt=0)]
-    """Dollars per window."""
+    limit_usd: Annotated[Decimal, Field(gt=0)] | None = None
+    """Dollars per window. Omitted: the key's spend is recorded (``agentguard budgets`` shows
+    it) without a limit."""
     window: str = "1d"
     """Window length: ``"30s"``, ``"15m"``, ``"5h"``, ``"1d"``."""
     window_mode: Literal["fixed", "rolling"] = "fixed"

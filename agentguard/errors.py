@@ -10,6 +10,7 @@ The tree::
     openai.OpenAIError
     └── AgentGuardError
         ├── ConfigError              a config file, field or environment variable is invalid
+        │   └── UnmeteredRequest         a request under a budget the guard cannot meter
         ├── LimitExceeded            a limit stopped the session
         │   ├── IterationLimitExceeded   too many model calls or tool calls
         │   ├── RetryLimitExceeded       too many retries of one call, or failures in a row
@@ -44,6 +45,7 @@ __all__ = [
     "RetryLimitExceeded",
     "SessionParked",
     "StoreError",
+    "UnmeteredRequest",
 ]
 
 
@@ -72,6 +74,32 @@ class ConfigError(AgentGuardError):
         self.source = source
         self.field = field
         self.expected = expected
+
+
+class UnmeteredRequest(ConfigError):
+    """A request under a budget that the guard cannot meter, refused before it was sent.
+
+    Under a dollar budget every request is priced and reserved first, or refused: an endpoint
+    the guard does not meter (unless ``limits.unmetered`` names it), a body it cannot parse, or
+    a request whose worst-case cost it cannot bound (an unknown content part, audio).
+
+    Attributes:
+        endpoint: the request's path (``/v1/responses``).
+        reason: why it cannot be metered.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: str,
+        reason: str,
+        field: str | None = None,
+        expected: str | None = None,
+    ) -> None:
+        super().__init__(message, source=endpoint, field=field, expected=expected)
+        self.endpoint = endpoint
+        self.reason = reason
 
 
 class LimitExceeded(AgentGuardError):

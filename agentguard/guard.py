@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from agentguard.config import GuardConfig
-from agentguard.errors import ConfigError
+from agentguard.config import GuardConfig, agentguard_home
+from agentguard.errors import ConfigError, PricingError
+from agentguard.files import tighten_home
 from agentguard.ledger import BudgetLine, BudgetStatus, Ledger
 from agentguard.limits import Limits
 from agentguard.log import logger
@@ -68,6 +70,7 @@ class Guard:
         from agentguard.tokens import default_counter
 
         self.config = config or GuardConfig()
+        tighten_home(agentguard_home())
         self.store: Store = open_store(
             self.config.store.resolved_url(),
             busy_timeout_s=self.config.store.busy_timeout_s,
@@ -81,6 +84,7 @@ class Guard:
         )
         self.counter = counter or default_counter()
         self.pricer = pricer or Pricer(self.config.pricing)
+        self._check_models_priced()
         self.limits = Limits.from_config(self.config.limits)
         limits = self.config.limits
         self.retry = RetryPolicy(
@@ -213,6 +217,7 @@ class Guard:
 
         Raises:
             ValueError: the session id is not 1-200 characters of letters, digits and ``._:@-``.
+            ConfigError: ``budget_key`` names no ``[[budgets]]`` entry of the config.
         """
         return Session(
             self,
@@ -383,6 +388,53 @@ class Guard:
         return response.choices[0].message.content or ""
 
     # -- budgets --------------------------------------------------------------------------------
+
+    def check_budget_key(self, key: str) -> None:
+        """Check that sessions may name ``key``: a ``[[budgets]]`` entry configures it (with or
+        without a ``limit_usd``), or it is the implicit ``"default"`` key.
+
+        Raises:
+            ConfigError: the key is not configured (a misspelt key would otherwise run the
+                session with no budget at all).
+        """
+        if key == self.default_budget_key or self.config.budget(key) is not None:
+            return
+        configured = [budget.key for budget in self.config.budgets]
+        close = difflib.get_close_matches(key, configured, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        listed = ", ".join(repr(name) for name in configured) or "none"
+        raise ConfigError(
+            f"budget key {key!r} is not configured; {hint}configured: {listed}. Add a "
+            f'[[budgets]] entry with key = "{key}" (without limit_usd to only record its '
+            f"spend), or name a configured key",
+            field="budgets.key",
+            expected=f"one of: {listed}",
+        )
+
+    def _check_models_priced(self) -> None:
+        """Price every model the config names, so a misspelt one fails here, not on every call.
+
+        Raises:
+            ConfigError: a routing tier, ``routing.force_model`` or ``trimming.summary_model``
+                has no price; the message names the field and the model.
+        """
+        named = [
+            (f"routing.tiers.{tier}", model) for tier, model in self.config.routing.tiers.items()
+        ]
+        if self.config.routing.force_model is not None:
+            named.append(("routing.force_model", self.config.routing.force_model))
+        if self.config.trimming.summary_model is not None:
+            named.append(("trimming.summary_model", self.config.trimming.summary_model))
+        for field, model in named:
+            try:
+                self.pricer.price(model)
+            except PricingError as exc:
+                raise ConfigError(
+                    f"{field}: model {model!r} has no price, so no call to it could be "
+                    f"budgeted: {exc}",
+                    field=field,
+                    expected="a model the price data knows, or one priced in [pricing.overrides]",
+                ) from None
 
     def budget_lines_for(self, session: Session) -> tuple[BudgetLine, ...]:
         """The ledger lines calls in ``session`` draw on: its budget key's window and, with

@@ -19,6 +19,8 @@ from typing import IO, Any
 
 import structlog
 
+from agentguard.redact import redact_text
+
 __all__ = ["configure_logging", "logger"]
 
 _stdlib = logging.getLogger("agentguard")
@@ -38,6 +40,14 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _redacted(fields: dict[str, Any]) -> dict[str, Any]:
+    """Fields with key-shaped text redacted: provider errors and gateways can echo a key."""
+    return {
+        key: redact_text(value) if isinstance(value, str) else value
+        for key, value in fields.items()
+    }
+
+
 class _EventLogger:
     """Emits an event through structlog if configured, else through stdlib logging."""
 
@@ -45,11 +55,12 @@ class _EventLogger:
 
     def _emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
         if structlog.is_configured():
-            getattr(structlog.get_logger("agentguard"), level)(event, **fields)
+            getattr(structlog.get_logger("agentguard"), level)(event, **_redacted(fields))
             return
         numeric = _LEVELS[level]
         if not _stdlib.isEnabledFor(numeric):
             return
+        fields = _redacted(fields)
         _stdlib.log(numeric, event, extra={"agentguard_event": event, "agentguard_fields": fields})
 
     def debug(self, event: str, **fields: Any) -> None:

@@ -25,7 +25,15 @@ from agentguard.errors import AgentGuardError, BudgetExceeded, LimitExceeded, Re
 from agentguard.limits import Limits, ToolCall, tool_call_signature
 from agentguard.log import logger
 from agentguard.pricing import Usage
+from agentguard.redact import redact_text
 from agentguard.retrying import Failure, RetryPolicy, parse_retry_after
+from agentguard.worst_case import (
+    Bound,
+    bound_request,
+    output_cap,
+    refuse_unbounded,
+    settle_price,
+)
 
 if TYPE_CHECKING:
     from agentguard.ledger import Ledger, Reservation
@@ -167,6 +175,7 @@ class CallContext:
     input_tokens: int = 0
     max_output_tokens: int = 0
     price: ModelPrice | None = None
+    bound: Bound | None = None
     worst_case_usd: Decimal = Decimal(0)
     reservation: Reservation | None = None
     strip_usage_chunk: bool = False
@@ -206,6 +215,7 @@ class StreamTap:
         "done",
         "events",
         "finish_reason",
+        "service_tier",
         "tool_calls",
         "usage",
     )
@@ -217,6 +227,7 @@ class StreamTap:
         self.tool_calls: dict[int, dict[str, str]] = {}
         self.content_chars: list[str] = []
         self.finish_reason: str | None = None
+        self.service_tier: object = None
         self.done = False
         self.events = 0
 
@@ -263,6 +274,8 @@ class StreamTap:
         if not isinstance(payload, dict):
             return True
         self.events += 1
+        if payload.get("service_tier"):
+            self.service_tier = payload["service_tier"]
         usage = payload.get("usage")
         if isinstance(usage, dict):
             self.usage = usage
@@ -328,14 +341,20 @@ def _json_object(body: bytes | None) -> dict[str, Any] | None:
 
 
 def _error_message(reply: Reply) -> str:
+    # Redacted: a gateway's error may echo the key it was sent (it ends up in logs and errors).
     try:
         payload = json.loads(reply.body or b"")
         error = payload.get("error") if isinstance(payload, dict) else None
         if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])[:300]
+            return redact_text(str(error["message"])[:300])
     except ValueError:
         pass
-    return (reply.body or b"")[:200].decode("utf-8", "replace")
+    return redact_text((reply.body or b"")[:200].decode("utf-8", "replace"))
+
+
+def _budgeted(session: Session) -> bool:
+    """Whether a dollar limit applies to the session's calls."""
+    return any(line.limit_usd is not None for line in session.budget_lines())
 
 
 _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
@@ -398,6 +417,14 @@ class Pipeline:
         )
         if session.parked_record is not None and self.limit_handler is not None:
             raise self.limit_handler.parked_error(session.parked_record)
+        # The caller's model must have a price even when routing replaces it: a misspelt model
+        # would otherwise be swapped for a tier silently.
+        self.pricer.price(call.requested_model)
+        if _budgeted(session):
+            # Refused before it counts as a call or any stage (a summary) spends for it.
+            refuse_unbounded(
+                body, output_capped=output_cap(body) is not None or self.enforce_output_cap
+            )
         with session.lock:
             self.limits.before_call(session)
             session.state.iterations += 1
@@ -499,8 +526,8 @@ class Pipeline:
             call.input_tokens = self.counter.count_messages(call.messages, model)
         if call.tools:
             call.input_tokens += self.counter.count_tools(call.tools, model)
-        requested = call.body.get("max_completion_tokens") or call.body.get("max_tokens")
-        if isinstance(requested, int) and requested > 0:
+        requested = output_cap(call.body)
+        if requested is not None:
             call.max_output_tokens = requested
         else:
             call.max_output_tokens = self.default_max_output_tokens
@@ -519,13 +546,19 @@ class Pipeline:
             if not (isinstance(options, dict) and options.get("include_usage")):
                 call.body["stream_options"] = {**(options or {}), "include_usage": True}
                 call.strip_usage_chunk = True
-        call.price = self.pricer.price(model)
-        # A margin over the counted input: a provider's own accounting (tool-call framing,
-        # message wrappers) can run a few percent above any client-side count.
-        margin_tokens = call.input_tokens // 20 + 16
-        call.worst_case_usd = call.price.worst_case(
-            call.input_tokens + margin_tokens, call.max_output_tokens
+        bound = bound_request(
+            call.body,
+            model,
+            counted_input=call.input_tokens,
+            max_output_tokens=call.max_output_tokens,
+            output_capped=requested is not None or self.enforce_output_cap,
+            pricer=self.pricer,
+            counter=self.counter,
+            budgeted=_budgeted(call.session),
         )
+        call.bound = bound
+        call.price = bound.price
+        call.worst_case_usd = bound.usd
 
     def _reserve(self, call: CallContext) -> Generator[Action, Any, None]:
         session = call.session
@@ -689,13 +722,22 @@ class Pipeline:
         if isinstance(message, dict) and isinstance(message.get("content"), str):
             text = message["content"]
         tool_calls = _tool_calls_of(message)
-        yield from self._settle(call, payload.get("usage"), text, tool_calls, count_step=count_step)
+        yield from self._settle(
+            call,
+            payload.get("usage"),
+            text,
+            tool_calls,
+            count_step=count_step,
+            service_tier=payload.get("service_tier"),
+        )
 
     def _finish_stream(self, call: CallContext, tap: StreamTap) -> Generator[Action, Any, None]:
         tool_calls = [
             ToolCall(slot["name"], slot["arguments"]) for _, slot in sorted(tap.tool_calls.items())
         ]
-        yield from self._settle(call, tap.usage, tap.text, tool_calls)
+        yield from self._settle(
+            call, tap.usage, tap.text, tool_calls, service_tier=tap.service_tier
+        )
 
     def _settle(
         self,
@@ -705,6 +747,7 @@ class Pipeline:
         tool_calls: list[ToolCall],
         *,
         count_step: bool = True,
+        service_tier: object = None,
     ) -> Generator[Action, Any, None]:
         session = call.session
         usage = Usage.from_openai(usage_data) if usage_data else None
@@ -722,7 +765,9 @@ class Pipeline:
         else:
             self.counter.observe(call.model, call.input_tokens, usage.input_tokens)
         assert call.price is not None
-        cost = call.price.cost(usage)
+        # Billed at the tier the response says it was served at.
+        price = settle_price(self.pricer, call.model, service_tier, call.bound) or call.price
+        cost = price.cost(usage)
         reservation = call.reservation
         call.reservation = None
         if reservation is not None:

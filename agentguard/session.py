@@ -80,6 +80,8 @@ class Session:
                 f"session id {session_id!r} is not valid: use 1-200 characters of letters, "
                 "digits and ._:@- (it names files and database rows)"
             )
+        if budget_key is not None:
+            guard.check_budget_key(budget_key)
         self.guard = guard
         self.id = session_id or f"s-{secrets.token_hex(8)}"
         self.parent: Session | None = parent

@@ -16,12 +16,14 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from agentguard.errors import StoreError
+from agentguard.files import private_dir, private_file
 
 __all__ = ["SCHEMA_VERSION", "Store", "metadata", "open_store"]
 
@@ -83,6 +85,24 @@ parked_sessions = sa.Table(
 
 
 _NAMED_PARAM = re.compile(r":(\w+)")
+
+
+def _sqlite_file(url: sa.URL) -> Path | None:
+    """The file a SQLite URL opens, whatever its form: a plain or relative path, ``~``, a
+    ``file:`` URI (``sqlite:///file:/path/x.db?uri=true``), with or without a query string;
+    ``None`` for an in-memory database."""
+    database = url.database or ""
+    if database.startswith("file:") and url.query.get("uri") in ("true", "1"):
+        rest = unquote(database[len("file:") :])
+        if rest.startswith("//"):
+            # file://host/path: the authority is empty or localhost on any local file.
+            rest = "/" + rest[2:].partition("/")[2]
+        database = rest
+        if url.query.get("mode") == "memory":
+            return None
+    if not database or database == ":memory:":
+        return None
+    return Path(database).expanduser()
 
 
 class Cursor:
@@ -153,6 +173,9 @@ class Store:
         self.dialect = parsed.get_backend_name()
         self.is_sqlite = self.dialect == "sqlite"
         self._sqlite_path: Path | None = None
+        """The SQLite file, when the fast path drives it."""
+        self._sqlite_file: Path | None = None
+        """The SQLite file, whatever the URL's form (kept 0600 with its -wal and -shm)."""
         self.engine = self._create_engine(parsed)
         self._schema_ready = False
         self._schema_lock = threading.Lock()
@@ -181,22 +204,32 @@ class Store:
                 raise StoreError(
                     f"cannot open store {self.safe_url} ({self.origin}): {exc}", url=self.safe_url
                 ) from exc
-        database = url.database or ""
+        file = _sqlite_file(url)
+        if file is not None:
+            self._sqlite_file = file
+            try:
+                private_dir(file.parent)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create the store directory {file.parent} for {self.safe_url}"
+                    f" ({self.origin}): {exc.strerror}",
+                    url=self.safe_url,
+                ) from exc
+            try:
+                # Created 0600 before SQLite opens it: SQLite gives a new database the umask's
+                # mode, and its -wal and -shm files the database's.
+                private_file(file)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create the store file {file} ({self.origin}): {exc.strerror}",
+                    url=self.safe_url,
+                ) from exc
         if url.query:
             # URI options (read-only mode and such) are the driver's to apply: no fast path.
             return sa.create_engine(url, connect_args={"timeout": self.busy_timeout_s})
-        if database and database != ":memory:":
-            path = Path(database).expanduser()
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            except OSError as exc:
-                raise StoreError(
-                    f"cannot create the store directory {path.parent} for {self.safe_url} "
-                    f"({self.origin}): {exc.strerror}",
-                    url=self.safe_url,
-                ) from exc
-            url = url.set(database=str(path))
-            self._sqlite_path = path
+        if file is not None:
+            url = url.set(database=str(file))
+            self._sqlite_path = file
         engine = sa.create_engine(
             url,
             connect_args={"timeout": self.busy_timeout_s, "check_same_thread": False},
@@ -250,9 +283,9 @@ class Store:
                         )
             except SQLAlchemyError as exc:
                 raise self.error("create the schema in", exc) from exc
-            if self._sqlite_path is not None:
-                for suffix in ("", "-wal", "-shm"):
-                    candidate = Path(f"{self._sqlite_path}{suffix}")
+            if self._sqlite_file is not None:
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    candidate = Path(f"{self._sqlite_file}{suffix}")
                     if candidate.exists():
                         candidate.chmod(0o600)
             self._schema_ready = True

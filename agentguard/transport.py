@@ -3,7 +3,11 @@
 An httpx transport sees every endpoint and every HTTP attempt of the client it is given to,
 survives ``with_options()``/``copy()``, and is how LangChain's ``ChatOpenAI(http_client=...)``
 and CrewAI's native OpenAI provider take a guard too. ``POST .../chat/completions`` goes
-through the pipeline; everything else passes through untouched.
+through the pipeline. Under a dollar budget the legacy ``/completions`` and ``/embeddings``
+are metered (:mod:`agentguard.legacy`), and every other ``POST`` (``/responses``, files,
+images...) is refused with :class:`~agentguard.UnmeteredRequest` before it is sent, unless
+``limits.unmetered`` names its endpoint; so is a chat completion whose body is not a JSON
+object. Without a budget they pass through untouched.
 
 openai 2.x speaks ``httpx``; openai 3.x speaks ``httpx2``, a fork with the same API. The
 transport classes are built for whichever of the two the client uses.
@@ -20,6 +24,8 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from types import ModuleType, SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from agentguard.errors import UnmeteredRequest
+from agentguard.legacy import legacy_endpoint, run_legacy
 from agentguard.log import logger
 from agentguard.pipeline import Action, Do, Outcome, Reply, Send, Sleep, TransportFailure
 from agentguard.session import Session
@@ -40,6 +46,65 @@ def _is_chat_completion(method: str, path: str) -> bool:
     return method == "POST" and path.rstrip("/").endswith("/chat/completions")
 
 
+# Methods that only read or delete: no provider bills them.
+_FREE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+
+
+def _budget_of(session: Session) -> str | None:
+    """The session's limited budgets, described for an error (``None`` when it has none)."""
+    limited = [line for line in session.budget_lines() if line.limit_usd is not None]
+    if not limited:
+        return None
+    return ", ".join(f"{line.key!r} (${line.limit_usd})" for line in limited)
+
+
+def _allowed_unmetered(guard: Guard, path: str) -> bool:
+    trimmed = path.rstrip("/")
+    return any(trimmed.endswith(allowed.rstrip("/")) for allowed in guard.config.limits.unmetered)
+
+
+def _refuse_unmetered(guard: Guard, method: str, path: str, reason: str | None = None) -> None:
+    """Raise :class:`UnmeteredRequest` for a request the guard cannot meter, when a budget
+    applies and ``limits.unmetered`` does not allow the endpoint; otherwise return."""
+    if reason is None and method.upper() in _FREE_METHODS:
+        return
+    if _allowed_unmetered(guard, path):
+        return
+    budget = _budget_of(_session_for(guard))
+    if budget is None:
+        return
+    endpoint = path.rstrip("/") or "/"
+    if reason is None:
+        what = "not yet metered" if endpoint.endswith("/responses") else "not metered"
+        reason = f"{method} {endpoint} is {what} by agentguard"
+        fix = (
+            f"use client.chat.completions, or let this endpoint through unmetered with "
+            f'limits.unmetered = ["{endpoint}"] in the config'
+        )
+    else:
+        fix = f'fix the request, or let this endpoint through unmetered with limits.unmetered = ["{endpoint}"]'
+    raise UnmeteredRequest(
+        f"refused before sending: {reason}, and the session runs under the budget {budget}, "
+        f"which every request must be priced against; {fix}",
+        endpoint=endpoint,
+        reason=reason,
+        field="limits.unmetered",
+    )
+
+
+def _legacy_route(guard: Guard, method: str, path: str) -> tuple[Session, str, str] | None:
+    """(session, kind, endpoint) for a legacy request to meter: a ``POST`` to
+    ``/completions`` or ``/embeddings`` under a budget, not let through by
+    ``limits.unmetered``."""
+    kind = legacy_endpoint(method, path)
+    if kind is None or _allowed_unmetered(guard, path):
+        return None
+    session = _session_for(guard)
+    if _budget_of(session) is None:
+        return None
+    return session, kind, path.rstrip("/")
+
+
 def _response_headers(headers: Any, extra: dict[str, str]) -> list[tuple[str, str]]:
     kept = [(k, v) for k, v in headers.multi_items() if k.lower() not in _HOP_HEADERS]
     kept.extend(extra.items())
@@ -53,6 +118,17 @@ def _session_for(guard: Guard) -> Session:
     # No session of this guard is bound: the call is a session of its own (budgets apply;
     # per-session limits need a session around the agent's calls).
     return guard.session(budget_key=guard.default_budget_key)
+
+
+_UNPARSABLE = "the chat completion's body is not a JSON object, so its cost cannot be bounded"
+
+
+def _chat_body(raw: bytes) -> dict[str, Any] | None:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def _drive_sync(engine: Generator[Action, Any, Any], send: Any) -> Any:
@@ -230,12 +306,14 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
 
         def handle_request(self, request: Any) -> Any:
             if not _is_chat_completion(request.method, request.url.path):
+                legacy = _legacy_route(self.guard, request.method, request.url.path)
+                if legacy is not None:
+                    return self._handle_legacy(request, *legacy)
+                _refuse_unmetered(self.guard, request.method, request.url.path)
                 return self._send_raw(request)
-            try:
-                body = json.loads(request.read())
-            except ValueError:
-                return self._send_raw(request)
-            if not isinstance(body, dict):
+            body = _chat_body(request.read())
+            if body is None:
+                _refuse_unmetered(self.guard, request.method, request.url.path, _UNPARSABLE)
                 return self._send_raw(request)
             last: dict[str, Any] = {}
 
@@ -266,6 +344,33 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
             response = last["response"]
             stream = TapStream(response, outcome) if outcome.tap is not None else None
             return build_response(request, outcome, response, stream)
+
+        def _handle_legacy(self, request: Any, session: Session, kind: str, endpoint: str) -> Any:
+            raw = request.read()
+            last: dict[str, Any] = {}
+
+            def send(_body: dict[str, Any], _modified: bool) -> Reply:
+                try:
+                    response = self._send_raw(request)
+                    last["response"] = response
+                    content = response.read()
+                except Exception as exc:
+                    if "response" in last:
+                        last["response"].close()
+                    failure = failure_of(exc)
+                    if failure is None:
+                        raise
+                    raise failure from exc
+                response.close()
+                return reply_of(response, content)
+
+            try:
+                outcome = _drive_sync(run_legacy(self.guard, session, kind, endpoint, raw), send)
+            except TransportFailure as failure:
+                # The SDK sees the transport's own error, and retries it as usual (each
+                # attempt is metered again).
+                raise failure.error from None
+            return build_response(request, outcome, last["response"], None)
 
         def close(self) -> None:
             if self.owns_inner:
@@ -323,12 +428,14 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
 
         async def handle_async_request(self, request: Any) -> Any:
             if not _is_chat_completion(request.method, request.url.path):
+                legacy = _legacy_route(self.guard, request.method, request.url.path)
+                if legacy is not None:
+                    return await self._handle_legacy(request, *legacy)
+                _refuse_unmetered(self.guard, request.method, request.url.path)
                 return await self._send_raw(request)
-            try:
-                body = json.loads(await request.aread())
-            except ValueError:
-                return await self._send_raw(request)
-            if not isinstance(body, dict):
+            body = _chat_body(await request.aread())
+            if body is None:
+                _refuse_unmetered(self.guard, request.method, request.url.path, _UNPARSABLE)
                 return await self._send_raw(request)
             last: dict[str, Any] = {}
 
@@ -363,6 +470,34 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
                 AsyncTapStream(response, outcome, self.offload) if outcome.tap is not None else None
             )
             return build_response(request, outcome, response, stream)
+
+        async def _handle_legacy(
+            self, request: Any, session: Session, kind: str, endpoint: str
+        ) -> Any:
+            raw = await request.aread()
+            last: dict[str, Any] = {}
+
+            async def send(_body: dict[str, Any], _modified: bool) -> Reply:
+                try:
+                    response = await self._send_raw(request)
+                    last["response"] = response
+                    content = await response.aread()
+                except Exception as exc:
+                    if "response" in last:
+                        await last["response"].aclose()
+                    failure = failure_of(exc)
+                    if failure is None:
+                        raise
+                    raise failure from exc
+                await response.aclose()
+                return reply_of(response, content)
+
+            engine = run_legacy(self.guard, session, kind, endpoint, raw)
+            try:
+                outcome = await _drive_async(engine, send, self.offload)
+            except TransportFailure as failure:
+                raise failure.error from None
+            return build_response(request, outcome, last["response"], None)
 
         async def aclose(self) -> None:
             if not self.owns_inner:

@@ -53,6 +53,9 @@ def make_guard(tmp_path: Path) -> Callable[..., Guard]:
         data: dict[str, Any] = {"store": {"url": f"sqlite:///{tmp_path / 'store.db'}"}}
         limits = {**FAST_RETRIES, **sections.pop("limits", {})}
         data["limits"] = limits
+        # The key the shared helpers run sessions under: configured, with no limit, so its
+        # spend is recorded (an unconfigured key is a ConfigError).
+        data["budgets"] = [{"key": "team"}]
         data.update(sections)
         return Guard(GuardConfig.from_mapping(data))
 

@@ -87,11 +87,22 @@ BAD_FILES = {
         "never import paths",
     ),
     "array.json": (b"[1, 2, 3]", "JSON list"),
-    "keys.json": (
-        json.dumps(record_data("k-1", request={"model": "x", "api_key": "sk-leak"})).encode(),
-        "must not hold 'api_key'",
-    ),
 }
+
+
+def test_a_record_carrying_credentials_is_ingested_without_them(
+    setup: tuple[Guard, Inbox], tmp_path: Path
+) -> None:
+    guard, inbox = setup
+    key = "sk-leak-" + "x" * 24
+    request = {"model": "x", "api_key": key, "metadata": {"auth_token": key}, "messages": []}
+    drop(inbox, "keys.json", json.dumps(record_data("k-1", request=request)).encode())
+    (result,) = inbox.scan()
+    assert result.status == "ingested"
+    assert guard.parked.get("k-1").request == {"model": "x", "metadata": {}, "messages": []}
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert key.encode() not in path.read_bytes(), path
 
 
 @pytest.mark.parametrize("name", sorted(BAD_FILES))

@@ -26,6 +26,7 @@ CONTRACT = {
     "SessionParked",
     "SessionState",
     "StoreError",
+    "UnmeteredRequest",
     "Usage",
     "__version__",
     "configure_logging",
@@ -53,6 +54,7 @@ def test_error_tree() -> None:
         assert issubclass(getattr(ag, name), ag.AgentGuardError)
     for name in ("IterationLimitExceeded", "RetryLimitExceeded", "LoopDetected", "BudgetExceeded"):
         assert issubclass(getattr(ag, name), ag.LimitExceeded)
+    assert issubclass(ag.UnmeteredRequest, ag.ConfigError)
     assert issubclass(ag.AgentGuardError, openai.OpenAIError)
 
 

@@ -56,6 +56,7 @@ def new_guard(tmp_path: Path) -> Guard:
                 "store": {"url": f"sqlite:///{tmp_path / 'store.db'}"},
                 "parking": {"wait_inline_max_s": 0, "dir": str(tmp_path / "parked")},
                 "limits": {"backoff_initial_s": 0.01},
+                "budgets": [{"key": "team"}],
             },
             env={},
         )

@@ -830,7 +830,7 @@ def test_unknown_routes_and_bad_requests_get_openai_errors(shared_sim: SimServer
     client = client_for(shared_sim)
 
     with pytest.raises(openai.NotFoundError) as not_found:
-        client.embeddings.create(model="text-embedding-3-small", input="x")
+        client.images.generate(model="gpt-image-1", prompt="x")
     with pytest.raises(openai.BadRequestError) as no_messages:
         client.chat.completions.create(model="gpt-4o", messages=[])
     with pytest.raises(openai.BadRequestError) as bad_max_tokens:
@@ -842,7 +842,7 @@ def test_unknown_routes_and_bad_requests_get_openai_errors(shared_sim: SimServer
     )
 
     assert not_found.value.body == {
-        "message": "Invalid URL (POST /v1/embeddings)",
+        "message": "Invalid URL (POST /v1/images/generations)",
         "type": "invalid_request_error",
         "param": None,
         "code": None,
@@ -963,3 +963,82 @@ def test_a_failing_reply_fn_answers_500(capsys: pytest.CaptureFixture[str]) -> N
 
     assert "RuntimeError: script bug" in caught.value.message
     assert "script bug" in capsys.readouterr().err
+
+
+# -- n, service tiers, images and the bill -----------------------------------------------------
+
+
+def test_n_choices_are_all_generated_and_billed(sim: SimServer) -> None:
+    client = openai.OpenAI(base_url=sim.base_url, api_key="sk-bill")
+    one = client.chat.completions.create(model="gpt-4o", messages=QUESTION, max_tokens=20)
+    three = client.chat.completions.create(model="gpt-4o", messages=QUESTION, max_tokens=20, n=3)
+    assert [choice.index for choice in three.choices] == [0, 1, 2]
+    assert one.usage is not None and three.usage is not None
+    assert three.usage.completion_tokens == 3 * one.usage.completion_tokens
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt-4o",
+            messages=QUESTION,
+            max_tokens=20,
+            n=2,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert {chunk.choices[0].index for chunk in chunks if chunk.choices} == {0, 1}
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens == 2 * one.usage.completion_tokens
+    assert sim.billed_calls() == 3 and sim.billed_calls("sk-other") == 0
+
+
+def test_the_bill_is_at_list_price_and_the_served_tier(sim: SimServer) -> None:
+    client = openai.OpenAI(base_url=sim.base_url, api_key="sk-bill")
+    standard = client.chat.completions.create(model="gpt-5", messages=QUESTION, max_tokens=20)
+    standard_bill = sim.billed_usd("sk-bill")
+    priority = client.chat.completions.create(
+        model="gpt-5", messages=QUESTION, max_tokens=20, service_tier="priority"
+    )
+    assert standard.service_tier == "default" and priority.service_tier == "priority"
+    assert standard.usage is not None
+    expected = genai_prices.calc_price(
+        genai_prices.Usage(
+            input_tokens=standard.usage.prompt_tokens,
+            output_tokens=standard.usage.completion_tokens,
+        ),
+        "gpt-5",
+        provider_id="openai",
+    ).total_price
+    assert standard_bill == Decimal(expected)
+    # Priority costs gpt-5 twice the standard price.
+    assert sim.billed_usd("sk-bill") == 3 * standard_bill
+
+
+def test_an_answer_the_client_gave_up_on_is_billed() -> None:
+    with SimServer() as sim:
+        sim.timeout_next(1, seconds=1.0)
+        client = openai.OpenAI(base_url=sim.base_url, api_key="sk-bill", max_retries=0)
+        with pytest.raises(openai.APITimeoutError):
+            client.chat.completions.create(
+                model="gpt-4o", messages=QUESTION, max_tokens=5, timeout=0.2
+            )
+        deadline = time.monotonic() + 30
+        while sim.billed_calls() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sim.billed_calls() == 1 and sim.billed_usd() > 0
+
+
+def test_images_are_billed_by_size_and_detail(sim: SimServer) -> None:
+    client = openai.OpenAI(base_url=sim.base_url, api_key="sk-bill")
+    pixel = "data:image/gif;base64,R0lGODlhAAQABAAAAA=="  # a GIF89a header: 1024 x 1024
+
+    def prompt(detail: str, model: str = "gpt-4o") -> int:
+        content = [{"type": "image_url", "image_url": {"url": pixel, "detail": detail}}]
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": content}], max_tokens=5
+        )
+        assert reply.usage is not None
+        return reply.usage.prompt_tokens
+
+    # 1024 x 1024 at high detail is 4 tiles: 85 + 4 * 170 = 765; at low detail 85.
+    assert prompt("high") - prompt("low") == 765 - 85
+    assert prompt("high", "gpt-4o-mini") - prompt("low", "gpt-4o-mini") == 4 * 5667

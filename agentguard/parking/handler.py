@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from agentguard.errors import BudgetExceeded, SessionParked
+from pydantic import ValidationError
+
+from agentguard.errors import AgentGuardError, BudgetExceeded, SessionParked
 from agentguard.log import logger
 from agentguard.parking.classify import LimitVerdict, classify_limit_error, resume_time
 from agentguard.parking.record import ParkedSession, ParkReason
 from agentguard.parking.store import ParkedStore
+from agentguard.redact import redact_text
 
 if TYPE_CHECKING:
     from agentguard.config import ParkingConfig
@@ -189,7 +192,10 @@ class Parker:
                 )
             return record
 
-        record = self.store.update(session.id, change)
+        try:
+            record = self.store.update(session.id, change)
+        except ValidationError as exc:
+            raise _invalid_record(session.id, exc) from None
         assert record is not None
         event = "fail" if record.state == "failed" else ("re-park" if record.attempts else "park")
         logger.info(
@@ -224,6 +230,16 @@ class Parker:
             resume_at=record.resume_at,
             reason=record.reason.kind,
         )
+
+
+def _invalid_record(session_id: str, exc: ValidationError) -> AgentGuardError:
+    """The error for a record that failed validation, naming the fields at fault without
+    quoting their values (which may hold anything the caller put in the request)."""
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'record'}: {redact_text(error['msg'])}"
+        for error in exc.errors(include_url=False, include_input=False, include_context=False)
+    )
+    return AgentGuardError(f"cannot park session {session_id!r}: invalid record: {problems}")
 
 
 def _jsonable(value: Mapping[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from agentguard import files
 from agentguard.log import logger
 from agentguard.parking.record import SCHEMA_VERSION, ParkedSession
 
@@ -33,7 +34,7 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 def private_dir(path: Path) -> Path:
     """Create ``path`` (and parents) as a 0700 directory; tighten it if it exists."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    files.private_dir(path)
     with contextlib.suppress(OSError):
         path.chmod(0o700)
     return path

@@ -3,7 +3,8 @@
 Versioned (``schema_version``); :func:`json_schema` publishes it for other processes and
 languages that drop records into the inbox. A record never holds API keys, auth headers or
 client objects: only the pending request's JSON body, counters, and the evidence headers of
-the limit that parked it.
+the limit that parked it. Whatever a record is built from, credential-looking keys are removed
+at any depth and key-shaped text is redacted (:mod:`agentguard.redact`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agentguard.redact import is_secret_key, redact_text, scrub
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -69,7 +72,16 @@ class ParkReason(_Model):
     @field_validator("headers")
     @classmethod
     def _no_secrets(cls, value: dict[str, str]) -> dict[str, str]:
-        return {k: v for k, v in value.items() if k.lower() not in _FORBIDDEN_KEYS}
+        return {
+            k: redact_text(v)
+            for k, v in value.items()
+            if k.lower() not in _FORBIDDEN_KEYS and not is_secret_key(k, v)
+        }
+
+    @field_validator("message")
+    @classmethod
+    def _no_secret_text(cls, value: str) -> str:
+        return redact_text(value)
 
 
 class Transition(_Model):
@@ -148,13 +160,26 @@ class ParkedSession(_Model):
     @field_validator("request")
     @classmethod
     def _request(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for key in value:
-            if key.lower() in _FORBIDDEN_KEYS or key in {"extra_headers", "extra_query"}:
-                raise ValueError(f"request must not hold {key!r}: no keys or headers are stored")
-        messages = value.get("messages")
+        # Credentials are removed, never refused: a refusal would quote them in its error.
+        request: dict[str, Any] = scrub(
+            {k: v for k, v in value.items() if k not in {"extra_headers", "extra_query"}}
+        )
+        messages = request.get("messages")
         if messages is not None and not isinstance(messages, list):
             raise ValueError("request.messages must be a list of message objects")
-        return value
+        return request
+
+    @field_validator("metadata", "result")
+    @classmethod
+    def _scrubbed(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else scrub(value)
+
+    @field_validator("session_state")
+    @classmethod
+    def _redacted(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # The counters' keys are agentguard's own (tool-call fingerprints): only text is redacted.
+        redacted: dict[str, Any] = scrub(value, drop_keys=False)
+        return redacted
 
     @field_validator("parked_at", "resume_at", "lease_until")
     @classmethod

@@ -67,6 +67,9 @@ class Completion:
         completion_tokens: generated tokens, reasoning tokens included.
         cached_tokens: prompt tokens served from the simulated prefix cache.
         reasoning_tokens: hidden reasoning tokens (part of ``completion_tokens``).
+        choices: how many choices (the request's ``n``); each is this same answer, and the
+            usage counts the generated tokens of all of them.
+        service_tier: the tier the answer was served at, as the response reports it.
     """
 
     content: str | None
@@ -76,16 +79,23 @@ class Completion:
     completion_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    choices: int = 1
+    service_tier: str = "default"
+
+    @property
+    def generated_tokens(self) -> int:
+        """Output tokens of all the choices."""
+        return self.completion_tokens * self.choices
 
     def usage(self) -> dict[str, Any]:
         """The ``usage`` object of the response."""
         return {
             "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "completion_tokens": self.generated_tokens,
+            "total_tokens": self.prompt_tokens + self.generated_tokens,
             "prompt_tokens_details": {"cached_tokens": self.cached_tokens, "audio_tokens": 0},
             "completion_tokens_details": {
-                "reasoning_tokens": self.reasoning_tokens,
+                "reasoning_tokens": self.reasoning_tokens * self.choices,
                 "audio_tokens": 0,
                 "accepted_prediction_tokens": 0,
                 "rejected_prediction_tokens": 0,
@@ -130,14 +140,15 @@ def completion_body(
         "model": model,
         "choices": [
             {
-                "index": 0,
+                "index": index,
                 "message": message,
                 "logprobs": None,
                 "finish_reason": completion.finish_reason,
             }
+            for index in range(completion.choices)
         ],
         "usage": completion.usage(),
-        "service_tier": "default",
+        "service_tier": completion.service_tier,
         "system_fingerprint": SYSTEM_FINGERPRINT,
     }
 
@@ -158,16 +169,41 @@ def stream_events(
     usage. With ``include_usage`` every other chunk carries ``"usage": null``, as OpenAI's do.
     """
 
+    for choice in range(completion.choices):
+        yield from _choice_events(completion_id, created, model, completion, choice, include_usage)
+    if include_usage:
+        yield {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "service_tier": completion.service_tier,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": [],
+            "usage": completion.usage(),
+        }
+
+
+def _choice_events(
+    completion_id: str,
+    created: int,
+    model: str,
+    completion: Completion,
+    choice: int,
+    include_usage: bool,
+) -> Iterator[dict[str, Any]]:
+    """The chunks of one choice (``index`` = ``choice``)."""
+
     def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
             "id": completion_id,
             "object": "chat.completion.chunk",
             "created": created,
             "model": model,
-            "service_tier": "default",
+            "service_tier": completion.service_tier,
             "system_fingerprint": SYSTEM_FINGERPRINT,
             "choices": [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+                {"index": choice, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
             ],
         }
         if include_usage:
@@ -199,17 +235,6 @@ def stream_events(
             fragment = arguments[start : start + size]
             yield chunk({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
     yield chunk({}, completion.finish_reason)
-    if include_usage:
-        yield {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "service_tier": "default",
-            "system_fingerprint": SYSTEM_FINGERPRINT,
-            "choices": [],
-            "usage": completion.usage(),
-        }
 
 
 def _split_words(text: str) -> list[str]:

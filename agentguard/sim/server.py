@@ -4,8 +4,14 @@ A ``ThreadingHTTPServer`` on loopback, in a background daemon thread, speaking H
 keep-alive. Every answer is written with a single ``send`` on a ``TCP_NODELAY`` socket, so a call
 through the official ``openai`` SDK costs about a millisecond, nearly all of it in the client.
 
-Routes: ``POST /v1/chat/completions`` (plain and streamed), ``GET /v1/models``,
+Routes: ``POST /v1/chat/completions`` (plain and streamed), ``POST /v1/completions`` and
+``POST /v1/embeddings`` (the legacy endpoints, plain only), ``GET /v1/models``,
 ``GET /v1/models/{id}``; anything else is a 404 with an OpenAI-shaped error body.
+
+Chat completions honour ``n`` (that many choices, all billed), image parts (billed by OpenAI's
+formula: :mod:`agentguard.images`) and ``service_tier`` (served, reported and billed at
+``priority``, ``flex`` or ``scale``). The server keeps its own bill: every answer it generated,
+at list price, whether or not the client read it (:meth:`SimServer.billed_usd`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -36,8 +43,8 @@ from agentguard.sim.faults import (
     Timeout,
     rate_limit_fault,
 )
-from agentguard.sim.gateway import Rejection, SimGateway
-from agentguard.sim.payloads import completion_body, error_body, stream_events
+from agentguard.sim.gateway import ModelPrice, Rejection, SimGateway
+from agentguard.sim.payloads import Completion, completion_body, error_body, stream_events
 from agentguard.sim.script import Reply, ReplyFn, Script, as_script
 
 __all__ = ["DEFAULT_MODELS", "RecordedRequest", "SimServer", "serve"]
@@ -135,6 +142,8 @@ class SimServer:
         self._faults = FaultQueue()
         self._requests: list[RecordedRequest] = []
         self._requests_lock = threading.Lock()
+        self._bill: list[tuple[str | None, Decimal]] = []
+        self._list_prices: dict[tuple[str, str], ModelPrice] = {}
         self._stopping = threading.Event()
         self._stopping.set()  # set whenever the server is not running
         self._httpd: _HTTPServer | None = None
@@ -226,6 +235,53 @@ class SimServer:
         """Forget the recorded requests."""
         with self._requests_lock:
             self._requests.clear()
+
+    # -- the provider's bill ----------------------------------------------------------------
+
+    def billed_usd(self, key: str | None = None) -> Decimal:
+        """Dollars billed at list price for every answer generated so far (for one API key, or
+        all), including answers whose client timed out or stopped reading."""
+        with self._requests_lock:
+            return sum((cost for who, cost in self._bill if key is None or who == key), Decimal(0))
+
+    def billed_calls(self, key: str | None = None) -> int:
+        """How many answers were generated (and billed), for one API key or all."""
+        with self._requests_lock:
+            return sum(1 for who, _ in self._bill if key is None or who == key)
+
+    def _charge(self, api_key: str | None, model: str, completion: Completion) -> Decimal:
+        return self._charge_tokens(
+            api_key,
+            model,
+            completion.prompt_tokens,
+            completion.generated_tokens,
+            cached_tokens=completion.cached_tokens,
+            service_tier=completion.service_tier,
+        )
+
+    def _charge_tokens(
+        self,
+        api_key: str | None,
+        model: str,
+        prompt_tokens: int,
+        output_tokens: int,
+        *,
+        cached_tokens: int = 0,
+        service_tier: str = "default",
+    ) -> Decimal:
+        price = self._list_price(model, service_tier)
+        cost = price.cost(prompt_tokens, cached_tokens, output_tokens)
+        with self._requests_lock:
+            self._bill.append((api_key, cost))
+        return cost
+
+    def _list_price(self, model: str, service_tier: str) -> ModelPrice:
+        """Dollars per token from genai-prices at ``service_tier`` ($1/$4 per million tokens
+        for a model it does not know)."""
+        price = self._list_prices.get((model, service_tier))
+        if price is None:
+            price = self._list_prices[(model, service_tier)] = _genai_price(model, service_tier)
+        return price
 
     # -- failure injection ------------------------------------------------------------------
 
@@ -342,6 +398,8 @@ class SimServer:
         route = path.rstrip("/")
         if route == "/v1/chat/completions" and method == "POST":
             self._chat(handler, body if body_is_json else raw, api_key, started)
+        elif route in ("/v1/completions", "/v1/embeddings") and method == "POST":
+            self._legacy(handler, route, body, api_key, started)
         elif route == "/v1/models" and method == "GET":
             data = [_model_object(model) for model in self.models]
             self._send_json(handler, 200, {"object": "list", "data": data}, started)
@@ -399,6 +457,9 @@ class SimServer:
             return
         partition = hashlib.blake2b(api_key.encode(), digest_size=16).digest() if api_key else b""
         completion = self.engine.complete(request, reply, script, partition)
+        completion.choices = _choices(request)
+        completion.service_tier = _served_tier(request)
+        self._charge(api_key, request["model"], completion)
 
         headers: dict[str, str] = {}
         if gateway is not None and api_key is not None:
@@ -406,7 +467,7 @@ class SimServer:
                 request["model"],
                 completion.prompt_tokens,
                 completion.cached_tokens,
-                completion.completion_tokens,
+                completion.generated_tokens,
             )
             spent = gateway.charge(api_key, cost)
             if gateway.style == "litellm":
@@ -432,6 +493,77 @@ class SimServer:
         else:
             payload = completion_body(completion_id, created, request["model"], completion)
             self._send_json(handler, 200, payload, started, headers, cut)
+
+    def _legacy(
+        self, handler: _Handler, route: str, body: Any, api_key: str | None, started: float
+    ) -> None:
+        """``/v1/completions`` (a filler answer of exactly ``max_tokens`` tokens, default 16,
+        for each of ``max(n, best_of)`` candidates, ``n`` returned) and ``/v1/embeddings``
+        (zero vectors); both billed. Injected timeouts and HTTP errors apply."""
+        fault = self._faults.pop()
+        if isinstance(fault, HTTPError):
+            named = body.get("model", "") if isinstance(body, dict) else ""
+            self._send_json(
+                handler, fault.status, fault.body_for(str(named)), started, fault.headers
+            )
+            return
+        if isinstance(fault, Timeout):
+            self._stopping.wait(fault.seconds)
+        field = "prompt" if route.endswith("/completions") else "input"
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            self._send_json(
+                handler,
+                400,
+                error_body("you must provide a model parameter", "invalid_request_error"),
+                started,
+            )
+            return
+        model: str = body["model"]
+        texts = _legacy_inputs(body.get(field))
+        if texts is None:
+            message = f"Invalid type for '{field}'."
+            self._send_json(
+                handler, 400, error_body(message, "invalid_request_error", field), started
+            )
+            return
+        counter = self.engine.counter
+        prompt_tokens = sum(
+            len(text) if isinstance(text, list) else counter.count(text, model) for text in texts
+        )
+        created = int(time.time())
+        if field == "input":
+            self._charge_tokens(api_key, model, prompt_tokens, 0)
+            data = [
+                {"object": "embedding", "index": index, "embedding": [0.0] * 8}
+                for index in range(len(texts))
+            ]
+            usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
+            embeddings = {"object": "list", "data": data, "model": model, "usage": usage}
+            self._send_json(handler, 200, embeddings, started)
+            return
+        max_tokens = _positive(body.get("max_tokens"), 16)
+        n = _positive(body.get("n"), 1)
+        candidates = max(n, _positive(body.get("best_of"), 1))
+        text, per_choice = counter.truncate("lorem " * (max_tokens + 8), max_tokens, model)
+        output_tokens = per_choice * candidates
+        self._charge_tokens(api_key, model, prompt_tokens, output_tokens)
+        choices = [
+            {"text": text, "index": index, "logprobs": None, "finish_reason": "length"}
+            for index in range(n)
+        ]
+        payload: dict[str, Any] = {
+            "id": f"cmpl-{uuid.uuid4().hex[:29]}",
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": output_tokens,
+                "total_tokens": prompt_tokens + output_tokens,
+            },
+        }
+        self._send_json(handler, 200, payload, started)
 
     # -- writing answers --------------------------------------------------------------------
 
@@ -660,6 +792,69 @@ def _drop_connection(handler: BaseHTTPRequestHandler) -> None:
     handler.close_connection = True
     with contextlib.suppress(OSError):
         handler.connection.shutdown(socket.SHUT_RDWR)
+
+
+def _positive(value: object, default: int) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return default
+
+
+def _legacy_inputs(value: object) -> list[str | list[int]] | None:
+    """A ``prompt``/``input`` as a list of texts and token-id lists, or ``None`` if invalid."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        return None
+    if value and all(isinstance(item, int) for item in value):
+        return [list(value)]
+    items: list[str | list[int]] = []
+    for item in value:
+        if isinstance(item, str):
+            items.append(item)
+        elif isinstance(item, list) and all(isinstance(token, int) for token in item):
+            items.append(list(item))
+        else:
+            return None
+    return items
+
+
+def _choices(request: Mapping[str, Any]) -> int:
+    n = request.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+
+
+def _served_tier(request: Mapping[str, Any]) -> str:
+    """The tier an answer is served at: the one asked for, else the standard one."""
+    tier = request.get("service_tier")
+    return tier if tier in ("priority", "flex", "scale") else "default"
+
+
+_MILLION = Decimal(1_000_000)
+_UNKNOWN_MODEL_PRICE = ModelPrice(
+    Decimal(1) / _MILLION, Decimal(1) / _MILLION, Decimal(4) / _MILLION
+)
+
+
+def _genai_price(model: str, service_tier: str) -> ModelPrice:
+    import genai_prices  # imported here: it takes ~0.1 s to load
+
+    context = None if service_tier == "default" else {"service_tier": service_tier}
+    per_million: list[Decimal] = []
+    for usage in (
+        genai_prices.Usage(input_tokens=1_000_000),
+        genai_prices.Usage(input_tokens=1_000_000, cache_read_tokens=1_000_000),
+        genai_prices.Usage(output_tokens=1_000_000),
+    ):
+        try:
+            calculation = genai_prices.calc_price(
+                usage, model.removeprefix("openai/"), provider_id="openai", price_context=context
+            )
+        except (LookupError, ValueError):
+            return _UNKNOWN_MODEL_PRICE
+        per_million.append(Decimal(calculation.total_price))
+    input_price, cached_price, output_price = (price / _MILLION for price in per_million)
+    return ModelPrice(input_price, cached_price, output_price)
 
 
 def _model_object(model: str) -> dict[str, Any]:

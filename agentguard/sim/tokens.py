@@ -18,13 +18,13 @@ from typing import Any
 
 import quicktok
 
+from agentguard.images import image_tokens, rule_for
+
 __all__ = ["PrefixCache", "PromptCount", "TokenCounter", "encoding_name_for"]
 
 _TOKENS_PER_MESSAGE = 3
 _TOKENS_PER_NAME = 1
 _REPLY_PRIMING_TOKENS = 3
-# What OpenAI bills for a low-detail image; the sim does not look at images.
-_IMAGE_TOKENS = 85
 
 
 def encoding_name_for(model: str) -> str:
@@ -112,6 +112,8 @@ class TokenCounter:
             model: the requested model (chooses the tokenizer).
         """
         encoding_name = encoding_name_for(model)
+        # Images are billed by model family, so counts are cached per family too.
+        namespace = f"{encoding_name}/{rule_for(model).name}"
         running = 0
         key = _digest(encoding_name)
         if tools:
@@ -126,7 +128,7 @@ class TokenCounter:
         for message in messages:
             message_digest = _digest(_dumps(message))
             running += self._cached(
-                encoding_name, message_digest, partial(self._message_tokens, message, model)
+                namespace, message_digest, partial(self._message_tokens, message, model)
             )
             key = _digest(key + message_digest)
             keys.append(key)
@@ -168,7 +170,9 @@ class TokenCounter:
             if isinstance(part, dict) and isinstance(part.get("text"), str):
                 tokens += self.count(part["text"], model)
             elif isinstance(part, dict) and part.get("type") == "image_url":
-                tokens += _IMAGE_TOKENS
+                # OpenAI's formula by detail and pixel size; an image the sim cannot size
+                # (an http URL) is billed as the largest its family bills.
+                tokens += image_tokens(model, part.get("image_url"))
             else:
                 tokens += self.count(_dumps(part), model)
         return tokens

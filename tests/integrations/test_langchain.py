@@ -74,6 +74,8 @@ def make_guard(tmp_path: Path) -> Callable[..., Guard]:
         data: dict[str, Any] = {"store": {"url": f"sqlite:///{tmp_path / 'store.db'}"}}
         data["limits"] = {"backoff_initial_s": 0.01, "backoff_max_s": 0.05}
         data["limits"].update(sections.pop("limits", {}))
+        # The key these tests run sessions under, recording spend only (as the suite's).
+        data["budgets"] = [{"key": "team"}]
         data.update(sections)
         return Guard(GuardConfig.from_mapping(data), counter=TokenCounter())
 
@@ -197,14 +199,14 @@ def test_a_session_bound_around_invoke_is_the_one_used(
     guard = make_guard()
     with SimServer(script=WEATHER_SCRIPT) as sim:
         agent = build_agent(guard, sim, weather, checkpointer=checkpointer)
-        with guard.session("task-7", budget_key="research") as session:
+        with guard.session("task-7", budget_key="team") as session:
             result = agent.invoke(QUESTION, thread("ticket-2"))
 
     assert result["messages"][-1].response_metadata["agentguard"]["session_id"] == "task-7"
     assert session.iterations == 2 and session.spent_usd > 0
     assert session.framework == "langchain" and session.resumer == "langgraph"
     assert session.metadata["thread_id"] == "ticket-2"
-    assert guard.budget_status("research").spent_usd == session.spent_usd
+    assert guard.budget_status("team").spent_usd == session.spent_usd
 
 
 def test_streamed_answers_carry_usage_and_are_settled(

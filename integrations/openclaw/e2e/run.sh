@@ -144,6 +144,11 @@ url = "sqlite:///$AGENTGUARD_HOME/agentguard.db"
 [parking]
 dir = "$PARKING"
 max_attempts = 3
+
+# The key the plugin files its records under (budgetKey): sessions resumed from them run
+# under it, so it must be configured; without limit_usd its spend is only recorded.
+[[budgets]]
+key = "openclaw"
 EOF
 "$AGENTGUARD" store upgrade >/dev/null
 

@@ -22,6 +22,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -133,6 +134,11 @@ class SimServer:
         self.engine = ChatEngine()
         self.models: tuple[str, ...] = DEFAULT_MODELS
         self._faults = FaultQueue()
+        # Prices for the bill: the gateway's when there is one (the same genai-prices lookup).
+        self._price_book = gateway if gateway is not None else SimGateway()
+        self._billed: dict[str | None, tuple[Decimal, int]] = {}
+        self._answering = 0
+        self._bill_lock = threading.Condition()
         self._requests: list[RecordedRequest] = []
         self._requests_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -227,6 +233,41 @@ class SimServer:
         with self._requests_lock:
             self._requests.clear()
 
+    # -- the bill ---------------------------------------------------------------------------
+
+    def billed_usd(self, key: str | None = None) -> Decimal:
+        """What the provider billed at list price: every answer it generated, for one API key
+        (``None``: all keys), including answers whose client timed out, hung up, or was killed
+        before reading them. Refusals and injected HTTP errors cost nothing."""
+        with self._bill_lock:
+            if key is not None:
+                return self._billed.get(key, (Decimal(0), 0))[0]
+            return sum((usd for usd, _ in self._billed.values()), Decimal(0))
+
+    def billed_calls(self, key: str | None = None) -> int:
+        """How many answers the provider generated (and billed), for one API key or all."""
+        with self._bill_lock:
+            if key is not None:
+                return self._billed.get(key, (Decimal(0), 0))[1]
+            return sum(calls for _, calls in self._billed.values())
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until no chat request is being answered (so the bill is final); ``True`` if it
+        became idle within ``timeout`` seconds."""
+        with self._bill_lock:
+            return self._bill_lock.wait_for(lambda: self._answering == 0, timeout)
+
+    def _bill(self, api_key: str | None, model: str, completion: Any) -> None:
+        cost = self._price_book.cost(
+            model,
+            completion.prompt_tokens,
+            completion.cached_tokens,
+            completion.completion_tokens,
+        )
+        with self._bill_lock:
+            usd, calls = self._billed.get(api_key, (Decimal(0), 0))
+            self._billed[api_key] = (usd + cost, calls + 1)
+
     # -- failure injection ------------------------------------------------------------------
 
     def inject(self, fault: Fault, n: int = 1) -> None:
@@ -313,6 +354,16 @@ class SimServer:
     # -- request handling (called on the connection's thread) --------------------------------
 
     def _handle(self, handler: _Handler) -> None:
+        with self._bill_lock:
+            self._answering += 1
+        try:
+            self._answer(handler)
+        finally:
+            with self._bill_lock:
+                self._answering -= 1
+                self._bill_lock.notify_all()
+
+    def _answer(self, handler: _Handler) -> None:
         started = time.perf_counter()
         method = handler.command
         path = handler.path.split("?", 1)[0]
@@ -369,9 +420,8 @@ class SimServer:
         if isinstance(fault, Garbage):
             self._send(handler, 200, fault.body, fault.content_type, started)
             return
-        if isinstance(fault, Timeout):
-            self._stopping.wait(fault.seconds)
-        elif isinstance(fault, CutStream):
+        delay = fault.seconds if isinstance(fault, Timeout) else 0.0
+        if isinstance(fault, CutStream):
             cut = fault
 
         try:
@@ -399,6 +449,10 @@ class SimServer:
             return
         partition = hashlib.blake2b(api_key.encode(), digest_size=16).digest() if api_key else b""
         completion = self.engine.complete(request, reply, script, partition)
+        # Billed once generated, as a real provider does, whether or not the client reads it.
+        self._bill(api_key, request["model"], completion)
+        if delay:
+            self._stopping.wait(delay)  # answered late: the client's timeout fires first
 
         headers: dict[str, str] = {}
         if gateway is not None and api_key is not None:

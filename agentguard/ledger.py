@@ -1069,8 +1069,10 @@ class Ledger:
             window_start = line.window_start_ms(tx.now)
             resets_at = _ms_to_datetime(window_start + (line.window_ms or 0))
         row = tx.key(line.key)
-        if row.prev_until_ms is not None and row.prev_until_ms > tx.now and resets_at is not None:
-            resets_at = max(resets_at, _ms_to_datetime(row.prev_until_ms))
+        if row.prev_until_ms is not None and row.prev_until_ms > tx.now:
+            # The previous window still applies until it ends.
+            until = _ms_to_datetime(row.prev_until_ms)
+            resets_at = until if resets_at is None else max(resets_at, until)
         fits_empty = amount <= limit
         if not fits_empty:
             resets_at = None

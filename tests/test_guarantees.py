@@ -316,3 +316,49 @@ def test_a_cut_stream_is_charged_at_its_worst_case(store_url: str) -> None:
         guard.close()  # gives this process's idle lease back
         billed, spent = judge(sim, guard.ledger, guard.budget_line("shared"))
     assert billed > 0 and spent >= billed
+
+
+def test_a_call_that_cannot_fit_any_window_raises_at_any_step_and_says_why(
+    make_guard: Any, sim: SimServer
+) -> None:
+    guard = make_guard(
+        budgets=[{"key": "tiny", "limit_usd": "0.001", "window": "1h", "on_exhausted": "park"}],
+        limits={"default_max_output_tokens": 4096},
+    )
+    client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-f", max_retries=0))
+    messages = [{"role": "user", "content": "hi"}]
+    with guard.session("fit", budget_key="tiny") as session:
+        client.chat.completions.create(model="gpt-4o-mini", max_tokens=20, messages=messages)
+        with pytest.raises(BudgetExceeded) as huge_cap:  # a later step, with a lease in hand
+            client.chat.completions.create(model="gpt-4o", max_tokens=100_000, messages=messages)
+        with pytest.raises(BudgetExceeded) as default_cap:
+            client.chat.completions.create(model="gpt-4o", messages=messages)
+        client.chat.completions.create(model="gpt-4o-mini", max_tokens=20, messages=messages)
+    assert session.parked_record is None and guard.parked.list() == []  # never parked
+    for caught in (huge_cap.value, default_cap.value):
+        assert not caught.fits_empty_window and caught.resets_at is None
+        assert "input tokens" in str(caught) and "budget 'tiny'" in str(caught)
+    assert "max_tokens=100000 set by the caller" in str(huge_cap.value)
+    assert "limits.default_max_output_tokens = 4096" in str(default_cap.value)
+    assert str(default_cap.value.needed_usd) in str(default_cap.value)
+
+
+def test_remaining_money_counts_this_processs_idle_slice_as_free(
+    make_guard: Any, sim: SimServer
+) -> None:
+    guard = make_guard(budgets=[{"key": "team", "limit_usd": "0.01", "window": "1d"}])
+    client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-r", max_retries=0))
+    left = []
+    with guard.session(budget_key="team") as session:
+        for n in range(3):
+            client.chat.completions.create(
+                model="gpt-4o-mini", max_tokens=20, messages=[{"role": "user", "content": f"{n}"}]
+            )
+            left.append(session.remaining_usd)
+    status = guard.budget_status("team")
+    assert left[0] > left[1] > left[2]  # every paid step shows
+    assert left[2] == status.limit_usd - status.spent_usd == status.remaining_usd
+    assert status.idle_lease_usd > 0 and status.in_flight_usd == 0
+    assert status.other_leases_usd == 0
+    assert status.reserved_usd == status.idle_lease_usd  # the slice, held but free to us
+    assert status.free_usd == status.limit_usd - status.spent_usd - status.reserved_usd

@@ -320,8 +320,10 @@ class _Tx:
         the database's write lock already), creating them as needed."""
         suffix = "" if self.is_sqlite else " FOR UPDATE"
         for key in sorted(set(keys) - self.keys.keys()):
-            self.cursor.execute(_ENSURE_KEY, {"key": key})
             row = self.cursor.one(_SELECT_KEY + suffix, {"key": key})
+            if row is None:
+                self.cursor.execute(_ENSURE_KEY, {"key": key})
+                row = self.cursor.one(_SELECT_KEY + suffix, {"key": key})
             assert row is not None
             self.keys[key] = _Key(*row)
 
@@ -335,10 +337,10 @@ class _Tx:
         if window_start is None:
             row = self.key(key)
             window_start = _window_start(row.window_ms, row.mode, self.now)
-        self.cursor.execute(_ENSURE_ROW, {"key": key, "ws": window_start})
-        self.cursor.execute(
-            _ADD_SPENT, {"key": key, "ws": window_start, "amount": amount, "calls": calls}
-        )
+        params = {"key": key, "ws": window_start, "amount": amount, "calls": calls}
+        if self.cursor.rowcount(_ADD_SPENT, params) == 0:
+            self.cursor.execute(_ENSURE_ROW, {"key": key, "ws": window_start})
+            self.cursor.execute(_ADD_SPENT, params)
         if amount:
             self.events[key] = self.events.get(key, 0) + amount
 

@@ -659,8 +659,8 @@ class Pipeline:
             else f"the limit_usd of budget {exc.key!r}"
         )
         message = (
-            f"session {call.session.id!r}: the call to {call.model!r} can cost up to"
-            f" ${exc.needed_usd}, more than budget {exc.key!r} allows in a whole window"
+            f"budget {exc.key!r} exceeded for session {call.session.id!r}: the call to"
+            f" {call.model!r} can cost up to ${exc.needed_usd}, more than the whole limit"
             f" (${exc.limit_usd}), so it can never fit and is not parked. The worst case is"
             f" {call.input_tokens} input tokens plus up to {call.max_output_tokens} output tokens"
             f" ({cap}). Set a lower max_tokens on the call (or"

@@ -337,7 +337,7 @@ def test_a_call_that_cannot_fit_any_window_raises_at_any_step_and_says_why(
     assert session.parked_record is None and guard.parked.list() == []  # never parked
     for caught in (huge_cap.value, default_cap.value):
         assert not caught.fits_empty_window and caught.resets_at is None
-        assert "input tokens" in str(caught) and "budget 'tiny'" in str(caught)
+        assert "input tokens" in str(caught) and "budget 'tiny' exceeded" in str(caught)
     assert "max_tokens=100000 set by the caller" in str(huge_cap.value)
     assert "limits.default_max_output_tokens = 4096" in str(default_cap.value)
     assert str(default_cap.value.needed_usd) in str(default_cap.value)

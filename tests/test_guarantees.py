@@ -146,8 +146,12 @@ def test_a_kill_storm_never_overspends(store_url: str, tmp_path: Path) -> None:
         agents = Agents(store_url, sim, SHARED.limit_usd or Decimal(0), ttl, tmp_path / "home")
         try:
             for round_number in range(8):
-                pid = agents.start(f"sk-killed-{round_number}")
-                time.sleep(rng.uniform(0.05, 0.4))  # mid-call, or just after one
+                key = f"sk-killed-{round_number}"
+                pid = agents.start(key)
+                deadline = time.monotonic() + 30
+                while sim.billed_calls(key) == 0 and time.monotonic() < deadline:
+                    time.sleep(0.002)
+                time.sleep(rng.uniform(0.0, 0.15))  # mid-call, or just after one
                 os.kill(pid, signal.SIGKILL)
                 wait_ended(pid)
             # Survivors spend what is left until the budget refuses them.

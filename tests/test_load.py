@@ -64,10 +64,10 @@ def agent(store_url: str, base_url: str, calls: int, worker: int) -> dict[str, A
 def test_processes_on_one_budget_never_overspend(store_url: str) -> None:
     Ledger(Store(store_url)).status(BudgetLine("shared", LIMIT, timedelta(days=1)))
     with SimServer(record_requests=True) as sim:
-        # Six interpreters: each spawned one loads the SDK, prices and vocabulary anew, which a
+        # Four interpreters: each spawned one loads the SDK, prices and vocabulary anew, which a
         # busy two-core machine pays for many times over.
-        with multiprocessing.get_context("spawn").Pool(6) as pool:
-            results = pool.starmap(agent, [(store_url, sim.base_url, 60, w) for w in range(6)])
+        with multiprocessing.get_context("spawn").Pool(4) as pool:
+            results = pool.starmap(agent, [(store_url, sim.base_url, 80, w) for w in range(4)])
         sent = sum(1 for r in sim.requests if r.path.endswith("/chat/completions"))
         assert sim.wait_idle(30)
         billed = sim.billed_usd()

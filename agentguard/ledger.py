@@ -387,8 +387,6 @@ class Ledger:
         # old: a process must never use a hold a sweep may already have charged.
         self.renew_after_s = reservation_ttl_s / 4
         self._clock = clock or _wall_clock_ms
-        self._offset_ms = 0
-        """The store's clock minus this process's, as last seen."""
         self._last_sweep = 0.0
         self._sweep_every_s = max(1.0, min(30.0, reservation_ttl_s / 10))
         self._lock = threading.Lock()
@@ -421,13 +419,7 @@ class Ledger:
             row = connection.one(_PG_NOW, {})
             assert row is not None
             now = int(row[0])
-        self._offset_ms = now - local
         return _Tx(connection, now, self.store.is_sqlite)
-
-    def store_now_ms(self) -> int:
-        """This process's estimate of the store's clock (its own, corrected by the last offset
-        seen)."""
-        return self._clock() + self._offset_ms
 
     # -- reserving -----------------------------------------------------------------------------
 

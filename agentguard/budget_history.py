@@ -25,9 +25,8 @@ _ROLLING_EVENTS = (
     "SELECT at_ms, amount_nusd FROM agentguard_spend_events"
     " WHERE key = :key AND at_ms >= :first AND at_ms <= :now"
 )
-_ROLLING_HELD = (
-    "SELECT reserved_nusd FROM agentguard_budget_windows WHERE key = :key AND window_start_ms = 0"
-)
+# Holds are kept per key, whatever window they were taken in: they belong to the current one.
+_HELD = "SELECT reserved_nusd FROM agentguard_budget_keys WHERE key = :key"
 _STORED_ROWS = (
     "SELECT window_start_ms, spent_nusd, reserved_nusd, calls FROM agentguard_budget_windows"
     " WHERE key = :key ORDER BY window_start_ms DESC LIMIT :count"
@@ -95,16 +94,16 @@ def spend_history(
             events = cursor.all(_ROLLING_EVENTS, {"key": line.key, "first": first, "now": now_ms})
             for at_ms, amount in events:
                 spent[bucket(at_ms)] += amount
-                calls[bucket(at_ms)] += 1
-            held = cursor.one(_ROLLING_HELD, {"key": line.key})
-            reserved[last] = max(0, held[0]) if held else 0
+                # An event is one settlement batch, and a refund is negative: count the charges.
+                calls[bucket(at_ms)] += amount > 0
         else:
             # Rows of an earlier, different window length fall into the window holding them.
             params = {"key": line.key, "first": max(first, 1), "last": last}
-            for start, row_spent, row_reserved, row_calls in cursor.all(_FIXED_ROWS, params):
+            for start, row_spent, _row_reserved, row_calls in cursor.all(_FIXED_ROWS, params):
                 spent[bucket(start)] += row_spent
-                reserved[bucket(start)] += max(0, row_reserved)
                 calls[bucket(start)] += row_calls
+        held = cursor.one(_HELD, {"key": line.key})
+        reserved[last] = max(0, held[0]) if held else 0
     return [
         WindowSpend(
             key=line.key,

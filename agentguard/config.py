@@ -104,12 +104,15 @@ class StoreConfig(_Section):
     """SQLAlchemy URL. ``None`` means a SQLite file ``agentguard.db`` under AGENTGUARD_HOME;
     ``postgresql+psycopg://user@host/db`` when several machines share budgets."""
     reservation_ttl_s: PositiveFloat = 600.0
-    """A reservation not settled within this many seconds (its process died) is released."""
+    """A hold (a call's reservation or a lease slice) not renewed within this many seconds is
+    charged at its full amount: its process died or stalled, so what it spent is unknown. A
+    process that wakes later and settles gets the difference back, once."""
     lease_fraction: Annotated[float, Field(ge=0, le=0.5)] = 0.05
     """Each process takes this share of a budget's limit from the store at a time and
     reserves its calls from it in memory: one store write per slice instead of per call.
-    Never overspends (the store holds the slice); a process's unused slice is given back after
-    ``lease_idle_s``, at exit, or when it expires. 0: a store write before every call."""
+    The store holds the slice, so it never lets spend past a limit; a process's unused slice is
+    given back after ``lease_idle_s`` or at exit, and charged if the process dies holding it
+    (so a killed process costs at most this share). 0: a store write before every call."""
     lease_idle_s: PositiveFloat = 1.0
     """A process gives its unused slice of a budget back to the store after this many seconds
     without a call on that budget."""

@@ -454,7 +454,9 @@ class Guard:
         return BudgetLine(budget.key, budget.limit_usd, budget.window_length, budget.window_mode)
 
     def budget_status(self, key: str) -> BudgetStatus:
-        """Spend, limit and reset time of ``key``'s current window."""
+        """Spend, holds, limit and reset time of ``key``'s current window: ``spent_usd``,
+        ``in_flight_usd`` (calls in flight), ``idle_lease_usd`` (this process's unused slice),
+        ``other_leases_usd``, ``free_usd`` and ``remaining_usd`` (free to this process now)."""
         return self.ledger.status(self.budget_line(key))
 
     def budget_keys(self) -> list[str]:

@@ -2,12 +2,27 @@
 
 A budget is a key with a dollar limit per window. A call draws on one or more budget lines at
 once (its budget key, and its root session's own budget); the reservation of all of them is one
-transaction, and each line's check-and-add is a single conditional ``UPDATE``, so any number of
-threads, processes or machines on one store can never push settled spend over a limit.
+transaction that locks the keys' rows first, so any number of threads, processes or machines on
+one store never push spend plus holds over a limit.
+
+The guarantee, and what it costs:
+
+- A hold whose outcome is unknown is **charged**, never released: a reservation or lease slice
+  not renewed within ``reservation_ttl_s`` (its process died or stalled) is turned into spend at
+  its full amount by the next sweep. When the real cost becomes known later (the stalled process
+  wakes and settles), the difference is given back, once; never in the direction of more spend.
+- Holds are fenced: every update of a hold checks its row count. A settlement, renewal or
+  give-back of a hold that a sweep charged changes nothing but that reconciliation; a process
+  whose lease was swept takes a new one, within the limit.
+- Time is the store's: ``now()`` on PostgreSQL; on SQLite the largest time any process has
+  written (``agentguard_clock``), so time never runs backwards across processes.
+- Holds count against a key whatever window they were taken in; spend is also kept as dated
+  events, so a window whose length or mode changed is re-read from history, and the previous
+  window still applies until it ends.
 
 Windows are ``fixed`` (they start at multiples of their length since the Unix epoch, UTC, and
 reset at the next multiple) or ``rolling`` (spend counts for one window length after it
-happened). A reservation whose process dies is released after ``reservation_ttl_s``.
+happened).
 """
 
 from __future__ import annotations
@@ -17,8 +32,9 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Callable, Iterable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, Literal
@@ -29,6 +45,7 @@ from agentguard.store import Cursor, Store
 __all__ = ["BudgetLine", "BudgetStatus", "Ledger", "Reservation", "from_nusd", "to_nusd"]
 
 _NANO = Decimal("1e9")
+_LEASE_PREFIX = "lease-"
 
 
 def to_nusd(amount: Decimal) -> int:
@@ -43,6 +60,10 @@ def from_nusd(amount: int) -> Decimal:
 
 def _ms_to_datetime(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,28 +88,36 @@ class BudgetLine:
 
     def window_start_ms(self, now_ms: int) -> int:
         """The start of the fixed window holding ``now_ms`` (rolling and endless lines use 0)."""
-        length = self.window_ms
-        if length is None or self.mode == "rolling":
-            return 0
-        return now_ms - now_ms % length
+        return _window_start(self.window_ms, self.mode, now_ms)
+
+
+def _window_start(window_ms: int | None, mode: str, now_ms: int) -> int:
+    if window_ms is None or mode == "rolling":
+        return 0
+    return now_ms - now_ms % window_ms
 
 
 @dataclass(slots=True, eq=False)
 class _Lease:
-    """A slice of one budget window that this process holds in the store (one reservation
-    row), from which its calls reserve in memory.
+    """A slice of one budget that this process holds in the store (one reservation row), from
+    which its calls reserve in memory.
 
-    ``held`` is what the store holds for it; ``available`` is the part not promised to calls in
-    flight nor spent by settlements still to be written.
+    ``held`` is what the store row holds; ``available`` the part not promised to calls in flight
+    nor spent by settlements still to be written; ``in_flight`` the reservations drawn from it
+    and not yet settled or released.
     """
 
     id: str
     line: BudgetLine
-    window_start: int
     held: int = 0
     available: int = 0
-    expires_ms: int = 0
-    last_used_ms: int = 0
+    in_flight: int = 0
+    renewed_at: float = 0.0
+    """``time.monotonic()`` of the last store write that found the row alive."""
+    last_used: float = 0.0
+    swept: bool = False
+    """A sweep charged the row: nothing more is drawn from it; what stays unused once its calls
+    end is given back from the charge."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +125,11 @@ class Reservation:
     """Money set aside for one call until it is settled."""
 
     id: str
-    lines: tuple[tuple[BudgetLine, int], ...]
-    """Each line with the window start it was reserved in."""
+    lines: tuple[BudgetLine, ...]
     amount_nusd: int
-    created_ms: int
+    created: float
+    """``time.monotonic()`` when it was taken (a hold older than the renewal age is checked in
+    the store before its call is sent)."""
     held: bool = True
     """Whether the amount was set aside in the store. Lines without a limit need no hold:
     their spend is only recorded, at settlement."""
@@ -113,95 +143,216 @@ class Reservation:
 
 @dataclass(frozen=True, slots=True)
 class BudgetStatus:
-    """The state of one budget's current window."""
+    """The state of one budget's current window, as seen from this process.
+
+    Money in the window is split into what is spent (settled, or charged at its worst case
+    when the outcome stayed unknown), what is held (by calls in flight and by lease slices) and
+    what is free.
+    """
 
     key: str
     limit_usd: Decimal | None
     spent_usd: Decimal
     reserved_usd: Decimal
+    """Everything held on the key: calls in flight and lease slices of every process."""
     calls: int
     window: timedelta | None
     mode: str
     window_start: datetime | None
     resets_at: datetime | None
+    in_flight_usd: Decimal = Decimal(0)
+    """Held by calls in flight (of any process: store holds, and this process's leased calls)."""
+    idle_lease_usd: Decimal = Decimal(0)
+    """This process's own lease slice not promised to any call: free for this process."""
+    other_leases_usd: Decimal = Decimal(0)
+    """Held by other processes' lease slices (idle there, or drawn on by their calls)."""
 
     @property
-    def remaining_usd(self) -> Decimal | None:
+    def free_usd(self) -> Decimal | None:
+        """What no process holds: the limit less spend and every hold."""
         if self.limit_usd is None:
             return None
         return max(Decimal(0), self.limit_usd - self.spent_usd - self.reserved_usd)
+
+    @property
+    def remaining_usd(self) -> Decimal | None:
+        """Free to spend now by this process: what nobody holds plus its own idle slice."""
+        free = self.free_usd
+        if free is None:
+            return None
+        return free + self.idle_lease_usd
 
     @property
     def remaining_fraction(self) -> float | None:
         if self.limit_usd is None or self.limit_usd == 0:
             return None
         remaining = self.remaining_usd or Decimal(0)
-        return float(remaining / self.limit_usd)
+        return min(1.0, float(remaining / self.limit_usd))
 
 
+# -- SQL ------------------------------------------------------------------------------------
+
+_ENSURE_KEY = (
+    "INSERT INTO agentguard_budget_keys (key, window_ms, mode, reserved_nusd)"
+    " SELECT CAST(:key AS VARCHAR(255)), NULL, 'unset', COALESCE(SUM(reserved_nusd), 0)"
+    " FROM agentguard_budget_windows WHERE key = :key ON CONFLICT DO NOTHING"
+)
+"""A key's row; a store written by schema version 1 kept its holds per window: carried over."""
+_SELECT_KEY = (
+    "SELECT window_ms, mode, reserved_nusd, prev_window_ms, prev_mode, prev_until_ms"
+    " FROM agentguard_budget_keys WHERE key = :key"
+)
+_ADD_RESERVED = (
+    "UPDATE agentguard_budget_keys SET reserved_nusd = reserved_nusd + :amount WHERE key = :key"
+)
+_DEFINE_KEY = (
+    "UPDATE agentguard_budget_keys SET window_ms = :window_ms, mode = :mode,"
+    " prev_window_ms = :prev_window_ms, prev_mode = :prev_mode, prev_until_ms = :prev_until"
+    " WHERE key = :key"
+)
 _ENSURE_ROW = (
     "INSERT INTO agentguard_budget_windows (key, window_start_ms, spent_nusd, reserved_nusd, calls)"
     " VALUES (:key, :ws, 0, 0, 0) ON CONFLICT DO NOTHING"
 )
-_RESERVE_FIXED = (
-    "UPDATE agentguard_budget_windows SET reserved_nusd = reserved_nusd + :amount"
-    " WHERE key = :key AND window_start_ms = :ws"
-    " AND spent_nusd + reserved_nusd + :amount <= :limit"
-)
-_RESERVE_UNLIMITED = (
-    "UPDATE agentguard_budget_windows SET reserved_nusd = reserved_nusd + :amount"
-    " WHERE key = :key AND window_start_ms = :ws"
-)
-_LOCK_ROW = (
-    "SELECT spent_nusd, reserved_nusd FROM agentguard_budget_windows"
-    " WHERE key = :key AND window_start_ms = :ws FOR UPDATE"
-)
 _SELECT_ROW = (
-    "SELECT spent_nusd, reserved_nusd, calls FROM agentguard_budget_windows"
+    "SELECT spent_nusd, calls FROM agentguard_budget_windows"
     " WHERE key = :key AND window_start_ms = :ws"
 )
-_ROLLING_SPENT = (
+_ADD_SPENT = (
+    "UPDATE agentguard_budget_windows SET spent_nusd = spent_nusd + :amount,"
+    " calls = calls + :calls WHERE key = :key AND window_start_ms = :ws"
+)
+_SEED_SPENT = (
+    "UPDATE agentguard_budget_windows SET spent_nusd = CASE WHEN spent_nusd < :seed"
+    " THEN :seed ELSE spent_nusd END WHERE key = :key AND window_start_ms = :ws"
+)
+_EVENTS_SINCE = (
     "SELECT COALESCE(SUM(amount_nusd), 0) FROM agentguard_spend_events"
-    " WHERE key = :key AND at_ms > :since"
+    " WHERE key = :key AND at_ms > :since AND at_ms <= :now"
+)
+_EVENTS_FROM = (
+    "SELECT COALESCE(SUM(amount_nusd), 0) FROM agentguard_spend_events"
+    " WHERE key = :key AND at_ms >= :start AND at_ms <= :now"
 )
 _ROLLING_EVENTS = (
     "SELECT at_ms, amount_nusd FROM agentguard_spend_events"
     " WHERE key = :key AND at_ms > :since ORDER BY at_ms"
+)
+_INSERT_EVENT = (
+    "INSERT INTO agentguard_spend_events (key, at_ms, amount_nusd) VALUES (:key, :at, :amount)"
 )
 _INSERT_RESERVATION = (
     "INSERT INTO agentguard_reservations"
     " (id, key, window_start_ms, amount_nusd, expires_at_ms, session_id)"
     " VALUES (:id, :key, :ws, :amount, :expires, :session_id)"
 )
-_GROW_LEASE = (
+_CHANGE_HOLD = (
     "UPDATE agentguard_reservations SET amount_nusd = amount_nusd + :amount,"
-    " expires_at_ms = :expires WHERE id = :id AND key = :key"
+    " expires_at_ms = :expires WHERE id = :id AND key = :key AND amount_nusd + :amount >= 0"
 )
 _DELETE_RESERVATION = "DELETE FROM agentguard_reservations WHERE id = :id AND key = :key"
-_SETTLE_HELD = (
-    "UPDATE agentguard_budget_windows SET reserved_nusd = reserved_nusd - :reserved,"
-    " spent_nusd = spent_nusd + :actual, calls = calls + 1"
-    " WHERE key = :key AND window_start_ms = :ws"
-)
-_SETTLE_EXPIRED = (
-    "UPDATE agentguard_budget_windows SET spent_nusd = spent_nusd + :actual, calls = calls + 1"
-    " WHERE key = :key AND window_start_ms = :ws"
-)
-_INSERT_EVENT = (
-    "INSERT INTO agentguard_spend_events (key, at_ms, amount_nusd) VALUES (:key, :at, :amount)"
+_HOLDS_BY_KIND = (
+    "SELECT COALESCE(SUM(CASE WHEN substr(id, 1, 6) = 'lease-' THEN amount_nusd ELSE 0 END), 0),"
+    " COALESCE(SUM(CASE WHEN substr(id, 1, 6) = 'lease-' THEN 0 ELSE amount_nusd END), 0)"
+    " FROM agentguard_reservations WHERE key = :key"
 )
 _EXPIRED = (
-    "SELECT id, key, window_start_ms, amount_nusd FROM agentguard_reservations"
-    " WHERE expires_at_ms < :now"
+    "SELECT id, key, amount_nusd FROM agentguard_reservations WHERE expires_at_ms < :now"
+    " ORDER BY key"
 )
-_RELEASE = (
-    "UPDATE agentguard_budget_windows SET reserved_nusd = reserved_nusd - :amount"
-    " WHERE key = :key AND window_start_ms = :ws"
+_DELETE_EXPIRED = (
+    "DELETE FROM agentguard_reservations WHERE id = :id AND key = :key AND expires_at_ms < :now"
+)
+_INSERT_CHARGED = (
+    "INSERT INTO agentguard_charged_holds (id, key, window_start_ms, at_ms, amount_nusd)"
+    " VALUES (:id, :key, :ws, :at, :amount)"
+)
+_SELECT_CHARGED = (
+    "SELECT amount_nusd, window_start_ms, at_ms FROM agentguard_charged_holds"
+    " WHERE id = :id AND key = :key"
+)
+_REFUND_CHARGED = (
+    "UPDATE agentguard_charged_holds SET amount_nusd = amount_nusd - :amount"
+    " WHERE id = :id AND key = :key AND amount_nusd >= :amount"
+)
+_DELETE_CHARGED = "DELETE FROM agentguard_charged_holds WHERE id = :id AND key = :key"
+_PG_NOW = "SELECT CAST(FLOOR(EXTRACT(EPOCH FROM now()) * 1000) AS BIGINT)"
+_SQLITE_CLOCK = "SELECT now_ms FROM agentguard_clock WHERE id = 1"
+_SQLITE_CLOCK_SET = (
+    "INSERT INTO agentguard_clock (id, now_ms) VALUES (1, :now)"
+    " ON CONFLICT (id) DO UPDATE SET now_ms = excluded.now_ms"
+    " WHERE excluded.now_ms > agentguard_clock.now_ms"
 )
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+@dataclass(slots=True)
+class _Key:
+    """A key's row, locked for the transaction."""
+
+    window_ms: int | None
+    mode: str
+    reserved: int
+    prev_window_ms: int | None
+    prev_mode: str | None
+    prev_until_ms: int | None
+
+
+@dataclass(slots=True)
+class _Tx:
+    """One store transaction of the ledger: its cursor, the store's time, the locked keys."""
+
+    cursor: Cursor
+    now: int
+    is_sqlite: bool
+    keys: dict[str, _Key] = field(default_factory=dict)
+    events: dict[str, int] = field(default_factory=dict)
+
+    def key(self, key: str) -> _Key:
+        row = self.keys.get(key)
+        if row is None:
+            # Keys are locked in sorted order up front; this is a key the caller did not name.
+            self.lock([key])
+            row = self.keys[key]
+        return row
+
+    def lock(self, keys: Iterable[str]) -> None:
+        """Lock the rows of ``keys`` in sorted order (PostgreSQL: ``FOR UPDATE``; SQLite holds
+        the database's write lock already), creating them as needed."""
+        suffix = "" if self.is_sqlite else " FOR UPDATE"
+        for key in sorted(set(keys) - self.keys.keys()):
+            row = self.cursor.one(_SELECT_KEY + suffix, {"key": key})
+            if row is None:
+                self.cursor.execute(_ENSURE_KEY, {"key": key})
+                row = self.cursor.one(_SELECT_KEY + suffix, {"key": key})
+            assert row is not None
+            self.keys[key] = _Key(*row)
+
+    def add_reserved(self, key: str, amount: int) -> None:
+        if amount:
+            self.cursor.execute(_ADD_RESERVED, {"key": key, "amount": amount})
+            self.key(key).reserved += amount
+
+    def add_spent(self, key: str, amount: int, calls: int, window_start: int | None = None) -> None:
+        """Spend in the window of the key's current definition (or the given window)."""
+        if window_start is None:
+            row = self.key(key)
+            window_start = _window_start(row.window_ms, row.mode, self.now)
+        params = {"key": key, "ws": window_start, "amount": amount, "calls": calls}
+        if self.cursor.rowcount(_ADD_SPENT, params) == 0:
+            self.cursor.execute(_ENSURE_ROW, {"key": key, "ws": window_start})
+            self.cursor.execute(_ADD_SPENT, params)
+        if amount:
+            self.events[key] = self.events.get(key, 0) + amount
+
+    def write_events(self) -> None:
+        for key, amount in self.events.items():
+            if amount:
+                self.cursor.execute(_INSERT_EVENT, {"key": key, "at": self.now, "amount": amount})
+        self.events.clear()
+
+
+_Settlement = tuple[Reservation, int, bool]
+"""A reservation, its real cost, and whether it counts as a call."""
 
 
 class Ledger:
@@ -209,13 +360,15 @@ class Ledger:
 
     Args:
         store: where the ledger lives.
-        reservation_ttl_s: a reservation not settled within this time is released (its
-            process died mid-call).
+        reservation_ttl_s: a hold not renewed within this time is charged at its full amount
+            (its process died or stalled with the call's outcome unknown).
         flush_interval_s: the longest a deferred settlement waits to be written.
         lease_fraction: with ``reserve(..., lease=True)``, the share of a budget's limit this
             process takes from the store at once and reserves its calls from in memory (one
             write transaction per slice instead of per call); 0 turns leasing off.
         lease_idle_s: a lease unused this long is given back to the store.
+        clock: this process's wall clock in milliseconds (for tests of clock skew); the store's
+            clock decides windows and expiries.
     """
 
     def __init__(
@@ -226,24 +379,49 @@ class Ledger:
         flush_interval_s: float = 0.2,
         lease_fraction: float = 0.0,
         lease_idle_s: float = 1.0,
+        clock: Callable[[], int] | None = None,
     ) -> None:
         self.store = store
         self.reservation_ttl_ms = int(reservation_ttl_s * 1000)
-        self._known_rows: set[tuple[str, int]] = set()
-        self._last_sweep_ms = 0
-        self._sweep_every_ms = max(1000, min(30_000, self.reservation_ttl_ms // 10))
+        # A hold is renewed (or checked) in the store once it is a quarter of its time to live
+        # old: a process must never use a hold a sweep may already have charged.
+        self.renew_after_s = reservation_ttl_s / 4
+        self._clock = clock or _wall_clock_ms
+        self._last_sweep = 0.0
+        self._sweep_every_s = max(1.0, min(30.0, reservation_ttl_s / 10))
         self._lock = threading.Lock()
         self.flush_interval_s = flush_interval_s
         self.lease_fraction = lease_fraction
-        self.lease_idle_ms = int(lease_idle_s * 1000)
-        self._leases: dict[tuple[str, int], _Lease] = {}
+        self.lease_idle_s = lease_idle_s
+        self._leases: dict[str, _Lease] = {}
+        self._retired: list[_Lease] = []
         self._lease_lock = threading.RLock()
         self._held_lock = threading.Lock()
-        self._pending: list[tuple[Reservation, int, int]] = []
+        self._pending: list[_Settlement] = []
         self._wake = threading.Event()
         self._flusher: threading.Thread | None = None
         os.register_at_fork(after_in_child=self._after_fork)
         atexit.register(self._flush_at_exit)
+
+    # -- time ----------------------------------------------------------------------------------
+
+    def _begin(self, connection: Cursor, now_ms: int | None) -> _Tx:
+        """A ledger transaction at the store's time (``now_ms`` pins it, for tests)."""
+        if now_ms is not None:
+            return _Tx(connection, now_ms, self.store.is_sqlite)
+        local = self._clock()
+        if self.store.is_sqlite:
+            row = connection.one(_SQLITE_CLOCK, {})
+            now = max(local, int(row[0])) if row else local
+            if row is None or now > row[0]:
+                connection.execute(_SQLITE_CLOCK_SET, {"now": now})
+        else:
+            row = connection.one(_PG_NOW, {})
+            assert row is not None
+            now = int(row[0])
+        return _Tx(connection, now, self.store.is_sqlite)
+
+    # -- reserving -----------------------------------------------------------------------------
 
     def reserve(
         self,
@@ -259,61 +437,50 @@ class Ledger:
         Settlements deferred by this process are written in the same transaction first, so
         a loop of calls costs one transaction per call. With ``lease`` (and a
         ``lease_fraction``), the amount comes from this process's leases of the budgets, and the
-        store is written only when a lease must grow.
+        store is written only when a lease must grow or be renewed.
 
         Raises:
             BudgetExceeded: some line has no room for the amount in its current window.
             StoreError: the store failed.
         """
-        now = _now_ms() if now_ms is None else now_ms
         amount = to_nusd(amount_usd)
         reservation_id = secrets.token_hex(12)
-        if lease and self.lease_fraction > 0 and any(line.limit_usd is not None for line in lines):
-            return self._reserve_leased(lines, amount, reservation_id, now, session_id)
-        if all(line.limit_usd is None for line in lines):
+        limited = [line for line in lines if line.limit_usd is not None]
+        if lease and self.lease_fraction > 0 and limited:
+            return self._reserve_leased(tuple(lines), limited, amount, reservation_id, session_id)
+        if not limited:
             # Nothing to protect: no transaction before the call, the spend is recorded when
             # the settlement is written.
-            placed_lines = tuple((line, line.window_start_ms(now)) for line in lines)
-            return Reservation(reservation_id, placed_lines, amount, now, held=False)
-        placed: list[tuple[BudgetLine, int]] = []
-        created: list[tuple[str, int]] = []
+            return Reservation(reservation_id, tuple(lines), amount, time.monotonic(), held=False)
+        self._maybe_sweep()
         refused: BudgetExceeded | None = None
         with self._flushing() as pending, self.store.cursor() as connection:
-            self._apply_settlements(connection, pending)
-            self._maybe_sweep(connection, now)
-            for line in lines:
-                window_start = line.window_start_ms(now)
-                self._ensure_row(connection, line.key, window_start, created)
-                if not self._reserve_line(connection, line, window_start, amount, now):
-                    refused = self._exceeded(
-                        connection, line, window_start, amount, now, session_id
-                    )
-                    # Undo the lines placed so far; the settlements above still commit.
-                    for placed_line, placed_start in placed:
-                        connection.execute(
-                            _DELETE_RESERVATION, {"id": reservation_id, "key": placed_line.key}
-                        )
-                        connection.execute(
-                            _RELEASE,
-                            {"key": placed_line.key, "ws": placed_start, "amount": amount},
-                        )
+            tx = self._begin(connection, now_ms)
+            tx.lock([line.key for line in lines] + self._keys_of(pending))
+            self._apply_settlements(tx, pending)
+            for line in limited:
+                self._define(tx, line)
+                if amount > self._room(tx, line):
+                    refused = self._exceeded(tx, line, amount, session_id)
                     break
-                connection.execute(
-                    _INSERT_RESERVATION,
-                    {
-                        "id": reservation_id,
-                        "key": line.key,
-                        "ws": window_start,
-                        "amount": amount,
-                        "expires": now + self.reservation_ttl_ms,
-                        "session_id": session_id,
-                    },
-                )
-                placed.append((line, window_start))
-        self._remember_rows(created)
+            else:
+                for line in limited:
+                    tx.add_reserved(line.key, amount)
+                    connection.execute(
+                        _INSERT_RESERVATION,
+                        {
+                            "id": reservation_id,
+                            "key": line.key,
+                            "ws": 0,
+                            "amount": amount,
+                            "expires": tx.now + self.reservation_ttl_ms,
+                            "session_id": session_id,
+                        },
+                    )
+            tx.write_events()
         if refused is not None:
             raise refused
-        return Reservation(reservation_id, tuple(placed), amount, now)
+        return Reservation(reservation_id, tuple(lines), amount, time.monotonic())
 
     def settle(
         self,
@@ -323,285 +490,340 @@ class Ledger:
         now_ms: int | None = None,
         defer: bool = False,
     ) -> None:
-        """Replace the reservation by the real cost (``0`` releases it).
+        """Replace the reservation by the real cost.
 
-        With ``defer``, the settlement is queued and written with this process's next
-        reservation, or by a background flush within ``flush_interval_s``, whichever comes
-        first (the reservation holds the worst case until then: never less than the truth).
+        Charging a call whose outcome is unknown is settling it at its worst case
+        (``reservation.amount_usd``). With ``defer``, the settlement is queued and written with
+        this process's next reservation, or by a background flush within
+        ``flush_interval_s``, whichever comes first (the hold covers the worst case until then;
+        if the process dies first, a sweep charges it).
         """
-        now = _now_ms() if now_ms is None else now_ms
-        settlement = (reservation, to_nusd(actual_usd), now)
+        self._queue_or_write((reservation, to_nusd(actual_usd), True), now_ms, defer)
+
+    def release(self, reservation: Reservation, *, now_ms: int | None = None) -> None:
+        """Give the reservation back without spending anything: its call was never sent, or
+        the provider answered that it failed."""
+        self._queue_or_write((reservation, 0, False), now_ms, defer=False)
+
+    def _queue_or_write(self, settlement: _Settlement, now_ms: int | None, defer: bool) -> None:
+        reservation, actual, counts = settlement
         if reservation.leases:
             with self._lease_lock:
                 for held in reservation.leases:
                     # The unused part of the worst case goes back to the lease at once; the
                     # spend stays held until the settlement is written.
-                    held.available += reservation.amount_nusd - settlement[1]
+                    held.available += reservation.amount_nusd - actual
+                    held.in_flight -= 1
+            if actual == 0 and not counts:
+                return  # a release from leases is done in memory
+        elif not reservation.held and actual == 0 and not counts:
+            return  # nothing held, nothing spent
         if defer:
             with self._lock:
                 self._pending.append(settlement)
             self._wake_flusher()
             return
         with self._flushing() as pending, self.store.cursor() as connection:
-            self._apply_settlements(connection, [*pending, settlement])
+            settlements = [*pending, settlement]
+            tx = self._begin(connection, now_ms)
+            tx.lock(self._keys_of(settlements))
+            self._apply_settlements(tx, settlements)
+            tx.write_events()
 
     def flush(self) -> None:
         """Write every deferred settlement now."""
         with self._flushing() as pending:
             if pending:
                 with self.store.cursor() as connection:
-                    self._apply_settlements(connection, pending)
+                    tx = self._begin(connection, None)
+                    tx.lock(self._keys_of(pending))
+                    self._apply_settlements(tx, pending)
+                    tx.write_events()
 
-    def release(self, reservation: Reservation) -> None:
-        """Give the reservation back without spending anything (the call failed)."""
+    def needs_confirm(self, reservation: Reservation) -> bool:
+        """Whether the hold is old enough that a sweep may have charged it (its process
+        stalled): then :meth:`confirm` it in the store before its call is sent. In memory."""
+        if reservation.leases:
+            now = time.monotonic()
+            return any(
+                lease.swept or now - lease.renewed_at > self.renew_after_s
+                for lease in reservation.leases
+            )
+        return reservation.held and time.monotonic() - reservation.created > self.renew_after_s
+
+    def confirm(self, reservation: Reservation) -> bool:
+        """Renew the reservation's holds in the store; ``False`` when a sweep charged one of
+        them, in which case the reservation is released (its call was not sent) and the caller
+        must reserve again."""
         if reservation.leases:
             with self._lease_lock:
-                for held in reservation.leases:
-                    held.available += reservation.amount_nusd
-            return
-        if not reservation.held:
-            return
-        with self._flushing() as pending, self.store.cursor() as connection:
-            self._apply_settlements(connection, pending)
-            for line, window_start in reservation.lines:
-                params = {"id": reservation.id, "key": line.key}
-                if connection.rowcount(_DELETE_RESERVATION, params) == 1:
-                    connection.execute(
-                        _RELEASE,
-                        {"key": line.key, "ws": window_start, "amount": reservation.amount_nusd},
-                    )
+                self._renew_leases(list(reservation.leases))
+                alive = not any(lease.swept for lease in reservation.leases)
+        else:
+            alive = True
+            with self.store.cursor() as connection:
+                tx = self._begin(connection, None)
+                tx.lock(line.key for line in reservation.lines)
+                for line in reservation.lines:
+                    if line.limit_usd is None:
+                        continue
+                    params = {
+                        "id": reservation.id,
+                        "key": line.key,
+                        "amount": 0,
+                        "expires": tx.now + self.reservation_ttl_ms,
+                    }
+                    alive = alive and connection.rowcount(_CHANGE_HOLD, params) == 1
+        if not alive:
+            self.release(reservation)
+        return alive
 
-    # -- leases ------------------------------------------------------------------------------
+    # -- leases --------------------------------------------------------------------------------
 
     def _reserve_leased(
         self,
-        lines: tuple[BudgetLine, ...] | list[BudgetLine],
+        lines: tuple[BudgetLine, ...],
+        limited: list[BudgetLine],
         amount: int,
         reservation_id: str,
-        now: int,
         session_id: str | None,
     ) -> Reservation:
-        placed = tuple((line, line.window_start_ms(now)) for line in lines)
-        limited = [(line, start) for line, start in placed if line.limit_usd is not None]
-        # Refresh a lease well before its row could expire: a swept lease must never be used.
-        fresh_until = now + self.reservation_ttl_ms // 2
+        now = time.monotonic()
         with self._lease_lock:
             short = [
-                (line, start)
-                for line, start in limited
-                if (lease := self._leases.get((line.key, start))) is None
+                line
+                for line in limited
+                if (lease := self._leases.get(line.key)) is None
+                or lease.line != line
                 or lease.available < amount
-                or lease.expires_ms < fresh_until
+                or now - lease.renewed_at > self.renew_after_s
             ]
             if short:
-                self._grow_leases(short, amount, now, session_id)
+                self._grow_leases(short, amount, session_id)
             taken = []
-            for line, start in limited:
-                lease = self._leases[(line.key, start)]
+            for line in limited:
+                lease = self._leases[line.key]
                 lease.available -= amount
-                lease.last_used_ms = now
+                lease.in_flight += 1
+                lease.last_used = now
                 taken.append(lease)
         self._wake_flusher()  # it gives idle leases back
-        return Reservation(reservation_id, placed, amount, now, leases=tuple(taken))
+        return Reservation(reservation_id, lines, amount, now, leases=tuple(taken))
 
-    def _grow_leases(
-        self,
-        short: list[tuple[BudgetLine, int]],
-        amount: int,
-        now: int,
-        session_id: str | None,
-    ) -> None:
-        """Grow (or take) the leases of ``short`` lines so each has ``amount`` available, in
+    def _grow_leases(self, short: list[BudgetLine], amount: int, session_id: str | None) -> None:
+        """Renew (or take) the leases of ``short`` lines so each has ``amount`` available, in
         one transaction; all or none."""
-        expires = now + self.reservation_ttl_ms
-        grown: list[tuple[_Lease, int, bool]] = []
-        created: list[tuple[str, int]] = []
+        self._maybe_sweep()
+        grown: list[tuple[BudgetLine, _Lease, int]] = []
+        new: set[str] = set()
         refused: BudgetExceeded | None = None
         with self._flushing() as pending, self.store.cursor() as connection:
-            self._apply_settlements(connection, pending)
-            self._maybe_sweep(connection, now)
-            for line, start in short:
-                lease = self._leases.get((line.key, start))
-                new = lease is None
+            tx = self._begin(connection, None)
+            tx.lock([line.key for line in short] + self._keys_of(pending))
+            self._apply_settlements(tx, pending)
+            expires = tx.now + self.reservation_ttl_ms
+            for line in short:
+                self._define(tx, line)
+                lease = self._leases.get(line.key)
+                if lease is not None and lease.line != line:
+                    self._give_back(tx, lease)  # the config changed: start a lease of the new line
+                    lease = None
+                if lease is not None and not self._renew(tx, lease, 0, expires):
+                    lease = None
                 if lease is None:
-                    lease = _Lease("lease-" + secrets.token_hex(10), line, start)
+                    lease = _Lease(_LEASE_PREFIX + secrets.token_hex(10), line)
+                    new.add(lease.id)
                 need = max(0, amount - lease.available)
+                if need == 0:
+                    grown.append((line, lease, 0))
+                    continue
+                room = self._room(tx, line)
                 limit = to_nusd(line.limit_usd or Decimal(0))
-                slice_size = max(need, int(limit * self.lease_fraction))
-                self._ensure_row(connection, line.key, start, created)
-                got = None
-                for size in dict.fromkeys((slice_size, need)):
-                    if size == 0 or self._reserve_line(connection, line, start, size, now):
-                        got = size
-                        break
-                if got is None:
-                    refused = self._exceeded(connection, line, start, need, now, session_id)
-                    for done, size, was_new in grown:  # all or none
-                        connection.execute(
-                            _RELEASE,
-                            {"key": done.line.key, "ws": done.window_start, "amount": size},
-                        )
-                        if was_new:
-                            connection.execute(
-                                _DELETE_RESERVATION, {"id": done.id, "key": done.line.key}
-                            )
-                        else:
-                            connection.execute(
-                                _GROW_LEASE,
-                                {
-                                    "id": done.id,
-                                    "key": done.line.key,
-                                    "amount": -size,
-                                    "expires": done.expires_ms,
-                                },
-                            )
-                    grown = []
+                size = max(need, int(limit * self.lease_fraction))
+                if size > room:
+                    size = need
+                if size > room:
+                    refused = self._exceeded(tx, line, amount, session_id)
                     break
-                if (
-                    new
-                    or connection.rowcount(
-                        _GROW_LEASE,
-                        {"id": lease.id, "key": line.key, "amount": got, "expires": expires},
-                    )
-                    == 0
-                ):
-                    if not new:
-                        # The row was swept (this process stalled past its time to live): what
-                        # it held was released, so start the lease again from nothing.
-                        lease.held = lease.available = 0
-                        new = True
-                    connection.execute(
-                        _INSERT_RESERVATION,
-                        {
-                            "id": lease.id,
-                            "key": line.key,
-                            "ws": start,
-                            "amount": got,
-                            "expires": expires,
-                            "session_id": session_id,
-                        },
-                    )
-                grown.append((lease, got, new))
-        self._remember_rows(created)
+                grown.append((line, lease, size))
+            if refused is None:
+                for line, lease, size in grown:
+                    if lease.id in new:
+                        connection.execute(
+                            _INSERT_RESERVATION,
+                            {
+                                "id": lease.id,
+                                "key": line.key,
+                                "ws": 0,
+                                "amount": size,
+                                "expires": expires,
+                                "session_id": session_id,
+                            },
+                        )
+                    elif size:
+                        renewed = self._renew(tx, lease, size, expires)
+                        assert renewed  # renewed above, in this transaction
+                    tx.add_reserved(line.key, size)
+            tx.write_events()
         if refused is not None:
             raise refused
-        for lease, got, _new in grown:
+        now = time.monotonic()
+        for line, lease, size in grown:
             with self._held_lock:
-                lease.held += got
-            lease.available += got
-            lease.expires_ms = expires
-            self._leases[(lease.line.key, lease.window_start)] = lease
+                lease.held += size
+            lease.available += size
+            lease.renewed_at = now
+            self._leases[line.key] = lease
 
-    def _tend_leases(self, *, everything: bool = False, now_ms: int | None = None) -> None:
-        """Give back what idle leases (and leases of windows that have passed) hold unused,
-        and keep the rest of them from expiring."""
-        now = _now_ms() if now_ms is None else now_ms
+    def _renew(self, tx: _Tx, lease: _Lease, change: int, expires: int) -> bool:
+        """Change a lease row by ``change`` and push its expiry out; ``False`` (and the lease
+        retired) when a sweep charged it."""
+        params = {"id": lease.id, "key": lease.line.key, "amount": change, "expires": expires}
+        if tx.cursor.rowcount(_CHANGE_HOLD, params) == 1:
+            return True
+        self._retire(lease)
+        return False
+
+    def _retire(self, lease: _Lease) -> None:
+        """A sweep charged this lease: never draw on it again; give back what stays unused once
+        its calls have ended."""
+        lease.swept = True
+        if self._leases.get(lease.line.key) is lease:
+            del self._leases[lease.line.key]
+        if lease not in self._retired:
+            self._retired.append(lease)
+
+    def _renew_leases(self, leases: list[_Lease]) -> None:
+        with self.store.cursor() as connection:
+            tx = self._begin(connection, None)
+            tx.lock(lease.line.key for lease in leases)
+            expires = tx.now + self.reservation_ttl_ms
+            now = time.monotonic()
+            for lease in leases:
+                if not lease.swept and self._renew(tx, lease, 0, expires):
+                    lease.renewed_at = now
+
+    def _give_back(self, tx: _Tx, lease: _Lease) -> None:
+        """Give a lease's unused part back (its row goes when nothing else is held)."""
+        give_back = max(0, lease.available)
+        if lease.swept:
+            return
+        if not self._renew(tx, lease, -give_back, tx.now + self.reservation_ttl_ms):
+            return
+        tx.add_reserved(lease.line.key, -give_back)
+        with self._held_lock:
+            lease.held -= give_back
+            empty = lease.held <= 0
+        lease.available -= give_back
+        lease.renewed_at = time.monotonic()
+        if empty and lease.in_flight <= 0:
+            tx.cursor.execute(_DELETE_RESERVATION, {"id": lease.id, "key": lease.line.key})
+            if self._leases.get(lease.line.key) is lease:
+                del self._leases[lease.line.key]
+
+    def _tend_leases(self, *, everything: bool = False) -> None:
+        """Give back what idle leases hold unused, keep the rest from expiring, and reconcile
+        leases a sweep charged once their calls have ended."""
         with self._lease_lock:
-            if not self._leases:
+            if not self._leases and not self._retired:
                 return
+            now = time.monotonic()
             with self.store.cursor() as connection:
-                for key, lease in list(self._leases.items()):
-                    idle = everything or now - lease.last_used_ms >= self.lease_idle_ms
-                    passed = lease.line.window_start_ms(now) != lease.window_start
-                    if idle or passed:
-                        give_back = max(0, lease.available)
-                        if give_back:
-                            connection.execute(
-                                _RELEASE,
-                                {
-                                    "key": lease.line.key,
-                                    "ws": lease.window_start,
-                                    "amount": give_back,
-                                },
-                            )
-                            with self._held_lock:
-                                lease.held -= give_back
-                            lease.available -= give_back
-                        with self._held_lock:
-                            empty = lease.held <= 0
-                        if empty:
-                            connection.execute(
-                                _DELETE_RESERVATION, {"id": lease.id, "key": lease.line.key}
-                            )
-                            del self._leases[key]
-                            continue
-                        connection.execute(
-                            _GROW_LEASE,
-                            {
-                                "id": lease.id,
-                                "key": lease.line.key,
-                                "amount": -give_back,
-                                "expires": now + self.reservation_ttl_ms,
-                            },
-                        )
-                    else:
-                        connection.execute(
-                            _GROW_LEASE,
-                            {
-                                "id": lease.id,
-                                "key": lease.line.key,
-                                "amount": 0,
-                                "expires": now + self.reservation_ttl_ms,
-                            },
-                        )
-                    lease.expires_ms = now + self.reservation_ttl_ms
+                tx = self._begin(connection, None)
+                tx.lock([*self._leases, *(lease.line.key for lease in self._retired)])
+                expires = tx.now + self.reservation_ttl_ms
+                for lease in list(self._leases.values()):
+                    if everything or now - lease.last_used >= self.lease_idle_s:
+                        self._give_back(tx, lease)
+                    elif self._renew(tx, lease, 0, expires):
+                        lease.renewed_at = now
+                for lease in list(self._retired):
+                    if lease.in_flight <= 0:
+                        self._refund(tx, lease.id, lease.line.key, max(0, lease.available))
+                        self._retired.remove(lease)
+                tx.write_events()
 
     def close(self) -> None:
         """Write deferred settlements and give every lease back (at exit, or when done)."""
         self.flush()
         self._tend_leases(everything=True)
 
-    # -- deferred settlements ----------------------------------------------------------------
+    # -- settlements ---------------------------------------------------------------------------
 
     def _flushing(self) -> _Flushing:
         """Take the queued settlements; put them back if the transaction fails."""
         return _Flushing(self)
 
-    def _apply_settlements(
-        self, connection: Cursor, settlements: list[tuple[Reservation, int, int]]
-    ) -> None:
-        for reservation, actual, at in settlements:
-            leased = {(held.line.key, held.window_start): held for held in reservation.leases}
-            for line, window_start in reservation.lines:
-                held_lease = leased.get((line.key, window_start))
+    @staticmethod
+    def _keys_of(settlements: list[_Settlement]) -> list[str]:
+        return [line.key for reservation, _, _ in settlements for line in reservation.lines]
+
+    def _apply_settlements(self, tx: _Tx, settlements: list[_Settlement]) -> None:
+        connection = tx.cursor
+        for reservation, actual, counts in settlements:
+            calls = 1 if counts else 0
+            leased = {held.line.key: held for held in reservation.leases}
+            for line in reservation.lines:
+                held_lease = leased.get(line.key)
                 if held_lease is not None:
-                    connection.execute(
-                        _SETTLE_HELD,
-                        {"key": line.key, "ws": window_start, "reserved": actual, "actual": actual},
-                    )
-                    connection.execute(
-                        _GROW_LEASE,
-                        {
-                            "id": held_lease.id,
-                            "key": line.key,
-                            "amount": -actual,
-                            "expires": held_lease.expires_ms,
-                        },
-                    )
-                    # A lock that is never held across store I/O: the flusher writes these in
-                    # its own transaction while a caller may hold the lease lock waiting on it.
-                    with self._held_lock:
-                        held_lease.held -= actual
-                    if line.mode == "rolling" and line.window is not None and actual:
-                        connection.execute(
-                            _INSERT_EVENT, {"key": line.key, "at": at, "amount": actual}
-                        )
+                    # Spend leaves the lease row; if a sweep charged the row, the charge covers
+                    # it already (what stays unused is given back when the lease retires).
+                    params = {
+                        "id": held_lease.id,
+                        "key": line.key,
+                        "amount": -actual,
+                        "expires": tx.now + self.reservation_ttl_ms,
+                    }
+                    if actual and connection.rowcount(_CHANGE_HOLD, params) == 1:
+                        tx.add_reserved(line.key, -actual)
+                        with self._held_lock:
+                            held_lease.held -= actual
+                        tx.add_spent(line.key, actual, calls)
+                    else:
+                        tx.add_spent(line.key, 0, calls)
                     continue
-                if not reservation.held:
-                    connection.execute(_ENSURE_ROW, {"key": line.key, "ws": window_start})
-                    held = False
+                if line.limit_usd is None or not reservation.held:
+                    self._define_if_unset(tx, line)
+                    tx.add_spent(line.key, actual, calls)
+                    continue
+                params = {"id": reservation.id, "key": line.key}
+                if connection.rowcount(_DELETE_RESERVATION, params) == 1:
+                    tx.add_reserved(line.key, -reservation.amount_nusd)
+                    tx.add_spent(line.key, actual, calls)
+                    continue
+                # A sweep charged the hold: the real cost replaces the charge, once.
+                charged = connection.one(_SELECT_CHARGED, params)
+                if charged is None or connection.rowcount(_DELETE_CHARGED, params) != 1:
+                    continue  # settled or released already: nothing happens twice
+                amount, window_start, at = charged
+                if actual > amount:
+                    tx.add_spent(line.key, actual - amount, calls)
                 else:
-                    params = {"id": reservation.id, "key": line.key}
-                    held = connection.rowcount(_DELETE_RESERVATION, params) == 1
-                values = {
-                    "key": line.key,
-                    "ws": window_start,
-                    "reserved": reservation.amount_nusd,
-                    "actual": actual,
-                }
-                connection.execute(_SETTLE_HELD if held else _SETTLE_EXPIRED, values)
-                if line.mode == "rolling" and line.window is not None and actual:
-                    connection.execute(_INSERT_EVENT, {"key": line.key, "at": at, "amount": actual})
+                    self._give_back_charge(tx, line.key, amount - actual, window_start, at)
+                    tx.add_spent(line.key, 0, calls)
+
+    def _refund(self, tx: _Tx, hold_id: str, key: str, amount: int) -> None:
+        """Give back ``amount`` of a charged hold (never more than was charged)."""
+        if amount <= 0:
+            return
+        params = {"id": hold_id, "key": key}
+        charged = tx.cursor.one(_SELECT_CHARGED, params)
+        if charged is None:
+            return
+        amount = min(amount, int(charged[0]))
+        if tx.cursor.rowcount(_REFUND_CHARGED, {**params, "amount": amount}) == 1:
+            self._give_back_charge(tx, key, amount, int(charged[1]), int(charged[2]))
+
+    def _give_back_charge(self, tx: _Tx, key: str, amount: int, window_start: int, at: int) -> None:
+        if amount <= 0:
+            return
+        tx.key(key)
+        tx.cursor.execute(_ENSURE_ROW, {"key": key, "ws": window_start})
+        tx.cursor.execute(
+            _ADD_SPENT, {"key": key, "ws": window_start, "amount": -amount, "calls": 0}
+        )
+        # Dated like the charge, so it leaves rolling windows together with it.
+        tx.cursor.execute(_INSERT_EVENT, {"key": key, "at": at, "amount": -amount})
 
     def _wake_flusher(self) -> None:
         if self._wake.is_set():
@@ -617,14 +839,16 @@ class Ledger:
 
     def _flush_loop(self) -> None:
         while True:
-            woken = self._wake.wait(timeout=self.lease_idle_ms / 1000 if self._leases else None)
+            busy = self._leases or self._retired
+            wait = min(self.lease_idle_s, self.renew_after_s) if busy else None
+            woken = self._wake.wait(timeout=wait)
             if woken:
                 # Coalesce: a busy agent's next reservation usually writes the settlement first.
                 time.sleep(self.flush_interval_s)
                 self._wake.clear()
             try:
                 self.flush()
-                if self._leases:
+                if self._leases or self._retired:
                     self._tend_leases()
             except Exception as exc:  # retried at the next wake; never kills the thread
                 from agentguard.log import logger
@@ -632,9 +856,10 @@ class Ledger:
                 logger.warning("ledger_flush_failed", error=str(exc))
 
     def _after_fork(self) -> None:
-        # The parent's queue and flusher stay with the parent.
+        # The parent's queue, leases and flusher stay with the parent.
         self._pending = []
         self._leases = {}
+        self._retired = []
         self._lease_lock = threading.RLock()
         self._held_lock = threading.Lock()
         self._flusher = None
@@ -645,33 +870,47 @@ class Ledger:
         with suppress(Exception):
             self.close()
 
+    # -- reading -------------------------------------------------------------------------------
+
     def status(self, line: BudgetLine, *, now_ms: int | None = None) -> BudgetStatus:
-        """Spend, reservations and reset time of ``line``'s current window."""
+        """Spend, holds and reset time of ``line``'s current window."""
         self.flush()
-        now = _now_ms() if now_ms is None else now_ms
-        window_start = line.window_start_ms(now)
         with self.store.cursor() as connection:
+            tx = self._begin(connection, now_ms)
+            now = tx.now
+            found = connection.one(_SELECT_KEY, {"key": line.key})
+            key = _Key(*found) if found else _Key(None, "unset", 0, None, None, None)
+            tx.keys[line.key] = key
+            window_start = line.window_start_ms(now)
             row = connection.one(_SELECT_ROW, {"key": line.key, "ws": window_start})
-            spent, reserved, calls = (row[0], row[1], row[2]) if row else (0, 0, 0)
+            calls = int(row[1]) if row else 0
+            spent = self._spent(tx, line)
+            leased, calls_held = connection.one(_HOLDS_BY_KIND, {"key": line.key}) or (0, 0)
             resets_at: datetime | None = None
             start: datetime | None = None
             if line.window is not None and line.mode == "rolling":
-                spent = self._rolling_spent(connection, line, now)
-                resets_at = self._rolling_relief(connection, line, now, 1)
+                resets_at = self._rolling_relief(tx, line, 1)
                 start = _ms_to_datetime(now - (line.window_ms or 0))
             elif line.window is not None:
                 start = _ms_to_datetime(window_start)
                 resets_at = _ms_to_datetime(window_start + (line.window_ms or 0))
+        own = self._leases.get(line.key)
+        own_held = own.held if own is not None else 0
+        own_idle = max(0, own.available) if own is not None else 0
+        reserved = max(0, key.reserved)
         return BudgetStatus(
             key=line.key,
             limit_usd=line.limit_usd,
             spent_usd=from_nusd(spent),
-            reserved_usd=from_nusd(max(0, reserved)),
+            reserved_usd=from_nusd(reserved),
             calls=calls,
             window=line.window,
             mode=line.mode,
             window_start=start,
             resets_at=resets_at,
+            in_flight_usd=from_nusd(max(0, int(calls_held) + own_held - own_idle)),
+            idle_lease_usd=from_nusd(own_idle),
+            other_leases_usd=from_nusd(max(0, int(leased) - own_held)),
         )
 
     def keys(self) -> list[str]:
@@ -679,65 +918,129 @@ class Ledger:
         self.flush()
         with self.store.cursor() as connection:
             rows = connection.all(
-                "SELECT DISTINCT key FROM agentguard_budget_windows ORDER BY key", {}
+                "SELECT key FROM agentguard_budget_windows UNION"
+                " SELECT key FROM agentguard_budget_keys ORDER BY 1",
+                {},
             )
             return [row[0] for row in rows]
 
+    # -- sweeping ------------------------------------------------------------------------------
+
     def sweep_expired(self, *, now_ms: int | None = None) -> int:
-        """Release reservations past their time to live; return how many were released."""
-        now = _now_ms() if now_ms is None else now_ms
+        """Charge holds past their time to live at their full amount (their process died or
+        stalled, so what their calls cost is unknown); return how many were charged."""
         with self.store.cursor() as connection:
-            return self._sweep(connection, now)
+            tx = self._begin(connection, now_ms)
+            expired = connection.all(_EXPIRED, {"now": tx.now})
+            tx.lock(row[1] for row in expired)
+            charged = 0
+            for hold_id, key, amount in expired:
+                params = {"id": hold_id, "key": key, "now": tx.now}
+                if connection.rowcount(_DELETE_EXPIRED, params) != 1:
+                    continue  # settled or renewed meanwhile
+                row = tx.key(key)
+                window_start = _window_start(row.window_ms, row.mode, tx.now)
+                tx.add_reserved(key, -amount)
+                tx.add_spent(key, amount, 0)
+                connection.execute(
+                    _INSERT_CHARGED,
+                    {"id": hold_id, "key": key, "ws": window_start, "at": tx.now, "amount": amount},
+                )
+                charged += 1
+            tx.write_events()
+            return charged
 
-    # -- internals ---------------------------------------------------------------------------
-
-    def _ensure_row(
-        self, connection: Cursor, key: str, window_start: int, created: list[tuple[str, int]]
-    ) -> None:
-        if (key, window_start) in self._known_rows:
+    def _maybe_sweep(self) -> None:
+        now = time.monotonic()
+        if now - self._last_sweep < self._sweep_every_s:
             return
-        connection.execute(_ENSURE_ROW, {"key": key, "ws": window_start})
-        created.append((key, window_start))
+        self._last_sweep = now
+        self.sweep_expired()
 
-    def _remember_rows(self, created: list[tuple[str, int]]) -> None:
-        # Only rows of committed transactions: a rolled-back insert must be made again.
-        with self._lock:
-            if len(self._known_rows) > 10_000:
-                self._known_rows.clear()
-            self._known_rows.update(created)
+    # -- windows and room ----------------------------------------------------------------------
 
-    def _reserve_line(
-        self, connection: Cursor, line: BudgetLine, window_start: int, amount: int, now: int
-    ) -> bool:
-        params = {"key": line.key, "ws": window_start, "amount": amount}
-        if line.limit_usd is None:
-            return connection.rowcount(_RESERVE_UNLIMITED, params) == 1
-        limit = to_nusd(line.limit_usd)
-        if line.mode == "rolling" and line.window is not None:
-            # The sum over spend events cannot go in one conditional UPDATE race-free on
-            # PostgreSQL, so lock the budget row first; SQLite already holds the write lock.
-            if not self.store.is_sqlite:
-                connection.execute(_LOCK_ROW, {"key": line.key, "ws": window_start})
-            row = connection.one(_SELECT_ROW, {"key": line.key, "ws": window_start})
-            assert row is not None
-            spent = self._rolling_spent(connection, line, now)
-            if spent + row[1] + amount > limit:
-                return False
-            return connection.rowcount(_RESERVE_UNLIMITED, params) == 1
-        return connection.rowcount(_RESERVE_FIXED, {**params, "limit": limit}) == 1
+    def _define(self, tx: _Tx, line: BudgetLine) -> None:
+        """Record the line's window as the key's; when it changed, keep the previous window in
+        force until it ends and count the new window's spend from the dated history."""
+        row = tx.key(line.key)
+        window_ms, mode = line.window_ms, line.mode
+        if row.mode == "unset":
+            row.window_ms, row.mode = window_ms, mode
+            self._write_definition(tx, line.key, row)
+            return
+        if (row.window_ms, row.mode) == (window_ms, mode):
+            return
+        until = tx.now
+        if row.window_ms is not None:
+            start = _window_start(row.window_ms, row.mode, tx.now)
+            until = (start if row.mode == "fixed" else tx.now) + row.window_ms
+        row.prev_window_ms, row.prev_mode, row.prev_until_ms = row.window_ms, row.mode, until
+        row.window_ms, row.mode = window_ms, mode
+        self._write_definition(tx, line.key, row)
+        if mode != "rolling":
+            start = line.window_start_ms(tx.now)
+            seed = self._events_from(tx, line.key, start)
+            tx.cursor.execute(_ENSURE_ROW, {"key": line.key, "ws": start})
+            tx.cursor.execute(_SEED_SPENT, {"key": line.key, "ws": start, "seed": seed})
 
-    def _rolling_spent(self, connection: Cursor, line: BudgetLine, now: int) -> int:
-        since = now - (line.window_ms or 0)
-        row = connection.one(_ROLLING_SPENT, {"key": line.key, "since": since})
+    def _define_if_unset(self, tx: _Tx, line: BudgetLine) -> None:
+        if tx.key(line.key).mode == "unset":
+            self._define(tx, line)
+
+    @staticmethod
+    def _write_definition(tx: _Tx, key: str, row: _Key) -> None:
+        tx.cursor.execute(
+            _DEFINE_KEY,
+            {
+                "key": key,
+                "window_ms": row.window_ms,
+                "mode": row.mode,
+                "prev_window_ms": row.prev_window_ms,
+                "prev_mode": row.prev_mode,
+                "prev_until": row.prev_until_ms,
+            },
+        )
+
+    def _room(self, tx: _Tx, line: BudgetLine) -> int:
+        """What the line can still hold: its limit less spend in its window and every hold on
+        the key, and the same under the key's previous window while that one lasts."""
+        limit = to_nusd(line.limit_usd or Decimal(0))
+        row = tx.key(line.key)
+        room = limit - self._spent(tx, line) - row.reserved
+        if row.prev_until_ms is not None and row.prev_until_ms > tx.now:
+            previous = BudgetLine(
+                line.key,
+                line.limit_usd,
+                None if row.prev_window_ms is None else timedelta(milliseconds=row.prev_window_ms),
+                "rolling" if row.prev_mode == "rolling" else "fixed",
+            )
+            room = min(room, limit - self._spent_from_events(tx, previous) - row.reserved)
+        return room
+
+    def _spent(self, tx: _Tx, line: BudgetLine) -> int:
+        if line.window is not None and line.mode == "rolling":
+            return self._spent_from_events(tx, line)
+        window_start = line.window_start_ms(tx.now)
+        row = tx.cursor.one(_SELECT_ROW, {"key": line.key, "ws": window_start})
         return int(row[0]) if row else 0
 
-    def _rolling_relief(
-        self, connection: Cursor, line: BudgetLine, now: int, needed: int
-    ) -> datetime | None:
+    def _spent_from_events(self, tx: _Tx, line: BudgetLine) -> int:
+        if line.window is not None and line.mode == "rolling":
+            since = tx.now - (line.window_ms or 0)
+            row = tx.cursor.one(_EVENTS_SINCE, {"key": line.key, "since": since, "now": tx.now})
+            return int(row[0]) if row else 0
+        return self._events_from(tx, line.key, line.window_start_ms(tx.now))
+
+    @staticmethod
+    def _events_from(tx: _Tx, key: str, start: int) -> int:
+        row = tx.cursor.one(_EVENTS_FROM, {"key": key, "start": start, "now": tx.now})
+        return int(row[0]) if row else 0
+
+    def _rolling_relief(self, tx: _Tx, line: BudgetLine, needed: int) -> datetime | None:
         """When enough rolling spend expires to free ``needed`` nano-dollars."""
         length = line.window_ms or 0
         freed = 0
-        rows = connection.all(_ROLLING_EVENTS, {"key": line.key, "since": now - length})
+        rows = tx.cursor.all(_ROLLING_EVENTS, {"key": line.key, "since": tx.now - length})
         for at_ms, amount in rows:
             freed += amount
             if freed >= needed:
@@ -745,25 +1048,25 @@ class Ledger:
         return None
 
     def _exceeded(
-        self,
-        connection: Cursor,
-        line: BudgetLine,
-        window_start: int,
-        amount: int,
-        now: int,
-        session_id: str | None,
+        self, tx: _Tx, line: BudgetLine, amount: int, session_id: str | None
     ) -> BudgetExceeded:
-        row = connection.one(_SELECT_ROW, {"key": line.key, "ws": window_start})
-        spent, reserved = (row[0], row[1]) if row else (0, 0)
         limit = to_nusd(line.limit_usd or Decimal(0))
+        spent = self._spent(tx, line)
+        reserved = max(0, tx.key(line.key).reserved)
+        leased, calls_held = tx.cursor.one(_HOLDS_BY_KIND, {"key": line.key}) or (0, 0)
+        own = self._leases.get(line.key)
+        own_idle = max(0, own.available) if own is not None and not own.swept else 0
         resets_at: datetime | None = None
         if line.window is not None and line.mode == "rolling":
-            spent = self._rolling_spent(connection, line, now)
-            resets_at = self._rolling_relief(
-                connection, line, now, spent + reserved + amount - limit
-            )
+            resets_at = self._rolling_relief(tx, line, spent + reserved + amount - limit)
         elif line.window is not None:
+            window_start = line.window_start_ms(tx.now)
             resets_at = _ms_to_datetime(window_start + (line.window_ms or 0))
+        row = tx.key(line.key)
+        if row.prev_until_ms is not None and row.prev_until_ms > tx.now:
+            # The previous window still applies until it ends.
+            until = _ms_to_datetime(row.prev_until_ms)
+            resets_at = until if resets_at is None else max(resets_at, until)
         fits_empty = amount <= limit
         if not fits_empty:
             resets_at = None
@@ -772,34 +1075,26 @@ class Ledger:
             if resets_at
             else ("never resets" if line.window is None else "cannot fit even an empty window")
         )
-        error = BudgetExceeded(
+        held = ""
+        if reserved:
+            held = (
+                f", held ${from_nusd(reserved)} (calls in flight ${from_nusd(int(calls_held))},"
+                f" lease slices ${from_nusd(int(leased))}"
+                + (f" of which this process's idle ${from_nusd(own_idle)}" if own_idle else "")
+                + ")"
+            )
+        return BudgetExceeded(
             f"budget {line.key!r} exceeded for session {session_id!r}: limit ${from_nusd(limit)}"
-            f" per {_describe_window(line)}, spent ${from_nusd(spent)}, reserved"
-            f" ${from_nusd(max(0, reserved))}, this call needs up to ${from_nusd(amount)}; {when}",
+            f" per {_describe_window(line)}, spent ${from_nusd(spent)}{held}, this call needs up"
+            f" to ${from_nusd(amount)}; {when}",
             key=line.key,
-            spent_usd=from_nusd(spent + max(0, reserved)),
+            spent_usd=from_nusd(spent + reserved),
             limit_usd=from_nusd(limit),
             needed_usd=from_nusd(amount),
             resets_at=resets_at,
             session_id=session_id,
             fits_empty_window=fits_empty,
         )
-        return error
-
-    def _maybe_sweep(self, connection: Cursor, now: int) -> None:
-        if now - self._last_sweep_ms < self._sweep_every_ms:
-            return
-        self._last_sweep_ms = now
-        self._sweep(connection, now)
-
-    def _sweep(self, connection: Cursor, now: int) -> int:
-        released = 0
-        for reservation_id, key, window_start, amount in connection.all(_EXPIRED, {"now": now}):
-            params = {"id": reservation_id, "key": key}
-            if connection.rowcount(_DELETE_RESERVATION, params) == 1:
-                connection.execute(_RELEASE, {"key": key, "ws": window_start, "amount": amount})
-                released += 1
-        return released
 
 
 class _Flushing:
@@ -811,7 +1106,7 @@ class _Flushing:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
 
-    def __enter__(self) -> list[tuple[Reservation, int, int]]:
+    def __enter__(self) -> list[_Settlement]:
         ledger = self.ledger
         if ledger._pending:
             with ledger._lock:

@@ -102,12 +102,17 @@ class Reply:
 
 
 class TransportFailure(Exception):
-    """An attempt that got no HTTP response (``kind``: ``timeout`` or ``connection``)."""
+    """An attempt that got no HTTP response (``kind``: ``timeout`` or ``connection``).
 
-    def __init__(self, kind: str, error: BaseException) -> None:
+    ``sent`` is ``False`` only when the request certainly never left (the connection was never
+    made): any other failure may have been billed by the provider, so it is charged.
+    """
+
+    def __init__(self, kind: str, error: BaseException, *, sent: bool = True) -> None:
         super().__init__(f"{kind}: {error}")
         self.kind = kind
         self.error = error
+        self.sent = sent
 
 
 @dataclass(slots=True)
@@ -459,12 +464,17 @@ class Pipeline:
         reply and its parsed body."""
         retries = 0
         while True:
+            yield from self._hold_for_attempt(call)
             try:
                 # Top-level keys are replaced, never mutated, so this compares little.
                 reply = yield Send(call.body, call.body != call.original_body)
             except TransportFailure as exc:
                 failure = Failure(exc.kind, message=str(exc.error))
                 error: BaseException = exc.error
+                if exc.sent:
+                    # The request left: the provider may have billed it. The next attempt
+                    # reserves its own worst case.
+                    yield from self._charge_unknown(call, exc.kind)
             else:
                 if reply.status < 400:
                     if reply.streaming:
@@ -560,7 +570,37 @@ class Pipeline:
         call.price = bound.price
         call.worst_case_usd = bound.usd
 
-    def _reserve(self, call: CallContext) -> Generator[Action, Any, None]:
+    def _hold_for_attempt(self, call: CallContext) -> Generator[Action, Any, None]:
+        """Make sure the attempt about to be sent is covered by a live hold: a retry after a
+        charged attempt reserves again, and a hold old enough that a sweep may have charged it
+        (the process stalled) is checked in the store first."""
+        reservation = call.reservation
+        if reservation is None:
+            yield from self._reserve(call, retry=True)
+        elif self.ledger.needs_confirm(reservation):
+            alive = yield Do(lambda: self.ledger.confirm(reservation))
+            if not alive:
+                call.reservation = None
+                yield from self._reserve(call, retry=True)
+
+    def _charge_unknown(self, call: CallContext, why: str) -> Generator[Action, Any, None]:
+        """Settle a call whose outcome is unknown at its worst case (never release it)."""
+        reservation = call.reservation
+        call.reservation = None
+        if reservation is None:
+            return
+        cost = reservation.amount_usd
+        yield Do(lambda: self.ledger.settle(reservation, cost, defer=True))
+        call.session.add_spend(cost, 0, 0)
+        logger.warning(
+            "charged_worst_case",
+            session_id=call.session.id,
+            model=call.model,
+            why=why,
+            cost_usd=cost,
+        )
+
+    def _reserve(self, call: CallContext, *, retry: bool = False) -> Generator[Action, Any, None]:
         session = call.session
         lines = session.budget_lines()
         try:
@@ -606,8 +646,11 @@ class Pipeline:
                 needed_usd=exc.needed_usd,
                 resets_at=exc.resets_at,
             )
-            with session.lock:
-                session.state.iterations -= 1  # the call was never made
+            if not retry:
+                with session.lock:
+                    session.state.iterations -= 1  # the call was never made
+            if not exc.fits_empty_window:
+                raise self._cannot_fit(call, exc) from None
             if (
                 policy == "park"
                 and self.limit_handler is not None
@@ -629,6 +672,44 @@ class Pipeline:
                 amount_usd=call.worst_case_usd,
                 keys=[line.key for line in lines],
             )
+
+    def _cannot_fit(self, call: CallContext, exc: BudgetExceeded) -> BudgetExceeded:
+        """The refusal of a call whose worst case is above the whole limit, saying what makes
+        up the worst case and what to change."""
+        original = call.original_body
+        if isinstance(original.get("max_completion_tokens"), int):
+            cap = f"max_completion_tokens={original['max_completion_tokens']} set by the caller"
+        elif isinstance(original.get("max_tokens"), int):
+            cap = f"max_tokens={original['max_tokens']} set by the caller"
+        else:
+            cap = (
+                f"limits.default_max_output_tokens = {self.default_max_output_tokens}, because"
+                " the caller set no max_tokens"
+            )
+        setting = (
+            "limits.max_session_usd"
+            if exc.key.startswith("session:")
+            else f"the limit_usd of budget {exc.key!r}"
+        )
+        message = (
+            f"budget {exc.key!r} exceeded for session {call.session.id!r}: the call to"
+            f" {call.model!r} can cost up to ${exc.needed_usd}, more than the whole limit"
+            f" (${exc.limit_usd}), so it can never fit and is not parked. The worst case is"
+            f" {call.input_tokens} input tokens plus up to {call.max_output_tokens} output tokens"
+            f" ({cap}). Set a lower max_tokens on the call (or"
+            f" limits.default_max_output_tokens), send less input, use a cheaper model, or raise"
+            f" {setting}."
+        )
+        return BudgetExceeded(
+            message,
+            key=exc.key,
+            spent_usd=exc.spent_usd,
+            limit_usd=exc.limit_usd,
+            needed_usd=exc.needed_usd,
+            resets_at=None,
+            session_id=call.session.id,
+            fits_empty_window=False,
+        )
 
     def _handler(self) -> LimitHandler:
         assert self.limit_handler is not None
@@ -732,6 +813,10 @@ class Pipeline:
         )
 
     def _finish_stream(self, call: CallContext, tap: StreamTap) -> Generator[Action, Any, None]:
+        if tap.usage is None and not tap.done:
+            # Cut before the end without usage: what the provider generated is unknown.
+            yield from self._charge_unknown(call, "stream_cut")
+            return
         tool_calls = [
             ToolCall(slot["name"], slot["arguments"]) for _, slot in sorted(tap.tool_calls.items())
         ]

@@ -128,8 +128,10 @@ class Session:
 
     @property
     def remaining_usd(self) -> Decimal | None:
-        """Dollars left for this session's next calls: the least room over its budgets
-        (``None`` when no budget limits it)."""
+        """Dollars this session can spend now: the least over its budgets of what nobody holds
+        plus this process's own idle lease slice (``None`` when no budget limits it). Spend,
+        holds of calls in flight and other processes' slices are in
+        :meth:`~agentguard.Guard.budget_status`."""
         remaining: Decimal | None = None
         for status in self.guard.budget_statuses(self):
             if status.remaining_usd is not None:

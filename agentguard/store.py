@@ -27,7 +27,9 @@ from agentguard.files import private_dir, private_file
 
 __all__ = ["SCHEMA_VERSION", "Store", "metadata", "open_store"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: budget holds are kept per key (``agentguard_budget_keys``), holds charged by a sweep are
+kept for reconciliation, and SQLite keeps one store clock."""
 
 metadata = sa.MetaData()
 
@@ -69,6 +71,41 @@ spend_events = sa.Table(
     sa.Column("amount_nusd", sa.BigInteger, nullable=False),
     sa.Index("ix_agentguard_spend_events_key_at", "key", "at_ms"),
 )
+
+budget_keys = sa.Table(
+    "agentguard_budget_keys",
+    metadata,
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("window_ms", sa.BigInteger),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column("reserved_nusd", sa.BigInteger, nullable=False, default=0),
+    sa.Column("prev_window_ms", sa.BigInteger),
+    sa.Column("prev_mode", sa.String(16)),
+    sa.Column("prev_until_ms", sa.BigInteger),
+)
+"""One row per budget key: the window it was last used with (so a changed window is noticed),
+the window it had before until that one ends, and every hold on the key (calls in flight and
+lease slices), whatever window it was taken in."""
+
+charged_holds = sa.Table(
+    "agentguard_charged_holds",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("window_start_ms", sa.BigInteger, nullable=False),
+    sa.Column("at_ms", sa.BigInteger, nullable=False),
+    sa.Column("amount_nusd", sa.BigInteger, nullable=False),
+)
+"""Holds a sweep charged at their worst case (their process died or stalled): what may still
+be given back, once, when the real cost becomes known."""
+
+store_clock = sa.Table(
+    "agentguard_clock",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("now_ms", sa.BigInteger, nullable=False),
+)
+"""SQLite's one clock: the latest time any process wrote; time never goes back below it."""
 
 parked_sessions = sa.Table(
     "agentguard_parked_sessions",
@@ -275,6 +312,9 @@ class Store:
                         connection.execute(
                             schema_info.insert().values(id=1, version=SCHEMA_VERSION)
                         )
+                    elif row.version < SCHEMA_VERSION:
+                        # Version 1 lacked only tables, which create_all just made.
+                        connection.execute(schema_info.update().values(version=SCHEMA_VERSION))
                     elif row.version > SCHEMA_VERSION:
                         raise StoreError(
                             f"store {self.safe_url} has schema version {row.version}, newer than "

@@ -184,11 +184,15 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
         request.stream = httpx.ByteStream(content)
         return request
 
+    # Failures that prove the request never left: nothing can have been billed.
+    not_sent = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
     def failure_of(exc: Exception) -> TransportFailure | None:
+        sent = not isinstance(exc, not_sent)
         if isinstance(exc, httpx.TimeoutException):
-            return TransportFailure("timeout", exc)
+            return TransportFailure("timeout", exc, sent=sent)
         if isinstance(exc, httpx.TransportError):
-            return TransportFailure("connection", exc)
+            return TransportFailure("connection", exc, sent=sent)
         return None
 
     def reply_of(response: Any, body: bytes | None) -> Reply:

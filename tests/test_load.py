@@ -1,5 +1,5 @@
 """Load and contention over real HTTP, real stores and real processes: many agents on one
-dollar budget never overspend, a killed process leaks no reservation, and several daemons
+dollar budget never overspend, a killed process's call is charged at its worst case, and several daemons
 resume every parked session (one of them killed mid-resume)."""
 
 from __future__ import annotations
@@ -61,16 +61,21 @@ def agent(store_url: str, base_url: str, calls: int, worker: int) -> dict[str, A
     return {"done": done, "refused": refused, "spent": spent}
 
 
-def test_sixteen_processes_on_one_budget_never_overspend(store_url: str) -> None:
+def test_processes_on_one_budget_never_overspend(store_url: str) -> None:
     Ledger(Store(store_url)).status(BudgetLine("shared", LIMIT, timedelta(days=1)))
     with SimServer(record_requests=True) as sim:
-        with multiprocessing.get_context("spawn").Pool(16) as pool:
-            results = pool.starmap(agent, [(store_url, sim.base_url, 200, w) for w in range(16)])
+        # Four interpreters: each spawned one loads the SDK, prices and vocabulary anew, which a
+        # busy two-core machine pays for many times over.
+        with multiprocessing.get_context("spawn").Pool(4) as pool:
+            results = pool.starmap(agent, [(store_url, sim.base_url, 80, w) for w in range(4)])
         sent = sum(1 for r in sim.requests if r.path.endswith("/chat/completions"))
+        assert sim.wait_idle(30)
+        billed = sim.billed_usd()
     status = Ledger(Store(store_url)).status(BudgetLine("shared", LIMIT, timedelta(days=1)))
     done = sum(r["done"] for r in results)
     assert sum(r["refused"] for r in results) > 0, "the budget should have run out"
     assert status.spent_usd <= LIMIT
+    assert billed <= status.spent_usd  # the provider's bill, settled at its real cost
     assert status.reserved_usd == 0
     assert status.spent_usd == sum(Decimal(r["spent"]) for r in results)
     assert sent == done == status.calls  # nothing was sent that was not reserved and settled
@@ -92,7 +97,7 @@ HANGING_AGENT = textwrap.dedent(
 )
 
 
-def test_a_process_killed_mid_call_leaks_no_reservation(store_url: str) -> None:
+def test_a_process_killed_mid_call_is_charged_its_worst_case(store_url: str) -> None:
     line = BudgetLine("shared", LIMIT, timedelta(days=1))
     with SimServer(latency_s=30) as sim:
         process = subprocess.Popen(
@@ -102,15 +107,19 @@ def test_a_process_killed_mid_call_leaks_no_reservation(store_url: str) -> None:
         process.stdout.readline()
         ledger = Ledger(Store(store_url), reservation_ttl_s=1)
         deadline = time.monotonic() + 20
-        while ledger.status(line).reserved_usd == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert ledger.status(line).reserved_usd > 0  # reserved, request in flight
+        while not sim.requests and time.monotonic() < deadline:
+            time.sleep(0.05)  # the request has reached the provider
+        held = ledger.status(line).reserved_usd
+        assert held > 0  # reserved, request in flight
         process.send_signal(signal.SIGKILL)
         process.wait()
         time.sleep(1.1)
         assert ledger.sweep_expired() == 1
+        # The provider may have billed the call: its hold is charged, never released.
         status = ledger.status(line)
-        assert status.reserved_usd == 0 and status.spent_usd == 0
+        assert (status.reserved_usd, status.spent_usd) == (0, held)
+    assert sim.wait_idle(30)
+    assert 0 < sim.billed_usd() <= status.spent_usd  # the answer was generated after all
 
 
 APP = textwrap.dedent(

@@ -140,6 +140,8 @@ class SimServer:
         self.engine = ChatEngine()
         self.models: tuple[str, ...] = DEFAULT_MODELS
         self._faults = FaultQueue()
+        self._answering = 0
+        self._bill_lock = threading.Condition()
         self._requests: list[RecordedRequest] = []
         self._requests_lock = threading.Lock()
         self._bill: list[tuple[str | None, Decimal]] = []
@@ -283,6 +285,12 @@ class SimServer:
             price = self._list_prices[(model, service_tier)] = _genai_price(model, service_tier)
         return price
 
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until no chat request is being answered (so the bill is final); ``True`` if it
+        became idle within ``timeout`` seconds."""
+        with self._bill_lock:
+            return self._bill_lock.wait_for(lambda: self._answering == 0, timeout)
+
     # -- failure injection ------------------------------------------------------------------
 
     def inject(self, fault: Fault, n: int = 1) -> None:
@@ -369,6 +377,16 @@ class SimServer:
     # -- request handling (called on the connection's thread) --------------------------------
 
     def _handle(self, handler: _Handler) -> None:
+        with self._bill_lock:
+            self._answering += 1
+        try:
+            self._answer(handler)
+        finally:
+            with self._bill_lock:
+                self._answering -= 1
+                self._bill_lock.notify_all()
+
+    def _answer(self, handler: _Handler) -> None:
         started = time.perf_counter()
         method = handler.command
         path = handler.path.split("?", 1)[0]
@@ -427,9 +445,8 @@ class SimServer:
         if isinstance(fault, Garbage):
             self._send(handler, 200, fault.body, fault.content_type, started)
             return
-        if isinstance(fault, Timeout):
-            self._stopping.wait(fault.seconds)
-        elif isinstance(fault, CutStream):
+        delay = fault.seconds if isinstance(fault, Timeout) else 0.0
+        if isinstance(fault, CutStream):
             cut = fault
 
         try:
@@ -459,7 +476,10 @@ class SimServer:
         completion = self.engine.complete(request, reply, script, partition)
         completion.choices = _choices(request)
         completion.service_tier = _served_tier(request)
+        # Billed once generated, as a real provider does, whether or not the client reads it.
         self._charge(api_key, request["model"], completion)
+        if delay:
+            self._stopping.wait(delay)  # answered late: the client's timeout fires first
 
         headers: dict[str, str] = {}
         if gateway is not None and api_key is not None:
@@ -507,8 +527,8 @@ class SimServer:
                 handler, fault.status, fault.body_for(str(named)), started, fault.headers
             )
             return
-        if isinstance(fault, Timeout):
-            self._stopping.wait(fault.seconds)
+        # Billed once generated; a held answer is sent late (the client's timeout fires first).
+        delay = fault.seconds if isinstance(fault, Timeout) else 0.0
         field = "prompt" if route.endswith("/completions") else "input"
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             self._send_json(
@@ -533,6 +553,8 @@ class SimServer:
         created = int(time.time())
         if field == "input":
             self._charge_tokens(api_key, model, prompt_tokens, 0)
+            if delay:
+                self._stopping.wait(delay)
             data = [
                 {"object": "embedding", "index": index, "embedding": [0.0] * 8}
                 for index in range(len(texts))
@@ -547,6 +569,8 @@ class SimServer:
         text, per_choice = counter.truncate("lorem " * (max_tokens + 8), max_tokens, model)
         output_tokens = per_choice * candidates
         self._charge_tokens(api_key, model, prompt_tokens, output_tokens)
+        if delay:
+            self._stopping.wait(delay)
         choices = [
             {"text": text, "index": index, "logprobs": None, "finish_reason": "length"}
             for index in range(n)

@@ -16,6 +16,7 @@ import pytest
 from agentguard.parking import classify_limit_error
 from agentguard.retrying import is_transient_status
 from agentguard.sim import GatewayKey, Reply, SimGateway, SimServer, ToolCall
+from agentguard.sim.scripts import CODING_TOOLS, coding_agent_script, run_tools
 
 anthropic = pytest.importorskip("anthropic")
 
@@ -305,3 +306,37 @@ async def test_async_client_create_and_stream(sim: SimServer) -> None:
         final = await stream.get_final_message()
     assert answer.content[0].input == final.content[0].input == {"query": "budget"}
     await client.close()
+
+
+def test_scripted_coding_agent_runs_over_messages() -> None:
+    tools = [
+        {
+            "name": tool["function"]["name"],
+            "description": tool["function"]["description"],
+            "input_schema": tool["function"]["parameters"],
+        }
+        for tool in CODING_TOOLS
+    ]
+    with SimServer(script=coding_agent_script(steps=4)) as sim:
+        client = anthropic.Anthropic(base_url=sim.url, api_key="sk-ant-test", max_retries=0)
+        messages: list[dict[str, Any]] = [{"role": "user", "content": "Fix the tax bug."}]
+        answer = ask(client, messages=messages, tools=tools, max_tokens=2048)
+        steps = 1
+        while answer.stop_reason == "tool_use":
+            results = [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": block.id,
+                    "content": run_tools(ToolCall(block.name, block.input)),
+                }
+                for block in answer.content
+                if block.type == "tool_use"
+            ]
+            messages += [
+                {"role": "assistant", "content": answer.content},
+                {"role": "user", "content": results},
+            ]
+            answer = ask(client, messages=messages, tools=tools, max_tokens=2048)
+            steps += 1
+        assert steps == 4
+        assert answer.content[0].text.startswith("I fixed the rounding bug")

@@ -15,6 +15,7 @@ import pytest
 
 from agentguard.parking import classify_limit_error
 from agentguard.sim import GatewayKey, Reply, SimGateway, SimServer, ToolCall
+from agentguard.sim.scripts import CODING_TOOLS, coding_agent_script, run_tools
 
 TOOLS: list[dict[str, Any]] = [
     {
@@ -269,3 +270,30 @@ def test_bad_requests_get_openai_errors(sim: SimServer) -> None:
     )
     assert answer.status_code == 400
     assert answer.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_scripted_coding_agent_runs_with_chained_responses() -> None:
+    tools = [{"type": "function", **tool["function"]} for tool in CODING_TOOLS]
+    with SimServer(script=coding_agent_script(steps=4)) as sim:
+        client = openai.OpenAI(base_url=sim.base_url, api_key="sk-test", max_retries=0)
+        response = client.responses.create(model="gpt-4o", input="Fix the tax bug.", tools=tools)  # type: ignore[arg-type]
+        calls_made = 0
+        inputs = [response.usage.input_tokens if response.usage else 0]
+        while any(item.type == "function_call" for item in response.output):
+            outputs = [
+                {"type": "function_call_output", "call_id": item.call_id, "output": run_tools(item)}
+                for item in response.output
+                if item.type == "function_call"
+            ]
+            calls_made += len(outputs)
+            response = client.responses.create(
+                model="gpt-4o",
+                previous_response_id=response.id,
+                input=outputs,  # type: ignore[arg-type]
+                tools=tools,  # type: ignore[arg-type]
+            )
+            inputs.append(response.usage.input_tokens if response.usage else 0)
+        assert response.output_text.startswith("I fixed the rounding bug")
+        assert calls_made >= 3
+        # Each chained step is billed for the whole conversation so far.
+        assert inputs == sorted(inputs) and len(set(inputs)) == len(inputs)

@@ -37,10 +37,10 @@ Event = tuple[str, dict[str, Any]]
 
 @dataclass(frozen=True, slots=True)
 class ErrorAnswer:
-    """An error in a dialect's own shape."""
+    """An error in a dialect's own shape (``body`` is raw text when a fault gave it so)."""
 
     status: int
-    body: dict[str, Any]
+    body: dict[str, Any] | str
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -48,7 +48,7 @@ class DialectError(Exception):
     """A request the provider would refuse; ``answer`` is its error in the dialect's shape."""
 
     def __init__(self, answer: ErrorAnswer) -> None:
-        super().__init__(json.dumps(answer.body))
+        super().__init__(answer.body if isinstance(answer.body, str) else json.dumps(answer.body))
         self.answer = answer
 
 
@@ -115,8 +115,8 @@ class Dialect(ABC):
             body = fault.body
             if isinstance(body, Mapping):
                 return ErrorAnswer(fault.status, dict(body), dict(fault.headers))
-            raw = body.encode() if isinstance(body, str) else body
-            return ErrorAnswer(fault.status, {"_raw": raw.decode("utf-8", "replace")}, {})
+            text = body if isinstance(body, str) else body.decode("utf-8", "replace")
+            return ErrorAnswer(fault.status, text, dict(fault.headers))
         answer = self.error(fault.status)
         answer.headers.update(fault.headers)
         return answer
@@ -207,9 +207,7 @@ def serve_dialect(
 
 
 def _send_error(sim: SimServer, handler: _Handler, answer: ErrorAnswer, started: float) -> None:
-    raw = answer.body.get("_raw") if len(answer.body) == 1 else None
-    payload: Mapping[str, Any] | str = raw if isinstance(raw, str) else answer.body
-    sim._send_json(handler, answer.status, payload, started, answer.headers)
+    sim._send_json(handler, answer.status, answer.body, started, answer.headers)
 
 
 def send_events(

@@ -5,6 +5,7 @@ own shapes and headers."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -340,3 +341,39 @@ def test_scripted_coding_agent_runs_over_messages() -> None:
             steps += 1
         assert steps == 4
         assert answer.content[0].text.startswith("I fixed the rounding bug")
+
+
+def test_raw_answers_validate_against_the_sdk_types() -> None:
+    from anthropic.types import Message, RawMessageStreamEvent
+    from pydantic import TypeAdapter
+
+    reply = Reply(content="Here it is.", tool_calls=[ToolCall("search", {"q": "x"})])
+    with SimServer(script=[reply]) as sim:
+        headers = {"x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01"}
+        body = {
+            "model": MODEL,
+            "max_tokens": 100,
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": TOOLS,
+        }
+        plain = httpx.post(f"{sim.url}/v1/messages", headers=headers, json=body, timeout=10)
+        message = TypeAdapter(Message).validate_python(plain.json())
+        assert [block.type for block in message.content] == ["text", "tool_use"]
+        streamed = httpx.post(
+            f"{sim.url}/v1/messages", headers=headers, json={**body, "stream": True}, timeout=10
+        )
+        adapter: TypeAdapter[Any] = TypeAdapter(RawMessageStreamEvent)
+        events = [
+            json.loads(line.removeprefix("data: "))
+            for line in streamed.text.splitlines()
+            if line.startswith("data: ")
+        ]
+        for event in events:
+            if event["type"] != "ping":
+                adapter.validate_python(event)
+        starts = [
+            event["content_block"]["type"]
+            for event in events
+            if event["type"] == "content_block_start"
+        ]
+        assert starts == ["text", "tool_use"]

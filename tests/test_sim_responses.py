@@ -297,3 +297,39 @@ def test_scripted_coding_agent_runs_with_chained_responses() -> None:
         assert calls_made >= 3
         # Each chained step is billed for the whole conversation so far.
         assert inputs == sorted(inputs) and len(set(inputs)) == len(inputs)
+
+
+def sse_data(text: str) -> list[dict[str, Any]]:
+    """The JSON data of each server-sent event in a body."""
+    return [
+        json.loads(line.removeprefix("data: "))
+        for line in text.splitlines()
+        if line.startswith("data: ")
+    ]
+
+
+def test_raw_answers_validate_against_the_sdk_types() -> None:
+    from openai.types.responses import Response, ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    reply = Reply(
+        content="Here it is.", tool_calls=[ToolCall("search", {"q": "x"})], reasoning_tokens=3
+    )
+    with SimServer(script=[reply]) as sim:
+        body = {"model": "o4-mini", "input": "hi", "tools": TOOLS}
+        plain = httpx.post(f"{sim.base_url}/responses", json=body, timeout=10).json()
+        TypeAdapter(Response).validate_python(plain)
+        kinds = [item["type"] for item in plain["output"]]
+        assert kinds == ["reasoning", "message", "function_call"]
+        streamed = httpx.post(
+            f"{sim.base_url}/responses", json={**body, "stream": True}, timeout=10
+        )
+        assert streamed.headers["content-type"].startswith("text/event-stream")
+        assert "[DONE]" not in streamed.text
+        events = sse_data(streamed.text)
+        adapter: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
+        for event in events:
+            adapter.validate_python(event)
+        final = events[-1]["response"]
+        assert [item["type"] for item in final["output"]] == kinds
+        assert final["usage"]["output_tokens_details"]["reasoning_tokens"] == 3

@@ -233,7 +233,11 @@ class ResponsesDialect(Dialect):
         truncated = completion.finish_reason == "length"
         usage = {
             "input_tokens": completion.prompt_tokens,
-            "input_tokens_details": {"cached_tokens": completion.cached_tokens},
+            # The sim bills no premium for cache writes, so it reports none.
+            "input_tokens_details": {
+                "cached_tokens": completion.cached_tokens,
+                "cache_write_tokens": 0,
+            },
             "output_tokens": completion.completion_tokens,
             "output_tokens_details": {"reasoning_tokens": completion.reasoning_tokens},
             "total_tokens": completion.prompt_tokens + completion.completion_tokens,

@@ -11,15 +11,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import anthropic
 import httpx
 import pytest
 
 from agentguard.parking import classify_limit_error
 from agentguard.retrying import is_transient_status
-from agentguard.sim import GatewayKey, Reply, SimGateway, SimServer, ToolCall
+from agentguard.sim import GatewayKey, ModelError, Reply, SimGateway, SimServer, ToolCall
 from agentguard.sim.scripts import CODING_TOOLS, coding_agent_script, run_tools
-
-anthropic = pytest.importorskip("anthropic")
 
 MODEL = "claude-haiku-4-5"
 TOOLS: list[dict[str, Any]] = [
@@ -377,3 +376,29 @@ def test_raw_answers_validate_against_the_sdk_types() -> None:
             if event["type"] == "content_block_start"
         ]
         assert starts == ["text", "tool_use"]
+
+
+def test_scripted_errors_garbage_and_cut_streams() -> None:
+    script = [ModelError(status=400, message="prompt is too long: 210000 tokens > 200000 maximum")]
+    with SimServer(script=[Reply(model_error=script[0]), "Fine."]) as sim:
+        client = anthropic.Anthropic(base_url=sim.url, api_key="sk-ant-test", max_retries=0)
+        messages = [{"role": "user", "content": "hi"}]
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            ask(client, messages=messages)
+        assert refused.value.body["type"] == "error"
+        assert refused.value.body["error"] == {
+            "type": "invalid_request_error",
+            "message": "prompt is too long: 210000 tokens > 200000 maximum",
+        }
+
+        sim.garbage_next()  # the SDK fails to decode it, as it would a real broken proxy
+        with pytest.raises(json.JSONDecodeError):
+            ask(client, messages=messages)
+
+        sim.cut_stream_next(after_chunks=3)
+        with (
+            pytest.raises((anthropic.APIError, httpx.HTTPError)),
+            client.messages.stream(model=MODEL, max_tokens=64, messages=messages) as stream,
+        ):
+            stream.get_final_message()
+        assert sim.pending_faults == 0

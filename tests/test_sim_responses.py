@@ -122,11 +122,15 @@ def test_function_call_then_previous_response_id_bills_the_earlier_conversation(
     assert chained.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
 
 
-def test_unknown_previous_response_is_refused(client: openai.OpenAI) -> None:
+def test_unknown_or_unstored_previous_response_is_refused(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as raised:
         client.responses.create(model="gpt-4o", input="hi", previous_response_id="resp_nope")
     assert raised.value.code == "previous_response_not_found"
     assert raised.value.param == "previous_response_id"
+    unstored = client.responses.create(model="gpt-4o", input="hi", store=False)
+    assert unstored.store is False
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(model="gpt-4o", input="hi", previous_response_id=unstored.id)
 
 
 def test_stream_sends_the_event_sequence_and_the_same_answer(client: openai.OpenAI) -> None:

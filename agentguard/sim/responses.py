@@ -261,7 +261,10 @@ class ResponsesDialect(Dialect):
         )
 
     def remember(self, turn: Turn, answer: Answer) -> None:
-        """Keep the conversation so far under the response's id."""
+        """Keep the conversation so far under the response's id (unless ``store`` is false,
+        as the provider then keeps nothing to continue from)."""
+        if turn.context["request"].get("store") is False:
+            return
         reply: dict[str, Any] = {"role": "assistant", "content": None}
         calls: list[dict[str, Any]] = []
         for item in answer.body["output"]:

@@ -46,7 +46,7 @@ def client(sim: SimServer) -> openai.OpenAI:
 
 def chat_prompt_tokens(client: openai.OpenAI, messages: list[dict[str, Any]]) -> int:
     """What the same sim bills for the same conversation on the chat endpoint."""
-    answer = client.chat.completions.create(model="gpt-4o", messages=messages)  # type: ignore[arg-type]
+    answer = client.chat.completions.create(model="gpt-4o", messages=messages)
     assert answer.usage is not None
     return answer.usage.prompt_tokens
 
@@ -84,7 +84,7 @@ def test_instructions_are_billed_as_a_leading_message(client: openai.OpenAI) -> 
 def test_function_call_then_previous_response_id_bills_the_earlier_conversation(
     client: openai.OpenAI,
 ) -> None:
-    first = client.responses.create(model="gpt-4o", input=QUESTION, tools=TOOLS)  # type: ignore[arg-type]
+    first = client.responses.create(model="gpt-4o", input=QUESTION, tools=TOOLS)
     call = first.output[0]
     assert call.type == "function_call"
     assert call.name == "search"
@@ -95,8 +95,8 @@ def test_function_call_then_previous_response_id_bills_the_earlier_conversation(
     chained = client.responses.create(
         model="gpt-4o",
         previous_response_id=first.id,
-        input=[output],  # type: ignore[list-item]
-        tools=TOOLS,  # type: ignore[arg-type]
+        input=[output],
+        tools=TOOLS,
     )
     assert chained.output_text == "Found it: 42."
     assert chained.previous_response_id == first.id
@@ -113,8 +113,8 @@ def test_function_call_then_previous_response_id_bills_the_earlier_conversation(
                 "arguments": call.arguments,
             },
             output,
-        ],  # type: ignore[list-item]
-        tools=TOOLS,  # type: ignore[arg-type]
+        ],
+        tools=TOOLS,
     )
     assert whole.output_text == "Found it: 42."
     assert chained.usage is not None and whole.usage is not None and first.usage is not None
@@ -139,8 +139,8 @@ def test_stream_sends_the_event_sequence_and_the_same_answer(client: openai.Open
         {"role": "assistant", "content": "Searching."},
         {"role": "user", "content": "Go on."},
     ]
-    plain = client.responses.create(model="gpt-4o", input=conversation)  # type: ignore[arg-type]
-    events = list(client.responses.create(model="gpt-4o", input=conversation, stream=True))  # type: ignore[arg-type]
+    plain = client.responses.create(model="gpt-4o", input=conversation)
+    events = list(client.responses.create(model="gpt-4o", input=conversation, stream=True))
     kinds = [event.type for event in events]
     deltas = [event.delta for event in events if event.type == "response.output_text.delta"]
     assert kinds[:5] == [
@@ -168,7 +168,7 @@ def test_stream_sends_the_event_sequence_and_the_same_answer(client: openai.Open
 
 
 def test_stream_helper_accumulates_function_calls(client: openai.OpenAI) -> None:
-    with client.responses.stream(model="gpt-4o", input=QUESTION, tools=TOOLS) as stream:  # type: ignore[arg-type]
+    with client.responses.stream(model="gpt-4o", input=QUESTION, tools=TOOLS) as stream:
         kinds = [event.type for event in stream]
         final = stream.get_final_response()
     assert "response.function_call_arguments.delta" in kinds
@@ -280,7 +280,7 @@ def test_scripted_coding_agent_runs_with_chained_responses() -> None:
     tools = [{"type": "function", **tool["function"]} for tool in CODING_TOOLS]
     with SimServer(script=coding_agent_script(steps=4)) as sim:
         client = openai.OpenAI(base_url=sim.base_url, api_key="sk-test", max_retries=0)
-        response = client.responses.create(model="gpt-4o", input="Fix the tax bug.", tools=tools)  # type: ignore[arg-type]
+        response = client.responses.create(model="gpt-4o", input="Fix the tax bug.", tools=tools)
         calls_made = 0
         inputs = [response.usage.input_tokens if response.usage else 0]
         while any(item.type == "function_call" for item in response.output):
@@ -293,8 +293,8 @@ def test_scripted_coding_agent_runs_with_chained_responses() -> None:
             response = client.responses.create(
                 model="gpt-4o",
                 previous_response_id=response.id,
-                input=outputs,  # type: ignore[arg-type]
-                tools=tools,  # type: ignore[arg-type]
+                input=outputs,
+                tools=tools,
             )
             inputs.append(response.usage.input_tokens if response.usage else 0)
         assert response.output_text.startswith("I fixed the rounding bug")

@@ -2,9 +2,9 @@
 
 It answers ``/v1/chat/completions`` and OpenAI's Responses API ``/v1/responses`` in OpenAI's
 shapes, and Anthropic's Messages API ``/v1/messages`` (and ``/v1/messages/count_tokens``) in
-Anthropic's, plain and streamed, with usage counted by a real BPE tokenizer, scripted multi-step agents (tool calls included), injected
-failures (5xx, timeouts, garbage, cut streams, 429s with reset headers) and, as a budget
-gateway, dollar limits per API key and window.
+Anthropic's, plain and streamed, with usage counted by a real BPE tokenizer, scripted
+multi-step agents (tool calls included), injected failures (5xx, timeouts, garbage, cut streams,
+429s with reset headers) and, as a budget gateway, dollar limits per API key and window.
 
 Example:
     >>> from openai import OpenAI

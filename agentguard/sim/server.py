@@ -6,8 +6,9 @@ through the official ``openai`` SDK costs about a millisecond, nearly all of it 
 
 Routes: ``POST /v1/chat/completions`` (plain and streamed), ``POST /v1/responses`` (OpenAI's
 Responses API, see :mod:`agentguard.sim.responses`), ``POST /v1/messages`` and
-``POST /v1/messages/count_tokens`` (Anthropic's Messages API, see :mod:`agentguard.sim.anthropic`),
-``GET /v1/models``, ``GET /v1/models/{id}``; anything else is a 404 with an OpenAI-shaped error body.
+``POST /v1/messages/count_tokens`` (Anthropic's Messages API, see
+:mod:`agentguard.sim.anthropic`), ``GET /v1/models``, ``GET /v1/models/{id}``; anything else is
+a 404 with an OpenAI-shaped error body.
 """
 
 from __future__ import annotations

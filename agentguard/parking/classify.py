@@ -54,6 +54,16 @@ BUILTIN_RULES: tuple[LimitRule, ...] = (
         status=[429, 402],
         message_pattern=r"exceeded your current quota|check your plan and billing",
     ),
+    # OpenRouter's per-key credit caps: a daily/weekly/monthly cap resets at midnight UTC, a
+    # total cap never does.
+    LimitRule(
+        kind="budget_window",
+        status=[403, 429],
+        message_pattern=r"key limit exceeded \((daily|weekly|monthly) limit\)",
+    ),
+    LimitRule(kind="quota_exhausted", status=[403, 429], message_pattern=r"key limit exceeded"),
+    # 402 Payment Required: out of credit (OpenRouter's balance, Anthropic's billing_error).
+    LimitRule(kind="quota_exhausted", status=[402]),
     LimitRule(kind="rate_limit", status=[429]),
 )
 
@@ -72,7 +82,15 @@ EVIDENCE_HEADERS = (
     "rate_limit_type",
     "x-litellm-key-spend",
     "x-litellm-key-max-budget",
+    "x-ratelimit-reset",
+    "anthropic-ratelimit-requests-reset",
+    "anthropic-ratelimit-tokens-reset",
+    "anthropic-ratelimit-input-tokens-reset",
+    "anthropic-ratelimit-output-tokens-reset",
 )
+
+# Anthropic's limits, each with ``-remaining`` and ``-reset`` (RFC 3339) headers.
+_ANTHROPIC_LIMITS = ("requests", "tokens", "input-tokens", "output-tokens")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,24 +151,100 @@ def _matches(
 _RESET_IN_MESSAGE = re.compile(
     r"(?:resets at|reset_at)[:\s]+(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2})(?:\s*UTC|Z)?", re.I
 )
-_TRY_AGAIN_IN = re.compile(r"try again in (\d+(?:\.\d+)?)\s*(ms|s|seconds?|m|minutes?)\b", re.I)
+_TRY_AGAIN_IN = re.compile(
+    r"(?:try again in|retry after) (\d+(?:\.\d+)?)\s*(ms|s|seconds?|m|minutes?)\b", re.I
+)
+
+
+def _parse_instant(text: str) -> datetime | None:
+    """An RFC 3339 / ISO 8601 time (``Z`` or an offset; UTC when it has neither)."""
+    try:
+        when = datetime.fromisoformat(text.strip().replace(" ", "T"))
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _anthropic_reset(headers: Mapping[str, str], now: datetime) -> tuple[float, str] | None:
+    """Anthropic's ``anthropic-ratelimit-*-reset``: the exhausted limit's reset (``-remaining``
+    of 0), else the latest of them."""
+    found: list[tuple[bool, float, str]] = []
+    for limit in _ANTHROPIC_LIMITS:
+        name = f"anthropic-ratelimit-{limit}-reset"
+        when = _parse_instant(headers.get(name) or "")
+        if when is None:
+            continue
+        exhausted = (headers.get(f"anthropic-ratelimit-{limit}-remaining") or "").strip() == "0"
+        found.append((exhausted, max(0.0, (when - now).total_seconds()), name))
+    if not found:
+        return None
+    exhausted_only = [item for item in found if item[0]] or found
+    _, seconds, name = max(exhausted_only, key=lambda item: item[1])
+    return seconds, name
+
+
+def _epoch_reset(value: str, now: datetime) -> float | None:
+    """OpenRouter's ``x-ratelimit-reset``: an epoch in milliseconds (or seconds)."""
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    if number > 1e11:
+        number /= 1000
+    if number < 1e9:
+        return max(0.0, number)  # a plain number of seconds
+    return max(0.0, number - now.timestamp())
+
+
+def _body_resets_at(body: Any) -> str | None:
+    """A ``resets_at`` field of an error body (``error.metadata``, ``error`` or the top)."""
+    if isinstance(body, (bytes, bytearray)):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            return None
+    if not isinstance(body, Mapping):
+        return None
+    error = body.get("error")
+    places: list[Any] = [body]
+    if isinstance(error, Mapping):
+        places[:0] = [error.get("metadata"), error]
+    for place in places:
+        if isinstance(place, Mapping) and isinstance(place.get("resets_at"), str):
+            return str(place["resets_at"])
+    return None
 
 
 def reset_after(
-    headers: Mapping[str, str], message: str = "", *, now: datetime | None = None
+    headers: Mapping[str, str],
+    message: str = "",
+    *,
+    now: datetime | None = None,
+    resets_at: str | None = None,
 ) -> tuple[float, str] | None:
     """Seconds until a provider limit resets and the source that said so, from (in order)
-    ``retry-after``, ``x-ratelimit-reset-*``, non-standard gateway headers, then the message."""
+    ``retry-after-ms``, ``retry-after``, ``x-ratelimit-reset-*``, Anthropic's
+    ``anthropic-ratelimit-*-reset``, OpenRouter's ``x-ratelimit-reset``, non-standard gateway
+    headers, the body's ``resets_at``, then the message."""
     current = now or datetime.now(UTC)
     found = parse_retry_after(headers, now=current)
     if found is not None:
         return found
+    found = _anthropic_reset(headers, current)
+    if found is not None:
+        return found
+    epoch = _epoch_reset(headers.get("x-ratelimit-reset") or "", current)
+    if epoch is not None:
+        return epoch, "x-ratelimit-reset"
     value = headers.get("llm_provider-retry-after")
     if value:
         try:
             return max(0.0, float(value)), "llm_provider-retry-after"
         except ValueError:
             pass
+    when = _parse_instant(resets_at) if resets_at else None
+    if when is not None:
+        return max(0.0, (when - current).total_seconds()), "resets_at"
     for text, source in ((headers.get("reset_at", ""), "reset_at"), (message, "message")):
         match = _RESET_IN_MESSAGE.search(f"resets at {text}" if source == "reset_at" else text)
         if match:
@@ -184,7 +278,7 @@ def classify_limit_error(
     error_type, error_code, message = _error_fields(body)
     for rule in (*rules, *BUILTIN_RULES):
         if _matches(rule, status, error_type, error_code, message):
-            found = reset_after(headers, message, now=now)
+            found = reset_after(headers, message, now=now, resets_at=_body_resets_at(body))
             evidence = {name: headers[name] for name in EVIDENCE_HEADERS if headers.get(name)}
             return LimitVerdict(
                 kind=rule.kind,

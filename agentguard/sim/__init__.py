@@ -1,9 +1,10 @@
-"""A simulated OpenAI-compatible provider on loopback, for the demo, the tests and benchmarks.
+"""A simulated model provider on loopback, for the demo, the tests and benchmarks.
 
-It answers ``/v1/chat/completions`` (plain and streamed) in exactly OpenAI's shapes, with usage
-counted by a real BPE tokenizer, scripted multi-step agents (tool calls included), injected
-failures (5xx, timeouts, garbage, cut streams, 429s with reset headers) and, as a budget
-gateway, dollar limits per API key and window.
+It answers ``/v1/chat/completions`` and OpenAI's Responses API ``/v1/responses`` in OpenAI's
+shapes, and Anthropic's Messages API ``/v1/messages`` (and ``/v1/messages/count_tokens``) in
+Anthropic's, plain and streamed, with usage counted by a real BPE tokenizer, scripted
+multi-step agents (tool calls included), injected failures (5xx, timeouts, garbage, cut streams,
+429s with reset headers) and, as a budget gateway, dollar limits per API key and window.
 
 Example:
     >>> from openai import OpenAI

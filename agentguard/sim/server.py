@@ -5,8 +5,11 @@ keep-alive. Every answer is written with a single ``send`` on a ``TCP_NODELAY`` 
 through the official ``openai`` SDK costs about a millisecond, nearly all of it in the client.
 
 Routes: ``POST /v1/chat/completions`` (plain and streamed), ``POST /v1/completions`` and
-``POST /v1/embeddings`` (the legacy endpoints, plain only), ``GET /v1/models``,
-``GET /v1/models/{id}``; anything else is a 404 with an OpenAI-shaped error body.
+``POST /v1/embeddings`` (the legacy endpoints, plain only), ``POST /v1/responses`` (OpenAI's
+Responses API, see :mod:`agentguard.sim.responses`), ``POST /v1/messages`` and
+``POST /v1/messages/count_tokens`` (Anthropic's Messages API, see
+:mod:`agentguard.sim.anthropic`), ``GET /v1/models``, ``GET /v1/models/{id}``; anything else is
+a 404 with an OpenAI-shaped error body.
 
 Chat completions honour ``n`` (that many choices, all billed), image parts (billed by OpenAI's
 formula: :mod:`agentguard.images`) and ``service_tier`` (served, reported and billed at
@@ -33,6 +36,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
+from agentguard.sim.anthropic import AnthropicDialect, serve_count_tokens
+from agentguard.sim.dialect import serve_dialect
 from agentguard.sim.engine import ChatEngine, InvalidRequest, validate_chat_request
 from agentguard.sim.faults import (
     CutStream,
@@ -45,6 +50,7 @@ from agentguard.sim.faults import (
 )
 from agentguard.sim.gateway import ModelPrice, Rejection, SimGateway
 from agentguard.sim.payloads import Completion, completion_body, error_body, stream_events
+from agentguard.sim.responses import ResponsesDialect
 from agentguard.sim.script import Reply, ReplyFn, Script, as_script
 
 __all__ = ["DEFAULT_MODELS", "RecordedRequest", "SimServer", "serve"]
@@ -138,6 +144,8 @@ class SimServer:
         self.record_requests = record_requests
         self.verbose = verbose
         self.engine = ChatEngine()
+        self.responses_api = ResponsesDialect()
+        self.anthropic_api = AnthropicDialect(self.engine.counter)
         self.models: tuple[str, ...] = DEFAULT_MODELS
         self._faults = FaultQueue()
         self._answering = 0
@@ -294,7 +302,8 @@ class SimServer:
     # -- failure injection ------------------------------------------------------------------
 
     def inject(self, fault: Fault, n: int = 1) -> None:
-        """Queue a fault for the next ``n`` chat completion requests (after those queued)."""
+        """Queue a fault for the next ``n`` model requests (chat completions, Responses or
+        Messages), after those already queued."""
         self._faults.push(fault, n)
 
     def fail_next(
@@ -305,7 +314,7 @@ class SimServer:
         body: Mapping[str, Any] | str | bytes | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        """Answer the next ``n`` chat completion requests with an HTTP error.
+        """Answer the next ``n`` model requests with an HTTP error.
 
         Args:
             n: how many requests.
@@ -347,7 +356,8 @@ class SimServer:
         reset_tokens: float | str | None = None,
         body: Mapping[str, Any] | str | bytes | None = None,
     ) -> None:
-        """Answer the next ``n`` requests with a 429 shaped like OpenAI's.
+        """Answer the next ``n`` requests with a 429 shaped like OpenAI's (on ``/v1/messages``,
+        like Anthropic's: its error body and ``anthropic-ratelimit-*-reset`` headers).
 
         Args:
             n: how many requests.
@@ -418,6 +428,21 @@ class SimServer:
             self._chat(handler, body if body_is_json else raw, api_key, started)
         elif route in ("/v1/completions", "/v1/embeddings") and method == "POST":
             self._legacy(handler, route, body, api_key, started)
+        elif route == "/v1/responses" and method == "POST":
+            dialect_body = body if body_is_json else raw
+            serve_dialect(
+                self, handler, self.responses_api, dialect_body, headers, api_key, started
+            )
+        elif route == "/v1/messages" and method == "POST":
+            dialect_body = body if body_is_json else raw
+            serve_dialect(
+                self, handler, self.anthropic_api, dialect_body, headers, api_key, started
+            )
+        elif route == "/v1/messages/count_tokens" and method == "POST":
+            dialect_body = body if body_is_json else raw
+            serve_count_tokens(
+                self, handler, self.anthropic_api, dialect_body, headers, api_key, started
+            )
         elif route == "/v1/models" and method == "GET":
             data = [_model_object(model) for model in self.models]
             self._send_json(handler, 200, {"object": "list", "data": data}, started)

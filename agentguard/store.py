@@ -12,6 +12,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
@@ -83,6 +84,15 @@ parked_sessions = sa.Table(
 
 
 _NAMED_PARAM = re.compile(r":(\w+)")
+# Serialises schema creation on PostgreSQL (any fixed number, the same in every process).
+_SCHEMA_LOCK_ID = 7_316_002_001
+_RACE_SIGNS = ("locked", "busy", "already exists", "duplicate key", "unique constraint")
+
+
+def _lost_a_race(exc: BaseException) -> bool:
+    """Whether a schema error is another process creating the same schema at the same time."""
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    return any(sign in text for sign in _RACE_SIGNS)
 
 
 class Cursor:
@@ -209,34 +219,55 @@ class Store:
         self._local = threading.local()
 
     def ensure_schema(self) -> None:
-        """Create the tables if they do not exist, and check the schema version."""
+        """Create the tables if they do not exist, and check the schema version.
+
+        Several processes may open a fresh store at once: creation runs under the database's
+        write lock (an advisory lock on PostgreSQL), and a process that loses the race waits
+        and retries within ``busy_timeout_s`` instead of failing.
+
+        Raises:
+            StoreError: the schema cannot be created, or is newer than this agentguard.
+        """
         if self._schema_ready:
             return
         with self._schema_lock:
             if self._schema_ready:
                 return
-            try:
-                metadata.create_all(self.engine, checkfirst=True)
-                with self.engine.begin() as connection:
-                    row = connection.execute(sa.select(schema_info.c.version)).first()
-                    if row is None:
-                        connection.execute(
-                            schema_info.insert().values(id=1, version=SCHEMA_VERSION)
-                        )
-                    elif row.version > SCHEMA_VERSION:
-                        raise StoreError(
-                            f"store {self.safe_url} has schema version {row.version}, newer than "
-                            f"this agentguard understands ({SCHEMA_VERSION}); upgrade agentguard",
-                            url=self.safe_url,
-                        )
-            except SQLAlchemyError as exc:
-                raise self.error("create the schema in", exc) from exc
+            deadline = time.monotonic() + self.busy_timeout_s
+            pause = 0.02
+            while True:
+                try:
+                    self._create_schema()
+                    break
+                except SQLAlchemyError as exc:
+                    if not _lost_a_race(exc) or time.monotonic() + pause > deadline:
+                        raise self.error("create the schema in", exc) from exc
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.5)
             if self._sqlite_path is not None:
                 for suffix in ("", "-wal", "-shm"):
                     candidate = Path(f"{self._sqlite_path}{suffix}")
                     if candidate.exists():
                         candidate.chmod(0o600)
             self._schema_ready = True
+
+    def _create_schema(self) -> None:
+        with self.engine.begin() as connection:
+            if self.is_sqlite and self._sqlite_path is None:
+                # The engine of a URL with options has no begin hook: take the lock here.
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            elif not self.is_sqlite:
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_ID})")
+            metadata.create_all(connection, checkfirst=True)
+            row = connection.execute(sa.select(schema_info.c.version)).first()
+            if row is None:
+                connection.execute(schema_info.insert().values(id=1, version=SCHEMA_VERSION))
+            elif row.version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"store {self.safe_url} has schema version {row.version}, newer than "
+                    f"this agentguard understands ({SCHEMA_VERSION}); upgrade agentguard",
+                    url=self.safe_url,
+                )
 
     def cursor(self) -> AbstractContextManager[Cursor]:
         """A write transaction on a raw driver connection, for the per-call hot path.

@@ -287,3 +287,29 @@ def test_a_full_disk_is_a_clear_store_error(tmp_path: Path) -> None:
         for key in [k for k in _stores if "small-disk" in k]:
             _stores.pop(key).dispose()
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def _open_at(url: str, start: float) -> str:
+    while time.time() < start:  # line the processes up on one instant
+        pass
+    try:
+        ParkedStore(Store(url)).list()
+    except StoreError as exc:
+        return str(exc)
+    return "ok"
+
+
+@pytest.mark.parametrize("options", ["", "?timeout=5"])
+def test_processes_opening_a_fresh_store_at_once_all_succeed(store_url: str, options: str) -> None:
+    if options and not store_url.startswith("sqlite"):
+        pytest.skip("URL options are a SQLite case")
+    url = store_url + options
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        for _ in range(3):
+            start = time.time() + 0.3
+            results = pool.starmap(_open_at, [(url, start)] * 4)
+            assert results == ["ok"] * 4
+            if url.startswith("sqlite"):
+                path = Path(url.split("///", 1)[1].split("?", 1)[0])
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{path}{suffix}").unlink(missing_ok=True)  # fresh again

@@ -126,13 +126,20 @@ def test_expired_leases_are_taken_over_and_future_records_wait(store_url: str) -
     parked.put(record("later", datetime.now(UTC) + timedelta(hours=1)))
     assert parked.claim("later", "a", lease_s=60) is None
     parked.put(record("now", datetime.now(UTC) - timedelta(seconds=1)))
-    assert parked.claim("now", "a", lease_s=0.01) is not None
-    assert (
-        parked.claim("now", "b", lease_s=60, now=datetime.now(UTC) + timedelta(seconds=1))
-        is not None
-    )
-    assert parked.get("now").lease_owner == "b"
+    first = parked.claim("now", "a", lease_s=0.01)
+    assert first is not None and first.resume_id
+    second = parked.claim("now", "b", lease_s=60, now=datetime.now(UTC) + timedelta(seconds=1))
+    assert second is not None
+    assert parked.get("now").lease_owner == second.lease_owner
+    assert second.lease_owner and second.lease_owner.startswith("b#")
+    assert second.resume_id == first.resume_id  # the same attempt, run again
     assert "now" not in parked.due()
+    # The first claim lost its lease: it can neither renew it nor write its outcome.
+    assert first.lease_owner is not None and second.lease_owner is not None
+    assert not parked.renew("now", first.lease_owner, lease_s=60)
+    assert parked.update_claimed("now", first.lease_owner, lambda r: r) is None
+    assert parked.renew("now", second.lease_owner, lease_s=60)
+    assert parked.update_claimed("now", second.lease_owner, lambda r: r) is not None
 
 
 def test_update_is_one_transaction_and_dedups_by_session(store_url: str) -> None:

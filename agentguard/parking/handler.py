@@ -18,7 +18,7 @@ from agentguard.errors import BudgetExceeded, SessionParked
 from agentguard.log import logger
 from agentguard.parking.classify import LimitVerdict, classify_limit_error, resume_time
 from agentguard.parking.record import ParkedSession, ParkReason
-from agentguard.parking.store import ParkedStore
+from agentguard.parking.store import ParkedStore, active_claim
 
 if TYPE_CHECKING:
     from agentguard.config import ParkingConfig
@@ -140,7 +140,14 @@ class Parker:
         request = {k: v for k, v in pending_request.items() if k not in _NOT_REPLAYED}
         max_attempts = self.config.max_attempts
 
-        def change(current: ParkedSession | None) -> ParkedSession:
+        claim = active_claim.get()
+        fenced_by = claim[1] if claim is not None and claim[0] == session.id else None
+
+        def change(current: ParkedSession | None) -> ParkedSession | None:
+            if fenced_by is not None and (
+                current is None or current.state != "resuming" or current.lease_owner != fenced_by
+            ):
+                return None  # this resume lost its claim: the record is someone else's now
             resuming = current is not None and current.state == "resuming"
             attempts = current.attempts + 1 if resuming and current is not None else 0
             record = ParkedSession(
@@ -185,8 +192,11 @@ class Parker:
                 )
             return record
 
-        record = self.store.update(session.id, change)
-        assert record is not None
+        written = self.store.update(session.id, change)
+        if written is None:
+            logger.warning("park_fenced", session_id=session.id, reason=reason.kind)
+            return self.store.get(session.id)
+        record = written
         event = "fail" if record.state == "failed" else ("re-park" if record.attempts else "park")
         logger.info(
             event,
@@ -207,8 +217,12 @@ class Parker:
                 f"session {record.session_id!r} hit {record.reason.kind} and will not resume: "
                 f"{record.history[-1].note if record.history else record.reason.message}"
             )
+        elif record.state != "parked" or record.resume_at is None:
+            message = (
+                f"session {record.session_id!r} hit {record.reason.kind} while its resume had "
+                f"lost its claim; the record is {record.state} and was left as it is"
+            )
         else:
-            assert record.resume_at is not None
             message = (
                 f"session {record.session_id!r} parked ({record.reason.kind}: "
                 f"{record.reason.message[:200]}); resumes at "

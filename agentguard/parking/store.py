@@ -2,14 +2,20 @@
 
 The move to ``resuming`` is one conditional ``UPDATE`` (a claim with a lease): of several
 daemons on one store, exactly one gets each due session, and a claim whose process died is
-taken again once its lease runs out.
+taken again once its lease runs out. Each claim carries a token of its own (in
+``lease_owner``): renewing the lease and writing the outcome are conditional on it, so a
+resumer whose lease was taken over changes nothing.
+
+Every transaction here is short and holds no lock across a resumer run or any other I/O.
 """
 
 from __future__ import annotations
 
 import builtins
+import secrets
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 
 from pydantic import ValidationError
@@ -18,9 +24,18 @@ from agentguard.errors import StoreError
 from agentguard.parking.record import ParkedSession, ParkState
 from agentguard.store import Cursor, Store
 
-__all__ = ["ParkedStore", "UnknownSession"]
+__all__ = ["ParkedStore", "UnknownSession", "active_claim", "claim_token"]
 
-_SELECT = "SELECT record FROM agentguard_parked_sessions WHERE session_id = :id"
+active_claim: ContextVar[tuple[str, str] | None] = ContextVar(
+    "agentguard_active_claim", default=None
+)
+"""The session id and claim token of the resume running in this context: a limit hit inside
+it re-parks the record only while the claim is still this run's."""
+
+_SELECT = (
+    "SELECT record, state, lease_owner, lease_until_ms FROM agentguard_parked_sessions"
+    " WHERE session_id = :id"
+)
 _INSERT = (
     "INSERT INTO agentguard_parked_sessions"
     " (session_id, state, resume_at_ms, attempts, lease_owner, lease_until_ms, updated_at_ms, record)"
@@ -38,6 +53,11 @@ _CLAIM = (
     " (state = 'parked' AND (resume_at_ms IS NULL OR resume_at_ms <= :now))"
     " OR (state = 'resuming' AND lease_until_ms < :now))"
 )
+_RENEW = (
+    "UPDATE agentguard_parked_sessions SET lease_until_ms = :until"
+    " WHERE session_id = :id AND state = 'resuming' AND lease_owner = :token"
+)
+_FENCED_UPDATE = _UPDATE + " AND state = 'resuming' AND lease_owner = :token"
 _DUE = (
     "SELECT session_id FROM agentguard_parked_sessions WHERE"
     " (state = 'parked' AND resume_at_ms IS NOT NULL AND resume_at_ms <= :now)"
@@ -54,6 +74,11 @@ class UnknownSession(StoreError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "unknown session"
+
+
+def claim_token(owner: str) -> str:
+    """A lease owner unique to one claim: the owner's name and a random suffix."""
+    return f"{owner[:100]}#{secrets.token_hex(8)}"
 
 
 def _ms(value: datetime | None) -> int | None:
@@ -161,24 +186,30 @@ class ParkedStore:
     ) -> ParkedSession | None:
         """Atomically move a due record to ``resuming`` with a lease for ``owner``.
 
+        The record's ``lease_owner`` becomes a token unique to this claim (see
+        :meth:`renew` and :meth:`update_claimed`); ``resume_id`` is new for a new attempt and
+        kept when an expired lease is taken over (the same attempt, run again).
+
         Returns the claimed record, or ``None`` if it is not due or someone else holds it.
         """
         current_time = now or _now()
         until = current_time + timedelta(seconds=lease_s)
+        token = claim_token(owner)
         with self.store.cursor() as cursor:
             params = {
                 "id": session_id,
-                "owner": owner,
+                "owner": token,
                 "until": _ms(until),
                 "now": _ms(current_time),
             }
-            if cursor.rowcount(_CLAIM, params) != 1:
+            before = self._load(cursor, session_id)
+            if before is None or cursor.rowcount(_CLAIM, params) != 1:
                 return None
-            record = self._load(cursor, session_id)
-            if record is None:
-                return None
+            record = before
             taken_over = record.state == "resuming"
-            record.lease_owner = owner
+            if not taken_over or record.resume_id is None:
+                record.resume_id = f"{session_id}:{secrets.token_hex(8)}"
+            record.lease_owner = token
             record.lease_until = until
             record.transition(
                 "resuming",
@@ -187,6 +218,35 @@ class ParkedStore:
             )
             self._write(cursor, record, exists=True)
             return record
+
+    def renew(self, session_id: str, token: str, *, lease_s: float) -> bool:
+        """Extend a claim's lease; ``False`` if the claim is no longer this token's."""
+        until = _now() + timedelta(seconds=lease_s)
+        with self.store.cursor() as cursor:
+            return (
+                cursor.rowcount(_RENEW, {"id": session_id, "token": token, "until": _ms(until)})
+                == 1
+            )
+
+    def update_claimed(
+        self, session_id: str, token: str, change: Callable[[ParkedSession], ParkedSession]
+    ) -> ParkedSession | None:
+        """Change a record still claimed by ``token`` (in ``resuming`` under that claim), in one
+        transaction. Returns ``None`` and writes nothing if the claim was lost."""
+        with self.store.cursor() as cursor:
+            if not self.store.is_sqlite:
+                cursor.execute(
+                    "SELECT session_id FROM agentguard_parked_sessions WHERE session_id = :id FOR UPDATE",
+                    {"id": session_id},
+                )
+            current = self._load(cursor, session_id)
+            if current is None or current.state != "resuming" or current.lease_owner != token:
+                return None
+            changed = change(current)
+            params = {**self._params(changed), "token": token}
+            if cursor.rowcount(_FENCED_UPDATE, params) != 1:
+                return None
+            return changed
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -198,7 +258,17 @@ class ParkedStore:
 
     def _load(self, cursor: Cursor, session_id: str) -> ParkedSession | None:
         row = cursor.one(_SELECT, {"id": session_id})
-        return None if row is None else self._parse(session_id, row[0])
+        if row is None:
+            return None
+        record = self._parse(session_id, row[0])
+        if record is not None:
+            # The columns are the truth for the claim: a renewal moves only the column.
+            record.state = row[1]
+            record.lease_owner = row[2]
+            record.lease_until = (
+                None if row[3] is None else datetime.fromtimestamp(row[3] / 1000, UTC)
+            )
+        return record
 
     def _parse(self, session_id: str, text: str) -> ParkedSession | None:
         try:
@@ -209,7 +279,11 @@ class ParkedStore:
             return None
 
     def _write(self, cursor: Cursor, record: ParkedSession, *, exists: bool) -> None:
-        params = {
+        cursor.execute(_UPDATE if exists else _INSERT, self._params(record))
+
+    @staticmethod
+    def _params(record: ParkedSession) -> dict[str, object]:
+        return {
             "id": record.session_id,
             "state": record.state,
             "resume": _ms(record.resume_at),
@@ -219,4 +293,3 @@ class ParkedStore:
             "now": int(time.time() * 1000),
             "record": record.model_dump_json(),
         }
-        cursor.execute(_UPDATE if exists else _INSERT, params)

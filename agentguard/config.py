@@ -234,6 +234,11 @@ class ParkingConfig(_Section):
     lease_s: PositiveFloat = 300.0
     """A resume claimed by a process that then dies is retried after this many seconds."""
     inbox_max_bytes: PositiveInt = 8 * 1024 * 1024
+    inbox_settle_s: Annotated[float, Field(ge=0)] = 1.0
+    """An inbox file that does not parse is judged (quarantined) only once it has not changed
+    for this long; before that it is taken to be still being written."""
+    inbox_rescan_s: PositiveFloat = 5.0
+    """The daemon looks at the whole inbox at least this often, events or not."""
     rules: list[LimitRule] = Field(default_factory=list)
     """Extra rules, tried before the built-in ones."""
 

@@ -73,6 +73,9 @@ class ResumeDaemon:
                 ingest=guard.parked.import_record,
                 known_resumers=lambda: set(guard.resumers),
                 max_bytes=guard.config.parking.inbox_max_bytes,
+                check=guard.parked.problem_with,
+                settle_s=guard.config.parking.inbox_settle_s,
+                rescan_s=guard.config.parking.inbox_rescan_s,
             )
         self._scheduled: dict[str, datetime] = {}
         self._running: set[str] = set()

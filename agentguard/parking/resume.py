@@ -160,6 +160,25 @@ class ParkedSessions:
             self.schedule_now(session_id)
         return self.run(session_id, owner=owner or default_owner(), raise_parked=True)
 
+    def problem_with(self, record: ParkedSession) -> str | None:
+        """Why a record from elsewhere (the inbox) must not be stored, or ``None``: it names a
+        budget key this application has not configured, or counters it could not restore."""
+        key = record.budget_key
+        if key != "default" and self.guard.config.budget(key) is None:
+            configured = sorted(budget.key for budget in self.guard.config.budgets)
+            return f"names budget key {key!r}, which is not configured (configured: {configured})"
+        if record.session_state:
+            from agentguard.session import SessionState
+
+            try:
+                state = SessionState.model_validate(record.session_state)
+            except ValueError as exc:
+                return f"has a session_state that does not validate: {str(exc).splitlines()[0]}"
+            for name, value in state.model_dump().items():
+                if isinstance(value, (int, Decimal)) and not isinstance(value, bool) and value < 0:
+                    return f"has a negative counter: session_state.{name} = {value}"
+        return None
+
     def import_record(self, record: ParkedSession) -> ParkedSession:
         """Store a record that came from elsewhere (a file, another process). A record of the
         same session that is being resumed is left alone (dedup by session id)."""

@@ -269,8 +269,12 @@ class Store:
                     url=self.safe_url,
                 )
 
-    def cursor(self) -> AbstractContextManager[Cursor]:
+    def cursor(self, *, write: bool = True) -> AbstractContextManager[Cursor]:
         """A write transaction on a raw driver connection, for the per-call hot path.
+
+        With ``write=False``, a read transaction: on SQLite it takes no write lock (a process
+        that only looks never holds up one that writes); it still ends, committed, when the
+        block ends, so no read snapshot outlives it.
 
         SQLAlchemy's statement machinery costs more than the whole SQLite transaction; the
         ledger's few fixed statements run on the driver directly, written once with ``:name``
@@ -282,7 +286,7 @@ class Store:
         if not self._schema_ready:
             self.ensure_schema()
         if self._sqlite_path is not None:
-            return _SQLiteTransaction(self)
+            return _SQLiteTransaction(self, "BEGIN IMMEDIATE" if write else "BEGIN")
         return self._pooled_cursor()
 
     @contextmanager
@@ -357,15 +361,16 @@ class _SQLiteTransaction:
     """``BEGIN IMMEDIATE`` ... ``COMMIT`` on the thread's connection (a plain class: a
     generator-based context manager costs a noticeable share of a call)."""
 
-    __slots__ = ("connection", "cursor", "store")
+    __slots__ = ("begin", "connection", "cursor", "store")
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, begin: str = "BEGIN IMMEDIATE") -> None:
         self.store = store
+        self.begin = begin
 
     def __enter__(self) -> Cursor:
         try:
             self.connection, self.cursor = self.store._sqlite_connection()
-            self.connection.execute("BEGIN IMMEDIATE")
+            self.connection.execute(self.begin)
         except sqlite3.Error as exc:
             raise self.store.error("write to", exc) from exc
         return self.cursor

@@ -37,9 +37,7 @@ def run(files: int) -> dict[str, object]:
 
     directory = Path(tempfile.mkdtemp())
     guard = Guard(
-        GuardConfig.from_mapping(
-            {"store": {"url": f"sqlite:///{directory / 'store.db'}"}}, env={}
-        )
+        GuardConfig.from_mapping({"store": {"url": f"sqlite:///{directory / 'store.db'}"}}, env={})
     )
     guard.parked.list()  # the schema exists before the clock starts
     inbox = Inbox(

@@ -320,3 +320,25 @@ def test_processes_opening_a_fresh_store_at_once_all_succeed(store_url: str, opt
                 path = Path(url.split("///", 1)[1].split("?", 1)[0])
                 for suffix in ("", "-wal", "-shm"):
                     Path(f"{path}{suffix}").unlink(missing_ok=True)  # fresh again
+
+
+def test_looking_at_parked_records_never_holds_up_a_writer(tmp_path: Path) -> None:
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    parked = ParkedStore(Store(url, busy_timeout_s=0.2))
+    parked.put(record("seen", datetime.now(UTC)))
+    writer = sqlite3.connect(tmp_path / "store.db", isolation_level=None, timeout=0.2)
+    writer.execute("BEGIN IMMEDIATE")  # another process is writing
+    try:
+        assert [r.session_id for r in parked.list()] == ["seen"]
+        assert parked.find("seen") is not None and parked.waiting()
+    finally:
+        writer.execute("ROLLBACK")
+    # ... and no transaction (nor its read snapshot) is left open after a look.
+    connection = parked.store._local.connection
+    assert not connection.in_transaction
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("UPDATE agentguard_parked_sessions SET state = 'dropped'")
+    writer.execute("COMMIT")
+    assert parked.get("seen").state == "dropped"

@@ -112,7 +112,7 @@ class ParkedStore:
         Raises:
             UnknownSession: there is none.
         """
-        with self.store.cursor() as cursor:
+        with self.store.cursor(write=False) as cursor:
             record = self._load(cursor, session_id)
         if record is None:
             raise UnknownSession(f"no parked session with id {session_id!r}")
@@ -120,7 +120,7 @@ class ParkedStore:
 
     def find(self, session_id: str) -> ParkedSession | None:
         """The record of ``session_id``, or ``None``."""
-        with self.store.cursor() as cursor:
+        with self.store.cursor(write=False) as cursor:
             return self._load(cursor, session_id)
 
     def list(self, state: ParkState | None = None) -> builtins.list[ParkedSession]:
@@ -131,7 +131,7 @@ class ParkedStore:
             sql += " WHERE state = :state"
             params["state"] = state
         sql += " ORDER BY resume_at_ms, session_id"
-        with self.store.cursor() as cursor:
+        with self.store.cursor(write=False) as cursor:
             rows = cursor.all(sql, params)
         records = []
         for session_id, text in rows:
@@ -142,12 +142,12 @@ class ParkedStore:
 
     def due(self, *, now: datetime | None = None) -> builtins.list[str]:
         """Ids of sessions due to resume (or whose resume's lease ran out)."""
-        with self.store.cursor() as cursor:
+        with self.store.cursor(write=False) as cursor:
             return [row[0] for row in cursor.all(_DUE, {"now": _ms(now or _now())})]
 
     def waiting(self) -> builtins.list[tuple[str, datetime | None]]:
         """Ids and resume times of every parked or resuming session."""
-        with self.store.cursor() as cursor:
+        with self.store.cursor(write=False) as cursor:
             rows = cursor.all(_WAITING, {})
         return [
             (row[0], None if row[1] is None else datetime.fromtimestamp(row[1] / 1000, UTC))

@@ -220,6 +220,31 @@ class LimitRule(_Section):
         return value
 
 
+class GatewayWindow(_Section):
+    """A gateway whose limit errors do not say when they reset (a LiteLLM proxy's budget),
+    described so that a session it refuses resumes when its window ends."""
+
+    base_url: Annotated[str, Field(min_length=1)]
+    """The gateway's base URL as the client uses it (``"http://litellm:4000"``); a request
+    whose URL starts with it is the gateway's."""
+    window: str
+    """The gateway's budget window: ``"30s"``, ``"1h"``, ``"1d"``."""
+    window_mode: Literal["fixed", "first_spend"] = "first_spend"
+    """``fixed``: windows start at multiples of the length since the Unix epoch (UTC);
+    ``first_spend``: a window starts at its first spend, so it ends at most one length after
+    the refusal."""
+
+    @field_validator("window")
+    @classmethod
+    def _check_window(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @property
+    def window_length(self) -> timedelta:
+        return parse_duration(self.window)
+
+
 class ParkingConfig(_Section):
     """Parking sessions that hit a limit, and resuming them."""
 
@@ -241,6 +266,9 @@ class ParkingConfig(_Section):
     """The daemon looks at the whole inbox at least this often, events or not."""
     rules: list[LimitRule] = Field(default_factory=list)
     """Extra rules, tried before the built-in ones."""
+    gateways: list[GatewayWindow] = Field(default_factory=list)
+    """Windows of gateways whose limit errors carry no reset time (used before
+    ``window_hours``)."""
 
     def resolved_dir(self) -> Path:
         if self.dir is None:

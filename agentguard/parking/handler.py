@@ -10,7 +10,8 @@ handed back.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,10 @@ if TYPE_CHECKING:
     from agentguard.pipeline import CallContext, Reply
     from agentguard.session import Session
 
-__all__ = ["Decision", "Parker"]
+__all__ = ["Decision", "Parker", "request_url"]
+
+request_url: ContextVar[str | None] = ContextVar("agentguard_request_url", default=None)
+"""The URL of the call being guarded (set by the transport): which gateway refused it."""
 
 _LIMIT_STATUSES = frozenset({400, 402, 403, 422, 429})
 # Call parameters a replay must not repeat: they belong to the transport, not the request.
@@ -85,6 +89,10 @@ class Parker:
         self, call: CallContext, verdict: LimitVerdict, *, failed: bool
     ) -> ParkedSession:
         now = datetime.now(UTC)
+        if verdict.wait_s is None:
+            gateway = self.gateway_reset(request_url.get(), now)
+            if gateway is not None:
+                verdict = replace(verdict, wait_s=gateway[0], reset_source=gateway[1])
         resume_at, source = resume_time(
             verdict,
             window_hours=self.config.window_hours,
@@ -111,6 +119,23 @@ class Parker:
         return self.park_session(
             call.session, call.original_body, reason, None if failed else resume_at, failed=failed
         )
+
+    def gateway_reset(self, url: str | None, now: datetime) -> tuple[float, str] | None:
+        """Seconds until the window of the configured gateway ``url`` belongs to ends, and the
+        source to record; ``None`` if no ``parking.gateways`` entry matches."""
+        if not url:
+            return None
+        for gateway in self.config.gateways:
+            if not url.startswith(gateway.base_url.rstrip("/")):
+                continue
+            length = gateway.window_length.total_seconds()
+            # A first-spend window began at the latest now, so it ends within one length.
+            fixed = gateway.window_mode == "fixed"
+            wait = length - now.timestamp() % length if fixed else length
+            return wait, (
+                f"parking.gateways ({gateway.base_url}: {gateway.window} {gateway.window_mode})"
+            )
+        return None
 
     def park_budget(self, call: CallContext, error: BudgetExceeded) -> ParkedSession:
         reason = ParkReason(

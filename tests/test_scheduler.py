@@ -3,6 +3,7 @@ resumes at the window reset, survives restarts, never resumes a session twice.""
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -266,8 +267,9 @@ def guard_with(tmp_path: Path, **parking: Any) -> Guard:
 
 
 def test_a_resume_longer_than_its_lease_runs_once_with_one_resume_id(
-    gateway: SimServer, tmp_path: Path
+    gateway: SimServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO)
     guards = [guard_with(tmp_path, lease_s=0.6) for _ in range(2)]
     runs: list[tuple[int, str | None]] = []
     for index, guard in enumerate(guards):
@@ -297,6 +299,11 @@ def test_a_resume_longer_than_its_lease_runs_once_with_one_resume_id(
             daemon.stop()
     assert len(runs) == 1 and runs[0][1] is not None
     assert parker.parked.get("long-1").resume_id == runs[0][1]
+    # Polling while a resume runs never asks the scheduler for a second instance of it.
+    assert not [r for r in caplog.records if "maximum number of running instances" in r.message]
+    assert not [
+        r for r in caplog.records if "apscheduler" in r.name and r.levelno >= logging.WARNING
+    ]
 
 
 def test_a_record_whose_state_cannot_be_restored_fails_with_a_reason(tmp_path: Path) -> None:

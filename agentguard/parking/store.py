@@ -64,8 +64,9 @@ _DUE = (
     " OR (state = 'resuming' AND lease_until_ms < :now) ORDER BY resume_at_ms"
 )
 _WAITING = (
-    "SELECT session_id, resume_at_ms FROM agentguard_parked_sessions"
-    " WHERE state = 'parked' OR state = 'resuming' ORDER BY resume_at_ms"
+    "SELECT session_id, CASE WHEN state = 'resuming' THEN lease_until_ms ELSE resume_at_ms END"
+    " AS next_look FROM agentguard_parked_sessions"
+    " WHERE state = 'parked' OR state = 'resuming' ORDER BY next_look"
 )
 
 
@@ -146,7 +147,8 @@ class ParkedStore:
             return [row[0] for row in cursor.all(_DUE, {"now": _ms(now or _now())})]
 
     def waiting(self) -> builtins.list[tuple[str, datetime | None]]:
-        """Ids and resume times of every parked or resuming session."""
+        """Ids of every parked or resuming session, and when it is next worth a look: its
+        resume time, or for one being resumed, when its lease runs out."""
         with self.store.cursor(write=False) as cursor:
             rows = cursor.all(_WAITING, {})
         return [

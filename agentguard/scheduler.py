@@ -71,6 +71,7 @@ class ResumeDaemon:
             self.inbox = Inbox(
                 guard.config.parking.resolved_dir(),
                 ingest=guard.parked.import_record,
+                ingest_many=guard.parked.import_records,
                 known_resumers=lambda: set(guard.resumers),
                 max_bytes=guard.config.parking.inbox_max_bytes,
                 check=guard.parked.problem_with,

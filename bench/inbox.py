@@ -43,6 +43,7 @@ def run(files: int) -> dict[str, object]:
     inbox = Inbox(
         directory / "parked",
         ingest=guard.parked.import_record,
+        ingest_many=guard.parked.import_records,
         known_resumers=lambda: set(guard.resumers),
         check=guard.parked.problem_with,
         settle_s=0.0,

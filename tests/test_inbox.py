@@ -52,6 +52,7 @@ def inbox_of(guard: Guard, directory: Path, **options: Any) -> Inbox:
     return Inbox(
         directory,
         ingest=guard.parked.import_record,
+        ingest_many=guard.parked.import_records,
         known_resumers=lambda: set(guard.resumers),
         max_bytes=4096,
         check=guard.parked.problem_with,
@@ -284,18 +285,22 @@ def test_a_busy_store_leaves_the_file_for_the_next_look(
     )
     guard.parked.list()  # the schema exists
     inbox = inbox_of(guard, tmp_path / "parked")
-    drop(inbox, "busy.json", json.dumps(record_data("while-busy")).encode())
+    for name in ("while-busy", "also-busy"):
+        drop(inbox, f"{name}.json", json.dumps(record_data(name)).encode())
     blocker = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
     try:
-        (result,) = inbox.scan()
-        assert result.status == "pending" and "store" in result.reason
+        results = inbox.scan()
+        assert [r.status for r in results] == ["pending", "pending"]
+        assert all("store" in r.reason for r in results)
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
-    (result,) = inbox.scan()
-    assert result.status == "ingested"
-    assert guard.parked.get("while-busy").state == "parked"
+    assert [r.status for r in inbox.scan()] == ["ingested", "ingested"]
+    assert {r.session_id: r.state for r in guard.parked.list()} == {
+        "while-busy": "parked",
+        "also-busy": "parked",
+    }
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:

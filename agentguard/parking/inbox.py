@@ -67,6 +67,7 @@ _KINDS = (
     (stat.S_ISCHR, "a character device"),
     (stat.S_ISBLK, "a block device"),
 )
+_BATCH = 200  # records stored per transaction by a look at a full inbox
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -84,6 +85,7 @@ class Inbox:
     Args:
         directory: the parking directory (``inbox/`` and ``quarantine/`` live inside).
         ingest: stores a validated record.
+        ingest_many: stores several in one transaction (a look at a full inbox uses it).
         known_resumers: the names of the resumers registered in this application.
         max_bytes: files larger than this are quarantined unread.
         check: returns why a valid record must not be ingested (an unconfigured budget
@@ -102,6 +104,7 @@ class Inbox:
         check: Callable[[ParkedSession], str | None] | None = None,
         settle_s: float = 1.0,
         rescan_s: float = 5.0,
+        ingest_many: Callable[[list[ParkedSession]], Any] | None = None,
     ) -> None:
         self.directory = directory
         self.inbox = private_dir(directory / "inbox")
@@ -110,6 +113,7 @@ class Inbox:
         self.known_resumers = known_resumers
         self.max_bytes = max_bytes
         self.check = check
+        self.ingest_many = ingest_many
         self.settle_s = settle_s
         self.rescan_s = rescan_s
         self._lock = threading.Lock()
@@ -124,16 +128,45 @@ class Inbox:
         """Validate and ingest one file (or quarantine it, or leave it ``pending`` for the next
         look). Never raises for bad input."""
         with self._lock:
-            try:
-                return self._process(path)
-            except StoreError as exc:
-                # The store's trouble, not the file's: keep it for the next look.
-                logger.warning("ingest_retry", file=path.name, error=str(exc))
-                return InboxResult(path, "pending", reason=f"store error: {exc}")
-            except Exception as exc:  # the daemon must survive anything a file can do
-                return self._quarantine(
-                    path, f"could not be processed: {type(exc).__name__}: {exc}"
-                )
+            result = self._judge(path)
+            return self._ingest([result])[0] if result.status == "valid" else result
+
+    def _judge(self, path: Path) -> InboxResult:
+        try:
+            return self._process(path)
+        except Exception as exc:  # the daemon must survive anything a file can do
+            return self._quarantine(path, f"could not be processed: {type(exc).__name__}: {exc}")
+
+    def _ingest(self, valid: list[InboxResult]) -> list[InboxResult]:
+        """Store valid records (in one transaction when it can), then remove their files."""
+        if not valid:
+            return []
+        records = [result.record for result in valid if result.record is not None]
+        try:
+            if self.ingest_many is not None and len(records) > 1:
+                self.ingest_many(records)
+            else:
+                for record in records:
+                    self.ingest(record)
+        except Exception as exc:
+            if len(valid) > 1:  # find out which, one by one
+                return [result for one in valid for result in self._ingest([one])]
+            if not isinstance(exc, StoreError):
+                return [self._quarantine(valid[0].path, f"could not be stored: {exc}")]
+            # The store's trouble, not the file's: keep it for the next look.
+            logger.warning("ingest_retry", file=valid[0].path.name, error=str(exc))
+            return [InboxResult(valid[0].path, "pending", reason=f"store error: {exc}")]
+        for result in valid:
+            result.path.unlink(missing_ok=True)
+            result.status = "ingested"
+            assert result.record is not None
+            logger.info(
+                "ingest",
+                session_id=result.record.session_id,
+                file=result.path.name,
+                resumer=result.record.resumer,
+            )
+        return valid
 
     def _process(self, path: Path) -> InboxResult:
         if path.parent != self.inbox and path.parent.resolve() != self.inbox.resolve():
@@ -196,10 +229,7 @@ class Inbox:
         record.lease_owner = None
         record.lease_until = None
         record.resume_id = None
-        self.ingest(record)
-        path.unlink(missing_ok=True)
-        logger.info("ingest", session_id=record.session_id, file=path.name, resumer=record.resumer)
-        return InboxResult(path, "ingested", record=record)
+        return InboxResult(path, "valid", record=record)
 
     def _read(self, path: Path) -> tuple[bytes, bool] | InboxResult:
         """The bytes of a regular file, and whether it changed within ``settle_s``; or the
@@ -270,14 +300,27 @@ class Inbox:
 
     def scan(self) -> list[InboxResult]:
         """Process every ``.json`` entry of the inbox now (files still being written are
-        ``pending``)."""
+        ``pending``); valid records are stored in batches."""
         with os.scandir(self.inbox) as entries:
             names = sorted(
                 entry.name
                 for entry in entries
                 if entry.name.endswith(".json") and not entry.name.startswith(".")
             )
-        return [self.process(self.inbox / name) for name in names]
+        results: list[InboxResult] = []
+        valid: list[InboxResult] = []
+        with self._lock:
+            for name in names:
+                result = self._judge(self.inbox / name)
+                if result.status != "valid":
+                    results.append(result)
+                    continue
+                valid.append(result)
+                if len(valid) >= _BATCH:
+                    results += self._ingest(valid)
+                    valid = []
+            results += self._ingest(valid)
+        return results
 
     def start(self) -> None:
         """Watch the inbox (watchdog events, and a look every ``rescan_s``) in a background

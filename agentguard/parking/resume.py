@@ -13,7 +13,7 @@ import inspect
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -182,21 +182,12 @@ class ParkedSessions:
     def import_record(self, record: ParkedSession) -> ParkedSession:
         """Store a record that came from elsewhere (a file, another process). A record of the
         same session that is being resumed is left alone (dedup by session id)."""
-
-        def change(current: ParkedSession | None) -> ParkedSession | None:
-            if current is not None and current.state == "resuming":
-                logger.info("ingest_skipped", session_id=record.session_id, reason="resuming")
-                return None
-            if current is not None and current.state == "parked" and record.state == "parked":
-                # The same session parked again from elsewhere: keep the history, count attempts.
-                record.history = [*current.history, *record.history][-50:]
-                record.attempts = max(record.attempts, current.attempts)
-            if not record.history:
-                record.transition(record.state, "imported")
-            return record
-
-        stored = self.store.update(record.session_id, change)
+        stored = self.store.update(record.session_id, _importer(record))
         return stored or self.store.get(record.session_id)
+
+    def import_records(self, records: Sequence[ParkedSession]) -> None:
+        """:meth:`import_record` for several records, in one transaction (all or none)."""
+        self.store.update_many([(record.session_id, _importer(record)) for record in records])
 
     # -- the resume itself -------------------------------------------------------------------------
 
@@ -401,6 +392,24 @@ class _LeaseKeeper:
                 self.lost = True
                 logger.warning("lease_lost", session_id=self.session_id)
                 return
+
+
+def _importer(
+    record: ParkedSession,
+) -> Callable[[ParkedSession | None], ParkedSession | None]:
+    def change(current: ParkedSession | None) -> ParkedSession | None:
+        if current is not None and current.state == "resuming":
+            logger.info("ingest_skipped", session_id=record.session_id, reason="resuming")
+            return None
+        if current is not None and current.state == "parked" and record.state == "parked":
+            # The same session parked again from elsewhere: keep the history, count attempts.
+            record.history = [*current.history, *record.history][-50:]
+            record.attempts = max(record.attempts, current.attempts)
+        if not record.history:
+            record.transition(record.state, "imported")
+        return record
+
+    return change
 
 
 async def _await(value: Any) -> Any:

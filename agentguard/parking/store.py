@@ -171,17 +171,33 @@ class ParkedStore:
         throughout, so concurrent changes never interleave). ``change`` gets ``None`` when
         there is no record yet, and may return ``None`` to write nothing."""
         with self.store.cursor() as cursor:
-            if not self.store.is_sqlite:
-                cursor.execute(
-                    "SELECT session_id FROM agentguard_parked_sessions WHERE session_id = :id FOR UPDATE",
-                    {"id": session_id},
-                )
-            current = self._load(cursor, session_id)
-            exists = current is not None or self._exists(cursor, session_id)
-            changed = change(current)
-            if changed is not None:
-                self._write(cursor, changed, exists=exists)
-            return changed
+            return self._update_in(cursor, session_id, change)
+
+    def update_many(
+        self,
+        changes: builtins.list[tuple[str, Callable[[ParkedSession | None], ParkedSession | None]]],
+    ) -> builtins.list[ParkedSession | None]:
+        """:meth:`update` for several records in one transaction (all or none)."""
+        with self.store.cursor() as cursor:
+            return [self._update_in(cursor, session_id, change) for session_id, change in changes]
+
+    def _update_in(
+        self,
+        cursor: Cursor,
+        session_id: str,
+        change: Callable[[ParkedSession | None], ParkedSession | None],
+    ) -> ParkedSession | None:
+        if not self.store.is_sqlite:
+            cursor.execute(
+                "SELECT session_id FROM agentguard_parked_sessions WHERE session_id = :id FOR UPDATE",
+                {"id": session_id},
+            )
+        current = self._load(cursor, session_id)
+        exists = current is not None or self._exists(cursor, session_id)
+        changed = change(current)
+        if changed is not None:
+            self._write(cursor, changed, exists=exists)
+        return changed
 
     def claim(
         self, session_id: str, owner: str, *, lease_s: float, now: datetime | None = None

@@ -166,7 +166,10 @@ class ParkedSessions:
         key = record.budget_key
         if key != "default" and self.guard.config.budget(key) is None:
             configured = sorted(budget.key for budget in self.guard.config.budgets)
-            return f"names budget key {key!r}, which is not configured (configured: {configured})"
+            return (
+                f"names budget key {key!r}, which is not configured (configured: {configured};"
+                f' add a [[budgets]] entry with key = "{key}" to accept it)'
+            )
         if record.session_state:
             from agentguard.session import SessionState
 

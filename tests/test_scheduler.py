@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -326,3 +327,30 @@ def test_a_record_whose_state_cannot_be_restored_fails_with_a_reason(tmp_path: P
     stored = guard.parked.get("broken-state")
     assert stored.state == "failed" and not called
     assert "cannot restore the session" in stored.history[-1].note
+
+
+def test_stopping_while_a_resume_runs_waits_for_it_and_returns(
+    gateway: SimServer, tmp_path: Path
+) -> None:
+    guard = guard_with(tmp_path)
+    started, finished = threading.Event(), threading.Event()
+
+    @guard.resumer("busy")
+    def busy(parked: Any) -> str:
+        started.set()
+        time.sleep(1.0)
+        finished.set()
+        return "done"
+
+    client = guard.wrap(openai.OpenAI(base_url=gateway.base_url, api_key=KEY))
+    gateway.rate_limit_next(1, retry_after=0.1)
+    with guard.session("stop-1", budget_key="team", resumer="busy"), pytest.raises(SessionParked):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    daemon = ResumeDaemon(guard, poll_interval_s=0.05, watch_inbox=False)
+    daemon.start()
+    assert started.wait(30)
+    stopper = threading.Thread(target=daemon.stop)  # as on SIGTERM, mid-resume
+    stopper.start()
+    stopper.join(timeout=30)
+    assert not stopper.is_alive() and finished.is_set()
+    assert guard.parked.get("stop-1").state == "resumed"

@@ -301,6 +301,31 @@ class LimitRule(_Section):
         return value
 
 
+class GatewayWindow(_Section):
+    """A gateway whose limit errors do not say when they reset (a LiteLLM proxy's budget),
+    described so that a session it refuses resumes when its window ends."""
+
+    base_url: Annotated[str, Field(min_length=1)]
+    """The gateway's base URL as the client uses it (``"http://litellm:4000"``); a request
+    whose URL starts with it is the gateway's."""
+    window: str
+    """The gateway's budget window: ``"30s"``, ``"1h"``, ``"1d"``."""
+    window_mode: Literal["fixed", "first_spend"] = "first_spend"
+    """``fixed``: windows start at multiples of the length since the Unix epoch (UTC);
+    ``first_spend``: a window starts at its first spend, so it ends at most one length after
+    the refusal."""
+
+    @field_validator("window")
+    @classmethod
+    def _check_window(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @property
+    def window_length(self) -> timedelta:
+        return parse_duration(self.window)
+
+
 class ParkingConfig(_Section):
     """Parking sessions that hit a limit, and resuming them."""
 
@@ -318,8 +343,16 @@ class ParkingConfig(_Section):
     """A resume claimed by a process that then dies is retried after this many seconds."""
     inbox_max_bytes: PositiveInt = 8 * 1024 * 1024
     """A record file dropped into ``inbox/`` larger than this is quarantined unread."""
+    inbox_settle_s: Annotated[float, Field(ge=0)] = 1.0
+    """An inbox file that does not parse is judged (quarantined) only once it has not changed
+    for this long; before that it is taken to be still being written."""
+    inbox_rescan_s: PositiveFloat = 5.0
+    """The daemon looks at the whole inbox at least this often, events or not."""
     rules: list[LimitRule] = Field(default_factory=list)
     """Extra rules, tried before the built-in ones."""
+    gateways: list[GatewayWindow] = Field(default_factory=list)
+    """Windows of gateways whose limit errors carry no reset time (used before
+    ``window_hours``)."""
 
     def resolved_dir(self) -> Path:
         if self.dir is None:

@@ -12,6 +12,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
@@ -122,6 +123,15 @@ parked_sessions = sa.Table(
 
 
 _NAMED_PARAM = re.compile(r":(\w+)")
+# Serialises schema creation on PostgreSQL (any fixed number, the same in every process).
+_SCHEMA_LOCK_ID = 7_316_002_001
+_RACE_SIGNS = ("locked", "busy", "already exists", "duplicate key", "unique constraint")
+
+
+def _lost_a_race(exc: BaseException) -> bool:
+    """Whether a schema error is another process creating the same schema at the same time."""
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    return any(sign in text for sign in _RACE_SIGNS)
 
 
 def _sqlite_file(url: sa.URL) -> Path | None:
@@ -298,31 +308,31 @@ class Store:
         self._local = threading.local()
 
     def ensure_schema(self) -> None:
-        """Create the tables if they do not exist, and check the schema version."""
+        """Create the tables if they do not exist, and check the schema version.
+
+        Several processes may open a fresh store at once: creation runs under the database's
+        write lock (an advisory lock on PostgreSQL), and a process that loses the race waits
+        and retries within ``busy_timeout_s`` instead of failing.
+
+        Raises:
+            StoreError: the schema cannot be created, or is newer than this agentguard.
+        """
         if self._schema_ready:
             return
         with self._schema_lock:
             if self._schema_ready:
                 return
-            try:
-                metadata.create_all(self.engine, checkfirst=True)
-                with self.engine.begin() as connection:
-                    row = connection.execute(sa.select(schema_info.c.version)).first()
-                    if row is None:
-                        connection.execute(
-                            schema_info.insert().values(id=1, version=SCHEMA_VERSION)
-                        )
-                    elif row.version < SCHEMA_VERSION:
-                        # Version 1 lacked only tables, which create_all just made.
-                        connection.execute(schema_info.update().values(version=SCHEMA_VERSION))
-                    elif row.version > SCHEMA_VERSION:
-                        raise StoreError(
-                            f"store {self.safe_url} has schema version {row.version}, newer than "
-                            f"this agentguard understands ({SCHEMA_VERSION}); upgrade agentguard",
-                            url=self.safe_url,
-                        )
-            except SQLAlchemyError as exc:
-                raise self.error("create the schema in", exc) from exc
+            deadline = time.monotonic() + self.busy_timeout_s
+            pause = 0.02
+            while True:
+                try:
+                    self._create_schema()
+                    break
+                except SQLAlchemyError as exc:
+                    if not _lost_a_race(exc) or time.monotonic() + pause > deadline:
+                        raise self.error("create the schema in", exc) from exc
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.5)
             if self._sqlite_file is not None:
                 for suffix in ("", "-wal", "-shm", "-journal"):
                     candidate = Path(f"{self._sqlite_file}{suffix}")
@@ -330,8 +340,33 @@ class Store:
                         candidate.chmod(0o600)
             self._schema_ready = True
 
-    def cursor(self) -> AbstractContextManager[Cursor]:
+    def _create_schema(self) -> None:
+        with self.engine.begin() as connection:
+            if self.is_sqlite and self._sqlite_path is None:
+                # The engine of a URL with options has no begin hook: take the lock here.
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            elif not self.is_sqlite:
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_ID})")
+            metadata.create_all(connection, checkfirst=True)
+            row = connection.execute(sa.select(schema_info.c.version)).first()
+            if row is None:
+                connection.execute(schema_info.insert().values(id=1, version=SCHEMA_VERSION))
+            elif row.version < SCHEMA_VERSION:
+                # Version 1 lacked only tables, which create_all just made.
+                connection.execute(schema_info.update().values(version=SCHEMA_VERSION))
+            elif row.version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"store {self.safe_url} has schema version {row.version}, newer than "
+                    f"this agentguard understands ({SCHEMA_VERSION}); upgrade agentguard",
+                    url=self.safe_url,
+                )
+
+    def cursor(self, *, write: bool = True) -> AbstractContextManager[Cursor]:
         """A write transaction on a raw driver connection, for the per-call hot path.
+
+        With ``write=False``, a read transaction: on SQLite it takes no write lock (a process
+        that only looks never holds up one that writes); it still ends, committed, when the
+        block ends, so no read snapshot outlives it.
 
         SQLAlchemy's statement machinery costs more than the whole SQLite transaction; the
         ledger's few fixed statements run on the driver directly, written once with ``:name``
@@ -343,7 +378,7 @@ class Store:
         if not self._schema_ready:
             self.ensure_schema()
         if self._sqlite_path is not None:
-            return _SQLiteTransaction(self)
+            return _SQLiteTransaction(self, "BEGIN IMMEDIATE" if write else "BEGIN")
         return self._pooled_cursor()
 
     @contextmanager
@@ -419,15 +454,16 @@ class _SQLiteTransaction:
     """``BEGIN IMMEDIATE`` ... ``COMMIT`` on the thread's connection (a plain class: a
     generator-based context manager costs a noticeable share of a call)."""
 
-    __slots__ = ("connection", "cursor", "store")
+    __slots__ = ("begin", "connection", "cursor", "store")
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, begin: str = "BEGIN IMMEDIATE") -> None:
         self.store = store
+        self.begin = begin
 
     def __enter__(self) -> Cursor:
         try:
             self.connection, self.cursor = self.store._sqlite_connection()
-            self.connection.execute("BEGIN IMMEDIATE")
+            self.connection.execute(self.begin)
         except sqlite3.Error as exc:
             raise self.store.error("write to", exc) from exc
         return self.cursor

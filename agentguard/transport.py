@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from agentguard.errors import UnmeteredRequest
 from agentguard.legacy import legacy_endpoint, run_legacy
 from agentguard.log import logger
+from agentguard.parking.handler import request_url
 from agentguard.pipeline import Action, Do, Outcome, Reply, Send, Sleep, TransportFailure
 from agentguard.session import Session
 
@@ -344,7 +345,11 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
                 return reply_of(response, content)
 
             session = _session_for(self.guard)
-            outcome = _drive_sync(self.guard.pipeline.run(session, body), send)
+            url_marker = request_url.set(str(request.url))
+            try:
+                outcome = _drive_sync(self.guard.pipeline.run(session, body), send)
+            finally:
+                request_url.reset(url_marker)
             response = last["response"]
             stream = TapStream(response, outcome) if outcome.tap is not None else None
             return build_response(request, outcome, response, stream)
@@ -468,7 +473,13 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
                 return reply_of(response, content)
 
             session = _session_for(self.guard)
-            outcome = await _drive_async(self.guard.pipeline.run(session, body), send, self.offload)
+            url_marker = request_url.set(str(request.url))
+            try:
+                outcome = await _drive_async(
+                    self.guard.pipeline.run(session, body), send, self.offload
+                )
+            finally:
+                request_url.reset(url_marker)
             response = last["response"]
             stream = (
                 AsyncTapStream(response, outcome, self.offload) if outcome.tap is not None else None

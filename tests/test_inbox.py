@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import stat
 import time
 from collections.abc import Callable
@@ -39,14 +40,24 @@ def record_data(session_id: str = "oc-1", **changes: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def setup(tmp_path: Path, make_guard: Callable[..., Guard]) -> tuple[Guard, Inbox]:
-    guard = make_guard(parking={"dir": str(tmp_path / "parked"), "inbox_max_bytes": 4096})
-    inbox = Inbox(
-        tmp_path / "parked",
+    guard = make_guard(
+        parking={"dir": str(tmp_path / "parked"), "inbox_max_bytes": 4096},
+        budgets=[{"key": "openclaw", "limit_usd": 1}],
+    )
+    return guard, inbox_of(guard, tmp_path / "parked")
+
+
+def inbox_of(guard: Guard, directory: Path, **options: Any) -> Inbox:
+    """An inbox that judges files at once unless ``settle_s`` says otherwise."""
+    return Inbox(
+        directory,
         ingest=guard.parked.import_record,
+        ingest_many=guard.parked.import_records,
         known_resumers=lambda: set(guard.resumers),
         max_bytes=4096,
+        check=guard.parked.problem_with,
+        **{"settle_s": 0.0, **options},
     )
-    return guard, inbox
 
 
 def drop(inbox: Inbox, name: str, content: bytes) -> Path:
@@ -87,6 +98,25 @@ BAD_FILES = {
         "never import paths",
     ),
     "array.json": (b"[1, 2, 3]", "JSON list"),
+    "free-money.json": (
+        json.dumps(record_data("m-1", budget_key="free-money")).encode(),
+        "budget key 'free-money', which is not configured",
+    ),
+    "negative-attempts.json": (json.dumps(record_data("n-1", attempts=-5)).encode(), "attempts"),
+    "negative-iterations.json": (
+        json.dumps(record_data("n-2", iterations=-1000000)).encode(),
+        "iterations",
+    ),
+    "negative-state.json": (
+        json.dumps(record_data("n-3", session_state={"iterations": -1000000})).encode(),
+        "negative counter: session_state.iterations",
+    ),
+    "squatter.json": (
+        json.dumps(
+            record_data("sq-1", state="resuming", lease_until="2099-01-01T00:00:00Z")
+        ).encode(),
+        "must be 'parked'",
+    ),
 }
 
 
@@ -180,3 +210,114 @@ def test_fuzzed_inbox_files_never_crash_and_are_never_lost(
     assert result.status in {"ingested", "quarantined"}
     if result.status == "quarantined":
         assert result.path.read_bytes() == content
+
+
+def test_fifos_and_directories_are_quarantined_without_blocking(
+    setup: tuple[Guard, Inbox],
+) -> None:
+    guard, inbox = setup
+    os.mkfifo(inbox.inbox / "pipe.json")  # nobody writes: a blocking open would hang
+    (inbox.inbox / "folder.json").mkdir()
+    drop(inbox, "good.json", json.dumps(record_data("good-2")).encode())
+    reasons = {r.path.name.split("-", 1)[-1]: r.reason for r in inbox.scan()}
+    assert "FIFO" in reasons["pipe.json"] and "directory" in reasons["folder.json"]
+    assert [r.session_id for r in guard.parked.list()] == ["good-2"]
+
+
+def test_a_file_flipping_between_file_and_fifo_never_wedges_the_watcher(
+    setup: tuple[Guard, Inbox],
+) -> None:
+    guard, inbox = setup
+    inbox.rescan_s = 0.2
+    inbox.start()
+    try:
+        for round_number in range(20):
+            path = inbox.inbox / f"flip-{round_number}.json"
+            path.write_bytes(b"{")
+            path.unlink(missing_ok=True)  # the watcher may have quarantined it already
+            os.mkfifo(path)
+        write_record(inbox.directory, ParkedSession.model_validate(record_data("after-flip")))
+        wait_until(
+            lambda: (
+                guard.parked.store.find("after-flip") is not None
+                and not list(inbox.inbox.glob("flip-*"))
+            )  # every FIFO was quarantined
+        )
+    finally:
+        inbox.stop()
+    reasons = [p.read_text() for p in inbox.quarantine_dir.glob("*flip-*.json.reason")]
+    assert sum("FIFO" in reason for reason in reasons) == 20
+
+
+def test_a_record_written_in_two_parts_is_ingested(
+    setup: tuple[Guard, Inbox], tmp_path: Path
+) -> None:
+    guard, _ = setup
+    inbox = inbox_of(guard, tmp_path / "parked", settle_s=1.5, rescan_s=0.1)
+    text = json.dumps(record_data("halves")).encode()
+    path = inbox.inbox / "halves.json"
+    inbox.start()
+    try:
+        with path.open("wb") as handle:
+            handle.write(text[:40])
+            handle.flush()
+            time.sleep(0.5)  # the watcher looks several times at the first half
+            handle.write(text[40:])
+        wait_until(lambda: guard.parked.store.find("halves") is not None)
+    finally:
+        inbox.stop()
+    assert not list(inbox.quarantine_dir.iterdir())
+
+
+def test_thousands_of_files_at_once_are_all_ingested(
+    setup: tuple[Guard, Inbox], tmp_path: Path
+) -> None:
+    guard, _ = setup
+    inbox = inbox_of(guard, tmp_path / "parked", settle_s=1.0, rescan_s=0.5)
+    inbox.start()
+    try:
+        for number in range(4000):  # far more events than the watcher's queue holds at once
+            (inbox.inbox / f"many-{number}.json").write_bytes(
+                json.dumps(record_data(f"many-{number}")).encode()
+            )
+        wait_until(lambda: not list(inbox.inbox.iterdir()), timeout=60)
+    finally:
+        inbox.stop()
+    assert len(guard.parked.list()) == 4000
+    assert not list(inbox.quarantine_dir.iterdir())
+
+
+def test_a_busy_store_leaves_the_file_for_the_next_look(
+    tmp_path: Path, make_guard: Callable[..., Guard]
+) -> None:
+    guard = make_guard(
+        store={"url": f"sqlite:///{tmp_path / 'store.db'}", "busy_timeout_s": 0.2},
+        budgets=[{"key": "openclaw", "limit_usd": 1}],
+    )
+    guard.parked.list()  # the schema exists
+    inbox = inbox_of(guard, tmp_path / "parked")
+    for name in ("while-busy", "also-busy"):
+        drop(inbox, f"{name}.json", json.dumps(record_data(name)).encode())
+    blocker = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        results = inbox.scan()
+        assert [r.status for r in results] == ["pending", "pending"]
+        assert all("store" in r.reason for r in results)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert [r.status for r in inbox.scan()] == ["ingested", "ingested"]
+    assert {r.session_id: r.state for r in guard.parked.list()} == {
+        "while-busy": "parked",
+        "also-busy": "parked",
+    }
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")

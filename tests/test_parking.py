@@ -13,7 +13,7 @@ from typing import Any
 
 import openai
 import pytest
-from helpers import run_until_parked
+from helpers import PROMPT, run_until_parked
 
 from agentguard import ParkedSession, SessionParked
 from agentguard.guard import Guard
@@ -328,3 +328,48 @@ def test_a_parked_session_refuses_further_calls_without_sending(
             with pytest.raises(SessionParked):
                 client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert len(sim.requests) == 1
+
+
+def test_a_gateway_budget_without_a_reset_resumes_after_its_configured_window(
+    make_guard: Callable[..., Guard], sim: SimServer
+) -> None:
+    guard = make_guard(
+        parking={
+            "wait_inline_max_s": 0,
+            "gateways": [{"base_url": sim.base_url, "window": "30s", "window_mode": "first_spend"}],
+        }
+    )
+    client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-test"))
+    # LiteLLM's model budget refusal: a 429 that says nothing about when it resets.
+    sim.fail_next(
+        status=429,
+        body={
+            "error": {
+                "message": "Budget has been exceeded: crossed budget for model gpt-4o-mini",
+                "type": "budget_exceeded",
+                "code": "429",
+            }
+        },
+    )
+    before = datetime.now(UTC)
+    with guard.session("gw-1"), pytest.raises(SessionParked):
+        client.chat.completions.create(model="gpt-4o-mini", messages=PROMPT)
+    record = guard.parked.get("gw-1")
+    assert record.resume_at is not None
+    waited = (record.resume_at - before).total_seconds()
+    assert 29 <= waited <= 31 + (datetime.now(UTC) - before).total_seconds()
+    assert "parking.gateways" in (record.reason.reset_source or "")
+    # Another URL is not that gateway: the window_hours fallback applies.
+    other = make_guard(
+        parking={
+            "wait_inline_max_s": 0,
+            "gateways": [{"base_url": "http://litellm.invalid:4000", "window": "30s"}],
+        }
+    )
+    client = other.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-test"))
+    sim.fail_next(
+        status=429, body={"error": {"message": "crossed budget", "type": "budget_exceeded"}}
+    )
+    with other.session("gw-2"), pytest.raises(SessionParked):
+        client.chat.completions.create(model="gpt-4o-mini", messages=PROMPT)
+    assert other.parked.get("gw-2").reason.reset_source == "parking.window_hours"

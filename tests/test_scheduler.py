@@ -3,14 +3,17 @@ resumes at the window reset, survives restarts, never resumes a session twice.""
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from helpers import run_until_parked
 from agentguard import SessionParked
 from agentguard.config import GuardConfig
 from agentguard.guard import Guard
+from agentguard.parking.record import ParkedSession, ParkReason
 from agentguard.scheduler import ResumeDaemon
 from agentguard.sim import GatewayKey, SimGateway, SimServer
 
@@ -249,3 +253,105 @@ def test_sigkill_while_parking_leaves_whole_records_or_none(tmp_path: Path) -> N
         for record in records:
             assert record.state == "parked"
             assert record.request["messages"][0]["content"] == "x" * 20000
+
+
+def guard_with(tmp_path: Path, **parking: Any) -> Guard:
+    return Guard(
+        GuardConfig.from_mapping(
+            {
+                "store": {"url": f"sqlite:///{tmp_path / 'store.db'}"},
+                "parking": {"wait_inline_max_s": 0, "dir": str(tmp_path / "parked"), **parking},
+                "limits": {"backoff_initial_s": 0.01},
+            },
+            env={},
+        )
+    )
+
+
+def test_a_resume_longer_than_its_lease_runs_once_with_one_resume_id(
+    gateway: SimServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    guards = [guard_with(tmp_path, lease_s=0.6) for _ in range(2)]
+    runs: list[tuple[int, str | None]] = []
+    for index, guard in enumerate(guards):
+
+        @guard.resumer("slow")
+        def slow(parked: Any, index: int = index) -> str:
+            runs.append((index, parked.resume_id))
+            time.sleep(2.0)  # over three lease lengths: the lease must be renewed meanwhile
+            return "done"
+
+    parker = guards[0]
+    client = parker.wrap(openai.OpenAI(base_url=gateway.base_url, api_key=KEY))
+    with parker.session("long-1", budget_key="team", resumer="slow"):
+        gateway.rate_limit_next(1, retry_after=0.2)
+        with pytest.raises(SessionParked):
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    daemons = [
+        ResumeDaemon(guard, poll_interval_s=0.1, owner=f"daemon-{i}", watch_inbox=False)
+        for i, guard in enumerate(guards)
+    ]
+    for daemon in daemons:
+        daemon.start()
+    try:
+        wait_for(lambda: parker.parked.get("long-1").state == "resumed", timeout=30)
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+    assert len(runs) == 1 and runs[0][1] is not None
+    assert parker.parked.get("long-1").resume_id == runs[0][1]
+    # Polling while a resume runs never asks the scheduler for a second instance of it.
+    assert not [r for r in caplog.records if "maximum number of running instances" in r.message]
+    assert not [
+        r for r in caplog.records if "apscheduler" in r.name and r.levelno >= logging.WARNING
+    ]
+
+
+def test_a_record_whose_state_cannot_be_restored_fails_with_a_reason(tmp_path: Path) -> None:
+    guard = guard_with(tmp_path)
+    called: list[str] = []
+
+    @guard.resumer("never")
+    def never(parked: Any) -> None:
+        called.append(parked.session_id)
+
+    record = ParkedSession(
+        session_id="broken-state",
+        resumer="never",
+        session_state={"iterations": "many", "spent_usd": "lots"},
+        reason=ParkReason(kind="rate_limit", status=429),
+        resume_at=datetime.now(UTC),
+    )
+    guard.parked.store.put(record)
+    assert guard.parked.run("broken-state", owner="test") is None
+    stored = guard.parked.get("broken-state")
+    assert stored.state == "failed" and not called
+    assert "cannot restore the session" in stored.history[-1].note
+
+
+def test_stopping_while_a_resume_runs_waits_for_it_and_returns(
+    gateway: SimServer, tmp_path: Path
+) -> None:
+    guard = guard_with(tmp_path)
+    started, finished = threading.Event(), threading.Event()
+
+    @guard.resumer("busy")
+    def busy(parked: Any) -> str:
+        started.set()
+        time.sleep(1.0)
+        finished.set()
+        return "done"
+
+    client = guard.wrap(openai.OpenAI(base_url=gateway.base_url, api_key=KEY))
+    gateway.rate_limit_next(1, retry_after=0.1)
+    with guard.session("stop-1", budget_key="team", resumer="busy"), pytest.raises(SessionParked):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    daemon = ResumeDaemon(guard, poll_interval_s=0.05, watch_inbox=False)
+    daemon.start()
+    assert started.wait(30)
+    stopper = threading.Thread(target=daemon.stop)  # as on SIGTERM, mid-resume
+    stopper.start()
+    stopper.join(timeout=30)
+    assert not stopper.is_alive() and finished.is_set()
+    assert guard.parked.get("stop-1").state == "resumed"

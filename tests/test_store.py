@@ -126,13 +126,20 @@ def test_expired_leases_are_taken_over_and_future_records_wait(store_url: str) -
     parked.put(record("later", datetime.now(UTC) + timedelta(hours=1)))
     assert parked.claim("later", "a", lease_s=60) is None
     parked.put(record("now", datetime.now(UTC) - timedelta(seconds=1)))
-    assert parked.claim("now", "a", lease_s=0.01) is not None
-    assert (
-        parked.claim("now", "b", lease_s=60, now=datetime.now(UTC) + timedelta(seconds=1))
-        is not None
-    )
-    assert parked.get("now").lease_owner == "b"
+    first = parked.claim("now", "a", lease_s=0.01)
+    assert first is not None and first.resume_id
+    second = parked.claim("now", "b", lease_s=60, now=datetime.now(UTC) + timedelta(seconds=1))
+    assert second is not None
+    assert parked.get("now").lease_owner == second.lease_owner
+    assert second.lease_owner and second.lease_owner.startswith("b#")
+    assert second.resume_id == first.resume_id  # the same attempt, run again
     assert "now" not in parked.due()
+    # The first claim lost its lease: it can neither renew it nor write its outcome.
+    assert first.lease_owner is not None and second.lease_owner is not None
+    assert not parked.renew("now", first.lease_owner, lease_s=60)
+    assert parked.update_claimed("now", first.lease_owner, lambda r: r) is None
+    assert parked.renew("now", second.lease_owner, lease_s=60)
+    assert parked.update_claimed("now", second.lease_owner, lambda r: r) is not None
 
 
 def test_update_is_one_transaction_and_dedups_by_session(store_url: str) -> None:
@@ -287,3 +294,51 @@ def test_a_full_disk_is_a_clear_store_error(tmp_path: Path) -> None:
         for key in [k for k in _stores if "small-disk" in k]:
             _stores.pop(key).dispose()
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def _open_at(url: str, start: float) -> str:
+    while time.time() < start:  # line the processes up on one instant
+        pass
+    try:
+        ParkedStore(Store(url)).list()
+    except StoreError as exc:
+        return str(exc)
+    return "ok"
+
+
+@pytest.mark.parametrize("options", ["", "?timeout=5"])
+def test_processes_opening_a_fresh_store_at_once_all_succeed(store_url: str, options: str) -> None:
+    if options and not store_url.startswith("sqlite"):
+        pytest.skip("URL options are a SQLite case")
+    url = store_url + options
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        for _ in range(3):
+            start = time.time() + 0.3
+            results = pool.starmap(_open_at, [(url, start)] * 4)
+            assert results == ["ok"] * 4
+            if url.startswith("sqlite"):
+                path = Path(url.split("///", 1)[1].split("?", 1)[0])
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{path}{suffix}").unlink(missing_ok=True)  # fresh again
+
+
+def test_looking_at_parked_records_never_holds_up_a_writer(tmp_path: Path) -> None:
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    parked = ParkedStore(Store(url, busy_timeout_s=0.2))
+    parked.put(record("seen", datetime.now(UTC)))
+    writer = sqlite3.connect(tmp_path / "store.db", isolation_level=None, timeout=0.2)
+    writer.execute("BEGIN IMMEDIATE")  # another process is writing
+    try:
+        assert [r.session_id for r in parked.list()] == ["seen"]
+        assert parked.find("seen") is not None and parked.waiting()
+    finally:
+        writer.execute("ROLLBACK")
+    # ... and no transaction (nor its read snapshot) is left open after a look.
+    connection = parked.store._local.connection
+    assert not connection.in_transaction
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("UPDATE agentguard_parked_sessions SET state = 'dropped'")
+    writer.execute("COMMIT")
+    assert parked.get("seen").state == "dropped"

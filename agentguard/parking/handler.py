@@ -10,7 +10,8 @@ handed back.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from agentguard.errors import AgentGuardError, BudgetExceeded, SessionParked
 from agentguard.log import logger
 from agentguard.parking.classify import LimitVerdict, classify_limit_error, resume_time
 from agentguard.parking.record import ParkedSession, ParkReason
-from agentguard.parking.store import ParkedStore
+from agentguard.parking.store import ParkedStore, active_claim
 from agentguard.redact import redact_text
 
 if TYPE_CHECKING:
@@ -28,7 +29,10 @@ if TYPE_CHECKING:
     from agentguard.pipeline import CallContext, Reply
     from agentguard.session import Session
 
-__all__ = ["Decision", "Parker"]
+__all__ = ["Decision", "Parker", "request_url"]
+
+request_url: ContextVar[str | None] = ContextVar("agentguard_request_url", default=None)
+"""The URL of the call being guarded (set by the transport): which gateway refused it."""
 
 _LIMIT_STATUSES = frozenset({400, 402, 403, 422, 429})
 # Call parameters a replay must not repeat: they belong to the transport, not the request.
@@ -88,6 +92,10 @@ class Parker:
         self, call: CallContext, verdict: LimitVerdict, *, failed: bool
     ) -> ParkedSession:
         now = datetime.now(UTC)
+        if verdict.wait_s is None:
+            gateway = self.gateway_reset(request_url.get(), now)
+            if gateway is not None:
+                verdict = replace(verdict, wait_s=gateway[0], reset_source=gateway[1])
         resume_at, source = resume_time(
             verdict,
             window_hours=self.config.window_hours,
@@ -114,6 +122,23 @@ class Parker:
         return self.park_session(
             call.session, call.original_body, reason, None if failed else resume_at, failed=failed
         )
+
+    def gateway_reset(self, url: str | None, now: datetime) -> tuple[float, str] | None:
+        """Seconds until the window of the configured gateway ``url`` belongs to ends, and the
+        source to record; ``None`` if no ``parking.gateways`` entry matches."""
+        if not url:
+            return None
+        for gateway in self.config.gateways:
+            if not url.startswith(gateway.base_url.rstrip("/")):
+                continue
+            length = gateway.window_length.total_seconds()
+            # A first-spend window began at the latest now, so it ends within one length.
+            fixed = gateway.window_mode == "fixed"
+            wait = length - now.timestamp() % length if fixed else length
+            return wait, (
+                f"parking.gateways ({gateway.base_url}: {gateway.window} {gateway.window_mode})"
+            )
+        return None
 
     def park_budget(self, call: CallContext, error: BudgetExceeded) -> ParkedSession:
         reason = ParkReason(
@@ -143,7 +168,14 @@ class Parker:
         request = {k: v for k, v in pending_request.items() if k not in _NOT_REPLAYED}
         max_attempts = self.config.max_attempts
 
-        def change(current: ParkedSession | None) -> ParkedSession:
+        claim = active_claim.get()
+        fenced_by = claim[1] if claim is not None and claim[0] == session.id else None
+
+        def change(current: ParkedSession | None) -> ParkedSession | None:
+            if fenced_by is not None and (
+                current is None or current.state != "resuming" or current.lease_owner != fenced_by
+            ):
+                return None  # this resume lost its claim: the record is someone else's now
             resuming = current is not None and current.state == "resuming"
             # A record that is still parked or resuming is this same live session: its history
             # goes on. A finished one (resumed, failed, dropped) belonged to an earlier run
@@ -193,10 +225,13 @@ class Parker:
             return record
 
         try:
-            record = self.store.update(session.id, change)
+            written = self.store.update(session.id, change)
         except ValidationError as exc:
             raise _invalid_record(session.id, exc) from None
-        assert record is not None
+        if written is None:
+            logger.warning("park_fenced", session_id=session.id, reason=reason.kind)
+            return self.store.get(session.id)
+        record = written
         event = "fail" if record.state == "failed" else ("re-park" if record.attempts else "park")
         logger.info(
             event,
@@ -217,8 +252,12 @@ class Parker:
                 f"session {record.session_id!r} hit {record.reason.kind} and will not resume: "
                 f"{record.history[-1].note if record.history else record.reason.message}"
             )
+        elif record.state != "parked" or record.resume_at is None:
+            message = (
+                f"session {record.session_id!r} hit {record.reason.kind} while its resume had "
+                f"lost its claim; the record is {record.state} and was left as it is"
+            )
         else:
-            assert record.resume_at is not None
             message = (
                 f"session {record.session_id!r} parked ({record.reason.kind}: "
                 f"{record.reason.message[:200]}); resumes at "

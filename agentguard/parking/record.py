@@ -109,8 +109,8 @@ class ParkedSession(_Model):
     request: dict[str, Any] = Field(default_factory=dict)
     """The pending ``chat.completions.create`` keyword arguments (model, messages, tools,
     params); never API keys or headers."""
-    iterations: int = 0
-    spent_usd: Decimal = Decimal(0)
+    iterations: int = Field(default=0, ge=0)
+    spent_usd: Decimal = Field(default=Decimal(0), ge=0)
     session_state: dict[str, Any] = Field(default_factory=dict)
     """The session's counters (:class:`agentguard.SessionState`), restored on resume."""
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -119,10 +119,14 @@ class ParkedSession(_Model):
     state: ParkState = "parked"
     parked_at: datetime = Field(default_factory=_now)
     resume_at: datetime | None = None
-    attempts: int = 0
+    attempts: int = Field(default=0, ge=0)
     """Resumes tried so far."""
     lease_owner: str | None = None
     lease_until: datetime | None = None
+    resume_id: str | None = None
+    """The idempotency key of the current resume attempt: the same when a resume whose
+    process died is run again, new for each new attempt. Resumers with side effects outside
+    agentguard (a message sent, a ticket filed) should pass it on or check it."""
     history: list[Transition] = Field(default_factory=list)
     result: dict[str, Any] | None = None
     """A short summary of the resumed call's result (or of the last failure)."""

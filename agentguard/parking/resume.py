@@ -13,14 +13,15 @@ import inspect
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from agentguard.errors import SessionParked
 from agentguard.log import logger
 from agentguard.parking.record import ParkedSession, ParkState
-from agentguard.parking.store import ParkedStore, UnknownSession
+from agentguard.parking.store import ParkedStore, UnknownSession, active_claim
 
 if TYPE_CHECKING:
     from agentguard.guard import Guard
@@ -176,6 +177,28 @@ class ParkedSessions:
             self.schedule_now(session_id)
         return self.run(session_id, owner=owner or default_owner(), raise_parked=True)
 
+    def problem_with(self, record: ParkedSession) -> str | None:
+        """Why a record from elsewhere (the inbox) must not be stored, or ``None``: it names a
+        budget key this application has not configured, or counters it could not restore."""
+        key = record.budget_key
+        if key != "default" and self.guard.config.budget(key) is None:
+            configured = sorted(budget.key for budget in self.guard.config.budgets)
+            return (
+                f"names budget key {key!r}, which is not configured (configured: {configured};"
+                f' add a [[budgets]] entry with key = "{key}" to accept it)'
+            )
+        if record.session_state:
+            from agentguard.session import SessionState
+
+            try:
+                state = SessionState.model_validate(record.session_state)
+            except ValueError as exc:
+                return f"has a session_state that does not validate: {str(exc).splitlines()[0]}"
+            for name, value in state.model_dump().items():
+                if isinstance(value, (int, Decimal)) and not isinstance(value, bool) and value < 0:
+                    return f"has a negative counter: session_state.{name} = {value}"
+        return None
+
     def import_record(self, record: ParkedSession, *, replace: bool = True) -> ParkedSession:
         """Store a record that came from elsewhere (a file, another process). A record of the
         same session that is being resumed is left alone (dedup by session id).
@@ -188,43 +211,49 @@ class ParkedSessions:
         Raises:
             ValueError: ``replace`` is false and a record with this id exists.
         """
-
-        def change(current: ParkedSession | None) -> ParkedSession | None:
-            if current is not None and not replace:
-                raise ValueError(
-                    f"session {record.session_id!r} already has a record ({current.state}); "
-                    "replace it explicitly to overwrite it"
-                )
-            if current is not None and current.state == "resuming":
-                logger.info("ingest_skipped", session_id=record.session_id, reason="resuming")
-                return None
-            if current is not None and current.state == "parked" and record.state == "parked":
-                # The same session parked again from elsewhere: keep the history, count attempts.
-                record.history = [*current.history, *record.history][-50:]
-                record.attempts = max(record.attempts, current.attempts)
-            if not record.history:
-                record.transition(record.state, "imported")
-            return record
-
-        stored = self.store.update(record.session_id, change)
+        stored = self.store.update(record.session_id, _importer(record, replace=replace))
         return stored or self.store.get(record.session_id)
+
+    def import_records(self, records: Sequence[ParkedSession]) -> None:
+        """:meth:`import_record` for several records, in one transaction (all or none)."""
+        self.store.update_many([(record.session_id, _importer(record)) for record in records])
 
     # -- the resume itself -------------------------------------------------------------------------
 
     def run(self, session_id: str, *, owner: str, raise_parked: bool = False) -> Any:
         """Claim a due session and resume it. Returns the resumer's result, or ``None`` if the
-        session was not claimed (not due, or another process has it)."""
+        session was not claimed (not due, or another process has it).
+
+        The claim's lease is renewed while the resumer runs; the outcome is written only if
+        the claim is still this run's. Whatever goes wrong after the claim (the session cannot
+        be restored, the resumer raises), the record ends ``parked`` or ``failed`` with a
+        reason, never left ``resuming``.
+        """
         lease_s = self.guard.config.parking.lease_s
         record = self.store.claim(session_id, owner, lease_s=lease_s)
         if record is None:
             return None
+        token = record.lease_owner
+        assert token is not None
         logger.info(
             "claim",
             session_id=session_id,
             owner=owner,
             attempts=record.attempts,
             resumer=record.resumer,
+            resume_id=record.resume_id,
         )
+        keeper = _LeaseKeeper(self.store, session_id, token, lease_s)
+        keeper.start()
+        claim_marker = active_claim.set((session_id, token))
+        try:
+            return self._resume_claimed(record, raise_parked=raise_parked)
+        finally:
+            active_claim.reset(claim_marker)
+            keeper.stop()
+
+    def _resume_claimed(self, record: ParkedSession, *, raise_parked: bool) -> Any:
+        session_id = record.session_id
         resumer = self.guard.resumers.get(record.resumer)
         if resumer is None:
             self._finish(
@@ -234,7 +263,17 @@ class ParkedSessions:
                 f"(registered: {sorted(self.guard.resumers)})",
             )
             return None
-        session = self.guard.restore_session(record)
+        try:
+            session = self.guard.restore_session(record)
+        except Exception as exc:
+            self._finish(
+                record,
+                "failed",
+                f"cannot restore the session from the record: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:300]}",
+                result={"error": f"{type(exc).__name__}: {str(exc)[:500]}"},
+            )
+            return None
         try:
             with session:
                 if inspect.iscoroutinefunction(resumer):
@@ -246,12 +285,15 @@ class ParkedSessions:
         except SessionParked as parked:
             # The pipeline already wrote the new state (re-parked with attempts + 1, or failed).
             logger.info("resume_parked", session_id=session_id, resume_at=parked.resume_at)
+            if self._still_claimed(record):
+                # The pipeline could not write it (its record was changed meanwhile).
+                self._after_error(record, parked, session)
             if raise_parked:
                 raise
             return None
-        except Exception as exc:
+        except BaseException as exc:
             self._after_error(record, exc, session)
-            if raise_parked:
+            if raise_parked or not isinstance(exc, Exception):
                 raise
             return None
         self._finish(
@@ -261,10 +303,19 @@ class ParkedSessions:
             "resume",
             session_id=session_id,
             attempts=record.attempts,
+            resume_id=record.resume_id,
             spent_usd=session.state.spent_usd,
             iterations=session.state.iterations,
         )
         return result
+
+    def _still_claimed(self, record: ParkedSession) -> bool:
+        current = self.store.find(record.session_id)
+        return (
+            current is not None
+            and current.state == "resuming"
+            and current.lease_owner == record.lease_owner
+        )
 
     def _finish(
         self,
@@ -277,12 +328,7 @@ class ParkedSessions:
         attempts: int | None = None,
         session: Session | None = None,
     ) -> None:
-        def change(current: ParkedSession | None) -> ParkedSession | None:
-            if current is None:
-                return None
-            if current.state != "resuming" or current.lease_owner != record.lease_owner:
-                # Someone else changed it meanwhile (dropped, or took over an expired lease).
-                return None
+        def change(current: ParkedSession) -> ParkedSession:
             current.lease_owner = None
             current.lease_until = None
             current.resume_at = resume_at
@@ -291,17 +337,30 @@ class ParkedSessions:
             if result is not None:
                 current.result = result
             if session is not None:
-                current.iterations = session.state.iterations
-                current.spent_usd = session.state.spent_usd
+                current.iterations = max(0, session.state.iterations)
+                current.spent_usd = max(Decimal(0), session.state.spent_usd)
                 current.session_state = session.state.model_dump(mode="json")
             current.transition(state, note)
             return current
 
-        self.store.update(record.session_id, change)
+        assert record.lease_owner is not None
+        written = self.store.update_claimed(record.session_id, record.lease_owner, change)
+        if written is None:
+            # Dropped, or taken over after this run lost its lease: the outcome is not ours
+            # to write.
+            logger.warning(
+                "resume_fenced",
+                session_id=record.session_id,
+                resume_id=record.resume_id,
+                outcome=state,
+            )
+            return
         if state == "failed":
             logger.info("fail", session_id=record.session_id, reason=note)
 
-    def _after_error(self, record: ParkedSession, error: Exception, session: Session) -> None:
+    def _after_error(
+        self, record: ParkedSession, error: BaseException, session: Session | None
+    ) -> None:
         attempts = record.attempts + 1
         max_attempts = self.guard.config.parking.max_attempts
         note = f"resume failed: {type(error).__name__}: {str(error)[:300]}"
@@ -326,6 +385,65 @@ class ParkedSessions:
             session=session,
         )
         logger.info("re-park", session_id=record.session_id, attempts=attempts, reason=note)
+
+
+class _LeaseKeeper:
+    """Renews a claim's lease every third of its length while a resumer runs."""
+
+    __slots__ = ("_done", "_thread", "lease_s", "lost", "session_id", "store", "token")
+
+    def __init__(self, store: ParkedStore, session_id: str, token: str, lease_s: float) -> None:
+        self.store = store
+        self.session_id = session_id
+        self.token = token
+        self.lease_s = lease_s
+        self.lost = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"agentguard-lease-{session_id[:40]}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=self.lease_s)
+
+    def _run(self) -> None:
+        while not self._done.wait(self.lease_s / 3):
+            try:
+                held = self.store.renew(self.session_id, self.token, lease_s=self.lease_s)
+            except Exception as exc:  # a store hiccup: try again at the next beat
+                logger.warning("lease_renew_failed", session_id=self.session_id, error=str(exc))
+                continue
+            if not held:
+                self.lost = True
+                logger.warning("lease_lost", session_id=self.session_id)
+                return
+
+
+def _importer(
+    record: ParkedSession, *, replace: bool = True
+) -> Callable[[ParkedSession | None], ParkedSession | None]:
+    def change(current: ParkedSession | None) -> ParkedSession | None:
+        if current is not None and not replace:
+            raise ValueError(
+                f"session {record.session_id!r} already has a record ({current.state}); "
+                "replace it explicitly to overwrite it"
+            )
+        if current is not None and current.state == "resuming":
+            logger.info("ingest_skipped", session_id=record.session_id, reason="resuming")
+            return None
+        if current is not None and current.state == "parked" and record.state == "parked":
+            # The same session parked again from elsewhere: keep the history, count attempts.
+            record.history = [*current.history, *record.history][-50:]
+            record.attempts = max(record.attempts, current.attempts)
+        if not record.history:
+            record.transition(record.state, "imported")
+        return record
+
+    return change
 
 
 async def _await(value: Any) -> Any:

@@ -240,7 +240,16 @@ class Store:
     def _create_engine(self, url: sa.URL) -> Engine:
         if not self.is_sqlite:
             try:
-                return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+                # A process stopped inside a transaction (SIGSTOP, a debugger) would hold its row
+                # locks and block every other process on the budget; no transaction of ours
+                # waits on anything, so the server ends one left idle this long.
+                return sa.create_engine(
+                    url,
+                    pool_pre_ping=True,
+                    pool_size=5,
+                    max_overflow=10,
+                    connect_args={"options": "-c idle_in_transaction_session_timeout=10000"},
+                )
             except ImportError as exc:
                 raise StoreError(
                     f"cannot open store {self.safe_url} ({self.origin}): its driver is not "

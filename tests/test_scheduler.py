@@ -262,6 +262,7 @@ def guard_with(tmp_path: Path, **parking: Any) -> Guard:
                 "store": {"url": f"sqlite:///{tmp_path / 'store.db'}"},
                 "parking": {"wait_inline_max_s": 0, "dir": str(tmp_path / "parked"), **parking},
                 "limits": {"backoff_initial_s": 0.01},
+                "budgets": [{"key": "team"}],
             },
             env={},
         )
@@ -272,14 +273,15 @@ def test_a_resume_longer_than_its_lease_runs_once_with_one_resume_id(
     gateway: SimServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    guards = [guard_with(tmp_path, lease_s=0.6) for _ in range(2)]
+    # Renewed every lease_s / 3: a loaded machine has a second in hand before a renewal is late.
+    guards = [guard_with(tmp_path, lease_s=1.5) for _ in range(2)]
     runs: list[tuple[int, str | None]] = []
     for index, guard in enumerate(guards):
 
         @guard.resumer("slow")
         def slow(parked: Any, index: int = index) -> str:
             runs.append((index, parked.resume_id))
-            time.sleep(2.0)  # over three lease lengths: the lease must be renewed meanwhile
+            time.sleep(4.0)  # over two lease lengths: the lease must be renewed meanwhile
             return "done"
 
     parker = guards[0]

@@ -274,13 +274,13 @@ def test_a_full_disk_is_a_clear_store_error(tmp_path: Path) -> None:
         store = Store(f"sqlite:///{mount_point / 'store.db'}")
         ledger = Ledger(store)
         ledger.status(BudgetLine("k", None))  # the schema fits
-        with (mount_point / "filler").open("wb") as filler:
-            try:
+        try:
+            with (mount_point / "filler").open("wb") as filler:
                 while True:
                     filler.write(b"\0" * 16384)
                     filler.flush()
-            except OSError:
-                pass  # the disk is full now
+        except OSError:
+            pass  # the disk is full now (the last write or the close said so)
         parked = ParkedStore(store)
         with pytest.raises(StoreError, match="disk is full"):
             for n in range(200):

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agentguard.errors import AgentGuardError
+from agentguard.routing.cli import route_app
 
 if TYPE_CHECKING:
     from agentguard.guard import Guard
@@ -40,6 +41,7 @@ store_app = typer.Typer(help="The SQL store.", no_args_is_help=True)
 app.add_typer(budget_app, name="budget")
 app.add_typer(parked_app, name="parked")
 app.add_typer(store_app, name="store")
+app.add_typer(route_app, name="route")
 
 console = Console()
 errors = Console(stderr=True)

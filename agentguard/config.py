@@ -159,7 +159,18 @@ class RoutingConfig(_Section):
     tiers: dict[str, str] = Field(default_factory=dict)
     """Tier name to model, cheapest first (``{small = "gpt-4o-mini", large = "gpt-4o"}``).
     Empty turns routing off."""
-    classifier: Literal["heuristic", "llm", "cascade"] = "heuristic"
+    classifier: Literal["learned", "heuristic", "llm", "cascade"] = "learned"
+    """``learned`` (the shipped scorer, offline), ``heuristic`` (the older rules), ``llm`` (ask
+    the small tier every step) or ``cascade`` (the learned scorer; the small tier is asked only
+    in its uncertain band)."""
+    threshold: Annotated[float, Field(gt=0, lt=1)] | None = None
+    """Score (the probability that a step needs the larger model) from which a step goes up a
+    tier. ``None``: the shipped model's default. ``agentguard route calibrate
+    --target-large-share 0.3 --events FILE`` computes one for a target share of large-tier
+    calls from recorded ``route`` events."""
+    uncertain_band: Annotated[float, Field(ge=0, lt=0.5)] = 0.1
+    """Half-width of the score band around ``threshold`` in which ``cascade`` asks the small
+    tier."""
     pressure: list[tuple[Annotated[float, Field(gt=0, le=1)], str]] = Field(default_factory=list)
     """``[remaining budget fraction, highest tier allowed]`` pairs."""
     allow_upgrade: bool = False

@@ -84,7 +84,13 @@ def _run(console: Console, home: Path, *, steps: int, budget_usd: float, model: 
                     "on_exhausted": "park",
                 }
             ],
-            "routing": {"tiers": {"small": "gpt-4o-mini", "large": "gpt-4o"}},
+            # The hand-weighted classifier, whose routine-step rule sends this short scripted
+            # session's file reads to the small tier; the learned default keeps every step of
+            # a debugging task on the frontier model, which this tiny budget cannot carry.
+            "routing": {
+                "tiers": {"small": "gpt-4o-mini", "large": "gpt-4o"},
+                "classifier": "heuristic",
+            },
             "trimming": {
                 "max_context_tokens": 12000,
                 "keep_last_turns": 3,

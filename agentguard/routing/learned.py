@@ -15,6 +15,7 @@ as fixed log-odds on top of the model: a failed or escalated previous step.
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import re
@@ -230,8 +231,12 @@ class LearnedClassifier:
         from agentguard.routing import Classification
 
         vector = step_vector(features)
-        log_odds = self.model.log_odds(vector)
-        reasons = [f"{_describe(n)} ({w:+.1f})" for n, w in self.model.contributions(vector)]
+        get = self.model.weights.get
+        # One pass gives both the log-odds and the parts that explain it.
+        parts = [(weight * value, name) for name, value in vector.items() if (weight := get(name))]
+        log_odds = self.model.bias + sum(part for part, _ in parts)
+        top = heapq.nlargest(3, parts, key=lambda part: abs(part[0]))
+        reasons = [f"{_describe(name)} ({part:+.1f})" for part, name in top]
         if features.previous_outcome == "failed":
             log_odds += PREVIOUS_FAILED_LOG_ODDS
             reasons.insert(0, f"previous step failed (+{PREVIOUS_FAILED_LOG_ODDS:.1f})")

@@ -36,6 +36,8 @@ except ImportError:  # a typer that uses click itself
     _click_errors: Any = importlib.import_module("click.exceptions")
     NoArgsIsHelpError = _click_errors.__dict__.get("NoArgsIsHelpError", typer.Exit)  # type: ignore[misc]
 
+from agentguard.route_cli import route_app
+
 if TYPE_CHECKING:
     from agentguard.budget_history import WindowSpend
     from agentguard.config import BudgetConfig
@@ -116,6 +118,7 @@ store_app = typer.Typer(help="The SQL store.", no_args_is_help=True)
 app.add_typer(budget_app, name="budget")
 app.add_typer(parked_app, name="parked")
 app.add_typer(store_app, name="store")
+app.add_typer(route_app, name="route")
 
 console = Console(highlight=False)
 

@@ -221,11 +221,21 @@ class RoutingConfig(_Section):
     tiers: dict[str, str] = Field(default_factory=dict)
     """Tier name to model, cheapest first (``{small = "gpt-4o-mini", large = "gpt-4o"}``).
     Empty turns routing off."""
-    classifier: Literal["heuristic", "llm", "cascade"] = "heuristic"
+    classifier: Literal["heuristic", "learned", "llm", "cascade"] = "heuristic"
     """How a step's difficulty is judged: ``heuristic`` (offline rules on the request: tool
     results being digested, code/maths/multi-step signals, input size, position, previous
-    outcome), ``llm`` (the cheapest tier is asked, a model call of its own, through the guard),
-    or ``cascade`` (the heuristic, and the LLM only for steps it is unsure of)."""
+    outcome), ``learned`` (the shipped scorer, offline: a logistic regression trained on public
+    routing data and labelled agent steps), ``llm`` (the cheapest tier is asked, a model call of
+    its own, through the guard), or ``cascade`` (the learned scorer, and the small tier asked only
+    inside its uncertain band)."""
+    threshold: Annotated[float, Field(gt=0, lt=1)] | None = None
+    """Score (the probability that a step needs the larger model) from which a step goes up a
+    tier. ``None``: the learned model's default (``learned`` and ``cascade`` only). ``agentguard route calibrate
+    --target-large-share 0.3 --events FILE`` computes one for a target share of large-tier
+    calls from recorded ``route`` events."""
+    uncertain_band: Annotated[float, Field(ge=0, lt=0.5)] = 0.1
+    """Half-width of the score band around ``threshold`` in which ``cascade`` asks the small
+    tier."""
     pressure: list[tuple[Annotated[float, Field(gt=0, le=1)], str]] = Field(default_factory=list)
     """``[remaining budget fraction, highest tier allowed]`` pairs."""
     allow_upgrade: bool = False

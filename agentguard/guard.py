@@ -22,7 +22,7 @@ from agentguard.parking.store import ParkedStore
 from agentguard.pipeline import CallContext, CallStage, Pipeline
 from agentguard.retrying import RetryPolicy
 from agentguard.session import Session, SessionState
-from agentguard.stages import RouteStage, TrimStage, new_input
+from agentguard.stages import RouteStage, TrimStage
 from agentguard.store import Store, open_store
 from agentguard.transport import flavour_for_client, flavour_of_openai, transports
 
@@ -105,7 +105,9 @@ class Guard:
             self.config.routing,
             self.counter,
             self.remaining_fraction,
-            ask=self._classifier_ask if self.config.routing.classifier != "heuristic" else None,
+            ask=self._classifier_ask
+            if self.config.routing.classifier in ("llm", "cascade")
+            else None,
         )
         self.stages.append(self.router_stage)
         if self.config.trimming.enabled:
@@ -318,24 +320,13 @@ class Guard:
         tools: list[dict[str, Any]] | None = None,
         session: Session | None = None,
     ) -> RouteDecision:
-        """The routing decision for a call, without making it (no I/O with the heuristic
-        classifier; budget pressure is read only when a session is given)."""
+        """The routing decision for a call, without making it: the pipeline's own decision for
+        the same step (no I/O with the learned or heuristic classifier; budget pressure is read
+        only when a session is given)."""
         from agentguard.routing import RouteDecision as _RouteDecision
 
-        router = self.router_stage.router
-        decision: _RouteDecision = router.decide(
-            model=model,
-            messages=messages,
-            tools=tools,
-            input_tokens=self.counter.count_messages(new_input(messages), model),
-            step_index=max(0, session.state.iterations) if session else 0,
-            previous_outcome=session.state.last_outcome if session else None,  # type: ignore[arg-type]
-            remaining_fraction=(
-                self.remaining_fraction(session)
-                if session is not None and self.config.routing.pressure
-                else None
-            ),
-            force_model=session.force_model if session else None,
+        decision: _RouteDecision = self.router_stage.decide_step(
+            model=model, messages=messages, tools=tools, session=session
         )
         return decision
 

@@ -56,14 +56,50 @@ class RouteStage:
         self.router = Router(config, ask=_guarded_ask(ask) if ask else None)
 
     def decide(self, call: CallContext) -> RouteDecision:
-        session = call.session
-        fraction = self.remaining_fraction(session) if self.config.pressure else None
-        return self.router.decide(
+        # The limits stage has already counted this call in the session's iterations.
+        return self.decide_step(
             model=call.model,
             messages=call.messages,
             tools=call.tools,
-            input_tokens=self.counter.count_messages(new_input(call.messages), call.model),
-            step_index=max(0, session.state.iterations - 1),
+            session=call.session,
+            calls_before=call.session.state.iterations - 1,
+        )
+
+    def decide_step(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        session: Session | None,
+        calls_before: int | None = None,
+    ) -> RouteDecision:
+        """The decision for one step: the one code path of the pipeline and ``guard.route()``.
+
+        Args:
+            model: the model the caller asked for.
+            messages: the step's messages.
+            tools: the tools it offers.
+            session: the session it belongs to (``None``: a step outside any session).
+            calls_before: model calls the session made before this one (default: all its
+                counted iterations, for a step not yet counted).
+        """
+        if session is None:
+            return self.router.decide(
+                model=model,
+                messages=messages,
+                tools=tools,
+                input_tokens=self.counter.count_messages(new_input(messages), model),
+            )
+        if calls_before is None:
+            calls_before = session.state.iterations
+        fraction = self.remaining_fraction(session) if self.config.pressure else None
+        return self.router.decide(
+            model=model,
+            messages=messages,
+            tools=tools,
+            input_tokens=self.counter.count_messages(new_input(messages), model),
+            step_index=max(0, calls_before),
             previous_outcome=session.state.last_outcome,  # type: ignore[arg-type]
             remaining_fraction=fraction,
             force_model=session.force_model,

@@ -1,33 +1,37 @@
-"""Evaluate the step router on a labeled set of agent steps.
+"""Evaluate the step router: on RouteLLM's public benchmarks and on labelled agent steps.
 
-Data: ``bench/data/routing_steps.jsonl``, one agent step per line: ``id``, ``task_class``,
-``label`` (``easy`` | ``hard``), ``messages`` (system prompt, user task, sometimes earlier
-turns and tool results), ``tools`` (or null) and a ``note`` on what makes the step tricky.
+Run: ``python bench/routing_eval.py --routellm PATH`` (a RouteLLM checkout or its git dir;
+see ``routing_train.py``). Writes ``bench/results/routing_eval.json``.
 
-Split: a step is in the held-out **test** split when ``sha256(id) % 100 < 30``, else in
-**dev**. The heuristic's weights were set looking at dev only; test is reported as is.
+**RouteLLM benchmarks** (MT-Bench, GSM8K, MMLU: gpt-4-1106-preview vs Mixtral-8x7B, RouteLLM's
+contamination lists applied). For each, the learned scorer is scored
 
-Routing setup: two tiers, ``small = gpt-4o-mini`` and ``large = gpt-4o``; the agent asks for
-``gpt-4o`` on every step. A step routed to ``large`` counts as "predicted hard".
+- *cross-validated*: 5 folds over all training rows (the three benchmarks and the agent ``dev``
+  steps); every prompt is scored by a model that was not trained on it;
+- *leave-one-benchmark-out*: trained on the other two benchmarks and the agent ``dev`` steps;
 
-Metrics per split:
+against random routing (mean of 200 draws), prompt length alone (longer goes up) and the
+older heuristic classifier. Metrics: APGR (area under the performance-gap-recovered curve
+over the share of strong calls, 0..1; random is 0.5), PGR and strong-call share at the
+default threshold (baselines: PGR at the same strong share as the learned scorer), and the
+share of calls kept off the strong model while reaching 95% of its quality.
 
-- accuracy of the easy/hard prediction;
-- hard-sent-cheap: share of hard steps routed to the small tier (the costly mistake);
-- easy-sent-frontier: share of easy steps routed to the large tier (the wasteful one);
-- frontier share: share of all calls sent to the large tier;
-- cost share: routed cost / cost of sending every step to gpt-4o. Input tokens are estimated
-  as characters / 4 of the messages and tool schemas; every step is assumed to produce
-  ``--output-tokens`` output tokens (default 300). Prices come from genai-prices.
+**Agent steps** (``bench/data/routing_steps.jsonl``, easy/hard): the ``test`` split
+(``sha256(id) % 100 < 30``) is never trained or tuned on; the shipped weights were fitted on
+``dev`` (and the benchmarks) and the threshold chosen on ``dev`` out-of-fold scores. Each step
+goes through the real :class:`Router` with two tiers, ``small = gpt-4o-mini`` and ``large =
+gpt-4o``; the agent asks for ``gpt-4o``. Metrics: accuracy, hard-sent-cheap (hard steps routed
+small), easy-sent-frontier, frontier share, and cost share (routed cost / all-frontier cost;
+input tokens = characters / 4, ``--output-tokens`` per step, genai-prices).
 
-Cascade: the LLM classifier is **simulated**. An oracle answers the true label, flipped with a
-given error rate (deterministically per step), through the real :class:`LLMClassifier`
-(prompt building and answer parsing included). The cost of each classifier call (its prompt
-at small-model input price, plus 3 output tokens) is added to the cascade's cost. Real small
-models are not oracles: read these rows as "what the cascade adds if the LLM is right
-(1 - error rate) of the time on the steps it is asked about".
+**Non-English**: ``bench/data/routing_steps_translated.jsonl`` holds the latest user message of
+test-split steps translated by hand (the rest of the step unchanged); the same metrics are
+reported per language next to the same steps in English.
 
-Run: ``python bench/routing_eval.py`` (``--show-errors`` lists dev misclassifications only).
+**Cascade**: the LLM classifier is *simulated*: an oracle answers the true label, flipped with a
+given error rate (deterministically per step), through the real :class:`LLMClassifier`; it is
+asked only for steps in the learned scorer's uncertain band, and each ask is priced at small
+model rates (its prompt + 3 output tokens) and included in the cost share.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
+import routing_corpus as corpus  # noqa: E402
 from _machine import machine_info  # noqa: E402
 
 from agentguard.config import RoutingConfig  # noqa: E402
@@ -54,15 +60,19 @@ from agentguard.routing import (  # noqa: E402
     CascadeClassifier,
     Classifier,
     HeuristicClassifier,
+    LearnedClassifier,
     LLMClassifier,
     Router,
+    extract_features,
+    load_model,
 )
 
 DATA = ROOT / "bench" / "data" / "routing_steps.jsonl"
+TRANSLATED = ROOT / "bench" / "data" / "routing_steps_translated.jsonl"
 RESULTS = ROOT / "bench" / "results" / "routing_eval.json"
 SMALL, LARGE = "gpt-4o-mini", "gpt-4o"
 TEST_PERCENT = 30
-LLM_ERROR_RATES = (0.0, 0.05, 0.10, 0.20)
+LLM_ERROR_RATES = (0.0, 0.10, 0.20, 0.30)
 # Used only if genai-prices cannot be imported; dollars per million tokens (OpenAI list prices).
 FALLBACK_PRICES = {
     SMALL: (Decimal("0.15"), Decimal("0.60")),
@@ -136,6 +146,8 @@ def evaluate(
     per_split: dict[str, dict[str, Any]] = {}
     for split in ("dev", "test", "all"):
         chosen = [s for s in steps if split == "all" or s["split"] == split]
+        if not chosen:
+            continue
         correct = hard_cheap = easy_frontier = frontier = asked = 0
         routed_cost = frontier_cost = classifier_cost = Decimal(0)
         per_class: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -158,8 +170,8 @@ def evaluate(
             hard_cheap += step["label"] == "hard" and predicted == "easy"
             easy_frontier += step["label"] == "easy" and predicted == "hard"
             frontier += predicted == "hard"
-            routed_cost += cost_usd(prices, decision.model, step["input_tokens"], output_tokens)
-            frontier_cost += cost_usd(prices, LARGE, step["input_tokens"], output_tokens)
+            routed_cost += cost_usd(prices, decision.model, step["cost_tokens"], output_tokens)
+            frontier_cost += cost_usd(prices, LARGE, step["cost_tokens"], output_tokens)
             for prompt_tokens in prompt_log:
                 asked += 1
                 classifier_cost += cost_usd(
@@ -218,30 +230,182 @@ def time_decide(steps: list[dict[str, Any]], rounds: int = 5) -> dict[str, float
     }
 
 
+def text_length(row: corpus.Row) -> float:
+    return float(len(row.prompt))
+
+
+def heuristic_score(row: corpus.Row) -> float:
+    features = extract_features(
+        row.messages, row.tools, input_tokens=corpus.estimate_tokens(row.messages, row.tools)
+    )
+    return HeuristicClassifier()(features).score
+
+
+def benchmark_metrics(
+    rows: list[corpus.Row], scores: np.ndarray, threshold: float | None, share: float | None
+) -> dict[str, float]:
+    """APGR, PGR at the threshold (or at ``share`` strong calls), calls saved at 95%."""
+    strong = np.array([r.strong for r in rows])
+    weak = np.array([r.weak for r in rows])
+    curve = corpus.pgr_curve(scores, strong, weak)
+    result = {
+        "apgr": round(corpus.apgr(curve), 4),
+        "calls_saved_at_95pct_quality": round(saved_at_quality(scores, strong, weak), 4),
+    }
+    if threshold is not None:
+        at = corpus.pgr_at(scores, strong, weak, threshold)
+        result["pgr_at_threshold"] = round(at["pgr"], 4)
+        result["strong_share_at_threshold"] = round(at["strong_share"], 4)
+    elif share is not None:
+        k = round(share * len(rows))
+        result["pgr_at_same_strong_share"] = round(float(curve[k]), 4)
+    return result
+
+
+def saved_at_quality(scores: np.ndarray, strong: np.ndarray, weak: np.ndarray) -> float:
+    """Share of calls kept off the strong model at the fewest strong calls whose mean quality
+    reaches 95% of the strong model's."""
+    order = np.argsort(-scores, kind="stable")
+    quality = (weak.sum() + np.concatenate([[0.0], np.cumsum((strong - weak)[order])])) / len(
+        strong
+    )
+    target = 0.95 * strong.mean()
+    reached = np.nonzero(quality >= target - 1e-12)[0]
+    return 1.0 - float(reached[0]) / len(strong)
+
+
+def cached_cross_scores(folds: int) -> dict[str, float] | None:
+    """The out-of-fold scores ``routing_train.py`` computed for the shipped weights, if the
+    cache is there and belongs to them (same weights file, same folds)."""
+    if not corpus.OOF_CACHE.exists():
+        return None
+    cache = json.loads(corpus.OOF_CACHE.read_text())
+    weights = ROOT / "agentguard" / "routing" / "weights.json"
+    if cache.get("weights_sha256") != corpus.sha256_file(weights) or cache.get("folds") != folds:
+        return None
+    return {k: float(v) for k, v in cache["scores"].items()}
+
+
+def routellm_section(location: Path, folds: int, threshold: float, refit: bool) -> dict[str, Any]:
+    benchmarks, hashes = corpus.load_benchmarks(location)
+    agent_dev = [r for r in corpus.load_agent_steps() if r.split == "dev"]
+    rows = [r for b in benchmarks.values() for r in b] + agent_dev
+    corpus.vectorise(rows)
+    cached = None if refit else cached_cross_scores(folds)
+    cross: dict[str, float] = cached or {}
+    if cached is None:
+        for fold in range(folds):
+            train = [r for r in rows if corpus.fold_of(r.id, folds) != fold]
+            held = [r for r in rows if corpus.fold_of(r.id, folds) == fold]
+            model = corpus.fit(train)
+            cross.update(zip((r.id for r in held), model.scores(held), strict=True))
+    section: dict[str, Any] = {
+        "source": {
+            "repository": corpus.ROUTELLM_REPO,
+            "commit": corpus.ROUTELLM_COMMIT,
+            "licence": "Apache-2.0",
+            "files_sha256": dict(sorted(hashes.items())),
+        },
+        "threshold": threshold,
+        "folds": folds,
+        "cross_validated_scores": "from routing_train.py's run (same folds, same rows)"
+        if cached
+        else "refitted here",
+        "benchmarks": {},
+    }
+    for name, bench_rows in benchmarks.items():
+        others = [r for r in rows if r.source != name]
+        held_out = corpus.fit(others).scores(bench_rows)
+        learned = np.array([cross[r.id] for r in bench_rows])
+        cv = benchmark_metrics(bench_rows, learned, threshold, None)
+        share = cv["strong_share_at_threshold"]
+        strong = np.array([r.strong for r in bench_rows])
+        weak = np.array([r.weak for r in bench_rows])
+        rng = np.random.default_rng(11)
+        random_saved = np.mean(
+            [saved_at_quality(rng.random(len(bench_rows)), strong, weak) for _ in range(200)]
+        )
+        section["benchmarks"][name] = {
+            "prompts": len(bench_rows),
+            "strong_quality": round(float(strong.mean()), 4),
+            "weak_quality": round(float(weak.mean()), 4),
+            "learned_cross_validated": cv,
+            "learned_leave_benchmark_out": benchmark_metrics(bench_rows, held_out, threshold, None),
+            "length_only": benchmark_metrics(
+                bench_rows, np.array([text_length(r) for r in bench_rows]), None, share
+            ),
+            "heuristic": benchmark_metrics(
+                bench_rows, np.array([heuristic_score(r) for r in bench_rows]), None, share
+            ),
+            "random": {
+                "apgr": round(corpus.random_apgr(strong, weak)["apgr"], 4),
+                "calls_saved_at_95pct_quality": round(float(random_saved), 4),
+                "pgr_at_same_strong_share": round(share, 4),
+            },
+        }
+    return section
+
+
+def load_translations() -> list[dict[str, Any]]:
+    if not TRANSLATED.exists():
+        return []
+    return [
+        json.loads(line)
+        for line in TRANSLATED.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+
+
+def translated_steps(
+    steps: list[dict[str, Any]], translations: list[dict[str, Any]]
+) -> dict[str, list[dict[str, Any]]]:
+    """Per language, the translated steps (the latest user message replaced), and ``en`` for
+    the same steps in English."""
+    by_id = {s["id"]: s for s in steps}
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for item in translations:
+        step = by_id[item["id"]]
+        messages = [dict(m) for m in step["messages"]]
+        for message in reversed(messages):
+            if message["role"] == "user":
+                message["content"] = item["content"]
+                break
+        out[item["lang"]].append(
+            {
+                **step,
+                "messages": messages,
+                "input_tokens": corpus.estimate_tokens(messages, step["tools"]),
+            }
+        )
+    ids = {item["id"] for item in translations}
+    out["en"] = [s for s in steps if s["id"] in ids]
+    return dict(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--routellm", type=Path, help="RouteLLM checkout or git dir")
+    parser.add_argument("--folds", type=int, default=corpus.FOLDS)
+    parser.add_argument(
+        "--refit", action="store_true", help="refit the folds even if routing_train.py cached them"
+    )
     parser.add_argument(
         "--output-tokens", type=int, default=300, help="output tokens assumed per step"
     )
-    parser.add_argument(
-        "--show-errors", action="store_true", help="print dev-split misclassifications"
-    )
     parser.add_argument("--no-write", action="store_true", help="don't write the results file")
-    parser.add_argument(
-        "--dev-only",
-        action="store_true",
-        help="print dev rows only and write nothing (for tuning without seeing test)",
-    )
     args = parser.parse_args()
-    if args.dev_only:
-        args.no_write = True
 
+    model = load_model()
     steps = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
     for step in steps:
         step["split"] = split_of(step["id"])
-        step["input_tokens"] = estimate_tokens(step["messages"], step["tools"])
+        step["input_tokens"] = corpus.estimate_tokens(step["messages"], step["tools"])
+        step["cost_tokens"] = estimate_tokens(step["messages"], step["tools"])
         step["step_index"] = sum(m["role"] == "assistant" for m in step["messages"])
     prices, price_source = load_prices()
+
+    def learned(step: dict[str, Any], prompt_log: list[int]) -> Classifier:
+        return LearnedClassifier()
 
     def heuristic(step: dict[str, Any], prompt_log: list[int]) -> Classifier:
         return HeuristicClassifier()
@@ -249,31 +413,45 @@ def main() -> None:
     def cascade(error_rate: float) -> Any:
         def make(step: dict[str, Any], prompt_log: list[int]) -> Classifier:
             ask = oracle_ask(step["label"], step["id"], error_rate, prompt_log)
-            return CascadeClassifier(HeuristicClassifier(), LLMClassifier(ask))
+            return CascadeClassifier(LearnedClassifier(), LLMClassifier(ask))
 
         return make
 
-    runs = {"heuristic": evaluate(steps, heuristic, prices, args.output_tokens)}
+    runs = {
+        "learned": evaluate(steps, learned, prices, args.output_tokens),
+        "heuristic": evaluate(steps, heuristic, prices, args.output_tokens),
+    }
     for rate in LLM_ERROR_RATES:
         runs[f"cascade_sim_llm_error_{rate:.2f}"] = evaluate(
             steps, cascade(rate), prices, args.output_tokens
         )
-
+    languages = {
+        lang: evaluate(lang_steps, learned, prices, args.output_tokens)["all"]
+        for lang, lang_steps in translated_steps(steps, load_translations()).items()
+    }
     report: dict[str, Any] = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
+        "scorer": {
+            "weights_file": "agentguard/routing/weights.json",
+            "weights": len(model.weights),
+            "default_threshold": model.threshold,
+            "trained_on": model.manifest.get("sources"),
+        },
         "data": {
             "file": str(DATA.relative_to(ROOT)),
             "steps": len(steps),
             "labels": dict(Counter(s["label"] for s in steps)),
             "task_classes": dict(sorted(Counter(s["task_class"] for s in steps).items())),
-            "split_rule": f"sha256(id) % 100 < {TEST_PERCENT} -> test, else dev",
+            "split_rule": f"sha256(id) % 100 < {TEST_PERCENT} -> test (never trained or tuned "
+            "on), else dev",
             "split_sizes": dict(Counter(s["split"] for s in steps)),
         },
         "setup": {
             "tiers": {"small": SMALL, "large": LARGE},
             "caller_model": LARGE,
-            "input_tokens": "characters / 4 of message contents, tool calls and tool schemas",
+            "input_tokens": "router: characters / 4 of the new input; cost: characters / 4 of "
+            "message contents, tool calls and tool schemas",
             "output_tokens_per_step": args.output_tokens,
             "prices_per_mtok_usd": {
                 m: {"input": str(i), "output": str(o)} for m, (i, o) in prices.items()
@@ -281,44 +459,72 @@ def main() -> None:
             "price_source": price_source,
             "cascade": (
                 "SIMULATED LLM classifier: oracle true label flipped with the stated error "
-                "rate; classifier calls priced at small-model rates and included in cost_share"
+                "rate, asked only in the learned scorer's uncertain band; classifier calls "
+                "priced at small-model rates and included in cost_share"
             ),
         },
-        "targets": {"heuristic_accuracy_min": 0.85, "heuristic_hard_sent_cheap_max": 0.10},
-        "decide_timing_heuristic": time_decide(steps),
+        "targets": {
+            "routellm_apgr_min": {"mt_bench": 0.65, "gsm8k": 0.60, "mmlu": 0.60},
+            "agent_test_accuracy_min": 0.85,
+            "agent_test_hard_sent_cheap_max": 0.10,
+            "non_english_accuracy_within": 0.05,
+        },
+        "decide_timing_learned": time_decide(steps),
         "runs": runs,
+        "languages": languages,
     }
+    if args.routellm:
+        report["routellm"] = routellm_section(
+            args.routellm, args.folds, model.threshold, args.refit
+        )
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print_report(report)
 
-    print(f"{len(steps)} steps ({report['data']['split_sizes']}), prices from {price_source}")
-    header = (
+
+def print_report(report: dict[str, Any]) -> None:
+    print(
+        f"agent steps {report['data']['split_sizes']}; prices from {report['setup']['price_source']}"
+    )
+    print(
         f"{'run':34} {'split':5} {'acc':>6} {'hard->cheap':>11} {'easy->large':>11} "
         f"{'large share':>11} {'asked LLM':>9} {'cost vs 4o':>10}"
     )
-    print(header)
-    for name, per_split in runs.items():
-        for split in ("dev",) if args.dev_only else ("dev", "test"):
-            r = per_split[split]
-            print(
-                f"{name:34} {split:5} {r['accuracy']:6.1%} {r['hard_sent_cheap_rate']:11.1%} "
-                f"{r['easy_sent_frontier_rate']:11.1%} {r['frontier_share']:11.1%} "
-                f"{r['llm_asked_share']:9.1%} {r['cost_share_vs_all_frontier']:10.1%}"
-            )
-    timing = report["decide_timing_heuristic"]
+    rows = [
+        (name, split, per[split])
+        for name, per in report["runs"].items()
+        for split in ("dev", "test")
+    ]
+    rows += [(f"language {lang}", "test", r) for lang, r in report["languages"].items()]
+    for name, split, r in rows:
+        print(
+            f"{name:34} {split:5} {r['accuracy']:6.1%} {r['hard_sent_cheap_rate']:11.1%} "
+            f"{r['easy_sent_frontier_rate']:11.1%} {r['frontier_share']:11.1%} "
+            f"{r['llm_asked_share']:9.1%} {r['cost_share_vs_all_frontier']:10.1%}"
+        )
+    timing = report["decide_timing_learned"]
     print(
-        f"decide() with the heuristic: median {timing['median_us']} µs, p95 {timing['p95_us']} µs"
+        f"decide() with the learned scorer: median {timing['median_us']} µs, p95 {timing['p95_us']} µs"
     )
-    if not args.no_write:
-        print(f"wrote {RESULTS.relative_to(ROOT)}")
-    if args.show_errors:
-        print("\ndev misclassifications (heuristic):")
-        for error in runs["heuristic"]["dev"]["errors"]:
-            print(
-                f"  {error['id']:28} true={error['label']:4} score={error['score']}  "
-                f"{error['reasons'][0][:160]}"
-            )
+    section = report.get("routellm")
+    if section:
+        print(f"\n{'RouteLLM':10} {'router':28} {'APGR':>6} {'saved@95%':>9} {'PGR@thr':>8}")
+        for bench, result in section["benchmarks"].items():
+            for router in (
+                "learned_cross_validated",
+                "learned_leave_benchmark_out",
+                "length_only",
+                "heuristic",
+                "random",
+            ):
+                r = result[router]
+                pgr = r.get("pgr_at_threshold", r.get("pgr_at_same_strong_share"))
+                print(
+                    f"{bench:10} {router:28} {r['apgr']:6.3f} {r['calls_saved_at_95pct_quality']:9.1%} {pgr:8.3f}"
+                )
+    if not report.get("no_write"):
+        print(f"results: {RESULTS.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from agentguard.routing import (
     Classification,
     Evidence,
     HeuristicClassifier,
+    LearnedClassifier,
     LLMClassifier,
     PreviousOutcomeRule,
     RouteDecision,
@@ -57,7 +58,10 @@ HARD = user(
 
 
 def router(**config: Any) -> Router:
+    # The router's own rules are tested with the heuristic classifier, whose labels are fixed
+    # by hand-set rules; the learned scorer has its own tests (test_routing_learned.py).
     config.setdefault("tiers", THREE_TIERS)
+    config.setdefault("classifier", "heuristic")
     return Router(RoutingConfig(**config))
 
 
@@ -395,6 +399,7 @@ def test_cascade_lets_guard_errors_through() -> None:
 
 
 def test_build_classifier() -> None:
+    assert isinstance(build_classifier("learned"), LearnedClassifier)
     assert isinstance(build_classifier("heuristic"), HeuristicClassifier)
     assert isinstance(build_classifier("llm", ask=FakeAsk()), LLMClassifier)
     assert isinstance(build_classifier("cascade", ask=FakeAsk()), CascadeClassifier)
@@ -405,7 +410,9 @@ def test_build_classifier() -> None:
 
 
 def test_router_builds_the_configured_classifier() -> None:
-    assert isinstance(router().classifier, HeuristicClassifier)
+    assert isinstance(Router(RoutingConfig(tiers=THREE_TIERS)).classifier, HeuristicClassifier)
+    learned = Router(RoutingConfig(tiers=THREE_TIERS, classifier="learned"))
+    assert isinstance(learned.classifier, LearnedClassifier)
     with pytest.raises(ConfigError):
         Router(RoutingConfig(tiers=THREE_TIERS, classifier="llm"))
     ask = FakeAsk("EASY")

@@ -13,6 +13,10 @@ from agentguard.guard import Guard
 from agentguard.sim import Reply, SimServer, ToolCall
 
 TIERS = {"small": "gpt-4o-mini", "large": "gpt-4o"}
+# The pipeline's mechanics (tiers, ceiling, pressure, escalation) are tested with the
+# hand-weighted classifier, whose labels for these steps are fixed; the learned default is
+# tested through the pipeline in test_routing_learned.py.
+ROUTING = {"tiers": TIERS, "classifier": "heuristic"}
 EASY = [
     {
         "role": "user",
@@ -51,7 +55,7 @@ def models_sent(sim: SimServer) -> list[str]:
 def test_easy_steps_go_to_the_small_tier_hard_ones_stay(
     sim: SimServer, make_guard: Callable[..., Guard]
 ) -> None:
-    guard = make_guard(routing={"tiers": TIERS})
+    guard = make_guard(routing=ROUTING)
     client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-test"))
     with guard.session() as session:
         easy = client.chat.completions.create(model="gpt-4o", messages=EASY)
@@ -62,7 +66,7 @@ def test_easy_steps_go_to_the_small_tier_hard_ones_stay(
 
 
 def test_the_callers_model_is_the_ceiling(sim: SimServer, make_guard: Callable[..., Guard]) -> None:
-    guard = make_guard(routing={"tiers": TIERS})
+    guard = make_guard(routing=ROUTING)
     client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-test"))
     with guard.session():
         client.chat.completions.create(model="gpt-4o-mini", messages=HARD)
@@ -70,7 +74,7 @@ def test_the_callers_model_is_the_ceiling(sim: SimServer, make_guard: Callable[.
 
 
 def test_force_model_pins_a_session(sim: SimServer, make_guard: Callable[..., Guard]) -> None:
-    guard = make_guard(routing={"tiers": TIERS})
+    guard = make_guard(routing=ROUTING)
     client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-test"))
     with guard.session(force_model="gpt-4.1-mini"):
         client.chat.completions.create(model="gpt-4o", messages=HARD)
@@ -79,7 +83,7 @@ def test_force_model_pins_a_session(sim: SimServer, make_guard: Callable[..., Gu
 
 def test_budget_pressure_caps_the_tier(sim: SimServer, make_guard: Callable[..., Guard]) -> None:
     guard = make_guard(
-        routing={"tiers": TIERS, "pressure": [[0.5, "small"]]},
+        routing={**ROUTING, "pressure": [[0.5, "small"]]},
         budgets=[{"key": "team", "limit_usd": 0.05, "window": "1h"}],
     )
     client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-test"))
@@ -104,7 +108,7 @@ def test_a_failed_cheap_step_is_escalated_and_counted_as_a_retry(
         return Reply(tool_calls=[ToolCall("read_file", {"path": "a.py"})])
 
     with SimServer(script=reply) as sim:
-        guard = make_guard(routing={"tiers": TIERS})
+        guard = make_guard(routing=ROUTING)
         client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-test"))
         with guard.session() as session:
             response = client.chat.completions.create(
@@ -123,7 +127,7 @@ def test_downgrade_when_the_frontier_model_does_not_fit(
     sim: SimServer, make_guard: Callable[..., Guard]
 ) -> None:
     guard = make_guard(
-        routing={"tiers": TIERS},
+        routing=ROUTING,
         budgets=[{"key": "tight", "limit_usd": 0.002, "window": "1h", "on_exhausted": "downgrade"}],
     )
     client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-test"))
@@ -134,7 +138,7 @@ def test_downgrade_when_the_frontier_model_does_not_fit(
 
 
 def test_guard_route_is_pure_and_explains_itself(make_guard: Callable[..., Guard]) -> None:
-    guard = make_guard(routing={"tiers": TIERS})
+    guard = make_guard(routing=ROUTING)
     decision = guard.route(model="gpt-4o", messages=EASY)
     assert decision.model == "gpt-4o-mini" and decision.tier == "small"
     assert decision.reasons
@@ -146,7 +150,7 @@ def test_summarize_strategy_replaces_dropped_turns_with_a_small_model_summary(
     sim: SimServer, make_guard: Callable[..., Guard]
 ) -> None:
     guard = make_guard(
-        routing={"tiers": TIERS},
+        routing=ROUTING,
         trimming={"max_context_tokens": 1500, "keep_last_turns": 1, "strategy": "summarize"},
     )
     client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-test"))

@@ -1,17 +1,23 @@
 """Per-step model routing: send each model call to the cheapest tier that can do it.
 
 This is the pipeline's ``route`` stage. It is pure: no I/O, no clock, no global state, so the
-guard can call it before every model call (a few tens of microseconds with the heuristic
-classifier) and tests can call it directly.
+guard can call it before every model call (a fraction of a millisecond with the default
+learned classifier) and tests can call it directly. ``guard.route()`` and the pipeline reach
+it through one path (:meth:`agentguard.stages.RouteStage.decide_step`), so they decide alike.
 
 How a call is routed (:meth:`Router.decide`)::
 
-    messages, tools ─► extract_features ─► classifier ─► label easy | medium | hard
+    messages, tools ─► extract_features ─► classifier ─► score, label easy | medium | hard
                                                             │
                           tier wanted ◄─────────────────────┘
                                │
               min(wanted, ceiling, pressure cap) ─► RouteDecision(model, tier, reasons)
 
+- The default classifier (:class:`LearnedClassifier`, ``routing.classifier = "learned"``) is a
+  logistic regression shipped in ``weights.json``; its score is the probability that the step
+  needs the larger model and ``routing.threshold`` is where a step goes up (calibrate it on
+  recorded traffic with ``agentguard route calibrate``; see :mod:`agentguard.routing.calibrate`).
+  A failed or escalated previous step adds fixed log-odds on top of the model.
 - The **ladder** is the configured tier models, cheapest first. The caller's model is the
   ceiling: a step is never sent to a tier above it unless ``allow_upgrade`` is set. A caller's
   model that is not one of the tiers is taken to be *above* every tier (it goes on top of the
@@ -23,11 +29,13 @@ How a call is routed (:meth:`Router.decide`)::
   tier up (:meth:`Router.escalate`); :meth:`Router.cheaper_tiers` lists the way down when a
   budget runs out.
 
-Classifiers and scoring rules are small strategies that compose, in the manner of tenacity:
-a rule is any callable ``StepFeatures -> Evidence | Iterable[Evidence] | None`` (rule objects
-add up with ``+``), and a classifier is any callable ``StepFeatures -> Classification``.
-:class:`CascadeClassifier` asks an LLM (through a callable the pipeline provides, which does
-the HTTP call and counts its cost) only when the heuristic is unsure.
+Classifiers and the heuristic's scoring rules are small strategies that compose, in the manner
+of tenacity: a rule is any callable ``StepFeatures -> Evidence | Iterable[Evidence] | None``
+(rule objects add up with ``+``), and a classifier is any callable ``StepFeatures ->
+Classification``. :class:`HeuristicClassifier` (``routing.classifier = "heuristic"``) is the
+older hand-weighted rule set. :class:`CascadeClassifier` asks an LLM (through a callable the
+pipeline provides, which does the HTTP call and counts its cost) only when the fast classifier
+is unsure.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from typing import Any, Literal, NamedTuple, TypeAlias
 
 from agentguard.config import RoutingConfig
 from agentguard.errors import AgentGuardError, ConfigError
+from agentguard.routing.learned import LearnedClassifier, ScorerModel, load_model
 
 __all__ = [
     "CLASSIFIER_REQUEST_OPTIONS",
@@ -55,12 +64,14 @@ __all__ = [
     "InputSizeRule",
     "LLMClassifier",
     "Label",
+    "LearnedClassifier",
     "PreviousOutcomeRule",
     "RouteDecision",
     "Router",
     "Rule",
     "RuleFunction",
     "RuleSet",
+    "ScorerModel",
     "ShortTaskRule",
     "SignalRule",
     "StepFeatures",
@@ -69,6 +80,7 @@ __all__ = [
     "build_classifier",
     "check_step_failure",
     "extract_features",
+    "load_model",
 ]
 
 Label: TypeAlias = Literal["easy", "medium", "hard"]
@@ -831,7 +843,8 @@ class Classification:
         reasons: what led to the label, most telling first.
         uncertain: the score is close to a boundary (the heuristic) or the answer could not be
             read (the LLM): a cascade asks a second opinion.
-        source: which classifier decided (``"heuristic"``, ``"llm"``, ``"cascade"``).
+        source: which classifier decided (``"learned"``, ``"heuristic"``, ``"llm"``,
+            ``"cascade"``).
     """
 
     label: Label
@@ -1011,15 +1024,17 @@ class LLMClassifier:
 
 
 class CascadeClassifier:
-    """The heuristic first; an LLM second opinion only when the heuristic is unsure.
+    """A fast classifier first; an LLM second opinion only when it is unsure.
 
     Most steps are decided in microseconds; the LLM (a paid call) is asked only for steps in
-    the heuristic's uncertain band, and its verdict then decides the label. If the LLM call
-    fails for a reason other than a guard limit, or its answer cannot be read, the heuristic's
-    label stands (routing is an optimisation; it must not fail the call).
+    the fast classifier's uncertain band (``routing.uncertain_band`` around the threshold for
+    the learned scorer), and its verdict then decides the label. If the LLM call fails for a
+    reason other than a guard limit, or its answer cannot be read, the fast label stands
+    (routing is an optimisation; it must not fail the call).
 
     Args:
-        heuristic: the fast classifier; its ``uncertain`` flag decides whether to ask.
+        heuristic: the fast classifier (the learned scorer by default); its ``uncertain`` flag
+            decides whether to ask.
         llm: the second opinion (usually an :class:`LLMClassifier`).
     """
 
@@ -1034,7 +1049,7 @@ class CascadeClassifier:
         first = self.heuristic(features)
         if not first.uncertain:
             return first
-        heading = f"heuristic unsure ({first.label}, score {first.score:.2f})"
+        heading = f"{first.source} unsure ({first.label}, score {first.score:.2f})"
         try:
             second = self.llm(features)
         except AgentGuardError:
@@ -1056,16 +1071,26 @@ class CascadeClassifier:
         )
 
 
-def build_classifier(kind: str, *, ask: AskFunction | None = None) -> Classifier:
+def build_classifier(
+    kind: str,
+    *,
+    ask: AskFunction | None = None,
+    threshold: float | None = None,
+    uncertain_band: float = 0.1,
+) -> Classifier:
     """The classifier ``routing.classifier`` names.
 
     Args:
-        kind: ``"heuristic"``, ``"llm"`` or ``"cascade"``.
+        kind: ``"learned"``, ``"heuristic"``, ``"llm"`` or ``"cascade"``.
         ask: the small-model callable; required for ``"llm"`` and ``"cascade"``.
+        threshold: ``routing.threshold`` for the learned scorer (``None``: its default).
+        uncertain_band: ``routing.uncertain_band``: where the cascade asks the small model.
 
     Raises:
         ConfigError: ``kind`` is unknown, or needs ``ask`` and none was given.
     """
+    if kind == "learned":
+        return LearnedClassifier(threshold, uncertain_band=uncertain_band)
     if kind == "heuristic":
         return HeuristicClassifier()
     if kind in ("llm", "cascade"):
@@ -1077,11 +1102,13 @@ def build_classifier(kind: str, *, ask: AskFunction | None = None) -> Classifier
                 expected="an ask callable for the LLM classifier",
             )
         llm = LLMClassifier(ask)
-        return llm if kind == "llm" else CascadeClassifier(HeuristicClassifier(), llm)
+        if kind == "llm":
+            return llm
+        return CascadeClassifier(LearnedClassifier(threshold, uncertain_band=uncertain_band), llm)
     raise ConfigError(
         f"routing.classifier: unknown classifier {kind!r}",
         field="routing.classifier",
-        expected="heuristic, llm or cascade",
+        expected="learned, heuristic, llm or cascade",
     )
 
 
@@ -1098,7 +1125,8 @@ class RouteDecision:
             of the configured tiers.
         reasons: why, in words: the step's difficulty and what capped or pinned the choice.
         features: what the router saw (``None`` when it did not need to look).
-        score: the classifier's complexity score (``None`` when not classified).
+        score: the probability that the step needs the larger model, as the classifier put
+            it (``None`` when not classified).
         requested_model: the model the caller asked for.
         classification: the classifier's full result, if one ran.
         ladder: the models this decision chose among, cheapest first (the tiers, plus the
@@ -1164,7 +1192,14 @@ class Router:
     ) -> None:
         self.config = config
         self.classifier: Classifier = (
-            classifier if classifier is not None else build_classifier(config.classifier, ask=ask)
+            classifier
+            if classifier is not None
+            else build_classifier(
+                config.classifier,
+                ask=ask,
+                threshold=config.threshold,
+                uncertain_band=config.uncertain_band,
+            )
         )
         self._tier_of_model: dict[str, str] = {}
         for name, model in config.tiers.items():

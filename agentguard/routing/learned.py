@@ -1,0 +1,262 @@
+"""The learned step scorer: a logistic regression over word and character n-grams of the task
+plus the step's structure, shipped as a small JSON file next to this module.
+
+``score`` is the probability that the step needs the larger model. The features are computed in
+pure Python from a bounded slice of the step (the head of the latest user message and of the
+tool results it digests), so scoring costs a fraction of a millisecond whatever the context
+size. The weights are trained by ``bench/routing_train.py`` (data sources and hashes in
+``weights.json``'s ``manifest``); this module only reads them.
+
+Character n-grams carry the signal across languages and spellings that word features miss;
+the structural features (a tool result being digested, a failure it reports, code, numbers,
+size) say what words cannot. Two agent-session facts that no training text carries are applied
+as fixed log-odds on top of the model: a failed or escalated previous step.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import pairwise
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agentguard.routing import Classification, Label, StepFeatures
+
+__all__ = ["LearnedClassifier", "ScorerModel", "load_model", "step_vector"]
+
+WEIGHTS_PATH = Path(__file__).with_name("weights.json")
+
+# How much of a step the scorer reads: the instruction is at the start of a user message, so
+# the head carries the signal; a bound keeps the cost flat for huge pastes.
+_MAX_WORDS = 250
+_MAX_CHARS = 1000
+_MAX_TOOL_WORDS = 120
+_WORD = re.compile(r"\w+")
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+
+# Log-odds added for what happened in the session before this step.
+PREVIOUS_FAILED_LOG_ODDS = 1.5
+PREVIOUS_ESCALATED_LOG_ODDS = 1.0
+
+
+def _bucket(value: int, cap: int) -> int:
+    """``log2(1 + value)`` rounded down and capped: size features in a few coarse bins."""
+    return min(cap, (value + 1).bit_length() - 1)
+
+
+def step_vector(features: StepFeatures) -> dict[str, float]:
+    """The sparse feature vector of a step: feature name -> value.
+
+    Groups: ``w:`` words, ``b:`` word pairs and ``c:`` character trigrams of the latest user
+    message's head; ``t:`` words of the tool results being digested; ``s:`` structure. Each
+    n-gram group is scaled to unit length so a long text does not outvote a short one.
+    """
+    vector: dict[str, float] = {}
+    text = features.text
+    lowered = text[: _MAX_CHARS * 4].lower()
+    words = _WORD.findall(lowered)[:_MAX_WORDS]
+    if words:
+        unique = {"w:" + word for word in words}
+        pairs = {"b:" + a + " " + b for a, b in pairwise(words)}
+        _add_group(vector, unique)
+        _add_group(vector, pairs)
+    squeezed = " " + " ".join(lowered[:_MAX_CHARS].split()) + " "
+    if len(squeezed) > 3:
+        grams = {"c:" + squeezed[i : i + 3] for i in range(len(squeezed) - 2)}
+        _add_group(vector, grams)
+    if features.tool_text:
+        tool_words = _WORD.findall(features.tool_text[: _MAX_CHARS * 4].lower())[:_MAX_TOOL_WORDS]
+        _add_group(vector, {"t:" + word for word in tool_words})
+    _add_structure(vector, features, len(text), len(words))
+    return vector
+
+
+def _add_group(vector: dict[str, float], names: set[str]) -> None:
+    if not names:
+        return
+    value = 1.0 / math.sqrt(len(names))
+    for name in names:
+        vector[name] = value
+
+
+def _add_structure(
+    vector: dict[str, float], features: StepFeatures, chars: int, words: int
+) -> None:
+    text = features.text
+    vector["s:log_chars"] = math.log1p(chars) / 8
+    vector[f"s:chars:{_bucket(chars, 14)}"] = 1.0
+    vector[f"s:words:{_bucket(words, 9)}"] = 1.0
+    vector[f"s:lines:{_bucket(text.count(chr(10)), 6)}"] = 1.0
+    vector[f"s:numbers:{_bucket(len(_NUMBER.findall(text[: _MAX_CHARS * 4])), 6)}"] = 1.0
+    vector["s:log_tokens"] = math.log1p(features.input_tokens) / 10
+    if "?" in text:
+        vector["s:question"] = 1.0
+    for signal in features.code_signals:
+        vector["s:code:" + signal] = 1.0
+    if "notation" in features.math_signals:
+        vector["s:math_notation"] = 1.0
+    if features.digesting_tool_result:
+        vector["s:tool_result"] = 1.0
+        vector[f"s:tool_batch:{min(features.tool_results_in_batch, 4)}"] = 1.0
+        vector[f"s:tool_chars:{_bucket(len(features.tool_text), 14)}"] = 1.0
+    for signal in features.tool_code_signals:
+        vector["s:tool_fail:" + signal] = 1.0
+    if features.has_tools:
+        vector["s:tools_offered"] = 1.0
+    if features.file_mentions:
+        vector[f"s:files:{min(features.file_mentions, 4)}"] = 1.0
+    if features.has_images:
+        vector["s:images"] = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ScorerModel:
+    """A trained scorer: a bias, weights by feature name, and the threshold it ships with.
+
+    Attributes:
+        bias: log-odds of a step with no features.
+        weights: feature name -> log-odds weight.
+        threshold: the default decision threshold (set at training time; see ``manifest``).
+        manifest: where the training data came from, with hashes, and how it was trained.
+    """
+
+    bias: float
+    weights: Mapping[str, float]
+    threshold: float
+    manifest: Mapping[str, Any]
+
+    def log_odds(self, vector: Mapping[str, float]) -> float:
+        """The model's log-odds for a feature vector."""
+        get = self.weights.get
+        return self.bias + sum(get(name, 0.0) * value for name, value in vector.items())
+
+    def contributions(self, vector: Mapping[str, float], top: int = 3) -> list[tuple[str, float]]:
+        """The ``top`` features that moved the score most, with their log-odds."""
+        found = [
+            (name, self.weights[name] * value)
+            for name, value in vector.items()
+            if name in self.weights
+        ]
+        found.sort(key=lambda item: -abs(item[1]))
+        return found[:top]
+
+    def score(self, features: StepFeatures) -> float:
+        """The probability that a step needs the larger model (no session overrides)."""
+        return _sigmoid(self.log_odds(step_vector(features)))
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ScorerModel:
+        """Read a model from its JSON form (as written by ``to_json``)."""
+        return cls(
+            bias=float(data["bias"]),
+            weights={str(k): float(v) for k, v in data["weights"].items()},
+            threshold=float(data["threshold"]),
+            manifest=dict(data.get("manifest", {})),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form of the model."""
+        return {
+            "bias": self.bias,
+            "threshold": self.threshold,
+            "manifest": dict(self.manifest),
+            "weights": dict(self.weights),
+        }
+
+
+def _sigmoid(log_odds: float) -> float:
+    if log_odds < -30:
+        return 0.0
+    if log_odds > 30:
+        return 1.0
+    return 1.0 / (1.0 + math.exp(-log_odds))
+
+
+@lru_cache(maxsize=1)
+def load_model() -> ScorerModel:
+    """The model shipped with the package (read once)."""
+    with WEIGHTS_PATH.open(encoding="utf-8") as handle:
+        return ScorerModel.from_json(json.load(handle))
+
+
+def _describe(name: str) -> str:
+    kind, _, value = name.partition(":")
+    return {
+        "w": f"word {value!r}",
+        "b": f"words {value!r}",
+        "c": f"letters {value.strip()!r}",
+        "t": f"tool output word {value!r}",
+    }.get(kind, value.replace(":", " "))
+
+
+class LearnedClassifier:
+    """Scores a step with the shipped (or a given) learned model; no I/O, sub-millisecond.
+
+    The label follows ``threshold``: below it ``easy`` (the cheapest tier); from it ``medium``,
+    and from halfway between it and 1 ``hard``. On a two-tier ladder medium and hard both take
+    the larger tier, so ``threshold`` alone decides. Within ``uncertain_band`` of the threshold
+    the result is flagged ``uncertain`` (a cascade asks a second opinion there).
+
+    Args:
+        threshold: the score from which a step goes up; ``None`` for the model's default.
+        uncertain_band: half-width of the uncertain band around ``threshold``.
+        model: the scorer; the shipped one by default.
+    """
+
+    __slots__ = ("hard_from", "model", "threshold", "uncertain_band")
+
+    def __init__(
+        self,
+        threshold: float | None = None,
+        *,
+        uncertain_band: float = 0.1,
+        model: ScorerModel | None = None,
+    ) -> None:
+        self.model = model or load_model()
+        self.threshold = self.model.threshold if threshold is None else threshold
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"threshold must be between 0 and 1, got {self.threshold}")
+        self.hard_from = self.threshold + (1 - self.threshold) / 2
+        self.uncertain_band = uncertain_band
+
+    def __call__(self, features: StepFeatures) -> Classification:
+        """Label one step."""
+        from agentguard.routing import Classification
+
+        vector = step_vector(features)
+        get = self.model.weights.get
+        # One pass gives both the log-odds and the parts that explain it.
+        parts = [(weight * value, name) for name, value in vector.items() if (weight := get(name))]
+        log_odds = self.model.bias + sum(part for part, _ in parts)
+        top = heapq.nlargest(3, parts, key=lambda part: abs(part[0]))
+        reasons = [f"{_describe(name)} ({part:+.1f})" for part, name in top]
+        if features.previous_outcome == "failed":
+            log_odds += PREVIOUS_FAILED_LOG_ODDS
+            reasons.insert(0, f"previous step failed (+{PREVIOUS_FAILED_LOG_ODDS:.1f})")
+        elif features.previous_outcome == "escalated":
+            log_odds += PREVIOUS_ESCALATED_LOG_ODDS
+            reasons.insert(0, f"previous step was escalated (+{PREVIOUS_ESCALATED_LOG_ODDS:.1f})")
+        score = _sigmoid(log_odds)
+        label: Label
+        if score >= self.hard_from:
+            label = "hard"
+        elif score >= self.threshold:
+            label = "medium"
+        else:
+            label = "easy"
+        distance = abs(score - self.threshold)
+        return Classification(
+            label=label,
+            score=round(score, 4),
+            confidence=round(min(1.0, distance / 0.25), 3),
+            reasons=tuple(reasons) or ("no signals",),
+            uncertain=distance < self.uncertain_band,
+            source="learned",
+        )

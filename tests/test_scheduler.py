@@ -357,3 +357,29 @@ def test_stopping_while_a_resume_runs_waits_for_it_and_returns(
     stopper.join(timeout=30)
     assert not stopper.is_alive() and finished.is_set()
     assert guard.parked.get("stop-1").state == "resumed"
+
+
+def test_a_daemon_that_cannot_replay_leaves_the_session_for_one_that_can(
+    gateway: SimServer, tmp_path: Path
+) -> None:
+    parker = new_guard(tmp_path)
+    client = parker.wrap(openai.OpenAI(base_url=gateway.base_url, api_key=KEY))
+    park_one(parker, client, "d-no-app")
+    bare = new_guard(tmp_path)  # a daemon started without the application: no client to replay
+    daemon = ResumeDaemon(bare, poll_interval_s=0.05, watch_inbox=False)
+    daemon.start()
+    try:
+        time.sleep(2.5)  # the window (1 s) has reset: the session is due, and not taken
+        record = bare.parked.get("d-no-app")
+        assert (record.state, record.attempts) == ("parked", 0)
+    finally:
+        daemon.stop()
+    able = new_guard(tmp_path)
+    able.wrap(openai.OpenAI(base_url=gateway.base_url, api_key=KEY))
+    daemon = ResumeDaemon(able, poll_interval_s=0.05, watch_inbox=False)
+    daemon.start()
+    try:
+        wait_for(lambda: able.parked.get("d-no-app").state == "resumed", timeout=60)
+    finally:
+        daemon.stop()
+    assert able.parked.get("d-no-app").attempts == 0

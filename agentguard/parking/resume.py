@@ -78,6 +78,7 @@ class ParkedSessions:
     def __init__(self, guard: Guard, store: ParkedStore) -> None:
         self.guard = guard
         self.store = store
+        self._unresumable: set[str] = set()
 
     # -- looking -----------------------------------------------------------------------------------
 
@@ -230,6 +231,16 @@ class ParkedSessions:
         reason, never left ``resuming``.
         """
         lease_s = self.guard.config.parking.lease_s
+        waiting = self.store.find(session_id)
+        problem = self.guard.resume_problem(waiting) if waiting is not None else None
+        if problem is not None:
+            # Claiming would spend one of the session's attempts on a resume that cannot run
+            # here (a daemon started without the application): leave it to one that can.
+            if session_id not in self._unresumable:
+                self._unresumable.add(session_id)
+                logger.warning("resume_skipped", session_id=session_id, reason=problem)
+            return None
+        self._unresumable.discard(session_id)
         record = self.store.claim(session_id, owner, lease_s=lease_s)
         if record is None:
             return None

@@ -114,6 +114,35 @@ def wait_ended(pid: int, timeout: float = 60) -> None:
     assert ended(pid), f"agent {pid} did not finish"
 
 
+def stop_outside_a_write(pid: int, store_url: str) -> None:
+    """SIGSTOP ``pid`` at a moment it holds no SQLite write lock.
+
+    A process stopped inside a write transaction (they last milliseconds) holds SQLite's file
+    lock and blocks every writer until it resumes or dies: the others' calls fail closed with a
+    ``StoreError`` after ``busy_timeout_s``. On PostgreSQL the server ends such a transaction
+    after ten seconds idle, so any instant will do there.
+    """
+    import sqlite3
+
+    os.kill(pid, signal.SIGSTOP)
+    if not store_url.startswith("sqlite"):
+        return
+    path = store_url.removeprefix("sqlite:///")
+    for _attempt in range(200):
+        probe = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:
+            os.kill(pid, signal.SIGCONT)  # it was inside a write: let it finish, stop it again
+            time.sleep(random.uniform(0.001, 0.02))
+            os.kill(pid, signal.SIGSTOP)
+        finally:
+            probe.close()
+    raise AssertionError(f"agent {pid} held the store's write lock at every try")
+
+
 def settle_everything(store_url: str, ttl_s: float) -> Ledger:
     """Wait out the time to live and sweep: every hold of a dead process is charged."""
     ledger = Ledger(Store(store_url), reservation_ttl_s=ttl_s)
@@ -177,7 +206,7 @@ def test_a_process_stalled_past_its_ttl_cannot_spend_its_swept_lease(
             deadline = time.monotonic() + 30
             while sim.billed_calls("sk-stalled") < 3 and time.monotonic() < deadline:
                 time.sleep(0.01)
-            os.kill(stalled, signal.SIGSTOP)
+            stop_outside_a_write(stalled, store_url)
             time.sleep(ttl * 2.5)  # its lease expires; the other agent's sweep charges it
             other = agents.start("sk-other")
             wait_ended(other)  # spent the rest of the budget

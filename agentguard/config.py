@@ -19,7 +19,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from agentguard.errors import ConfigError
 
@@ -57,6 +65,15 @@ def parse_duration(text: str) -> timedelta:
     if seconds <= 0:
         raise ValueError(f"a duration must be longer than zero, got {text!r}")
     return timedelta(seconds=seconds)
+
+
+def _valid_duration(text: str) -> str:
+    parse_duration(text)
+    return text
+
+
+Duration = Annotated[str, AfterValidator(_valid_duration)]
+"""A window length written like ``"30s"``, ``"15m"``, ``"5h"``, ``"1d"``."""
 
 
 SUPPORTED_STORE_SCHEMES = ("sqlite", "postgresql+psycopg")
@@ -193,9 +210,9 @@ class BudgetConfig(_Section):
     key: Annotated[str, Field(min_length=1, max_length=200)]
     """The budget key sessions name with ``budget_key=``."""
     limit_usd: Annotated[Decimal, Field(gt=0)] | None = None
-    """Dollars per window. Omitted: the key's spend is recorded (``agentguard budgets`` shows
+    """Dollars per window. Omitted: the key's spend is recorded (``agentguard budget status`` shows
     it) without a limit."""
-    window: str = "1d"
+    window: Duration = "1d"
     """Window length: ``"30s"``, ``"15m"``, ``"5h"``, ``"1d"``."""
     window_mode: Literal["fixed", "rolling"] = "fixed"
     """``fixed``: windows start at multiples of the length since the Unix epoch (UTC);
@@ -203,12 +220,6 @@ class BudgetConfig(_Section):
     on_exhausted: Literal["raise", "park", "downgrade"] = "raise"
     """What a call that does not fit does: raise ``BudgetExceeded``, park the session until the
     window resets, or try cheaper models first."""
-
-    @field_validator("window")
-    @classmethod
-    def _check_window(cls, value: str) -> str:
-        parse_duration(value)
-        return value
 
     @property
     def window_length(self) -> timedelta:
@@ -318,18 +329,12 @@ class GatewayWindow(_Section):
     base_url: Annotated[str, Field(min_length=1)]
     """The gateway's base URL as the client uses it (``"http://litellm:4000"``); a request
     whose URL starts with it is the gateway's."""
-    window: str
+    window: Duration
     """The gateway's budget window: ``"30s"``, ``"1h"``, ``"1d"``."""
     window_mode: Literal["fixed", "first_spend"] = "first_spend"
     """``fixed``: windows start at multiples of the length since the Unix epoch (UTC);
     ``first_spend``: a window starts at its first spend, so it ends at most one length after
     the refusal."""
-
-    @field_validator("window")
-    @classmethod
-    def _check_window(cls, value: str) -> str:
-        parse_duration(value)
-        return value
 
     @property
     def window_length(self) -> timedelta:

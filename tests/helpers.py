@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import Any
+
 import openai
 
 from agentguard import SessionParked
@@ -31,3 +35,16 @@ def run_until_parked(
             except SessionParked as parked:
                 return parked
     raise AssertionError(f"session {session_id} was never parked in {calls} calls")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0) -> Any:
+    """Poll ``predicate`` until it returns something true (returned), or fail after
+    ``timeout`` seconds: generous, since a loaded machine may be slow, and quick when it is
+    not."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")

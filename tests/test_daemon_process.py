@@ -15,12 +15,13 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from helpers import wait_for
 
 from agentguard import SessionParked
 from agentguard.sim import SimServer
@@ -42,16 +43,6 @@ APP = textwrap.dedent(
     """
 )
 LONG_PROMPT = [{"role": "user", "content": "quarterly figures " * 500}]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def fresh_state(url: str, session_id: str) -> str | None:

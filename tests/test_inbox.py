@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -237,7 +238,7 @@ def test_a_file_flipping_between_file_and_fifo_never_wedges_the_watcher(
             path.unlink(missing_ok=True)  # the watcher may have quarantined it already
             os.mkfifo(path)
         write_record(inbox.directory, ParkedSession.model_validate(record_data("after-flip")))
-        wait_until(
+        wait_for(
             lambda: (
                 guard.parked.store.find("after-flip") is not None
                 and not list(inbox.inbox.glob("flip-*"))
@@ -263,7 +264,7 @@ def test_a_record_written_in_two_parts_is_ingested(
             handle.flush()
             time.sleep(0.5)  # the watcher looks several times at the first half
             handle.write(text[40:])
-        wait_until(lambda: guard.parked.store.find("halves") is not None)
+        wait_for(lambda: guard.parked.store.find("halves") is not None)
     finally:
         inbox.stop()
     assert not list(inbox.quarantine_dir.iterdir())
@@ -280,7 +281,7 @@ def test_thousands_of_files_at_once_are_all_ingested(
             (inbox.inbox / f"many-{number}.json").write_bytes(
                 json.dumps(record_data(f"many-{number}")).encode()
             )
-        wait_until(lambda: not list(inbox.inbox.iterdir()), timeout=60)
+        wait_for(lambda: not list(inbox.inbox.iterdir()), timeout=60)
     finally:
         inbox.stop()
     assert len(guard.parked.list()) == 4000
@@ -312,12 +313,3 @@ def test_a_busy_store_leaves_the_file_for_the_next_look(
         "while-busy": "parked",
         "also-busy": "parked",
     }
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")

@@ -12,7 +12,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 import openai
 import pytest
-from helpers import run_until_parked
+from helpers import run_until_parked, wait_for
 
 from agentguard import SessionParked
 from agentguard.config import GuardConfig
@@ -31,15 +30,6 @@ from agentguard.sim import GatewayKey, SimGateway, SimServer
 
 KEY = "sk-daemon-test-key-0001"
 MESSAGES = [{"role": "user", "content": "Draft a two-line status update for the team."}]
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def park_one(guard: Guard, client: openai.OpenAI, session_id: str) -> SessionParked:

@@ -118,6 +118,10 @@ class Inbox:
         self.settle_s = settle_s
         self.rescan_s = rescan_s
         self._lock = threading.Lock()
+        # The file each name held when it was read: a name replaced since then (a writer put a
+        # new file there, which may even reuse the inode) is neither quarantined nor removed,
+        # but looked at again.
+        self._identity: dict[Path, tuple[int, ...]] = {}
         self._observer: Any = None
         self._worker: threading.Thread | None = None
         self._wake = threading.Event()
@@ -134,9 +138,23 @@ class Inbox:
 
     def _judge(self, path: Path) -> InboxResult:
         try:
-            return self._process(path)
+            result = self._process(path)
         except Exception as exc:  # the daemon must survive anything a file can do
-            return self._quarantine(path, f"could not be processed: {type(exc).__name__}: {exc}")
+            result = self._quarantine(path, f"could not be processed: {type(exc).__name__}: {exc}")
+        if result.status != "valid":
+            self._identity.pop(path, None)
+        return result
+
+    def _replaced(self, path: Path) -> bool:
+        """Whether ``path`` now names another file than the one read from it."""
+        read = self._identity.get(path)
+        if read is None:
+            return False
+        try:
+            now = os.lstat(path)
+        except FileNotFoundError:
+            return False
+        return _identity_of(now) != read
 
     def _ingest(self, valid: list[InboxResult]) -> list[InboxResult]:
         """Store valid records (in one transaction when it can), then remove their files."""
@@ -158,7 +176,9 @@ class Inbox:
             logger.warning("ingest_retry", file=valid[0].path.name, error=str(exc))
             return [InboxResult(valid[0].path, "pending", reason=f"store error: {exc}")]
         for result in valid:
-            result.path.unlink(missing_ok=True)
+            if not self._replaced(result.path):
+                result.path.unlink(missing_ok=True)
+            self._identity.pop(result.path, None)
             result.status = "ingested"
             assert result.record is not None
             logger.info(
@@ -245,6 +265,7 @@ class Inbox:
             return self._quarantine(path, f"cannot be opened: {exc.strerror}")
         try:
             before = os.fstat(descriptor)
+            self._identity[path] = _identity_of(before)
             for is_kind, kind in _KINDS:
                 if is_kind(before.st_mode):
                     return self._quarantine(path, f"is {kind}, not a regular file")
@@ -281,6 +302,8 @@ class Inbox:
         return raw, young
 
     def _quarantine(self, path: Path, reason: str) -> InboxResult:
+        if self._replaced(path):
+            return InboxResult(path, "pending", reason="replaced while it was read")
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
         safe = _SAFE_NAME.sub("_", path.name)[:150] or "file"
         target = self.quarantine_dir / f"{stamp}-{safe}"
@@ -378,3 +401,8 @@ def write_record(directory: Path, record: ParkedSession) -> Path:
         handle.write(record.model_dump_json(indent=2))
     os.replace(temporary, final)
     return final
+
+
+def _identity_of(status: os.stat_result) -> tuple[int, ...]:
+    """What tells one file from another that took its name (and perhaps its inode number)."""
+    return (status.st_dev, status.st_ino, stat.S_IFMT(status.st_mode), status.st_ctime_ns)

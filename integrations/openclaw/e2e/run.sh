@@ -148,7 +148,7 @@ max_attempts = 3
 # The key the plugin files its records under (budgetKey): sessions resumed from them run
 # under it, so it must be configured; without limit_usd its spend is only recorded.
 [[budgets]]
-key = "openclaw"
+key = "openclaw-e2e"
 EOF
 "$AGENTGUARD" store upgrade >/dev/null
 

@@ -100,7 +100,7 @@ BAD_FILES = {
     "array.json": (b"[1, 2, 3]", "JSON list"),
     "free-money.json": (
         json.dumps(record_data("m-1", budget_key="free-money")).encode(),
-        "budget key 'free-money', which is not configured",
+        "budget key 'free-money' is not configured",
     ),
     "negative-attempts.json": (json.dumps(record_data("n-1", attempts=-5)).encode(), "attempts"),
     "negative-iterations.json": (

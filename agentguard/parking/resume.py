@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from agentguard.errors import SessionParked
+from agentguard.errors import ConfigError, SessionParked
 from agentguard.log import logger
 from agentguard.parking.record import ParkedSession, ParkState
 from agentguard.parking.store import ParkedStore, UnknownSession, active_claim
@@ -181,13 +181,10 @@ class ParkedSessions:
     def problem_with(self, record: ParkedSession) -> str | None:
         """Why a record from elsewhere (the inbox) must not be stored, or ``None``: it names a
         budget key this application has not configured, or counters it could not restore."""
-        key = record.budget_key
-        if key != "default" and self.guard.config.budget(key) is None:
-            configured = sorted(budget.key for budget in self.guard.config.budgets)
-            return (
-                f"names budget key {key!r}, which is not configured (configured: {configured};"
-                f' add a [[budgets]] entry with key = "{key}" to accept it)'
-            )
+        try:
+            self.guard.check_budget_key(record.budget_key)  # the sessions' rule, not a copy
+        except ConfigError as exc:
+            return f"names a budget key this application does not accept: {exc}"
         if record.session_state:
             from agentguard.session import SessionState
 

@@ -37,14 +37,19 @@ def run_until_parked(
     raise AssertionError(f"session {session_id} was never parked in {calls} calls")
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0) -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 60.0,
+    describe: Callable[[], object] | None = None,
+) -> Any:
     """Poll ``predicate`` until it returns something true (returned), or fail after
     ``timeout`` seconds: generous, since a loaded machine may be slow, and quick when it is
-    not."""
+    not. ``describe`` says what the world looked like when it failed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.05)
-    raise AssertionError("condition not met in time")
+    seen = f": {describe()}" if describe is not None else ""
+    raise AssertionError(f"condition not met in {timeout:g} s{seen}")

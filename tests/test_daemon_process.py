@@ -97,11 +97,13 @@ class Daemon:
             text=True,
         )
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         assert self.process.stderr is not None
         for line in self.process.stderr:
+            self.seen.append(line.rstrip())
             if line.startswith("{"):
                 self.events.put(json.loads(line))
 
@@ -173,7 +175,16 @@ def test_what_the_daemon_ingests_is_durable_and_visible_at_once(
         client.chat.completions.create(model="gpt-4o-mini", messages=LONG_PROMPT, max_tokens=5)
     daemon = Daemon(tmp_path, app.config_path)
     try:
-        wait_for(lambda: {r.state for r in guard.parked.list()} == {"resumed"})
+        wait_for(
+            lambda: {r.state for r in guard.parked.list()} == {"resumed"},
+            describe=lambda: (
+                [
+                    (r.session_id, r.state, r.attempts, [(h.state, h.note) for h in r.history])
+                    for r in guard.parked.list()
+                ]
+                + daemon.seen[-30:]
+            ),
+        )
         exported = json.loads(guard.parked.get("spent").model_dump_json())
         for number in (1, 2):
             exported.update(

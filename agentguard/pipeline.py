@@ -21,21 +21,17 @@ from decimal import Decimal
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
+from agentguard.dialects.openai_chat import OPENAI_CHAT
 from agentguard.errors import AgentGuardError, BudgetExceeded, LimitExceeded, RetryLimitExceeded
-from agentguard.limits import Limits, ToolCall, tool_call_signature
+from agentguard.limits import Limits, tool_call_signature
 from agentguard.log import logger
 from agentguard.pricing import Usage
 from agentguard.redact import redact_text
 from agentguard.retrying import Failure, RetryPolicy, parse_retry_after
-from agentguard.worst_case import (
-    Bound,
-    bound_request,
-    output_cap,
-    refuse_unbounded,
-    settle_price,
-)
+from agentguard.worst_case import Bound, settle_price
 
 if TYPE_CHECKING:
+    from agentguard.dialects.base import Answer, Dialect, StreamTap
     from agentguard.ledger import Ledger, Reservation
     from agentguard.parking.classify import LimitVerdict
     from agentguard.parking.handler import Decision
@@ -51,7 +47,6 @@ __all__ = [
     "Reply",
     "Send",
     "Sleep",
-    "StreamTap",
     "TransportFailure",
 ]
 
@@ -174,6 +169,8 @@ class CallContext:
     session: Session
     body: dict[str, Any]
     requested_model: str
+    dialect: Dialect = OPENAI_CHAT
+    """The wire API the call speaks."""
     original_body: dict[str, Any] = field(default_factory=dict)
     """The caller's request as it came (stages replace top-level keys, never mutate it)."""
     started: float = field(default_factory=time.perf_counter)
@@ -193,148 +190,21 @@ class CallContext:
 
     @property
     def messages(self) -> list[dict[str, Any]]:
-        messages = self.body.get("messages")
-        return messages if isinstance(messages, list) else []
+        """The conversation, chat-shaped (the dialect's view of its input)."""
+        return self.dialect.messages(self.body)
 
     @property
     def tools(self) -> list[dict[str, Any]] | None:
         tools = self.body.get("tools")
         return tools if isinstance(tools, list) and tools else None
 
-
-# -- stream parsing ---------------------------------------------------------------------------
-
-
-class StreamTap:
-    """Reads a chat completion's server-sent events as they pass, I/O-free.
-
-    Collects usage, tool calls and generated text; drops the usage-only chunk the guard asked
-    for (``choices == []``) when the caller had not asked for it, so the caller's stream is
-    what the SDK would have given it.
-    """
-
-    __slots__ = (
-        "_buffer",
-        "_strip_usage_chunk",
-        "content_chars",
-        "done",
-        "events",
-        "finish_reason",
-        "service_tier",
-        "tool_calls",
-        "usage",
-    )
-
-    def __init__(self, *, strip_usage_chunk: bool) -> None:
-        self._buffer = b""
-        self._strip_usage_chunk = strip_usage_chunk
-        self.usage: dict[str, Any] | None = None
-        self.tool_calls: dict[int, dict[str, str]] = {}
-        self.content_chars: list[str] = []
-        self.finish_reason: str | None = None
-        self.service_tier: object = None
-        self.done = False
-        self.events = 0
-
-    def feed(self, chunk: bytes) -> bytes:
-        """Take bytes from the wire; return the bytes to hand on (whole events only)."""
-        self._buffer += chunk
-        out: list[bytes] = []
-        while True:
-            end, size = _event_end(self._buffer)
-            if end < 0:
-                break
-            event = self._buffer[: end + size]
-            self._buffer = self._buffer[end + size :]
-            if self._read_event(event[:end]):
-                out.append(event)
-        return b"".join(out)
-
-    def flush(self) -> bytes:
-        """The incomplete remainder at the end of the stream."""
-        rest, self._buffer = self._buffer, b""
-        if rest.strip():
-            self._read_event(rest)
-        return rest
-
     @property
-    def text(self) -> str:
-        return "".join(self.content_chars)
-
-    def _read_event(self, raw: bytes) -> bool:
-        """Record what the event says; return whether to hand it on."""
-        data_lines = [
-            line[5:].lstrip(b" ") for line in raw.splitlines() if line.startswith(b"data:")
-        ]
-        if not data_lines:
-            return True
-        data = b"\n".join(data_lines)
-        if data.strip() == b"[DONE]":
-            self.done = True
-            return True
-        try:
-            payload = json.loads(data)
-        except ValueError:
-            return True
-        if not isinstance(payload, dict):
-            return True
-        self.events += 1
-        if payload.get("service_tier"):
-            self.service_tier = payload["service_tier"]
-        usage = payload.get("usage")
-        if isinstance(usage, dict):
-            self.usage = usage
-        choices = payload.get("choices")
-        if isinstance(choices, list):
-            for choice in choices:
-                self._read_choice(choice)
-            if not choices and self._strip_usage_chunk and usage is not None:
-                return False
-        return True
-
-    def _read_choice(self, choice: Any) -> None:
-        if not isinstance(choice, dict):
-            return
-        if choice.get("finish_reason"):
-            self.finish_reason = choice["finish_reason"]
-        delta = choice.get("delta")
-        if not isinstance(delta, dict):
-            return
-        content = delta.get("content")
-        if isinstance(content, str):
-            self.content_chars.append(content)
-        for call in delta.get("tool_calls") or ():
-            if not isinstance(call, dict):
-                continue
-            slot = self.tool_calls.setdefault(
-                int(call.get("index", 0)), {"name": "", "arguments": ""}
-            )
-            function = call.get("function") or {}
-            if function.get("name"):
-                slot["name"] += function["name"]
-            if function.get("arguments"):
-                slot["arguments"] += function["arguments"]
-
-
-def _event_end(buffer: bytes) -> tuple[int, int]:
-    candidates = [
-        (buffer.find(separator), len(separator)) for separator in (b"\n\n", b"\r\n\r\n", b"\r\r")
-    ]
-    found = [(index, size) for index, size in candidates if index >= 0]
-    return min(found) if found else (-1, 0)
+    def chat(self) -> bool:
+        """Whether the call is a chat completion (stages that rewrite messages need one)."""
+        return self.dialect is OPENAI_CHAT
 
 
 # -- the pipeline -------------------------------------------------------------------------------
-
-
-def _tool_calls_of(message: Mapping[str, Any] | None) -> list[ToolCall]:
-    if not message:
-        return []
-    calls = []
-    for call in message.get("tool_calls") or ():
-        function = call.get("function") or {} if isinstance(call, dict) else {}
-        calls.append(ToolCall(str(function.get("name", "")), str(function.get("arguments", ""))))
-    return calls
 
 
 def _json_object(body: bytes | None) -> dict[str, Any] | None:
@@ -345,13 +215,12 @@ def _json_object(body: bytes | None) -> dict[str, Any] | None:
     return payload if isinstance(payload, dict) else None
 
 
-def _error_message(reply: Reply) -> str:
+def _error_message(reply: Reply, dialect: Dialect = OPENAI_CHAT) -> str:
     # Redacted: a gateway's error may echo the key it was sent (it ends up in logs and errors).
     try:
-        payload = json.loads(reply.body or b"")
-        error = payload.get("error") if isinstance(payload, dict) else None
-        if isinstance(error, dict) and error.get("message"):
-            return redact_text(str(error["message"])[:300])
+        message = dialect.error_message(json.loads(reply.body or b""))
+        if message:
+            return redact_text(message[:300])
     except ValueError:
         pass
     return redact_text((reply.body or b"")[:200].decode("utf-8", "replace"))
@@ -360,9 +229,6 @@ def _error_message(reply: Reply) -> str:
 def _budgeted(session: Session) -> bool:
     """Whether a dollar limit applies to the session's calls."""
     return any(line.limit_usd is not None for line in session.budget_lines())
-
-
-_REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 
 
 class Pipeline:
@@ -412,12 +278,15 @@ class Pipeline:
 
     # The engine ------------------------------------------------------------------------------
 
-    def run(self, session: Session, body: dict[str, Any]) -> Generator[Action, Any, Outcome]:
-        """Guard one ``chat.completions`` call. See the module docstring for the protocol."""
+    def run(
+        self, session: Session, body: dict[str, Any], dialect: Dialect = OPENAI_CHAT
+    ) -> Generator[Action, Any, Outcome]:
+        """Guard one model call in ``dialect``. See the module docstring for the protocol."""
         call = CallContext(
             session=session,
             body=body,
             requested_model=str(body.get("model", "")),
+            dialect=dialect,
             original_body=dict(body),
         )
         if session.parked_record is not None and self.limit_handler is not None:
@@ -427,8 +296,9 @@ class Pipeline:
         self.pricer.price(call.requested_model)
         if _budgeted(session):
             # Refused before it counts as a call or any stage (a summary) spends for it.
-            refuse_unbounded(
-                body, output_capped=output_cap(body) is not None or self.enforce_output_cap
+            dialect.refuse_unbounded(
+                body,
+                output_capped=dialect.output_cap(body) is not None or self.enforce_output_cap,
             )
         with session.lock:
             self.limits.before_call(session)
@@ -443,18 +313,19 @@ class Pipeline:
             if isinstance(sent, Outcome):
                 return sent
             reply, payload = sent
+            answer = call.dialect.answer(payload)
             if self.escalator is not None and escalations < self.retry.max_retries:
-                target = self.escalator.escalate(call, payload)
+                target = self.escalator.escalate(call, payload) if call.chat else None
                 if target is not None:
                     # The cheap answer failed in a checkable way: pay for it, send it one tier up.
-                    yield from self._settle_body(call, payload, count_step=False)
+                    yield from self._settle(call, answer, count_step=False)
                     escalations += 1
                     with session.lock:
                         session.state.retries += 1
                         session.state.last_outcome = "escalated"
                     call.body["model"] = target
                     continue
-            yield from self._settle_body(call, payload)
+            yield from self._settle(call, answer)
             return Outcome(reply)
 
     def _send(
@@ -478,7 +349,7 @@ class Pipeline:
             else:
                 if reply.status < 400:
                     if reply.streaming:
-                        tap = StreamTap(strip_usage_chunk=call.strip_usage_chunk)
+                        tap = call.dialect.tap(strip_usage=call.strip_usage_chunk)
                         return Outcome(
                             reply, tap=tap, finish=lambda tap: self._finish_stream(call, tap)
                         )
@@ -486,10 +357,13 @@ class Pipeline:
                     if payload is not None:
                         return reply, payload
                     # A 200 that is not a JSON object: the provider (or a proxy) sent garbage.
-                    failure = Failure("garbage", status=reply.status, message=_error_message(reply))
-                    error = _HTTPFailure(reply)
+                    failure = Failure(
+                        "garbage", status=reply.status, message=_error_message(reply, call.dialect)
+                    )
+                    error = _HTTPFailure(reply, call.dialect)
                 else:
-                    failure, error = self._failure_of(reply), _HTTPFailure(reply)
+                    failure = self._failure_of(reply, call.dialect)
+                    error = _HTTPFailure(reply, call.dialect)
                 verdict = self._classify(reply)
                 if verdict is not None:
                     decision = self._decide(verdict, retries)
@@ -529,34 +403,30 @@ class Pipeline:
     def _measure(self, call: CallContext) -> None:
         """Count the input, fix the output cap, ask for stream usage, find the price."""
         model = call.model
+        dialect = call.dialect
         counted = call.notes.get("message_tokens")
-        if counted is not None and counted[0] == model and counted[1] is call.messages:
-            call.input_tokens = counted[2]
+        if (
+            dialect is OPENAI_CHAT
+            and counted is not None
+            and counted[0] == model
+            and counted[1] is call.messages
+        ):
+            # The trimmer counted these messages already.
+            call.input_tokens = counted[2] + (
+                self.counter.count_tools(call.tools, model) if call.tools else 0
+            )
         else:
-            call.input_tokens = self.counter.count_messages(call.messages, model)
-        if call.tools:
-            call.input_tokens += self.counter.count_tools(call.tools, model)
-        requested = output_cap(call.body)
+            call.input_tokens = dialect.count_input(call.body, model, self.counter)
+        requested = dialect.output_cap(call.body)
         if requested is not None:
             call.max_output_tokens = requested
         else:
             call.max_output_tokens = self.default_max_output_tokens
             if self.enforce_output_cap:
-                # Reasoning models reject max_tokens; others (and many compatible servers)
-                # may not know max_completion_tokens.
-                name = model.rsplit("/", 1)[-1]
-                cap_field = (
-                    "max_completion_tokens"
-                    if name.startswith(_REASONING_PREFIXES)
-                    else "max_tokens"
-                )
-                call.body[cap_field] = call.max_output_tokens
-        if call.body.get("stream"):
-            options = call.body.get("stream_options")
-            if not (isinstance(options, dict) and options.get("include_usage")):
-                call.body["stream_options"] = {**(options or {}), "include_usage": True}
-                call.strip_usage_chunk = True
-        bound = bound_request(
+                dialect.set_output_cap(call.body, call.max_output_tokens, model)
+        if dialect.streaming(call.body) and dialect.ask_stream_usage(call.body):
+            call.strip_usage_chunk = True
+        bound = dialect.bound(
             call.body,
             model,
             counted_input=call.input_tokens,
@@ -734,14 +604,14 @@ class Pipeline:
             return Decision("wait", min(wait, self.retry.max_retry_after_s))
         return Decision("hand_back")
 
-    def _failure_of(self, reply: Reply) -> Failure:
+    def _failure_of(self, reply: Reply, dialect: Dialect) -> Failure:
         waited = parse_retry_after(reply.headers)
         kind = "rate_limit" if reply.status == 429 else "status"
         return Failure(
             kind,
             status=reply.status,
             retry_after_s=waited[0] if waited else None,
-            message=_error_message(reply),
+            message=_error_message(reply, dialect),
         )
 
     def _count_retry(self, call: CallContext, retries: int, delay: float, failure: Failure) -> None:
@@ -794,48 +664,20 @@ class Pipeline:
         yield from self._release(call)
         self._count_failure(call, error)
 
-    def _settle_body(
-        self, call: CallContext, payload: dict[str, Any], *, count_step: bool = True
-    ) -> Generator[Action, Any, None]:
-        choices = payload.get("choices") or []
-        message = choices[0].get("message") if choices and isinstance(choices[0], dict) else None
-        text = ""
-        if isinstance(message, dict) and isinstance(message.get("content"), str):
-            text = message["content"]
-        tool_calls = _tool_calls_of(message)
-        yield from self._settle(
-            call,
-            payload.get("usage"),
-            text,
-            tool_calls,
-            count_step=count_step,
-            service_tier=payload.get("service_tier"),
-        )
-
     def _finish_stream(self, call: CallContext, tap: StreamTap) -> Generator[Action, Any, None]:
-        if tap.usage is None and not tap.done:
+        answer = tap.answer()
+        if answer.usage is None and not tap.done:
             # Cut before the end without usage: what the provider generated is unknown.
             yield from self._charge_unknown(call, "stream_cut")
             return
-        tool_calls = [
-            ToolCall(slot["name"], slot["arguments"]) for _, slot in sorted(tap.tool_calls.items())
-        ]
-        yield from self._settle(
-            call, tap.usage, tap.text, tool_calls, service_tier=tap.service_tier
-        )
+        yield from self._settle(call, answer)
 
     def _settle(
-        self,
-        call: CallContext,
-        usage_data: Any,
-        text: str,
-        tool_calls: list[ToolCall],
-        *,
-        count_step: bool = True,
-        service_tier: object = None,
+        self, call: CallContext, answer: Answer, *, count_step: bool = True
     ) -> Generator[Action, Any, None]:
         session = call.session
-        usage = Usage.from_openai(usage_data) if usage_data else None
+        usage, tool_calls, service_tier = answer.usage, answer.tool_calls, answer.service_tier
+        text = answer.text
         if usage is None:
             # No usage reported: charge what we can count, never nothing.
             arguments = "".join(tool.name + tool.arguments for tool in tool_calls)
@@ -903,7 +745,7 @@ class Pipeline:
 class _HTTPFailure(AgentGuardError):
     """An HTTP error response, kept as the last error of a call."""
 
-    def __init__(self, reply: Reply) -> None:
-        super().__init__(f"HTTP {reply.status}: {_error_message(reply)}")
+    def __init__(self, reply: Reply, dialect: Dialect = OPENAI_CHAT) -> None:
+        super().__init__(f"HTTP {reply.status}: {_error_message(reply, dialect)}")
         self.reply = reply
         self.status_code = reply.status

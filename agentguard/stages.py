@@ -219,7 +219,7 @@ class TrimStage:
         return min(float(price.cached_input / price.input), 1.0)
 
     def prepare(self, call: CallContext) -> None:
-        if not self.config.enabled or not call.messages or _classifying.get():
+        if not self.config.enabled or not call.chat or not call.messages or _classifying.get():
             return
         room = self._room(call)
         if room is None:

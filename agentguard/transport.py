@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from types import ModuleType, SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from agentguard.dialects import dialect_for
 from agentguard.errors import UnmeteredRequest
 from agentguard.legacy import legacy_endpoint, run_legacy
 from agentguard.log import logger
@@ -41,10 +42,6 @@ _HOP_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encodi
 
 def _encode(body: dict[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def _is_chat_completion(method: str, path: str) -> bool:
-    return method == "POST" and path.rstrip("/").endswith("/chat/completions")
 
 
 # Methods that only read or delete: no provider bills them.
@@ -121,7 +118,7 @@ def _session_for(guard: Guard) -> Session:
     return guard.session(budget_key=guard.default_budget_key)
 
 
-_UNPARSABLE = "the chat completion's body is not a JSON object, so its cost cannot be bounded"
+_UNPARSABLE = "the request's body is not a JSON object, so its cost cannot be bounded"
 
 
 def _chat_body(raw: bytes) -> dict[str, Any] | None:
@@ -310,7 +307,8 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
             return self.inner.handle_request(request)
 
         def handle_request(self, request: Any) -> Any:
-            if not _is_chat_completion(request.method, request.url.path):
+            dialect = dialect_for(request.method, request.url.path)
+            if dialect is None:
                 legacy = _legacy_route(self.guard, request.method, request.url.path)
                 if legacy is not None:
                     return self._handle_legacy(request, *legacy)
@@ -347,7 +345,7 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
             session = _session_for(self.guard)
             url_marker = request_url.set(str(request.url))
             try:
-                outcome = _drive_sync(self.guard.pipeline.run(session, body), send)
+                outcome = _drive_sync(self.guard.pipeline.run(session, body, dialect), send)
             finally:
                 request_url.reset(url_marker)
             response = last["response"]
@@ -436,7 +434,8 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
             return await self.inner.handle_async_request(request)
 
         async def handle_async_request(self, request: Any) -> Any:
-            if not _is_chat_completion(request.method, request.url.path):
+            dialect = dialect_for(request.method, request.url.path)
+            if dialect is None:
                 legacy = _legacy_route(self.guard, request.method, request.url.path)
                 if legacy is not None:
                     return await self._handle_legacy(request, *legacy)
@@ -476,7 +475,7 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
             url_marker = request_url.set(str(request.url))
             try:
                 outcome = await _drive_async(
-                    self.guard.pipeline.run(session, body), send, self.offload
+                    self.guard.pipeline.run(session, body, dialect), send, self.offload
                 )
             finally:
                 request_url.reset(url_marker)

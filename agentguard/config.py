@@ -188,8 +188,9 @@ class LimitsConfig(_Section):
     than that is paid in full at settlement (the budget may then end a window above its
     limit by the difference)."""
     unmetered: list[str] = Field(default_factory=list)
-    """Endpoints allowed through unmetered under a budget (``["/v1/responses"]``). Under a
-    budget the guard meters ``/chat/completions``, ``/completions`` and ``/embeddings`` and
+    """Endpoints allowed through unmetered under a budget (``["/v1/images/generations"]``).
+    Under a budget the guard meters ``/chat/completions``, ``/responses``, ``/completions`` and
+    ``/embeddings``, lets through posts no provider bills (token counts, cancellations), and
     refuses every other ``POST`` unless its path ends with one of these; without a budget
     everything passes."""
 

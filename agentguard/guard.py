@@ -20,6 +20,7 @@ from agentguard.parking.record import ParkedSession
 from agentguard.parking.resume import ParkedSessions, Resumer
 from agentguard.parking.store import ParkedStore
 from agentguard.pipeline import CallContext, CallStage, Pipeline
+from agentguard.response_contexts import ResponseContexts
 from agentguard.retrying import RetryPolicy
 from agentguard.session import Session, SessionState
 from agentguard.stages import RouteStage, TrimStage
@@ -146,6 +147,7 @@ class Guard:
             budget_policy=self._on_exhausted,
             limit_handler=self.parker,
             escalator=self.router_stage,
+            contexts=ResponseContexts(self.store),
         )
 
     @classmethod
@@ -307,7 +309,15 @@ class Guard:
                 "(guard.wrap) or call guard.set_replay_client(client) in the application"
             )
         request = {k: v for k, v in parked.request.items() if k not in ("stream", "stream_options")}
-        response = client.chat.completions.create(**request)
+        if parked.api == "openai_responses":
+            response = client.responses.create(**request)
+        elif parked.api == "openai_chat":
+            response = client.chat.completions.create(**request)
+        else:
+            raise RuntimeError(
+                f"the replay resumer replays OpenAI calls; session {parked.session_id!r} parked "
+                f"a {parked.api} call: register a resumer for it"
+            )
         for callback in self._result_callbacks:
             callback(parked, response)
         return response

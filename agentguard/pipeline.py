@@ -22,7 +22,13 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agentguard.dialects.openai_chat import OPENAI_CHAT
-from agentguard.errors import AgentGuardError, BudgetExceeded, LimitExceeded, RetryLimitExceeded
+from agentguard.errors import (
+    AgentGuardError,
+    BudgetExceeded,
+    LimitExceeded,
+    RetryLimitExceeded,
+    UnmeteredRequest,
+)
 from agentguard.limits import Limits, tool_call_signature
 from agentguard.log import logger
 from agentguard.pricing import Usage
@@ -37,6 +43,7 @@ if TYPE_CHECKING:
     from agentguard.parking.handler import Decision
     from agentguard.parking.record import ParkedSession
     from agentguard.pricing import ModelPrice, Pricer
+    from agentguard.response_contexts import ResponseContexts
     from agentguard.session import Session
     from agentguard.tokens import TokenCounter
 
@@ -180,6 +187,8 @@ class CallContext:
     bound: Bound | None = None
     worst_case_usd: Decimal = Decimal(0)
     reservation: Reservation | None = None
+    carried_tokens: int = 0
+    """Input the provider bills again from an earlier response the call continues."""
     strip_usage_chunk: bool = False
     notes: dict[str, Any] = field(default_factory=dict)
     """Stage results (route decision, trim result) for logs and the demo."""
@@ -262,6 +271,7 @@ class Pipeline:
         wait_inline_max_s: float = 30.0,
         budget_policy: Callable[[str], str] | None = None,
         escalator: Escalator | None = None,
+        contexts: ResponseContexts | None = None,
     ) -> None:
         self.limits = limits
         self.retry = retry
@@ -275,6 +285,7 @@ class Pipeline:
         self.wait_inline_max_s = wait_inline_max_s
         self.budget_policy = budget_policy or (lambda key: "raise")
         self.escalator = escalator
+        self.contexts = contexts
 
     # The engine ------------------------------------------------------------------------------
 
@@ -300,6 +311,9 @@ class Pipeline:
                 body,
                 output_capped=dialect.output_cap(body) is not None or self.enforce_output_cap,
             )
+        previous = dialect.previous_response(body)
+        if previous is not None:
+            yield from self._carry(call, previous)
         with session.lock:
             self.limits.before_call(session)
             session.state.iterations += 1
@@ -327,6 +341,24 @@ class Pipeline:
                     continue
             yield from self._settle(call, answer)
             return Outcome(reply)
+
+    def _carry(self, call: CallContext, previous: str) -> Generator[Action, Any, None]:
+        """Add the earlier conversation a call continues to its input: the provider bills
+        it again. Under a budget, a response this guard never settled is refused."""
+        contexts = self.contexts
+        carried = None if contexts is None else (yield Do(partial(contexts.tokens, previous)))
+        if carried is None and _budgeted(call.session):
+            field = "previous_response_id"
+            raise UnmeteredRequest(
+                f"refused before sending: {field}={previous[:60]!r} names a response this guard "
+                f"did not settle, so the size of the conversation the provider bills again is "
+                f"unknown and the session runs under a budget; continue only responses made "
+                f"through a guard on this store, or send the conversation as input",
+                endpoint=call.dialect.endpoint,
+                reason=f"unknown {field}",
+                field=field,
+            )
+        call.carried_tokens = carried or 0
 
     def _send(
         self, call: CallContext
@@ -417,6 +449,7 @@ class Pipeline:
             )
         else:
             call.input_tokens = dialect.count_input(call.body, model, self.counter)
+        call.input_tokens += call.carried_tokens
         requested = dialect.output_cap(call.body)
         if requested is not None:
             call.max_output_tokens = requested
@@ -547,14 +580,17 @@ class Pipeline:
         """The refusal of a call whose worst case is above the whole limit, saying what makes
         up the worst case and what to change."""
         original = call.original_body
-        if isinstance(original.get("max_completion_tokens"), int):
-            cap = f"max_completion_tokens={original['max_completion_tokens']} set by the caller"
-        elif isinstance(original.get("max_tokens"), int):
-            cap = f"max_tokens={original['max_tokens']} set by the caller"
+        dialect = call.dialect
+        requested = dialect.output_cap(original)
+        field = dialect.cap_field
+        if dialect is OPENAI_CHAT and isinstance(original.get("max_completion_tokens"), int):
+            field = "max_completion_tokens"
+        if requested is not None:
+            cap = f"{field}={requested} set by the caller"
         else:
             cap = (
                 f"limits.default_max_output_tokens = {self.default_max_output_tokens}, because"
-                " the caller set no max_tokens"
+                f" the caller set no {field}"
             )
         setting = (
             "limits.max_session_usd"
@@ -566,7 +602,7 @@ class Pipeline:
             f" {call.model!r} can cost up to ${exc.needed_usd}, more than the whole limit"
             f" (${exc.limit_usd}), so it can never fit and is not parked. The worst case is"
             f" {call.input_tokens} input tokens plus up to {call.max_output_tokens} output tokens"
-            f" ({cap}). Set a lower max_tokens on the call (or"
+            f" ({cap}). Set a lower {field} on the call (or"
             f" limits.default_max_output_tokens), send less input, use a cheaper model, or raise"
             f" {setting}."
         )
@@ -700,6 +736,11 @@ class Pipeline:
         if reservation is not None:
             yield Do(lambda: self.ledger.settle(reservation, cost, defer=True))
         session.add_spend(cost, usage.input_tokens, usage.output_tokens)
+        contexts = self.contexts
+        if call.dialect.chains and answer.response_id and contexts is not None:
+            # A later call continuing this response is billed all of it again as input.
+            response_id, size = answer.response_id, usage.input_tokens + usage.output_tokens
+            yield Do(lambda: contexts.remember(response_id, size))
         if not count_step:
             return
         with session.lock:

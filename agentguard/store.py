@@ -28,7 +28,7 @@ from agentguard.files import private_dir, private_file
 
 __all__ = ["SCHEMA_VERSION", "Store", "metadata", "open_store"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """2: budget holds are kept per key (``agentguard_budget_keys``), holds charged by a sweep are
 kept for reconciliation, and SQLite keeps one store clock."""
 
@@ -107,6 +107,16 @@ store_clock = sa.Table(
     sa.Column("now_ms", sa.BigInteger, nullable=False),
 )
 """SQLite's one clock: the latest time any process wrote; time never goes back below it."""
+
+response_contexts = sa.Table(
+    "agentguard_response_contexts",
+    metadata,
+    sa.Column("response_id", sa.String(255), primary_key=True),
+    sa.Column("tokens", sa.BigInteger, nullable=False),
+    sa.Column("at_ms", sa.BigInteger, nullable=False, index=True),
+)
+"""The billed size of each response the guard settled: what a later call naming it as its
+``previous_response_id`` is billed again as input."""
 
 parked_sessions = sa.Table(
     "agentguard_parked_sessions",
@@ -361,7 +371,7 @@ class Store:
             if row is None:
                 connection.execute(schema_info.insert().values(id=1, version=SCHEMA_VERSION))
             elif row.version < SCHEMA_VERSION:
-                # Version 1 lacked only tables, which create_all just made.
+                # Versions 1 and 2 lacked only tables, which create_all just made.
                 connection.execute(schema_info.update().values(version=SCHEMA_VERSION))
             elif row.version > SCHEMA_VERSION:
                 raise StoreError(

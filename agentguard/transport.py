@@ -2,12 +2,13 @@
 
 An httpx transport sees every endpoint and every HTTP attempt of the client it is given to,
 survives ``with_options()``/``copy()``, and is how LangChain's ``ChatOpenAI(http_client=...)``
-and CrewAI's native OpenAI provider take a guard too. ``POST .../chat/completions`` goes
-through the pipeline. Under a dollar budget the legacy ``/completions`` and ``/embeddings``
-are metered (:mod:`agentguard.legacy`), and every other ``POST`` (``/responses``, files,
-images...) is refused with :class:`~agentguard.UnmeteredRequest` before it is sent, unless
-``limits.unmetered`` names its endpoint; so is a chat completion whose body is not a JSON
-object. Without a budget they pass through untouched.
+and CrewAI's native OpenAI provider take a guard too. A request one of the dialects speaks
+(:mod:`agentguard.dialects`: ``/chat/completions``, ``/responses``) goes through the pipeline.
+Under a dollar budget the legacy ``/completions`` and ``/embeddings`` are metered
+(:mod:`agentguard.legacy`), and every other ``POST`` (files, images...) is refused with
+:class:`~agentguard.UnmeteredRequest` before it is sent, unless ``limits.unmetered`` names its
+endpoint or no provider bills it (token counts, cancellations); so is a model call whose body
+is not a JSON object. Without a budget they pass through untouched.
 
 openai 2.x speaks ``httpx``; openai 3.x speaks ``httpx2``, a fork with the same API. The
 transport classes are built for whichever of the two the client uses.
@@ -56,6 +57,14 @@ def _budget_of(session: Session) -> str | None:
     return ", ".join(f"{line.key!r} (${line.limit_usd})" for line in limited)
 
 
+# Posts that no provider bills: counting tokens, cancelling a background response.
+_FREE_SUFFIXES = ("/input_tokens", "/count_tokens", "/cancel")
+
+
+def _free_path(path: str) -> bool:
+    return path.rstrip("/").endswith(_FREE_SUFFIXES)
+
+
 def _allowed_unmetered(guard: Guard, path: str) -> bool:
     trimmed = path.rstrip("/")
     return any(trimmed.endswith(allowed.rstrip("/")) for allowed in guard.config.limits.unmetered)
@@ -64,7 +73,7 @@ def _allowed_unmetered(guard: Guard, path: str) -> bool:
 def _refuse_unmetered(guard: Guard, method: str, path: str, reason: str | None = None) -> None:
     """Raise :class:`UnmeteredRequest` for a request the guard cannot meter, when a budget
     applies and ``limits.unmetered`` does not allow the endpoint; otherwise return."""
-    if reason is None and method.upper() in _FREE_METHODS:
+    if reason is None and (method.upper() in _FREE_METHODS or _free_path(path)):
         return
     if _allowed_unmetered(guard, path):
         return
@@ -73,11 +82,10 @@ def _refuse_unmetered(guard: Guard, method: str, path: str, reason: str | None =
         return
     endpoint = path.rstrip("/") or "/"
     if reason is None:
-        what = "not yet metered" if endpoint.endswith("/responses") else "not metered"
-        reason = f"{method} {endpoint} is {what} by agentguard"
+        reason = f"{method} {endpoint} is not metered by agentguard"
         fix = (
-            f"use client.chat.completions, or let this endpoint through unmetered with "
-            f'limits.unmetered = ["{endpoint}"] in the config'
+            f"use client.chat.completions or client.responses, or let this endpoint through "
+            f'unmetered with limits.unmetered = ["{endpoint}"] in the config'
         )
     else:
         fix = f'fix the request, or let this endpoint through unmetered with limits.unmetered = ["{endpoint}"]'

@@ -141,6 +141,9 @@ def app(store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
                 [parking]
                 wait_inline_max_s = 0
                 max_attempts = 3
+                # A resume that fails for a passing reason (a busy store) is retried within
+                # seconds, not the default minutes: this test is about what is ingested.
+                window_hours = 0.002
                 dir = "{tmp_path / "parked"}"
                 inbox_settle_s = 0.3
                 """

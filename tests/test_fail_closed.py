@@ -36,21 +36,25 @@ def paths(sim: SimServer) -> list[str]:
     return [request.path for request in sim.requests]
 
 
-def test_responses_and_legacy_endpoints_are_refused_under_a_budget(
+def test_endpoints_the_guard_cannot_price_are_refused_under_a_budget(
     make_guard: Callable[..., Guard], sim: SimServer
 ) -> None:
     guard = make_guard(budgets=TINY)
     client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-closed"))
     with guard.session(budget_key="research"):
         with pytest.raises(UnmeteredRequest) as caught:
-            client.responses.create(model="gpt-4o", input="Hello")
-        message = str(caught.value)
-        assert "/v1/responses is not yet metered" in message
-        assert 'limits.unmetered = ["/v1/responses"]' in message
-        assert "'research'" in message
-        assert caught.value.endpoint == "/v1/responses"
-        with pytest.raises(UnmeteredRequest, match=r"/v1/images/generations is not metered"):
             client.images.generate(model="gpt-image-1", prompt="A lighthouse")
+        message = str(caught.value)
+        assert "/v1/images/generations is not metered" in message
+        assert 'limits.unmetered = ["/v1/images/generations"]' in message
+        assert "'research'" in message
+        assert caught.value.endpoint == "/v1/images/generations"
+        # A Responses call with a built-in tool, billed per use at rates nobody publishes
+        # as data, cannot be bounded either.
+        with pytest.raises(UnmeteredRequest, match=r"tools\[0\] is the built-in tool"):
+            client.responses.create(
+                model="gpt-4o", input="Hello", tools=[{"type": "web_search"}], max_output_tokens=20
+            )
         # Reads cost nothing and pass.
         assert [model.id for model in client.models.list()][:1] == ["gpt-4o"]
     assert paths(sim) == ["/v1/models"]
@@ -62,12 +66,12 @@ def test_the_sessionless_default_and_a_session_budget_count_as_budgets(
     guard = make_guard(budgets=[{"key": "default", "limit_usd": 1}])
     client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-closed"))
     with pytest.raises(UnmeteredRequest):
-        client.responses.create(model="gpt-4o", input="Hello")
+        client.images.generate(model="gpt-image-1", prompt="A lighthouse")
 
     capped = make_guard(limits={"max_session_usd": 1})
     client = capped.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-closed"))
     with capped.session(), pytest.raises(UnmeteredRequest):
-        client.responses.create(model="gpt-4o", input="Hello")
+        client.images.generate(model="gpt-image-1", prompt="A lighthouse")
     assert sim.requests == []
 
 
@@ -77,7 +81,7 @@ def test_async_clients_are_refused_too(make_guard: Callable[..., Guard], sim: Si
 
     async def run() -> None:
         async with guard.session(budget_key="research"):
-            await client.responses.create(model="gpt-4o", input="Hello")
+            await client.images.generate(model="gpt-image-1", prompt="A lighthouse")
 
     with pytest.raises(UnmeteredRequest):
         asyncio.run(run())
@@ -87,14 +91,15 @@ def test_async_clients_are_refused_too(make_guard: Callable[..., Guard], sim: Si
 def test_limits_unmetered_lets_a_named_endpoint_through(
     make_guard: Callable[..., Guard], sim: SimServer
 ) -> None:
-    guard = make_guard(budgets=TINY, limits={"unmetered": ["/v1/responses"]})
+    guard = make_guard(budgets=TINY, limits={"unmetered": ["/v1/images/generations"]})
     client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-closed", max_retries=0))
     with guard.session(budget_key="research"):
-        # Let through as named: the sim answers it (unmetered, so the budget is not charged).
-        assert client.responses.create(model="gpt-4o", input="Hello").output_text
-        with pytest.raises(UnmeteredRequest):
+        # Let through as named: it reaches the sim (which serves no images).
+        with pytest.raises(openai.NotFoundError):
             client.images.generate(model="gpt-image-1", prompt="A lighthouse")
-    assert paths(sim) == ["/v1/responses"]
+        with pytest.raises(UnmeteredRequest):
+            client.images.edit(model="gpt-image-1", image=b"png", prompt="A lighthouse")
+    assert paths(sim) == ["/v1/images/generations"]
 
 
 def test_without_a_budget_other_endpoints_pass_through(

@@ -28,6 +28,7 @@ class OpenAIChat:
     name = "openai_chat"
     endpoint = "/chat/completions"
     cap_field = "max_tokens"
+    chains = False
 
     def matches(self, method: str, path: str) -> bool:
         return method == "POST" and path.rstrip("/").endswith("/chat/completions")
@@ -62,6 +63,9 @@ class OpenAIChat:
 
     def streaming(self, body: Mapping[str, Any]) -> bool:
         return bool(body.get("stream"))
+
+    def previous_response(self, body: Mapping[str, Any]) -> str | None:
+        return None
 
     def bound(
         self,

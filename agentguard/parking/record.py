@@ -95,7 +95,8 @@ class Transition(_Model):
 class ParkedSession(_Model):
     """A parked session: the pending request and everything needed to resume it.
 
-    ``client.chat.completions.create(**parked.request)`` replays the pending call.
+    ``client.chat.completions.create(**parked.request)`` replays a pending chat completion;
+    ``api`` says which call to replay for the other wire APIs.
     """
 
     schema_version: int = SCHEMA_VERSION
@@ -104,10 +105,13 @@ class ParkedSession(_Model):
     budget_key: str = "default"
     framework: str = "openai"
     """Who parked it: ``openai``, ``langchain``, ``crewai``, ``openclaw``..."""
+    api: str = "openai_chat"
+    """The wire API ``request`` speaks: ``openai_chat`` (``chat.completions.create``),
+    ``openai_responses`` (``responses.create``), ``anthropic_messages`` (``messages.create``)."""
     resumer: str = "replay"
     """The registered resumer that continues it (never an import path)."""
     request: dict[str, Any] = Field(default_factory=dict)
-    """The pending ``chat.completions.create`` keyword arguments (model, messages, tools,
+    """The pending call's keyword arguments in its ``api`` (model, messages or input, tools,
     params); never API keys or headers."""
     iterations: int = Field(default=0, ge=0)
     spent_usd: Decimal = Field(default=Decimal(0), ge=0)

@@ -29,8 +29,8 @@ from rich.console import Console
 from rich.markup import escape
 
 if TYPE_CHECKING:
+    from agentguard.engine import CallContext
     from agentguard.ledger import BudgetStatus
-    from agentguard.pipeline import CallContext
 
 WIDTH = 80
 """Every line the demo prints fits this many columns."""

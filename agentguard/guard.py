@@ -9,6 +9,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agentguard.config import GuardConfig, agentguard_home
+from agentguard.engine import CallContext, CallStage, Pipeline
 from agentguard.errors import ConfigError, PricingError
 from agentguard.files import tighten_home
 from agentguard.ledger import BudgetLine, BudgetStatus, Ledger
@@ -19,7 +20,6 @@ from agentguard.parking.openclaw import OpenClawResumer
 from agentguard.parking.record import ParkedSession
 from agentguard.parking.resume import ParkedSessions, Resumer
 from agentguard.parking.store import ParkedStore
-from agentguard.pipeline import CallContext, CallStage, Pipeline
 from agentguard.response_contexts import ResponseContexts
 from agentguard.retrying import RetryPolicy
 from agentguard.session import Session, SessionState
@@ -148,6 +148,7 @@ class Guard:
             limit_handler=self.parker,
             escalator=self.router_stage,
             contexts=ResponseContexts(self.store),
+            observers=self.observers,
         )
 
     @classmethod

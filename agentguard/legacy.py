@@ -18,12 +18,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Generator
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from agentguard.engine.actions import (
+    Action,
+    Outcome,
+    Release,
+    Reply,
+    Reserve,
+    Send,
+    Settle,
+    TransportFailure,
+)
 from agentguard.errors import UnmeteredRequest
 from agentguard.log import logger
-from agentguard.pipeline import Action, Do, Outcome, Reply, Send, TransportFailure
 from agentguard.pricing import Usage
 
 if TYPE_CHECKING:
@@ -83,7 +91,6 @@ def run_legacy(
         billed_input *= candidates
     worst = price.worst_case(billed_input, output_tokens)
     lines = session.budget_lines()
-    ledger = guard.ledger
     if logger.enabled("debug"):
         logger.debug(
             "reserve",
@@ -94,15 +101,15 @@ def run_legacy(
             max_output_tokens=output_tokens,
             amount_usd=worst,
         )
-    reservation = yield Do(partial(ledger.reserve, lines, worst, session_id=session.id, lease=True))
+    reservation = yield Reserve(tuple(lines), worst, session.id)
     try:
         reply: Reply = yield Send(body, False)
     except TransportFailure:
         # The request left: the provider may have billed it. Charged, never released.
-        yield Do(partial(ledger.settle, reservation, worst, defer=True))
+        yield Settle(reservation, worst)
         raise
     if reply.status >= 400:
-        yield Do(partial(ledger.release, reservation))
+        yield Release(reservation)
         return Outcome(reply)
     payload = _json_object(reply.body or b"")
     usage = Usage.from_openai(payload.get("usage") if payload else None)
@@ -112,7 +119,7 @@ def run_legacy(
         cost, input_used, output_used = worst, 0, 0
     else:
         cost, input_used, output_used = price.cost(usage), usage.input_tokens, usage.output_tokens
-    yield Do(partial(ledger.settle, reservation, cost, defer=True))
+    yield Settle(reservation, cost)
     session.add_spend(cost, input_used, output_used)
     return Outcome(reply)
 

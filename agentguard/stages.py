@@ -1,7 +1,7 @@
 """The request-rewriting stages of the pipeline: routing, then trimming.
 
 Each adapts a pure policy (:mod:`agentguard.routing`, :mod:`agentguard.trimming`) to the
-pipeline's :class:`~agentguard.pipeline.CallContext`: it reads the call and the session,
+pipeline's :class:`~agentguard.engine.CallContext`: it reads the call and the session,
 replaces top-level keys of the request body (never mutating the caller's objects), and leaves
 what it decided in ``call.notes`` for logs and the demo.
 """
@@ -16,7 +16,7 @@ from agentguard.log import logger
 
 if TYPE_CHECKING:
     from agentguard.config import RoutingConfig, TrimmingConfig
-    from agentguard.pipeline import CallContext
+    from agentguard.engine import CallContext
     from agentguard.pricing import Pricer
     from agentguard.routing import RouteDecision
     from agentguard.session import Session

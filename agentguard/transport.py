@@ -19,18 +19,18 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
-import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import ModuleType, SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from agentguard.dialects import dialect_for
+from agentguard.engine.actions import Outcome, Reply, TransportFailure
+from agentguard.engine.drivers import Effects, drive_async, drive_sync
 from agentguard.errors import UnmeteredRequest
 from agentguard.legacy import legacy_endpoint, run_legacy
 from agentguard.log import logger
 from agentguard.parking.handler import request_url
-from agentguard.pipeline import Action, Do, Outcome, Reply, Send, Sleep, TransportFailure
 from agentguard.session import Session
 
 if TYPE_CHECKING:
@@ -137,47 +137,6 @@ def _chat_body(raw: bytes) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def _drive_sync(engine: Generator[Action, Any, Any], send: Any) -> Any:
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            action = engine.throw(error) if error is not None else engine.send(value)
-        except StopIteration as stop:
-            return stop.value
-        value, error = None, None
-        try:
-            if isinstance(action, Send):
-                value = send(action.body, action.modified)
-            elif isinstance(action, Sleep):
-                time.sleep(action.seconds)
-            elif isinstance(action, Do):
-                value = action.function()
-        except Exception as exc:
-            error = exc
-
-
-async def _drive_async(engine: Generator[Action, Any, Any], send: Any, offload: bool) -> Any:
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            action = engine.throw(error) if error is not None else engine.send(value)
-        except StopIteration as stop:
-            return stop.value
-        value, error = None, None
-        try:
-            if isinstance(action, Send):
-                value = await send(action.body, action.modified)
-            elif isinstance(action, Sleep):
-                await asyncio.sleep(action.seconds)
-            elif isinstance(action, Do):
-                # SQLite answers in microseconds; a network database must not block the loop.
-                value = await asyncio.to_thread(action.function) if offload else action.function()
-        except Exception as exc:
-            error = exc
-
-
 def _build(httpx: ModuleType) -> SimpleNamespace:
     """Transport classes for one httpx flavour (``httpx`` or ``httpx2``)."""
 
@@ -206,9 +165,10 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
         return Reply(response.status_code, response.headers, body)
 
     class TapStream(httpx.SyncByteStream):  # type: ignore[misc,name-defined]
-        def __init__(self, response: Any, outcome: Outcome) -> None:
+        def __init__(self, response: Any, outcome: Outcome, effects: Effects) -> None:
             self.response = response
             self.outcome = outcome
+            self.effects = effects
             self.finished = False
 
         def __iter__(self) -> Iterator[bytes]:
@@ -236,7 +196,7 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
                 return
             self.finished = True
             assert self.outcome.finish is not None and self.outcome.tap is not None
-            _drive_sync(self.outcome.finish(self.outcome.tap), None)
+            drive_sync(self.outcome.finish(self.outcome.tap), None, self.effects)
 
         def close(self) -> None:
             self.response.close()
@@ -248,9 +208,12 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
                     logger.warning("settle_failed", error=str(exc))
 
     class AsyncTapStream(httpx.AsyncByteStream):  # type: ignore[misc,name-defined]
-        def __init__(self, response: Any, outcome: Outcome, offload: bool) -> None:
+        def __init__(
+            self, response: Any, outcome: Outcome, effects: Effects, offload: bool
+        ) -> None:
             self.response = response
             self.outcome = outcome
+            self.effects = effects
             self.offload = offload
             self.finished = False
 
@@ -276,7 +239,9 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
                 return
             self.finished = True
             assert self.outcome.finish is not None and self.outcome.tap is not None
-            await _drive_async(self.outcome.finish(self.outcome.tap), None, self.offload)
+            await drive_async(
+                self.outcome.finish(self.outcome.tap), None, self.effects, offload=self.offload
+            )
 
         async def aclose(self) -> None:
             await self.response.aclose()
@@ -353,11 +318,13 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
             session = _session_for(self.guard)
             url_marker = request_url.set(str(request.url))
             try:
-                outcome = _drive_sync(self.guard.pipeline.run(session, body, dialect), send)
+                pipeline = self.guard.pipeline
+                outcome = drive_sync(pipeline.run(session, body, dialect), send, pipeline.effects)
             finally:
                 request_url.reset(url_marker)
             response = last["response"]
-            stream = TapStream(response, outcome) if outcome.tap is not None else None
+            effects = self.guard.pipeline.effects
+            stream = TapStream(response, outcome, effects) if outcome.tap is not None else None
             return build_response(request, outcome, response, stream)
 
         def _handle_legacy(self, request: Any, session: Session, kind: str, endpoint: str) -> Any:
@@ -380,7 +347,8 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
                 return reply_of(response, content)
 
             try:
-                outcome = _drive_sync(run_legacy(self.guard, session, kind, endpoint, raw), send)
+                engine = run_legacy(self.guard, session, kind, endpoint, raw)
+                outcome = drive_sync(engine, send, self.guard.pipeline.effects)
             except TransportFailure as failure:
                 # The SDK sees the transport's own error, and retries it as usual (each
                 # attempt is metered again).
@@ -482,14 +450,21 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
             session = _session_for(self.guard)
             url_marker = request_url.set(str(request.url))
             try:
-                outcome = await _drive_async(
-                    self.guard.pipeline.run(session, body, dialect), send, self.offload
+                pipeline = self.guard.pipeline
+                outcome = await drive_async(
+                    pipeline.run(session, body, dialect),
+                    send,
+                    pipeline.effects,
+                    offload=self.offload,
                 )
             finally:
                 request_url.reset(url_marker)
             response = last["response"]
+            effects = self.guard.pipeline.effects
             stream = (
-                AsyncTapStream(response, outcome, self.offload) if outcome.tap is not None else None
+                AsyncTapStream(response, outcome, effects, self.offload)
+                if outcome.tap is not None
+                else None
             )
             return build_response(request, outcome, response, stream)
 
@@ -516,7 +491,9 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
 
             engine = run_legacy(self.guard, session, kind, endpoint, raw)
             try:
-                outcome = await _drive_async(engine, send, self.offload)
+                outcome = await drive_async(
+                    engine, send, self.guard.pipeline.effects, offload=self.offload
+                )
             except TransportFailure as failure:
                 raise failure.error from None
             return build_response(request, outcome, last["response"], None)

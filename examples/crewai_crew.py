@@ -31,7 +31,7 @@ from crewai import Agent, Crew, Task
 from crewai.tools import tool
 
 from agentguard import Guard, GuardConfig, SessionParked
-from agentguard.pipeline import CallContext
+from agentguard.engine import CallContext
 from agentguard.scheduler import ResumeDaemon
 from agentguard.sim import GatewayKey, Reply, SimGateway, SimServer, ToolCall
 from agentguard_crewai import (

@@ -15,8 +15,8 @@ import openai
 import pytest
 
 from agentguard import Guard, UnmeteredRequest
+from agentguard.engine import CallContext
 from agentguard.images import image_size, image_tokens, rule_for
-from agentguard.pipeline import CallContext
 from agentguard.sim import Reply, SimServer
 
 BUDGET = [{"key": "research", "limit_usd": 50, "window": "1h"}]

@@ -78,7 +78,7 @@ def test_configured_rules_come_first(make_guard: Callable[..., Guard]) -> None:
             "rules": [{"kind": "budget_window", "status": [403], "message_pattern": "spend cap"}]
         }
     )
-    from agentguard.pipeline import Reply
+    from agentguard.engine import Reply
 
     verdict = guard.parker.classify(
         Reply(403, {}, b'{"error": {"message": "Team spend cap reached"}}')

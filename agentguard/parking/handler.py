@@ -26,7 +26,7 @@ from agentguard.redact import redact_text
 
 if TYPE_CHECKING:
     from agentguard.config import ParkingConfig
-    from agentguard.pipeline import CallContext, Reply
+    from agentguard.engine import CallContext, Reply
     from agentguard.session import Session
 
 __all__ = ["Decision", "Parker", "request_url"]

@@ -4,24 +4,40 @@
 
     call ─► limits ─► route ─► trim ─► price & reserve ─► send (retry) ─► settle ─► return
 
-:meth:`Pipeline.run` is a generator. It yields actions — :class:`Send` (make the HTTP attempt),
-:class:`Sleep` (back off), :class:`Do` (blocking I/O on the ledger or store) — and receives
-their results through ``send()`` (or their exceptions through ``throw()``). It returns an
-:class:`Outcome`. The sync and async drivers in :mod:`agentguard.transport` only perform the
-actions; every decision is made here, once.
+:meth:`Pipeline.run` is a generator. It yields the actions of :mod:`agentguard.engine.actions`
+(``Send`` an attempt, ``Sleep``, ``Reserve``/``Settle``/``Release`` on the ledger, ``Park``...)
+and receives their results through ``send()`` (or their exceptions through ``throw()``). It
+returns an :class:`~agentguard.engine.actions.Outcome`. The drivers in
+:mod:`agentguard.engine.drivers` only perform the actions; every decision is made here, once,
+and no wire format is known here: the call's dialect (:mod:`agentguard.dialects`) reads it.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agentguard.dialects.openai_chat import OPENAI_CHAT
+from agentguard.engine.actions import (
+    Action,
+    Confirm,
+    KeepContext,
+    Outcome,
+    Park,
+    RecallContext,
+    Release,
+    Reply,
+    Reserve,
+    Send,
+    Settle,
+    Sleep,
+    TransportFailure,
+)
+from agentguard.engine.drivers import Effects
 from agentguard.errors import (
     AgentGuardError,
     BudgetExceeded,
@@ -47,86 +63,7 @@ if TYPE_CHECKING:
     from agentguard.session import Session
     from agentguard.tokens import TokenCounter
 
-__all__ = [
-    "Do",
-    "Outcome",
-    "Pipeline",
-    "Reply",
-    "Send",
-    "Sleep",
-    "TransportFailure",
-]
-
-
-# -- actions the engine yields ------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Send:
-    """Make one HTTP attempt with this JSON body; answer with a :class:`Reply`, or throw a
-    :class:`TransportFailure`."""
-
-    body: dict[str, Any]
-    modified: bool = True
-    """Whether the body differs from the caller's request (if not, it is sent as it came)."""
-
-
-@dataclass(slots=True)
-class Sleep:
-    """Wait this many seconds."""
-
-    seconds: float
-
-
-@dataclass(slots=True)
-class Do:
-    """Run this blocking function (ledger or store I/O) and send back its result."""
-
-    function: Callable[[], Any]
-
-
-Action = Send | Sleep | Do
-
-
-@dataclass(slots=True)
-class Reply:
-    """An HTTP response as the engine sees it."""
-
-    status: int
-    headers: Mapping[str, str]
-    """Lower-cased names."""
-    body: bytes | None
-    """The whole body; ``None`` for a successful streaming response, which the driver keeps."""
-
-    @property
-    def streaming(self) -> bool:
-        return self.body is None
-
-
-class TransportFailure(Exception):
-    """An attempt that got no HTTP response (``kind``: ``timeout`` or ``connection``).
-
-    ``sent`` is ``False`` only when the request certainly never left (the connection was never
-    made): any other failure may have been billed by the provider, so it is charged.
-    """
-
-    def __init__(self, kind: str, error: BaseException, *, sent: bool = True) -> None:
-        super().__init__(f"{kind}: {error}")
-        self.kind = kind
-        self.error = error
-        self.sent = sent
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What the driver hands back to the SDK."""
-
-    reply: Reply
-    extra_headers: dict[str, str] = field(default_factory=dict)
-    tap: StreamTap | None = None
-    """For a successful stream: the parser the stream's bytes flow through."""
-    finish: Callable[[StreamTap], Generator[Action, Any, None]] | None = None
-    """For a successful stream: the engine's settlement, driven when the stream ends."""
+__all__ = ["CallContext", "CallStage", "Escalator", "LimitHandler", "Pipeline"]
 
 
 # -- stages that later plug in --------------------------------------------------------------
@@ -272,6 +209,7 @@ class Pipeline:
         budget_policy: Callable[[str], str] | None = None,
         escalator: Escalator | None = None,
         contexts: ResponseContexts | None = None,
+        observers: list[Callable[[CallContext], None]] | None = None,
     ) -> None:
         self.limits = limits
         self.retry = retry
@@ -285,7 +223,9 @@ class Pipeline:
         self.wait_inline_max_s = wait_inline_max_s
         self.budget_policy = budget_policy or (lambda key: "raise")
         self.escalator = escalator
-        self.contexts = contexts
+        self.observers = observers if observers is not None else []
+        self.effects = Effects(ledger, limit_handler, contexts)
+        """What the drivers perform the store's actions with."""
 
     # The engine ------------------------------------------------------------------------------
 
@@ -345,8 +285,7 @@ class Pipeline:
     def _carry(self, call: CallContext, previous: str) -> Generator[Action, Any, None]:
         """Add the earlier conversation a call continues to its input: the provider bills
         it again. Under a budget, a response this guard never settled is refused."""
-        contexts = self.contexts
-        carried = None if contexts is None else (yield Do(partial(contexts.tokens, previous)))
+        carried = yield RecallContext(previous)
         if carried is None and _budgeted(call.session):
             field = "previous_response_id"
             raise UnmeteredRequest(
@@ -406,13 +345,7 @@ class Pipeline:
                         continue
                     yield from self._release(call)
                     if decision.action in ("park", "fail"):
-                        park = partial(
-                            self._handler().park_limit,
-                            call,
-                            verdict,
-                            failed=decision.action == "fail",
-                        )
-                        record = yield Do(park)
+                        record = yield Park(call, limit=verdict, failed=decision.action == "fail")
                         if decision.action == "park":
                             call.session.parked_record = record
                             raise self._handler().parked_error(record)
@@ -481,7 +414,7 @@ class Pipeline:
         if reservation is None:
             yield from self._reserve(call, retry=True)
         elif self.ledger.needs_confirm(reservation):
-            alive = yield Do(lambda: self.ledger.confirm(reservation))
+            alive = yield Confirm(reservation)
             if not alive:
                 call.reservation = None
                 yield from self._reserve(call, retry=True)
@@ -493,7 +426,7 @@ class Pipeline:
         if reservation is None:
             return
         cost = reservation.amount_usd
-        yield Do(lambda: self.ledger.settle(reservation, cost, defer=True))
+        yield Settle(reservation, cost)
         call.session.add_spend(cost, 0, 0)
         logger.warning(
             "charged_worst_case",
@@ -507,11 +440,7 @@ class Pipeline:
         session = call.session
         lines = session.budget_lines()
         try:
-            call.reservation = yield Do(
-                lambda: self.ledger.reserve(
-                    lines, call.worst_case_usd, session_id=session.id, lease=True
-                )
-            )
+            call.reservation = yield Reserve(lines, call.worst_case_usd, session.id)
         except BudgetExceeded as exc:
             policy = self.budget_policy(exc.key)
             if policy == "downgrade" and self.escalator is not None:
@@ -519,15 +448,7 @@ class Pipeline:
                     call.body["model"] = model
                     self._measure(call)
                     try:
-                        call.reservation = yield Do(
-                            partial(
-                                self.ledger.reserve,
-                                lines,
-                                call.worst_case_usd,
-                                session_id=session.id,
-                                lease=True,
-                            )
-                        )
+                        call.reservation = yield Reserve(lines, call.worst_case_usd, session.id)
                     except BudgetExceeded:
                         continue
                     logger.info(
@@ -560,10 +481,9 @@ class Pipeline:
                 and exc.fits_empty_window
                 and exc.resets_at is not None
             ):
-                handler, exhausted = self.limit_handler, exc
-                record = yield Do(lambda: handler.park_budget(call, exhausted))
+                record = yield Park(call, budget=exc)
                 session.parked_record = record
-                raise handler.parked_error(record) from exc
+                raise self.limit_handler.parked_error(record) from exc
             raise
         if logger.enabled("debug"):
             logger.debug(
@@ -686,7 +606,7 @@ class Pipeline:
         if call.reservation is not None:
             reservation = call.reservation
             call.reservation = None
-            yield Do(lambda: self.ledger.release(reservation))
+            yield Release(reservation)
 
     def _count_failure(self, call: CallContext, error: BaseException) -> None:
         session = call.session
@@ -734,13 +654,11 @@ class Pipeline:
         reservation = call.reservation
         call.reservation = None
         if reservation is not None:
-            yield Do(lambda: self.ledger.settle(reservation, cost, defer=True))
+            yield Settle(reservation, cost)
         session.add_spend(cost, usage.input_tokens, usage.output_tokens)
-        contexts = self.contexts
-        if call.dialect.chains and answer.response_id and contexts is not None:
+        if call.dialect.chains and answer.response_id:
             # A later call continuing this response is billed all of it again as input.
-            response_id, size = answer.response_id, usage.input_tokens + usage.output_tokens
-            yield Do(lambda: contexts.remember(response_id, size))
+            yield KeepContext(answer.response_id, usage.input_tokens + usage.output_tokens)
         if not count_step:
             return
         with session.lock:
@@ -768,7 +686,7 @@ class Pipeline:
                 reserved_usd=call.worst_case_usd,
                 ms=round((time.perf_counter() - call.started) * 1000, 2),
             )
-        for observer in list(session.guard.observers):
+        for observer in list(self.observers):
             observer(call)
         try:
             self.limits.after_response(session, tool_calls)

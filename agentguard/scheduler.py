@@ -165,6 +165,10 @@ class ResumeDaemon:
         if self._syncer is not None:
             self._syncer.join(timeout=30)
         if self.scheduler.running:
+            # Emptied first, under the scheduler's own lock: a job it is handing out while
+            # shutdown marks it stopped would otherwise not be found for removal, and the
+            # scheduler's thread would die on that error.
+            self.scheduler.remove_all_jobs()
             self.scheduler.shutdown(wait=wait)
         logger.info("daemon_stop", owner=self.owner)
 

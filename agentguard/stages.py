@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 __all__ = ["RouteStage", "TrimStage"]
 
+_UNREAD = object()
+"""The budget share left was not read by the caller."""
+
 _classifying: ContextVar[bool] = ContextVar("agentguard_classifying", default=False)
 
 
@@ -39,7 +42,14 @@ class RouteStage:
         ask: sends a classification prompt to the small tier (for ``llm``/``cascade``).
     """
 
-    __slots__ = ("config", "counter", "remaining_fraction", "router")
+    __slots__ = (
+        "config",
+        "counter",
+        "nested_calls",
+        "reads_budget",
+        "remaining_fraction",
+        "router",
+    )
 
     def __init__(
         self,
@@ -54,15 +64,20 @@ class RouteStage:
         self.counter = counter
         self.remaining_fraction = remaining_fraction
         self.router = Router(config, ask=_guarded_ask(ask) if ask else None)
+        routes = bool(config.tiers or config.force_model)
+        self.nested_calls = routes and ask is not None
+        self.reads_budget = routes and bool(config.pressure)
 
     def decide(self, call: CallContext) -> RouteDecision:
-        # The limits stage has already counted this call in the session's iterations.
+        # The limits stage has already counted this call in the session's iterations; the
+        # engine read the budget left before the stages ran.
         return self.decide_step(
             model=call.model,
             messages=call.messages,
             tools=call.tools,
             session=call.session,
             calls_before=call.session.state.iterations - 1,
+            remaining_fraction=call.notes.get("remaining_fraction", _UNREAD),
         )
 
     def decide_step(
@@ -73,6 +88,7 @@ class RouteStage:
         tools: list[dict[str, Any]] | None,
         session: Session | None,
         calls_before: int | None = None,
+        remaining_fraction: float | object | None = _UNREAD,
     ) -> RouteDecision:
         """The decision for one step: the one code path of the pipeline and ``guard.route()``.
 
@@ -83,6 +99,8 @@ class RouteStage:
             session: the session it belongs to (``None``: a step outside any session).
             calls_before: model calls the session made before this one (default: all its
                 counted iterations, for a step not yet counted).
+            remaining_fraction: the budget share left, when the caller read it already
+                (otherwise it is read here, from the ledger, if ``routing.pressure`` is set).
         """
         if session is None:
             return self.router.decide(
@@ -93,7 +111,12 @@ class RouteStage:
             )
         if calls_before is None:
             calls_before = session.state.iterations
-        fraction = self.remaining_fraction(session) if self.config.pressure else None
+        fraction: float | None = None
+        if self.config.pressure:
+            if remaining_fraction is _UNREAD:
+                fraction = self.remaining_fraction(session)
+            elif isinstance(remaining_fraction, float | int):
+                fraction = float(remaining_fraction)
         return self.router.decide(
             model=model,
             messages=messages,
@@ -175,7 +198,7 @@ class TrimStage:
     the price data knows it) minus the output the call may generate.
     """
 
-    __slots__ = ("config", "counter", "pricer", "trimmer")
+    __slots__ = ("config", "counter", "nested_calls", "pricer", "reads_budget", "trimmer")
 
     def __init__(
         self,
@@ -189,6 +212,8 @@ class TrimStage:
         self.config = config
         self.counter = counter
         self.pricer = pricer
+        self.nested_calls = summarizer is not None
+        self.reads_budget = False
         self.trimmer = Trimmer(
             config, counter, summarizer=_guarded_ask(summarizer) if summarizer else None
         )

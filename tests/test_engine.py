@@ -26,6 +26,8 @@ from agentguard.engine import (
     Outcome,
     Park,
     Pipeline,
+    Prepare,
+    ReadBudget,
     RecallContext,
     Release,
     Reply,
@@ -389,3 +391,54 @@ def test_a_quota_error_is_recorded_failed_and_handed_back(guard: Guard, engine: 
     park = driver.actions[-1]
     assert isinstance(park, Park) and park.failed
     assert outcome.reply.status == 429 and outcome.extra_headers == {"x-should-retry": "false"}
+
+
+def test_budget_pressure_is_read_and_nested_calls_are_handed_to_the_driver(
+    tmp_path: Path,
+) -> None:
+    config = GuardConfig.from_mapping(
+        {
+            "store": {"url": f"sqlite:///{tmp_path / 'store.db'}"},
+            "budgets": [{"key": "work", "limit_usd": 1, "window": "1h"}],
+            "routing": {
+                "tiers": {"small": "gpt-4o-mini", "large": "gpt-4o"},
+                "classifier": "llm",
+                "pressure": [[0.5, "small"]],
+            },
+        }
+    )
+    guard = Guard(config)
+    try:
+        live = guard.pipeline
+        engine = Pipeline(
+            limits=live.limits,
+            retry=live.retry,
+            counter=live.counter,
+            pricer=live.pricer,
+            ledger=FakeLedger(),  # type: ignore[arg-type]
+            stages=live.stages,
+            limit_handler=live.limit_handler,
+        )
+        prepared: list[str] = []
+
+        def answer(action: Action) -> Any:
+            if isinstance(action, ReadBudget):
+                return 0.2  # little left: the pressure rule caps the tier at small
+            if isinstance(action, Prepare):
+                # What an async driver runs off its loop; here the stage decides without
+                # asking anyone (no classifier call is made in this test).
+                prepared.append(type(action.stage).__name__)
+                action.call.body["model"] = "gpt-4o-mini"
+                return None
+            return default_answer(iter([completion()]))(action)
+
+        driver = FakeDriver(answer)
+        driver.run(engine.run(session(guard), {"model": "gpt-4o", "messages": MESSAGES}))
+        assert driver.kinds()[:3] == ["ReadBudget", "Prepare", "Reserve"]
+        read = driver.actions[0]
+        assert isinstance(read, ReadBudget) and [line.key for line in read.lines] == ["work"]
+        assert prepared == ["RouteStage"]
+        send = next(action for action in driver.actions if isinstance(action, Send))
+        assert send.body["model"] == "gpt-4o-mini"
+    finally:
+        guard.close()

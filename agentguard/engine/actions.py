@@ -18,6 +18,9 @@ action                 asks for                                         answered
 :class:`Park`          the session written down to resume later         the ``ParkedSession``
 :class:`RecallContext` the billed size of an earlier response           ``int`` or ``None``
 :class:`KeepContext`   the billed size of this response, for later      ``None``
+:class:`ReadBudget`    the share of the session's budgets still free    ``float`` or ``None``
+:class:`Prepare`       a stage that may make a nested model call (an    ``None``
+                       LLM classifier, a summary) run on the call
 =====================  ===============================================  ========================
 """
 
@@ -30,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from agentguard.dialects.base import StreamTap
-    from agentguard.engine.pipeline import CallContext
+    from agentguard.engine.pipeline import CallContext, CallStage
     from agentguard.errors import BudgetExceeded
     from agentguard.ledger import BudgetLine, Reservation
     from agentguard.parking.classify import LimitVerdict
@@ -41,6 +44,8 @@ __all__ = [
     "KeepContext",
     "Outcome",
     "Park",
+    "Prepare",
+    "ReadBudget",
     "RecallContext",
     "Release",
     "Reply",
@@ -126,7 +131,37 @@ class KeepContext:
     tokens: int
 
 
-Action = Send | Sleep | Reserve | Confirm | Settle | Release | Park | RecallContext | KeepContext
+@dataclass(frozen=True, slots=True)
+class ReadBudget:
+    """The smallest share still free over these budget lines (``None``: none is limited),
+    for routing under budget pressure."""
+
+    lines: tuple[BudgetLine, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Prepare:
+    """Run ``stage`` on ``call``: a stage whose work may include a nested model call (the
+    ``llm`` classifier asking the small tier, a summary of dropped turns), which an async
+    driver must not run on its event loop."""
+
+    stage: CallStage
+    call: CallContext
+
+
+Action = (
+    Send
+    | Sleep
+    | Reserve
+    | Confirm
+    | Settle
+    | Release
+    | Park
+    | RecallContext
+    | KeepContext
+    | ReadBudget
+    | Prepare
+)
 
 
 @dataclass(slots=True)

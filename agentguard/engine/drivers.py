@@ -1,8 +1,9 @@
 """The only code that performs the engine's actions: a sync driver, an async one, and the
 :class:`Effects` they perform the store's actions with.
 
-The async driver never blocks the event loop on a network database: store actions run on a
-worker thread unless the store is a local SQLite file (which answers in microseconds).
+The async driver never blocks the event loop: store actions run on a worker thread unless the
+store is a local SQLite file (which answers in microseconds), and a stage that may make a
+nested model call (:class:`~agentguard.engine.actions.Prepare`) always does.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from agentguard.engine.actions import (
     Confirm,
     KeepContext,
     Park,
+    Prepare,
+    ReadBudget,
     RecallContext,
     Release,
     Reply,
@@ -74,6 +77,16 @@ class Effects:
             return self._park(action)
         if isinstance(action, RecallContext):
             return None if self.contexts is None else self.contexts.tokens(action.response_id)
+        if isinstance(action, ReadBudget):
+            fractions = [
+                status.remaining_fraction
+                for status in (self.ledger.status(line) for line in action.lines)
+                if status.remaining_fraction is not None
+            ]
+            return min(fractions) if fractions else None
+        if isinstance(action, Prepare):
+            action.stage.prepare(action.call)
+            return None
         if isinstance(action, KeepContext):
             if self.contexts is not None:
                 self.contexts.remember(action.response_id, action.tokens)
@@ -139,7 +152,8 @@ async def drive_async(
                 await asyncio.sleep(action.seconds)
             else:
                 assert effects is not None
-                if offload:
+                if offload or isinstance(action, Prepare):
+                    # A network database, or a nested model call: off the event loop.
                     value = await asyncio.to_thread(effects.perform, action)
                 else:
                     value = effects.perform(action)

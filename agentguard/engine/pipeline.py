@@ -28,6 +28,8 @@ from agentguard.engine.actions import (
     KeepContext,
     Outcome,
     Park,
+    Prepare,
+    ReadBudget,
     RecallContext,
     Release,
     Reply,
@@ -70,7 +72,18 @@ __all__ = ["CallContext", "CallStage", "Escalator", "LimitHandler", "Pipeline"]
 
 
 class CallStage(Protocol):
-    """A stage that may rewrite the request before it is priced (routing, trimming)."""
+    """A stage that may rewrite the request before it is priced (routing, trimming).
+
+    Attributes:
+        nested_calls: whether ``prepare`` may make a model call of its own (an LLM
+            classifier, a summary): the engine then asks its driver to run it
+            (:class:`~agentguard.engine.actions.Prepare`), off an async driver's loop.
+        reads_budget: whether ``prepare`` weighs the budget left (``call.notes
+            ["remaining_fraction"]``, read by the engine first).
+    """
+
+    nested_calls: bool
+    reads_budget: bool
 
     def prepare(self, call: CallContext) -> None: ...
 
@@ -257,8 +270,13 @@ class Pipeline:
         with session.lock:
             self.limits.before_call(session)
             session.state.iterations += 1
+        if any(getattr(stage, "reads_budget", False) for stage in self.stages):
+            call.notes["remaining_fraction"] = yield ReadBudget(session.budget_lines())
         for stage in self.stages:
-            stage.prepare(call)
+            if getattr(stage, "nested_calls", False):
+                yield Prepare(stage, call)
+            else:
+                stage.prepare(call)
         escalations = 0
         while True:
             self._measure(call)

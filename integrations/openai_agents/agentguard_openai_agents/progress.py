@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from agents import Agent, RunContextWrapper, RunHooks, Tool
 from agents.items import ModelResponse, TResponseInputItem
 from agents.lifecycle import AgentHookContext
-from agents.run_state import RunState
+from agents.run_state import ContextDeserializer, ContextSerializer, RunState
 
 from agentguard import SessionParked
 from agentguard.log import logger
@@ -61,10 +61,13 @@ class RunProgress:
         agent: the agent making the current call.
         context: the run's context wrapper (usage, approvals, tool invocations).
         input_items: what the current call sends.
+        context_serializer: turns a context that is not a mapping into one for the stored
+            ``RunState`` (the SDK's ``to_string(context_serializer=...)``).
     """
 
     guard: Guard
     max_turns: int | None
+    context_serializer: ContextSerializer | None = None
     run_id: str = field(default_factory=lambda: secrets.token_hex(8))
     turn: int = 0
     agent: Agent[Any] | None = None
@@ -144,7 +147,7 @@ async def keep_parked_state(parked: SessionParked) -> None:
     if progress is None or progress.agent is None:
         return
     try:
-        state_text = progress.run_state().to_string()
+        state_text = progress.run_state().to_string(context_serializer=progress.context_serializer)
         await asyncio.to_thread(
             _store_state, progress.guard, parked.session_id, progress, state_text
         )
@@ -177,13 +180,18 @@ def _store_state(guard: Guard, session_id: str, progress: RunProgress, state_tex
 
 
 async def run_state_from_record(
-    record: ParkedSession, agent: Agent[Any]
+    record: ParkedSession,
+    agent: Agent[Any],
+    *,
+    context_deserializer: ContextDeserializer | None = None,
 ) -> RunState[Any, Agent[Any]]:
     """The ``RunState`` a parked guarded run continues from.
 
     Args:
         record: the parked record.
         agent: the run's starting agent, built as it was (the state names agents by name).
+        context_deserializer: rebuilds a context that was not a mapping from what the run's
+            ``context_serializer`` made of it (the SDK's ``RunState.from_string`` argument).
 
     Raises:
         ValueError: the record was not parked by a guarded OpenAI Agents SDK run.
@@ -196,7 +204,9 @@ async def run_state_from_record(
         )
     state_text = kept.get("run_state")
     if isinstance(state_text, str):
-        return await RunState.from_string(agent, state_text)
+        return await RunState.from_string(
+            agent, state_text, context_deserializer=context_deserializer
+        )
     running = _find_agent(agent, str(kept.get("agent") or agent.name))
     max_turns = kept.get("max_turns")
     turn = int(kept.get("turn") or 1)

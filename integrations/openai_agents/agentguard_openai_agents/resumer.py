@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from agents import Agent, RunConfig
 from agents.result import RunResult
+from agents.run_state import ContextDeserializer, ContextSerializer
 from openai import AsyncOpenAI
 
 from agentguard.log import logger
@@ -34,6 +35,8 @@ def register_agents_resumer(
     run_config: RunConfig | None = None,
     runner_options: Mapping[str, Any] | None = None,
     on_result: Callable[[ParkedSession, RunResult], None] | None = None,
+    context_serializer: ContextSerializer | None = None,
+    context_deserializer: ContextDeserializer | None = None,
 ) -> Callable[[ParkedSession], Any]:
     """Register the resumer that continues parked guarded runs of ``agent``.
 
@@ -59,6 +62,10 @@ def register_agents_resumer(
             finishes (the caller of the parked run got ``SessionParked``, so this is where
             the answer goes). An error it raises is logged, not retried: the run has
             finished and must not run again.
+        context_serializer: as :func:`~agentguard_openai_agents.guarded_run`'s, for a resumed
+            run that parks again.
+        context_deserializer: rebuilds a context that is not a mapping from what the run's
+            ``context_serializer`` stored.
 
     Returns:
         The resumer (a coroutine function; the guard runs it in an event loop of its own).
@@ -74,7 +81,9 @@ def register_agents_resumer(
         start = agent if isinstance(agent, Agent) else agent()
         if not isinstance(start, Agent):
             raise TypeError(f"the agent factory returned {type(start).__name__}, not an Agent")
-        state = await run_state_from_record(parked, start)
+        state = await run_state_from_record(
+            parked, start, context_deserializer=context_deserializer
+        )
         session = current_session()
         if session is None or session.id != parked.session_id:
             session = guard.restore_session(parked)
@@ -89,6 +98,7 @@ def register_agents_resumer(
                 client=own_client,
                 api=api,
                 run_config=run_config,
+                context_serializer=context_serializer,
                 **options,
             )
         if on_result is not None:

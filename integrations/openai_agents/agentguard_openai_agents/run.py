@@ -27,7 +27,7 @@ from agents.models.multi_provider import MultiProvider
 from agents.result import RunResult, RunResultStreaming
 from agents.retry import ModelRetrySettings
 from agents.run_config import DEFAULT_MAX_TURNS
-from agents.run_state import RunState
+from agents.run_state import ContextSerializer, RunState
 from openai import AsyncOpenAI
 
 from agentguard.session import current_session
@@ -155,6 +155,7 @@ def _prepare(
     client: AsyncOpenAI | None,
     api: ModelApi,
     provider: GuardedModelProvider | None,
+    context_serializer: ContextSerializer | None,
     options: dict[str, Any],
 ) -> _Prepared:
     """The run's session, progress and ``Runner`` keyword arguments (no I/O)."""
@@ -176,7 +177,7 @@ def _prepare(
         guard, _as_run_config(options.get("run_config")), client=client, api=api, provider=provider
     )
     max_turns = options.get("max_turns", DEFAULT_MAX_TURNS)
-    progress = RunProgress(guard=guard, max_turns=max_turns)
+    progress = RunProgress(guard=guard, max_turns=max_turns, context_serializer=context_serializer)
     hooks: RunHooks[Any] | None = options.get("hooks")
     options["hooks"] = ProgressHooks(progress, hooks)
     return _Prepared(session, progress, options)
@@ -211,6 +212,7 @@ async def guarded_run(
     client: AsyncOpenAI | None = None,
     api: ModelApi = "chat",
     provider: GuardedModelProvider | None = None,
+    context_serializer: ContextSerializer | None = None,
     **runner_options: Any,
 ) -> RunResult:
     """``Runner.run(agent, input, ...)`` with every model call through ``guard``.
@@ -234,6 +236,9 @@ async def guarded_run(
             a guarded copy of it.
         api: ``"chat"`` (Chat Completions, the default) or ``"responses"``.
         provider: a :class:`GuardedModelProvider` to reuse instead of building one.
+        context_serializer: turns a ``context`` that is not a mapping into one, for the
+            ``RunState`` a park keeps (the SDK stores mapping contexts as they are and leaves
+            others out); the resumer's ``context_deserializer`` turns it back.
         **runner_options: ``Runner.run`` keyword arguments (``context``, ``max_turns``,
             ``hooks``, ``run_config``, ``session``...).
 
@@ -256,6 +261,7 @@ async def guarded_run(
         client=client,
         api=api,
         provider=provider,
+        context_serializer=context_serializer,
         options=runner_options,
     )
     with _bound(prepared):
@@ -273,6 +279,7 @@ def guarded_run_sync(
     client: AsyncOpenAI | None = None,
     api: ModelApi = "chat",
     provider: GuardedModelProvider | None = None,
+    context_serializer: ContextSerializer | None = None,
     **runner_options: Any,
 ) -> RunResult:
     """``Runner.run_sync(agent, input, ...)`` with every model call through ``guard``; see
@@ -286,6 +293,7 @@ def guarded_run_sync(
         client=client,
         api=api,
         provider=provider,
+        context_serializer=context_serializer,
         options=runner_options,
     )
     with _bound(prepared):
@@ -303,6 +311,7 @@ def guarded_run_streamed(
     client: AsyncOpenAI | None = None,
     api: ModelApi = "chat",
     provider: GuardedModelProvider | None = None,
+    context_serializer: ContextSerializer | None = None,
     **runner_options: Any,
 ) -> RunResultStreaming:
     """``Runner.run_streamed(agent, input, ...)`` with every model call through ``guard``.
@@ -321,6 +330,7 @@ def guarded_run_streamed(
         client=client,
         api=api,
         provider=provider,
+        context_serializer=context_serializer,
         options=runner_options,
     )
     with _bound(prepared):

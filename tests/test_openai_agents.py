@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from agents import Agent, FunctionTool, ModelSettings, RunConfig, function_tool
 from agents.models.openai_chatcompletions import OpenAIChatCompletionsModel
-from agents.retry import ModelRetrySettings
+from agents.retry import ModelRetrySettings, retry_policies
 from agents.tracing import set_tracing_disabled
 from openai import AsyncOpenAI, RateLimitError
 
@@ -222,12 +222,16 @@ def test_an_exhausted_budget_that_raises_stops_the_run_within_the_limit(
 def test_one_http_attempt_per_429_whatever_the_sdk_and_client_retries(
     make_guard: Callable[..., Guard], weather: Weather
 ) -> None:
-    # Parking off: the 429 reaches the caller. The openai client retries twice by default and
-    # the agent asks the runner for three retries of its own; the guard allows neither.
+    # Parking off: the 429 reaches the caller. The openai client retries twice by default, and
+    # the agent asks the runner to retry 429s three times (run by the plain Runner, this makes
+    # four HTTP attempts); the guarded run allows neither.
     guard = make_guard(parking={"enabled": False, "wait_inline_max_s": 0})
-    agent = weather.agent().clone(
-        model_settings=ModelSettings(retry=ModelRetrySettings(max_retries=3))
+    retry = ModelRetrySettings(
+        max_retries=3,
+        policy=retry_policies.http_status([429]),
+        backoff={"initial_delay": 0.01, "max_delay": 0.02},
     )
+    agent = weather.agent().clone(model_settings=ModelSettings(retry=retry))
     with SimServer(script=WEATHER_SCRIPT) as sim:
         sim.rate_limit_next(5, retry_after=30)
         with pytest.raises(RateLimitError):
@@ -315,7 +319,7 @@ def test_a_429_parks_the_run_with_its_run_state_and_the_daemon_finishes_it_witho
                 QUESTION,
                 client=client_for(sim),
                 session_id="trip-1",
-                context={"traveller": "ada"},
+                context={"traveller": "ada", "api_key": "ctx-credential-0001"},
             )
         assert parked.value.session_id == "trip-1"
         assert len(sim.requests) == 2  # the answer, then one attempt refused with 429
@@ -331,7 +335,8 @@ def test_a_429_parks_the_run_with_its_run_state_and_the_daemon_finishes_it_witho
         assert state["$schemaVersion"] and state["current_agent"]["name"] == "forecaster"
         types = [item.get("type", "message") for item in state["original_input"]]
         assert types == ["message", "function_call", "function_call_output"]
-        assert KEY not in json.dumps(record.model_dump(mode="json"))
+        stored = json.dumps(record.model_dump(mode="json"))
+        assert KEY not in stored and "ctx-credential-0001" not in stored
 
         daemon = ResumeDaemon(guard, poll_interval_s=0.1, watch_inbox=False)
         daemon.start()
@@ -349,8 +354,8 @@ def test_a_429_parks_the_run_with_its_run_state_and_the_daemon_finishes_it_witho
     assert [t.state for t in done.history] == ["parked", "resuming", "resumed"]
     assert done.iterations == record.iterations + 1
     assert done.result == {"value": "It is sunny in Paris."}
-    # The resumed run goes on with the parked run's context and usage (the refused attempt
-    # was never answered: two answers in all).
+    # The resumed run goes on with the parked run's context (less the credential, which was
+    # not stored) and usage (the refused attempt was never answered: two answers in all).
     assert finished[0].context_wrapper.context == {"traveller": "ada"}
     assert finished[0].context_wrapper.usage.requests == 2
 

@@ -15,6 +15,7 @@ the same state from the stored input items.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from agents.run_state import ContextDeserializer, ContextSerializer, RunState
 from agentguard import SessionParked
 from agentguard.log import logger
 from agentguard.parking.record import ParkedSession
+from agentguard.redact import scrub
 from agentguard.session import current_session
 
 if TYPE_CHECKING:
@@ -147,7 +149,9 @@ async def keep_parked_state(parked: SessionParked) -> None:
     if progress is None or progress.agent is None:
         return
     try:
-        state_text = progress.run_state().to_string(context_serializer=progress.context_serializer)
+        state_text = _without_credentials(
+            progress.run_state().to_string(context_serializer=progress.context_serializer)
+        )
         await asyncio.to_thread(
             _store_state, progress.guard, parked.session_id, progress, state_text
         )
@@ -157,6 +161,20 @@ async def keep_parked_state(parked: SessionParked) -> None:
             session_id=parked.session_id,
             error=f"{type(exc).__name__}: {str(exc)[:200]}",
         )
+
+
+def _without_credentials(state_text: str) -> str:
+    """The serialised state with credential-named keys removed from the application's context.
+
+    The SDK stores a mapping context as it is; the record's own scrubbing only sees the state
+    as text (key-shaped values are redacted there), so keys such as ``api_key`` are removed
+    here, at any depth, as they are from every stored request.
+    """
+    data = json.loads(state_text)
+    wrapper = data.get("context")
+    if isinstance(wrapper, dict) and isinstance(wrapper.get("context"), dict):
+        wrapper["context"] = scrub(wrapper["context"])
+    return json.dumps(data)
 
 
 def _store_state(guard: Guard, session_id: str, progress: RunProgress, state_text: str) -> None:

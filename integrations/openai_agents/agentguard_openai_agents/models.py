@@ -148,6 +148,11 @@ class GuardedModel(Model):
         except SessionParked as parked:
             await keep_parked_state(parked)
             raise
+        finally:
+            # A reader that stops early closes this generator; close the SDK's stream too.
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
 
     def get_retry_advice(self, request: ModelRetryAdviceRequest) -> ModelRetryAdvice | None:
         """The inner model's advice (the guard's errors carry ``x-should-retry: false``)."""
@@ -204,3 +209,7 @@ class GuardedModelProvider(ModelProvider):
         else:
             inner = OpenAIChatCompletionsModel(model=name, openai_client=self.client)
         return GuardedModel(inner)
+
+    async def aclose(self) -> None:
+        """Close the guarded client's connections (those of the running event loop)."""
+        await self.client.close()

@@ -15,10 +15,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from agents import Agent, ModelSettings, RunConfig, RunHooks, Runner
 from agents.items import TResponseInputItem
@@ -143,6 +144,8 @@ class _Prepared:
     session: Session
     progress: RunProgress
     options: dict[str, Any]
+    own_provider: GuardedModelProvider | None
+    """The provider built for this run alone, closed when the run ends."""
 
 
 def _prepare(
@@ -160,6 +163,14 @@ def _prepare(
 ) -> _Prepared:
     """The run's session, progress and ``Runner`` keyword arguments (no I/O)."""
     _check_agents(agent)
+    options = dict(options)
+    user_config = _as_run_config(options.get("run_config"))
+    config = guarded_run_config(guard, user_config, client=client, api=api, provider=provider)
+    options["run_config"] = config
+    built_here = provider is None and not (
+        user_config is not None and isinstance(user_config.model_provider, GuardedModelProvider)
+    )
+    own_provider = cast(GuardedModelProvider, config.model_provider) if built_here else None
     session = current_session()
     if session is None or session.guard is not guard:
         session = guard.session(
@@ -172,15 +183,11 @@ def _prepare(
             session.framework = FRAMEWORK
         if session.resumer == "replay":
             session.resumer = resumer
-    options = dict(options)
-    options["run_config"] = guarded_run_config(
-        guard, _as_run_config(options.get("run_config")), client=client, api=api, provider=provider
-    )
     max_turns = options.get("max_turns", DEFAULT_MAX_TURNS)
     progress = RunProgress(guard=guard, max_turns=max_turns, context_serializer=context_serializer)
     hooks: RunHooks[Any] | None = options.get("hooks")
     options["hooks"] = ProgressHooks(progress, hooks)
-    return _Prepared(session, progress, options)
+    return _Prepared(session, progress, options, own_provider)
 
 
 def _as_run_config(value: Any) -> RunConfig | None:
@@ -199,6 +206,17 @@ def _bound(prepared: _Prepared) -> Iterator[None]:
             yield
     finally:
         RunProgress.unbind(token)
+
+
+def _close_in_sync_loop(provider: GuardedModelProvider) -> None:
+    """Close a provider's connections in the loop ``Runner.run_sync`` ran in (the thread's
+    default loop, which the SDK keeps), where they were opened."""
+    try:
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        return
+    if not loop.is_closed() and not loop.is_running():
+        loop.run_until_complete(provider.aclose())
 
 
 async def guarded_run(
@@ -264,8 +282,12 @@ async def guarded_run(
         context_serializer=context_serializer,
         options=runner_options,
     )
-    with _bound(prepared):
-        return await Runner.run(agent, input, **prepared.options)
+    try:
+        with _bound(prepared):
+            return await Runner.run(agent, input, **prepared.options)
+    finally:
+        if prepared.own_provider is not None:
+            await prepared.own_provider.aclose()
 
 
 def guarded_run_sync(
@@ -296,8 +318,12 @@ def guarded_run_sync(
         context_serializer=context_serializer,
         options=runner_options,
     )
-    with _bound(prepared):
-        return Runner.run_sync(agent, input, **prepared.options)
+    try:
+        with _bound(prepared):
+            return Runner.run_sync(agent, input, **prepared.options)
+    finally:
+        if prepared.own_provider is not None:
+            _close_in_sync_loop(prepared.own_provider)
 
 
 def guarded_run_streamed(

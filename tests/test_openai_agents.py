@@ -448,3 +448,41 @@ def test_the_example_parks_and_the_daemon_finishes_the_run(
     assert "record: budget_window (HTTP 429)" in output and "RunState kept: True" in output
     assert "parked -> resuming -> resumed" in output, output
     assert "4 HTTP requests, 3 answered" in output, output
+
+
+def test_a_run_parked_after_a_handoff_goes_on_in_the_agent_it_handed_off_to(
+    make_guard: Callable[..., Guard], weather: Weather
+) -> None:
+    # The gateway allows one answer per window; each resume makes progress, then parks again.
+    gateway = SimGateway({KEY: GatewayKey(limit_usd=Decimal("0.0001"), window_s=60)})
+    guard = make_guard(parking={"wait_inline_max_s": 0})
+    script = [
+        Reply(tool_calls=[ToolCall("transfer_to_forecaster", {})]),
+        *WEATHER_SCRIPT,
+    ]
+
+    def build() -> Agent[Any]:
+        return Agent(name="triage", model="gpt-4o", handoffs=[weather.agent()])
+
+    with SimServer(script=script, gateway=gateway) as sim:
+        register_agents_resumer(guard, build, client=lambda: client_for(sim))
+        with pytest.raises(SessionParked):
+            guarded_run_sync(guard, build(), QUESTION, client=client_for(sim), session_id="h-1")
+        record = guard.parked.get("h-1")
+        assert record.metadata[METADATA_KEY]["agent"] == "forecaster"
+        assert json.loads(record.metadata[METADATA_KEY]["run_state"])["max_turns"] == 9
+
+        gateway.reset()
+        with pytest.raises(SessionParked):
+            guard.parked.resume("h-1")  # the forecaster's tool call, then 429 again
+        assert weather.calls == ["Paris"]
+        assert guard.parked.get("h-1").attempts == 1
+
+        gateway.reset()
+        answer = guard.parked.resume("h-1")
+
+    assert answer == "It is sunny in Paris."
+    assert weather.calls == ["Paris"]  # the tool ran once across three runs
+    # Three answers, two refusals: no call was answered twice.
+    assert sim.billed_calls(KEY) == 3 and len(sim.requests) == 5
+    assert guard.parked.get("h-1").state == "resumed"

@@ -476,7 +476,10 @@ def test_a_run_parked_after_a_handoff_goes_on_in_the_agent_it_handed_off_to(
         with pytest.raises(SessionParked):
             guard.parked.resume("h-1")  # the forecaster's tool call, then 429 again
         assert weather.calls == ["Paris"]
-        assert guard.parked.get("h-1").attempts == 1
+        reparked = guard.parked.get("h-1")
+        assert reparked.attempts == 1
+        # One more turn answered of the nine left: eight left, the refused call's included.
+        assert json.loads(reparked.metadata[METADATA_KEY]["run_state"])["max_turns"] == 8
 
         gateway.reset()
         answer = guard.parked.resume("h-1")

@@ -226,14 +226,22 @@ async def run_state_from_record(
             agent, state_text, context_deserializer=context_deserializer
         )
     running = _find_agent(agent, str(kept.get("agent") or agent.name))
-    max_turns = kept.get("max_turns")
-    turn = int(kept.get("turn") or 1)
     return build_run_state(
-        RunContextWrapper(context=None),
-        running,
-        list(kept["input"]),
-        _turns_left(max_turns if isinstance(max_turns, int) else None, turn),
+        RunContextWrapper(context=None), running, list(kept["input"]), turns_left(record)
     )
+
+
+def turns_left(record: ParkedSession) -> int | None:
+    """The ``max_turns`` a parked run goes on with: the turns it had left, the parked call's
+    included (``None``: no limit)."""
+    kept = record.metadata.get(METADATA_KEY)
+    if not isinstance(kept, dict):
+        return None
+    max_turns = kept.get("max_turns")
+    turn = kept.get("turn")
+    if not isinstance(max_turns, int):
+        return None
+    return _turns_left(max_turns, turn if isinstance(turn, int) else 1)
 
 
 def _find_agent(start: Agent[Any], name: str) -> Agent[Any]:

@@ -13,7 +13,7 @@ from openai import AsyncOpenAI
 from agentguard.log import logger
 from agentguard.session import current_session
 from agentguard_openai_agents.models import ModelApi
-from agentguard_openai_agents.progress import run_state_from_record
+from agentguard_openai_agents.progress import run_state_from_record, turns_left
 from agentguard_openai_agents.run import RESUMER, guarded_run
 
 if TYPE_CHECKING:
@@ -99,6 +99,8 @@ def register_agents_resumer(
                 api=api,
                 run_config=run_config,
                 context_serializer=context_serializer,
+                # The SDK takes the limit from the state; the run's progress needs it too.
+                max_turns=turns_left(parked),
                 **options,
             )
         if on_result is not None:

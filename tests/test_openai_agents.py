@@ -176,6 +176,27 @@ def test_the_session_bound_around_the_run_counts_iterations_and_tool_calls(
     assert session.metadata[METADATA_KEY]["turn"] == 2
 
 
+def test_runs_gathered_in_one_bound_session_share_its_counters(
+    make_guard: Callable[..., Guard],
+) -> None:
+    guard = make_guard()
+    agent = Agent(name="echo", model="gpt-4o")
+
+    async def both() -> list[Any]:
+        with guard.session("shared", budget_key="team") as session:
+            results = await asyncio.gather(
+                *(guarded_run(guard, agent, f"Say {n}.", client=client) for n in range(3))
+            )
+            assert session.iterations == 3
+        return [r.final_output for r in results]
+
+    with SimServer(script=["one", "two", "three"]) as sim:
+        client = client_for(sim)
+        outputs = asyncio.run(both())
+    assert outputs == ["one"] * 3  # the sim scripts each conversation from its start
+    assert guard.budget_status("team").spent_usd == sim.billed_usd(KEY)
+
+
 LOOPING_SCRIPT = [WEATHER_SCRIPT[0], WEATHER_SCRIPT[0], "done"]
 
 

@@ -142,6 +142,9 @@ def _check_agents(start: Agent[Any]) -> None:
 @dataclasses.dataclass(slots=True)
 class _Prepared:
     session: Session
+    bound_already: bool
+    """The session is the caller's, bound in this context: it is not bound again (runs
+    gathered in one session would otherwise unbind each other's tokens)."""
     progress: RunProgress
     options: dict[str, Any]
     own_provider: GuardedModelProvider | None
@@ -172,7 +175,8 @@ def _prepare(
     )
     own_provider = cast(GuardedModelProvider, config.model_provider) if built_here else None
     session = current_session()
-    if session is None or session.guard is not guard:
+    bound_already = session is not None and session.guard is guard
+    if session is None or not bound_already:
         session = guard.session(
             session_id, budget_key=budget_key, resumer=resumer, framework=FRAMEWORK
         )
@@ -187,7 +191,7 @@ def _prepare(
     progress = RunProgress(guard=guard, max_turns=max_turns, context_serializer=context_serializer)
     hooks: RunHooks[Any] | None = options.get("hooks")
     options["hooks"] = ProgressHooks(progress, hooks)
-    return _Prepared(session, progress, options, own_provider)
+    return _Prepared(session, bound_already, progress, options, own_provider)
 
 
 def _as_run_config(value: Any) -> RunConfig | None:
@@ -202,8 +206,11 @@ def _as_run_config(value: Any) -> RunConfig | None:
 def _bound(prepared: _Prepared) -> Iterator[None]:
     token = prepared.progress.bind()
     try:
-        with prepared.session:
+        if prepared.bound_already:
             yield
+        else:
+            with prepared.session:
+                yield
     finally:
         RunProgress.unbind(token)
 

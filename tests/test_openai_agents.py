@@ -197,6 +197,38 @@ def test_runs_gathered_in_one_bound_session_share_its_counters(
     assert guard.budget_status("team").spent_usd == sim.billed_usd(KEY)
 
 
+def test_routing_and_trimming_apply_to_the_sdks_requests(make_guard: Callable[..., Guard]) -> None:
+    guard = make_guard(
+        routing={"tiers": {"small": "gpt-4o-mini", "large": "gpt-4o"}, "classifier": "heuristic"},
+        trimming={"max_context_tokens": 600, "tool_output_max_tokens": 100},
+    )
+    routes: list[tuple[str, str]] = []
+    guard.observers.append(lambda call: routes.append((call.requested_model, call.model)))
+    report = " ".join(f"reading-{n} sunny and mild" for n in range(600))
+
+    @function_tool
+    def read_station_log(city: str) -> str:
+        """The weather station's full log for a city."""
+        return report
+
+    agent = Agent(name="forecaster", model="gpt-4o", tools=[read_station_log])
+    script = [Reply(tool_calls=[ToolCall("read_station_log", {"city": "Paris"})]), "Sunny."]
+    with SimServer(script=script) as sim:
+        result = guarded_run_sync(guard, agent, QUESTION, client=client_for(sim))
+
+    assert result.final_output == "Sunny."
+    # The router chose each step's model in the request body; the SDK saw answers as usual.
+    sent = [(r.body or {})["model"] for r in sim.requests]
+    assert sent == [model for _, model in routes] and len(sent) == 2
+    assert {requested for requested, _ in routes} == {"gpt-4o"}
+    assert "gpt-4o-mini" in sent
+    # The trimmer cut the long tool output in the request; the SDK's own history kept it whole.
+    tool_message = (sim.requests[1].body or {})["messages"][-1]
+    assert tool_message["role"] == "tool" and "agentguard" in tool_message["content"]
+    assert len(tool_message["content"]) < len(report) / 4
+    assert any(item.get("output") == report for item in result.to_input_list())
+
+
 LOOPING_SCRIPT = [WEATHER_SCRIPT[0], WEATHER_SCRIPT[0], "done"]
 
 

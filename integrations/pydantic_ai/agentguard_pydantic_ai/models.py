@@ -1,0 +1,228 @@
+"""Pydantic AI models whose every HTTP attempt goes through an agentguard :class:`~agentguard.Guard`.
+
+A Pydantic AI model talks to its provider through an SDK client (``AsyncOpenAI`` for the OpenAI
+models). Guarding a model means giving it a copy of that client whose HTTP client is the guard's
+(``guard.async_http_client()``) and whose SDK retries are off. Each kind of model has a guarder
+in :data:`_GUARDERS`; the kinds the guard cannot meter yet are refused with the reason, so a
+model is never handed back half guarded.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from openai import AsyncOpenAI
+from pydantic_ai.models import Model
+from pydantic_ai.models.openai import OpenAIChatModel
+from pydantic_ai.profiles import ModelProfile
+from pydantic_ai.providers import Provider
+from pydantic_ai.providers.openai import OpenAIProvider
+from pydantic_ai.settings import ModelSettings
+
+if TYPE_CHECKING:
+    from agentguard import Guard
+
+__all__ = ["GUARDED_MODEL_KINDS", "guarded_model"]
+
+GUARDED_MODEL_KINDS: tuple[str, ...] = ("openai-chat",)
+"""The model kinds (the prefix of a Pydantic AI model string) :func:`guarded_model` builds."""
+
+# Kinds the guard cannot meter yet, with the reason a user is given. Each moves into
+# GUARDED_MODEL_KINDS (and gets a guarder) once the core meters its wire API.
+_NOT_YET_METERED = {
+    "openai": "'openai:' models use the OpenAI Responses API (/responses), which agentguard "
+    "does not meter yet; use 'openai-chat:<model>' (Chat Completions)",
+    "openai-responses": "the OpenAI Responses API (/responses) is not metered by agentguard "
+    "yet; use 'openai-chat:<model>' (Chat Completions)",
+    "anthropic": "agentguard cannot wrap Anthropic clients yet; use an OpenAI chat model",
+}
+_NOT_YET_METERED_CLASSES = {
+    "OpenAIResponsesModel": "openai-responses",
+    "AnthropicModel": "anthropic",
+}
+
+
+def guarded_model(
+    guard: Guard,
+    model: Model | str,
+    *,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    settings: ModelSettings | None = None,
+    profile: ModelProfile | None = None,
+    http_options: Mapping[str, Any] | None = None,
+) -> Model:
+    """A Pydantic AI model whose requests go through ``guard``.
+
+    Every model request of an agent using it (``run``, ``run_sync``, ``run_stream``, ``iter``,
+    structured output, tool calls) passes the guard's limits, budget, routing, trimming and
+    parking, inside whatever agentguard session is bound when it is made
+    (:class:`~agentguard_pydantic_ai.AgentGuardCapability` binds one per agent run). The guard
+    retries transient failures itself, so the OpenAI SDK's retries are off.
+
+    Args:
+        guard: the guard.
+        model: a model string, ``"openai-chat:<model name>"`` (Pydantic AI's name for an OpenAI
+            Chat Completions model), or a model already built (an ``OpenAIChatModel`` with any
+            OpenAI-compatible provider): the result is a copy using a guarded copy of its client
+            (same base URL, key, headers and timeout); the model passed in is left as it was.
+        base_url: the provider's base URL (a model string only; default: ``OPENAI_BASE_URL``
+            or OpenAI's).
+        api_key: the API key (a model string only; default: ``OPENAI_API_KEY``).
+        settings: default model settings (a model string only).
+        profile: the model profile (a model string only; default: the provider's).
+        http_options: keyword arguments for the guard's inner ``httpx.AsyncClient``
+            (``proxy``, ``verify``, ``limits``, ``timeout``...). A model passed in keeps its
+            client's options, but not its custom ``httpx`` client, which the guard's replaces.
+
+    Returns:
+        The guarded model.
+
+    Raises:
+        ValueError: the model string names no model or a kind the guard cannot meter yet
+            (the Responses API, Anthropic), or model-string options came with a built model.
+        TypeError: a model of a class this function cannot guard.
+
+    Example::
+
+        agent = Agent(
+            guarded_model(guard, "openai-chat:gpt-4o-mini"),
+            capabilities=[AgentGuardCapability(guard, budget_key="research")],
+        )
+    """
+    options = dict(http_options or {})
+    if isinstance(model, str):
+        return _from_string(guard, model, base_url, api_key, settings, profile, options)
+    given = [
+        name
+        for name, value in (
+            ("base_url", base_url),
+            ("api_key", api_key),
+            ("settings", settings),
+            ("profile", profile),
+        )
+        if value is not None
+    ]
+    if given:
+        raise ValueError(
+            f"guarded_model() got a built {type(model).__name__} and {', '.join(given)}: "
+            "those options are for a model string; set them on the model itself"
+        )
+    return _guarder_for(model)(guard, model, options)
+
+
+# -- model strings ----------------------------------------------------------------------------------
+
+
+def _from_string(
+    guard: Guard,
+    model: str,
+    base_url: str | None,
+    api_key: str | None,
+    settings: ModelSettings | None,
+    profile: ModelProfile | None,
+    http_options: dict[str, Any],
+) -> Model:
+    kind, _, name = model.partition(":")
+    if not name:
+        raise ValueError(
+            f"model {model!r} does not say which API it uses: write 'openai-chat:{model}' "
+            "(Pydantic AI's name for an OpenAI Chat Completions model)"
+        )
+    if kind in _NOT_YET_METERED:
+        raise ValueError(f"model {model!r}: {_NOT_YET_METERED[kind]}")
+    if kind not in GUARDED_MODEL_KINDS:
+        raise ValueError(
+            f"model {model!r}: guarded_model() builds {', '.join(GUARDED_MODEL_KINDS)} models; "
+            "for another OpenAI-compatible provider, build OpenAIChatModel(name, provider=...) "
+            "and pass the model"
+        )
+    client = AsyncOpenAI(
+        base_url=base_url,
+        api_key=api_key,
+        http_client=guard.async_http_client(**http_options),
+        max_retries=0,
+    )
+    return OpenAIChatModel(
+        name,
+        provider=OpenAIProvider(openai_client=client),
+        settings=settings,
+        profile=profile,
+    )
+
+
+# -- built models -------------------------------------------------------------------------------------
+
+ModelGuarder = Callable[["Guard", Any, dict[str, Any]], Model]
+
+
+def _guarder_for(model: Model) -> ModelGuarder:
+    if isinstance(model, OpenAIChatModel):
+        return _guard_openai_chat
+    kind = _NOT_YET_METERED_CLASSES.get(type(model).__name__)
+    if kind is not None:
+        raise ValueError(f"{type(model).__name__}: {_NOT_YET_METERED[kind]}")
+    raise TypeError(
+        f"guarded_model() guards {', '.join(GUARDED_MODEL_KINDS)} models (OpenAIChatModel), "
+        f"not {type(model).__name__}"
+    )
+
+
+def _guard_openai_chat(guard: Guard, model: OpenAIChatModel, http_options: dict[str, Any]) -> Model:
+    owner = _guard_of(model.client)
+    if owner is guard:
+        return model  # guarded already: once is enough
+    if owner is not None:
+        raise ValueError(
+            "the model's client goes through another guard already; guarding it again would "
+            "count every call twice"
+        )
+    client = _guarded_openai_client(guard, model.client, http_options)
+    guarded = copy.copy(model)
+    # The model reads its client from its provider (a private field): give the copy a provider
+    # that answers like the original one (name, base URL, profiles) with the guarded client.
+    guarded._provider = _GuardedProvider(model._provider, client)
+    return guarded
+
+
+def _guard_of(client: AsyncOpenAI) -> Any:
+    """The guard whose transport the client's HTTP client sends through, if any."""
+    transport = getattr(client._client, "_transport", None)
+    return getattr(transport, "guard", None)
+
+
+def _guarded_openai_client(
+    guard: Guard, client: AsyncOpenAI, http_options: dict[str, Any]
+) -> AsyncOpenAI:
+    # A fresh guarded HTTP client rather than guard.wrap(client): its connections are made per
+    # event loop, and a Pydantic AI run and its resume (asyncio.run in a daemon thread) run in
+    # different loops.
+    return client.with_options(
+        http_client=guard.async_http_client(**http_options),
+        max_retries=0,
+    )
+
+
+class _GuardedProvider(Provider[AsyncOpenAI]):
+    """An OpenAI-compatible provider that answers like ``inner`` but hands out ``client``."""
+
+    def __init__(self, inner: Provider[AsyncOpenAI], client: AsyncOpenAI) -> None:
+        self._inner = inner
+        self._client = client
+
+    @property
+    def name(self) -> str:
+        return self._inner.name
+
+    @property
+    def base_url(self) -> str:
+        return str(self._client.base_url)
+
+    @property
+    def client(self) -> AsyncOpenAI:
+        return self._client
+
+    def model_profile(self, model_name: str) -> ModelProfile | None:  # type: ignore[override]
+        return self._inner.model_profile(model_name)

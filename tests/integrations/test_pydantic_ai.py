@@ -1,0 +1,496 @@
+"""The Pydantic AI integration, run for real: ``pydantic_ai.Agent`` with ``OpenAIChatModel`` over
+HTTP on loopback against the sim provider (plain and streamed, ``run_sync`` and ``run``),
+parking on the sim's budget gateway and resuming through the registered ``pydantic-ai``
+resumer, from the run's own message history."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from helpers import wait_for
+from pydantic_ai import Agent, RunContext
+from pydantic_ai.exceptions import ModelHTTPError, UsageLimitExceeded
+from pydantic_ai.messages import ModelRequest, ToolReturnPart
+from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel
+from pydantic_ai.providers.openai import OpenAIProvider
+from pydantic_ai.usage import UsageLimits
+
+import agentguard_pydantic_ai
+from agentguard import BudgetExceeded, IterationLimitExceeded, SessionParked
+from agentguard.config import GuardConfig
+from agentguard.guard import Guard
+from agentguard.scheduler import ResumeDaemon
+from agentguard.sim import GatewayKey, Reply, SimGateway, SimServer, ToolCall
+from agentguard.tokens import TokenCounter
+from agentguard_pydantic_ai import (
+    AgentGuardCapability,
+    guarded_model,
+    parked_messages,
+    register_pydantic_ai_resumer,
+    session_id_for_run,
+)
+
+KEY = "sk-pydantic-ai-test-key-0001"
+QUESTION = "What is the weather in Paris?"
+WEATHER_SCRIPT = [
+    Reply(tool_calls=[ToolCall("get_weather", {"city": "Paris"})]),
+    Reply(content="It is sunny in Paris."),
+]
+
+
+class Weather:
+    """A tool that counts how often it really ran."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.request_limits: list[int | None] = []
+
+    def get_weather(self, ctx: RunContext[None], city: str) -> str:
+        """The current weather in a city."""
+        self.calls.append(city)
+        assert ctx.usage_limits is not None
+        self.request_limits.append(ctx.usage_limits.request_limit)
+        return f"Sunny, 22 C in {city}"
+
+
+@pytest.fixture
+def make_guard(tmp_path: Path) -> Callable[..., Guard]:
+    """A guard on a fresh SQLite store, as the suite's ``make_guard``, with a token counter of
+    its own: what it learns from these calls stays out of the process-wide counter."""
+
+    def build(**sections: Any) -> Guard:
+        data: dict[str, Any] = {"store": {"url": f"sqlite:///{tmp_path / 'store.db'}"}}
+        data["limits"] = {"backoff_initial_s": 0.01, "backoff_max_s": 0.05}
+        data["limits"].update(sections.pop("limits", {}))
+        data["budgets"] = [{"key": "team"}]
+        data.update(sections)
+        return Guard(GuardConfig.from_mapping(data), counter=TokenCounter())
+
+    return build
+
+
+@pytest.fixture
+def weather() -> Weather:
+    return Weather()
+
+
+def build_agent(
+    guard: Guard, sim: SimServer, weather: Weather, *, model: Any = None, **capability: Any
+) -> Agent[None, str]:
+    model = model or guarded_model(guard, "openai-chat:gpt-4o", base_url=sim.base_url, api_key=KEY)
+    agent: Agent[None, str] = Agent(model, capabilities=[AgentGuardCapability(guard, **capability)])
+    agent.tool(weather.get_weather)
+    return agent
+
+
+def kinds(messages: list[Any]) -> list[str]:
+    return [f"{m.kind}:{'+'.join(p.part_kind for p in m.parts)}" for m in messages]
+
+
+FINISHED_RUN = [
+    "request:user-prompt",
+    "response:tool-call",
+    "request:tool-return",
+    "response:text",
+]
+
+
+def agent_runs(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [
+        getattr(r, "agentguard_fields", {})
+        for r in caplog.records
+        if getattr(r, "agentguard_event", None) == "agent_run"
+    ]
+
+
+# -- runs under the guard ---------------------------------------------------------------------------
+
+
+def test_run_sync_with_a_tool_goes_through_the_guard(
+    make_guard: Callable[..., Guard], weather: Weather, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="agentguard")
+    guard = make_guard(budgets=[{"key": "team", "limit_usd": 5, "window": "1h"}])
+    with SimServer(script=WEATHER_SCRIPT) as sim:
+        agent = build_agent(guard, sim, weather, budget_key="team")
+        result = agent.run_sync(QUESTION)
+        sim.wait_idle()
+
+    assert result.output == "It is sunny in Paris."
+    assert kinds(result.all_messages()) == FINISHED_RUN
+    assert weather.calls == ["Paris"]
+    assert [r.path for r in sim.requests] == ["/v1/chat/completions"] * 2
+    # The guard's pipeline rewrote each request: it capped the output it reserved for.
+    assert all(r.body and r.body["max_tokens"] == 4096 for r in sim.requests)
+    (run,) = agent_runs(caplog)
+    assert run["session_id"] == session_id_for_run(result.run_id)
+    assert run["iterations"] == 2 and run["tool_calls"] == 1
+    # Money by the provider's own bill: what the sim billed is what the ledger settled.
+    billed = sim.billed_usd(KEY)
+    assert billed > 0
+    assert guard.budget_status("team").spent_usd == billed == Decimal(run["spent_usd"])
+    # Pydantic AI's default request_limit (50) was lifted: the guard's max_iterations bounds it.
+    assert weather.request_limits == [None]
+    assert guard.parked.list() == []
+
+
+async def test_async_run_and_run_stream_are_guarded(
+    make_guard: Callable[..., Guard], weather: Weather
+) -> None:
+    guard = make_guard()
+    with SimServer(script=WEATHER_SCRIPT) as sim:
+        agent = build_agent(guard, sim, weather)
+        with guard.session("async-1", budget_key="team") as plain:
+            result = await agent.run(QUESTION)
+        assert result.output == "It is sunny in Paris."
+        assert not any(r.body and r.body.get("stream") for r in sim.requests)
+        sim.clear()
+
+        with guard.session("stream-1", budget_key="team") as streamed:
+            async with agent.run_stream(QUESTION) as stream:
+                text = [chunk async for chunk in stream.stream_text(delta=True)]
+                output = await stream.get_output()
+        sim.wait_idle()
+
+    assert output == "It is sunny in Paris." and "".join(text) == output
+    assert len(sim.requests) == 2
+    assert all(r.body and r.body["stream"] for r in sim.requests)
+    assert all(r.body and r.body["stream_options"] == {"include_usage": True} for r in sim.requests)
+    assert weather.calls == ["Paris", "Paris"]
+    for session in (plain, streamed):
+        assert session.iterations == 2 and session.tool_calls == 1 and session.spent_usd > 0
+        # A session bound around the run is the run's session, marked as a Pydantic AI run.
+        assert session.framework == "pydantic-ai" and session.resumer == "pydantic-ai"
+    # Streamed answers were settled from the usage in their last chunk, as the sim billed them.
+    assert plain.spent_usd + streamed.spent_usd == sim.billed_usd(KEY)
+
+
+def test_run_stream_sync_is_guarded(make_guard: Callable[..., Guard], weather: Weather) -> None:
+    guard = make_guard()
+    with SimServer(script=WEATHER_SCRIPT) as sim:
+        agent = build_agent(guard, sim, weather, session_id="sync-stream", budget_key="team")
+        result = agent.run_stream_sync(QUESTION)
+        output = result.get_output()
+        sim.wait_idle()
+    assert output == "It is sunny in Paris."
+    assert all(r.body and r.body["stream"] for r in sim.requests) and len(sim.requests) == 2
+    assert guard.budget_status("team").spent_usd == sim.billed_usd(KEY) > 0
+
+
+# -- limits --------------------------------------------------------------------------------------------
+
+
+def test_an_exhausted_budget_stops_the_run_within_the_limit(
+    make_guard: Callable[..., Guard], weather: Weather
+) -> None:
+    # With 50 output tokens, each call's worst case fits the limit, but after the first call's
+    # spend the second one does not.
+    guard = make_guard(budgets=[{"key": "team", "limit_usd": 0.001, "window": "1h"}])
+    with SimServer(script=WEATHER_SCRIPT) as sim:
+        model = guarded_model(
+            guard,
+            "openai-chat:gpt-4o",
+            base_url=sim.base_url,
+            api_key=KEY,
+            settings={"max_tokens": 50},
+        )
+        agent = build_agent(guard, sim, weather, model=model, budget_key="team")
+        with pytest.raises(BudgetExceeded, match="budget 'team' exceeded") as error:
+            agent.run_sync(QUESTION)
+        sim.wait_idle()
+    assert error.value.key == "team"
+    assert len(sim.requests) == 1 and weather.calls == ["Paris"]
+    assert sim.billed_usd(KEY) <= Decimal("0.001")
+    assert guard.budget_status("team").spent_usd == sim.billed_usd(KEY)
+
+
+def test_an_exhausted_budget_with_on_exhausted_park_parks_the_run(
+    make_guard: Callable[..., Guard], weather: Weather
+) -> None:
+    guard = make_guard(
+        budgets=[{"key": "team", "limit_usd": 0.001, "window": "1h", "on_exhausted": "park"}]
+    )
+    with SimServer(script=WEATHER_SCRIPT) as sim:
+        model = guarded_model(
+            guard,
+            "openai-chat:gpt-4o",
+            base_url=sim.base_url,
+            api_key=KEY,
+            settings={"max_tokens": 50},
+        )
+        agent = build_agent(guard, sim, weather, model=model, budget_key="team", session_id="b-1")
+        with pytest.raises(SessionParked) as parked:
+            agent.run_sync(QUESTION)
+    record = guard.parked.get("b-1")
+    assert parked.value.session_id == "b-1" and record.state == "parked"
+    assert record.reason.kind == "local_budget" and record.resume_at == parked.value.resume_at
+    assert kinds(parked_messages(record)) == FINISHED_RUN[:3]
+    assert len(sim.requests) == 1 and weather.calls == ["Paris"]
+
+
+def test_the_guard_limits_iterations_and_explicit_usage_limits_still_apply(
+    make_guard: Callable[..., Guard], weather: Weather
+) -> None:
+    guard = make_guard(limits={"max_iterations": 1})
+    with SimServer(script=WEATHER_SCRIPT) as sim:
+        agent = build_agent(guard, sim, weather)
+        with pytest.raises(IterationLimitExceeded, match="max_iterations=1"):
+            agent.run_sync(QUESTION)
+        assert len(sim.requests) == 1
+
+        # Limits the application set itself are left alone: the stricter one stops the run.
+        lenient = make_guard(limits={"max_iterations": 10})
+        agent = build_agent(lenient, sim, weather)
+        with pytest.raises(UsageLimitExceeded, match="request_limit of 1"):
+            agent.run_sync(QUESTION, usage_limits=UsageLimits(request_limit=1))
+    assert weather.request_limits == [None, 1]
+
+
+@pytest.mark.parametrize("construction", ["model string", "model built by the application"])
+def test_a_429_handed_back_is_one_attempt_whatever_the_sdk_retries(
+    construction: str, make_guard: Callable[..., Guard], weather: Weather
+) -> None:
+    guard = make_guard(parking={"enabled": False, "wait_inline_max_s": 0})
+    with SimServer(script=WEATHER_SCRIPT) as sim:
+        model = None
+        if construction != "model string":
+            # AsyncOpenAI retries twice by default; the guarded copy does not.
+            client = openai.AsyncOpenAI(base_url=sim.base_url, api_key=KEY)
+            assert client.max_retries == 2
+            built = OpenAIChatModel("gpt-4o", provider=OpenAIProvider(openai_client=client))
+            model = guarded_model(guard, built)
+            assert built.client is client  # the model passed in is left as it was
+        agent = build_agent(guard, sim, weather, model=model)
+        sim.rate_limit_next(5, retry_after=30)
+        with pytest.raises(ModelHTTPError) as error:
+            agent.run_sync(QUESTION)
+    assert len(sim.requests) == 1
+    assert error.value.status_code == 429
+
+
+# -- parking and resuming --------------------------------------------------------------------------
+
+
+def test_gateway_429_parks_the_run_and_the_daemon_continues_it_without_rerunning_tools(
+    make_guard: Callable[..., Guard], weather: Weather
+) -> None:
+    # The first answer spends the key's window; the next call is refused until it resets.
+    gateway = SimGateway({KEY: GatewayKey(limit_usd=Decimal("0.0001"), window_s=1.0)})
+    guard = make_guard(parking={"wait_inline_max_s": 0})
+    finished: list[tuple[str, Any]] = []
+    with SimServer(script=WEATHER_SCRIPT, gateway=gateway) as sim:
+        agent = build_agent(guard, sim, weather, session_id="ticket-3", budget_key="team")
+        register_pydantic_ai_resumer(
+            guard,
+            agent,
+            on_result=lambda parked, result: finished.append((parked.session_id, result)),
+        )
+
+        with pytest.raises(SessionParked) as parked:
+            agent.run_sync(QUESTION)
+        assert parked.value.session_id == "ticket-3"
+        assert len(sim.requests) == 2  # the answer, then one attempt refused with 429
+        assert weather.calls == ["Paris"]
+
+        record = guard.parked.get("ticket-3")
+        assert record.state == "parked" and record.attempts == 0
+        assert record.reason.status == 429 and record.reason.reset_source == "retry-after"
+        assert record.framework == "pydantic-ai" and record.resumer == "pydantic-ai"
+        history = parked_messages(record)
+        assert kinds(history) == FINISHED_RUN[:3]  # ends with the pending request
+        assert isinstance(history[-1], ModelRequest)
+        (tool_return,) = history[-1].parts
+        assert isinstance(tool_return, ToolReturnPart)
+        assert tool_return.content == "Sunny, 22 C in Paris"
+        assert record.metadata["pydantic_ai_usage"]["requests"] == 1
+        # A new run under the parked id would be a second run of the same record.
+        with pytest.raises(SessionParked, match="is parked"):
+            agent.run_sync(QUESTION)
+        assert len(sim.requests) == 2
+
+        daemon = ResumeDaemon(guard, poll_interval_s=0.1, watch_inbox=False)
+        daemon.start()
+        try:
+            wait_for(
+                lambda: guard.parked.get("ticket-3").state == "resumed",
+                describe=lambda: guard.parked.get("ticket-3"),
+            )
+        finally:
+            daemon.stop()
+
+    assert len(sim.requests) == 3  # only the refused model call was made again
+    assert weather.calls == ["Paris"]  # the tool did not run again
+    ((session_id, result),) = finished
+    assert session_id == "ticket-3" and result.output == "It is sunny in Paris."
+    assert kinds(result.all_messages()) == FINISHED_RUN
+    # Pydantic AI's usage went on from the parked run's: two requests in the whole run.
+    assert result.usage.requests == 2 and result.usage.tool_calls == 1
+    done = guard.parked.get("ticket-3")
+    assert [t.state for t in done.history] == ["parked", "resuming", "resumed"]
+    # The resumed run went on with the parked session's counters and spend.
+    assert done.iterations == record.iterations + 1
+    assert done.spent_usd > record.spent_usd
+    assert done.spent_usd == sim.billed_usd(KEY)
+
+
+async def test_an_async_run_parks_reparks_and_resumes_from_its_history(
+    make_guard: Callable[..., Guard], weather: Weather
+) -> None:
+    gateway = SimGateway({KEY: GatewayKey(limit_usd=Decimal("0.0001"), window_s=60)})
+    guard = make_guard(parking={"wait_inline_max_s": 0, "max_attempts": 3})
+    with SimServer(script=WEATHER_SCRIPT, gateway=gateway) as sim:
+        built: list[Agent[None, str]] = []
+
+        def build() -> Agent[None, str]:
+            # The resumer may build the agent for each resume (a daemon builds it lazily).
+            built.append(build_agent(guard, sim, weather))
+            return built[-1]
+
+        register_pydantic_ai_resumer(guard, build)
+        with pytest.raises(SessionParked) as parked:
+            await build().run(QUESTION)
+        session_id = parked.value.session_id
+        assert session_id.startswith("pai-")
+        with pytest.raises(SessionParked):
+            # The window is still spent: 429 again. The resume runs its own event loop, as a
+            # daemon's worker thread would.
+            await asyncio.to_thread(guard.parked.resume, session_id)
+        record = guard.parked.get(session_id)
+        assert record.state == "parked" and record.attempts == 1
+        assert kinds(parked_messages(record)) == FINISHED_RUN[:3]
+
+        gateway.reset()
+        result = await asyncio.to_thread(guard.parked.resume, session_id)
+
+    assert len(built) == 3
+    assert result.output == "It is sunny in Paris."
+    assert weather.calls == ["Paris"] and len(sim.requests) == 4
+    assert guard.parked.get(session_id).state == "resumed"
+
+
+def test_a_parked_record_holds_no_secret(
+    make_guard: Callable[..., Guard], weather: Weather
+) -> None:
+    guard = make_guard(parking={"wait_inline_max_s": 0})
+    leaked = "sk-proj-" + "A1b2C3d4" * 5
+    with SimServer(script=WEATHER_SCRIPT) as sim:
+        agent = build_agent(guard, sim, weather, session_id="secret-1")
+        sim.rate_limit_next(1, retry_after=600)
+        with pytest.raises(SessionParked):
+            agent.run_sync(f"My key is {leaked}; what is the weather in Paris?")
+    stored = guard.parked.get("secret-1").model_dump_json()
+    assert KEY not in stored and leaked not in stored
+    assert "[redacted]" in json.dumps(guard.parked.get("secret-1").metadata)
+    assert kinds(parked_messages(guard.parked.get("secret-1"))) == ["request:user-prompt"]
+
+
+def test_a_record_without_history_cannot_be_continued(
+    make_guard: Callable[..., Guard], weather: Weather
+) -> None:
+    guard = make_guard(parking={"wait_inline_max_s": 0})
+    with SimServer(script=WEATHER_SCRIPT) as sim:
+        # No capability: the model is guarded, but nothing keeps the run's history.
+        agent: Agent[None, str] = Agent(
+            guarded_model(guard, "openai-chat:gpt-4o", base_url=sim.base_url, api_key=KEY)
+        )
+        register_pydantic_ai_resumer(guard, agent)
+        sim.rate_limit_next(1, retry_after=600)
+        with guard.session("bare-1", resumer="pydantic-ai"), pytest.raises(SessionParked):
+            agent.run_sync(QUESTION)
+        with pytest.raises(ValueError, match="holds no Pydantic AI message history"):
+            guard.parked.resume("bare-1")
+    record = guard.parked.get("bare-1")
+    assert record.state == "parked" and record.attempts == 1 and len(sim.requests) == 1
+
+
+# -- the pieces --------------------------------------------------------------------------------------
+
+
+def test_guarded_model_owns_its_client_and_refuses_what_it_cannot_meter(
+    make_guard: Callable[..., Guard],
+) -> None:
+    guard = make_guard()
+    model = guarded_model(guard, "openai-chat:gpt-4o-mini", api_key=KEY)
+    assert isinstance(model, OpenAIChatModel) and model.model_name == "gpt-4o-mini"
+    assert model.client.max_retries == 0
+    assert type(model.client._client._transport).__name__ == "AsyncGuardTransport"
+    assert guarded_model(guard, model) is model  # guarded once is enough
+    with pytest.raises(ValueError, match="another guard"):
+        guarded_model(make_guard(), model)
+    with pytest.raises(ValueError, match="api_key"):
+        guarded_model(guard, model, api_key=KEY)
+    for name, says in (
+        ("gpt-4o", "openai-chat:gpt-4o"),
+        ("openai:gpt-4o", "Responses API"),
+        ("openai-responses:gpt-4o", "Responses API"),
+        ("anthropic:claude-sonnet-4-5", "Anthropic"),
+        ("google-gla:gemini-2.5-flash", "builds openai-chat"),
+    ):
+        with pytest.raises(ValueError, match=says):
+            guarded_model(guard, name, api_key=KEY)
+    responses = OpenAIResponsesModel("gpt-4o", provider=OpenAIProvider(api_key=KEY))
+    with pytest.raises(ValueError, match="Responses API"):
+        guarded_model(guard, responses)
+    with pytest.raises(TypeError, match="not FunctionModel"):
+        from pydantic_ai.models.function import FunctionModel
+
+        guarded_model(guard, FunctionModel(lambda messages, info: None))  # type: ignore[arg-type,return-value]
+
+
+def test_capability_options_are_checked(make_guard: Callable[..., Guard]) -> None:
+    guard = make_guard()
+    with pytest.raises(ValueError, match="session id"):
+        AgentGuardCapability(guard, session_id="not valid/")
+    with pytest.raises(ValueError, match="resumer name"):
+        AgentGuardCapability(guard, resumer="my.module:fn")
+    with pytest.raises(Exception, match="did you mean 'team'"):
+        AgentGuardCapability(guard, budget_key="teem")
+    assert session_id_for_run("01a2-b3") == "pai-01a2-b3"
+    awkward = session_id_for_run("x" * 300)
+    assert awkward.startswith("pai-") and len(awkward) <= 200
+
+
+def test_public_names() -> None:
+    assert sorted(agentguard_pydantic_ai.__all__) == [
+        "AgentGuardCapability",
+        "AgentOrFactory",
+        "DEFAULT_RESUMER",
+        "FRAMEWORK",
+        "GUARDED_MODEL_KINDS",
+        "MESSAGES_KEY",
+        "SessionIdFor",
+        "USAGE_KEY",
+        "__version__",
+        "guarded_model",
+        "parked_messages",
+        "parked_usage",
+        "register_pydantic_ai_resumer",
+        "session_id_for_run",
+    ]
+    for name in agentguard_pydantic_ai.__all__:
+        assert hasattr(agentguard_pydantic_ai, name)
+
+
+def test_import_agentguard_loads_no_pydantic_ai() -> None:
+    code = (
+        "import json, sys, agentguard\n"
+        "guard = agentguard.Guard(agentguard.GuardConfig.from_mapping("
+        "{'store': {'url': 'sqlite://'}}))\n"
+        "guard.async_http_client(); agentguard.SessionParked\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('pydantic_ai', 'pydantic_graph', 'agentguard_pydantic_ai'))))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert json.loads(done.stdout) == []

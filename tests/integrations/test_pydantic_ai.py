@@ -6,8 +6,10 @@ resumer, from the run's own message history."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import logging
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -411,6 +413,26 @@ def test_a_record_without_history_cannot_be_continued(
             guard.parked.resume("bare-1")
     record = guard.parked.get("bare-1")
     assert record.state == "parked" and record.attempts == 1 and len(sim.requests) == 1
+
+
+def test_the_example_parks_and_the_daemon_finishes_the_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = Path(__file__).resolve().parents[2] / "examples" / "pydantic_ai_agent.py"
+    spec = importlib.util.spec_from_file_location("example_pydantic_ai_agent", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+
+    answer = example.main()
+    output = capsys.readouterr().out
+    assert answer == "Both cities are sunny: pack sunglasses for Paris and Rome."
+    assert example.tool_runs == ["Paris", "Rome"]  # each tool once: the resume ran none again
+    assert "record: budget_window (HTTP 429), 5 messages kept" in output, output
+    assert "parked -> resuming -> resumed" in output, output
+    assert "4 model calls (one refused by the gateway)" in output, output
+    spent, billed = re.findall(r"\$(\d+\.\d+)", output.splitlines()[-1])
+    assert spent == billed, output
 
 
 # -- the pieces --------------------------------------------------------------------------------------

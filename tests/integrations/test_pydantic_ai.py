@@ -280,6 +280,28 @@ def test_a_429_handed_back_is_one_attempt_whatever_the_sdk_retries(
     assert error.value.status_code == 429
 
 
+def test_model_settings_max_retries_do_not_multiply_the_guards_attempts(
+    make_guard: Callable[..., Guard], weather: Weather, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="agentguard")
+    guard = make_guard(parking={"enabled": False, "wait_inline_max_s": 0})
+    with SimServer(script=WEATHER_SCRIPT) as sim:
+        agent = build_agent(guard, sim, weather)
+        sim.rate_limit_next(10, retry_after=1)
+        with pytest.raises(ModelHTTPError) as error:
+            # Pydantic AI hands max_retries to the SDK client (2.68 does; 2.31 ignores it),
+            # which would retry the 429 the guard handed back.
+            agent.run_sync(QUESTION, model_settings={"max_retries": 3})  # type: ignore[typeddict-unknown-key]
+        assert error.value.status_code == 429
+        assert len(sim.requests) == 1
+        with pytest.raises(ValueError, match="max_retries=2"):
+            guarded_model(guard, "openai-chat:gpt-4o", api_key=KEY, settings={"max_retries": 2})  # type: ignore[typeddict-unknown-key]
+    warned = [
+        r for r in caplog.records if getattr(r, "agentguard_event", None) == "sdk_retries_off"
+    ]
+    assert len(warned) == 1
+
+
 # -- parking and resuming --------------------------------------------------------------------------
 
 

@@ -223,6 +223,19 @@ class AgentGuardCapability(AbstractCapability[Any]):
             )
             session.metadata[USAGE_KEY] = _USAGE.dump_python(ctx.usage, mode="json")
             session.metadata[RUN_ID_KEY] = ctx.run_id
+        settings: dict[str, Any] = dict(request_context.model_settings or {})
+        if settings.get("max_retries") not in (None, 0):
+            # Pydantic AI (2.68) hands ModelSettings['max_retries'] to the OpenAI SDK client.
+            # The guard already answers the SDK "x-should-retry: false" on whatever it hands
+            # back; the setting is zeroed as well, so no SDK retry rests on that header alone.
+            logger.warning(
+                "sdk_retries_off",
+                run_id=ctx.run_id,
+                asked=settings["max_retries"],
+                hint="the guard retries (limits.max_retries); model_settings max_retries is set to 0",
+            )
+            settings["max_retries"] = 0
+            request_context.model_settings = settings  # type: ignore[assignment]
         return await handler(request_context)
 
     # -- the logic (no I/O but the one record lookup) ------------------------------------------

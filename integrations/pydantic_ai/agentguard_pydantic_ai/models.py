@@ -82,7 +82,8 @@ def guarded_model(
 
     Raises:
         ValueError: the model string names no model or a kind the guard cannot meter yet
-            (the Responses API, Anthropic), or model-string options came with a built model.
+            (the Responses API, Anthropic), model-string options came with a built model, or
+            the settings ask for SDK retries (``max_retries``).
         TypeError: a model of a class this function cannot guard.
 
     Example::
@@ -93,6 +94,11 @@ def guarded_model(
         )
     """
     options = dict(http_options or {})
+    for where, chosen in (
+        ("settings", settings),
+        (f"{type(model).__name__}.settings", _settings_of(model)),
+    ):
+        _refuse_sdk_retries(where, chosen)
     if isinstance(model, str):
         return _from_string(guard, model, base_url, api_key, settings, profile, options)
     given = [
@@ -111,6 +117,19 @@ def guarded_model(
             "those options are for a model string; set them on the model itself"
         )
     return _guarder_for(model)(guard, model, options)
+
+
+def _settings_of(model: Model | str) -> ModelSettings | None:
+    return None if isinstance(model, str) else model.settings
+
+
+def _refuse_sdk_retries(where: str, settings: ModelSettings | None) -> None:
+    retries = dict(settings or {}).get("max_retries")
+    if retries not in (None, 0):
+        raise ValueError(
+            f"{where} has max_retries={retries!r}: the guard retries transient failures "
+            "itself (limits.max_retries); SDK retries on top would multiply attempts"
+        )
 
 
 # -- model strings ----------------------------------------------------------------------------------

@@ -158,6 +158,14 @@ async def test_async_run_and_run_stream_are_guarded(
         assert not any(r.body and r.body.get("stream") for r in sim.requests)
         sim.clear()
 
+        with guard.session("iter-1", budget_key="team") as iterated:
+            async with agent.iter(QUESTION) as run:
+                nodes = [type(node).__name__ async for node in run]
+        assert run.result is not None and run.result.output == "It is sunny in Paris."
+        assert nodes.count("ModelRequestNode") == 2 and len(sim.requests) == 2
+        assert iterated.iterations == 2 and iterated.spent_usd == plain.spent_usd
+        sim.clear()
+
         with guard.session("stream-1", budget_key="team") as streamed:
             async with agent.run_stream(QUESTION) as stream:
                 text = [chunk async for chunk in stream.stream_text(delta=True)]
@@ -168,13 +176,13 @@ async def test_async_run_and_run_stream_are_guarded(
     assert len(sim.requests) == 2
     assert all(r.body and r.body["stream"] for r in sim.requests)
     assert all(r.body and r.body["stream_options"] == {"include_usage": True} for r in sim.requests)
-    assert weather.calls == ["Paris", "Paris"]
-    for session in (plain, streamed):
+    assert weather.calls == ["Paris", "Paris", "Paris"]
+    for session in (plain, iterated, streamed):
         assert session.iterations == 2 and session.tool_calls == 1 and session.spent_usd > 0
         # A session bound around the run is the run's session, marked as a Pydantic AI run.
         assert session.framework == "pydantic-ai" and session.resumer == "pydantic-ai"
     # Streamed answers were settled from the usage in their last chunk, as the sim billed them.
-    assert plain.spent_usd + streamed.spent_usd == sim.billed_usd(KEY)
+    assert plain.spent_usd + iterated.spent_usd + streamed.spent_usd == sim.billed_usd(KEY)
 
 
 def test_run_stream_sync_is_guarded(make_guard: Callable[..., Guard], weather: Weather) -> None:
@@ -400,6 +408,55 @@ async def test_an_async_run_parks_reparks_and_resumes_from_its_history(
     assert result.output == "It is sunny in Paris."
     assert weather.calls == ["Paris"] and len(sim.requests) == 4
     assert guard.parked.get(session_id).state == "resumed"
+
+
+TWO_CITIES_SCRIPT = [
+    Reply(tool_calls=[ToolCall("get_weather", {"city": "Paris"})]),
+    Reply(tool_calls=[ToolCall("get_weather", {"city": "Rome"})]),
+    Reply(content="Sunny in both."),
+]
+
+
+async def test_a_streamed_run_with_a_per_run_capability_parks_twice_and_finishes(
+    make_guard: Callable[..., Guard], weather: Weather
+) -> None:
+    # Each window pays for one answer: the run parks after Paris, its resume gets Rome's
+    # answer and parks again, and the second resume finishes.
+    gateway = SimGateway({KEY: GatewayKey(limit_usd=Decimal("0.0001"), window_s=60)})
+    guard = make_guard(parking={"wait_inline_max_s": 0, "max_attempts": 3})
+    with SimServer(script=TWO_CITIES_SCRIPT, gateway=gateway) as sim:
+        # The capability comes with the run, not the agent: the resumer adds one of its own,
+        # which keeps the resumed run's history for its next park.
+        agent: Agent[None, str] = Agent(
+            guarded_model(guard, "openai-chat:gpt-4o", base_url=sim.base_url, api_key=KEY)
+        )
+        agent.tool(weather.get_weather)
+        register_pydantic_ai_resumer(guard, lambda: agent)
+        capability = AgentGuardCapability(guard, session_id="two-cities", budget_key="team")
+        with pytest.raises(SessionParked):
+            async with agent.run_stream("Paris and Rome?", capabilities=[capability]) as stream:
+                await stream.get_output()
+        assert weather.calls == ["Paris"] and len(sim.requests) == 2
+        assert all(r.body and r.body["stream"] for r in sim.requests)
+
+        gateway.reset()
+        with pytest.raises(SessionParked):
+            await asyncio.to_thread(guard.parked.resume, "two-cities")
+        record = guard.parked.get("two-cities")
+        assert record.attempts == 1 and weather.calls == ["Paris", "Rome"]
+        assert kinds(parked_messages(record)) == [
+            *FINISHED_RUN[:3],
+            "response:tool-call",
+            "request:tool-return",
+        ]
+
+        gateway.reset()
+        result = await asyncio.to_thread(guard.parked.resume, "two-cities")
+    assert result.output == "Sunny in both."
+    assert weather.calls == ["Paris", "Rome"]  # neither tool ran again
+    assert len(sim.requests) == 5  # three answers, two refusals
+    done = guard.parked.get("two-cities")
+    assert done.state == "resumed" and done.spent_usd == sim.billed_usd(KEY)
 
 
 def test_a_parked_record_holds_no_secret(

@@ -28,7 +28,7 @@ from pydantic_ai.providers.openai import OpenAIProvider
 from pydantic_ai.usage import UsageLimits
 
 import agentguard_pydantic_ai
-from agentguard import BudgetExceeded, IterationLimitExceeded, SessionParked
+from agentguard import BudgetExceeded, IterationLimitExceeded, LoopDetected, SessionParked
 from agentguard.config import GuardConfig
 from agentguard.guard import Guard
 from agentguard.scheduler import ResumeDaemon
@@ -248,22 +248,99 @@ def test_an_exhausted_budget_with_on_exhausted_park_parks_the_run(
     assert len(sim.requests) == 1 and weather.calls == ["Paris"]
 
 
-def test_the_guard_limits_iterations_and_explicit_usage_limits_still_apply(
+LIMIT_CASES: dict[str, tuple[dict[str, Any], list[Reply], type[Exception], str, int]] = {
+    "iterations": (
+        {"max_iterations": 1},
+        WEATHER_SCRIPT,
+        IterationLimitExceeded,
+        "max_iterations=1",
+        1,
+    ),
+    "tool calls": (
+        {"max_tool_calls": 1},
+        [*WEATHER_SCRIPT[:1], Reply(tool_calls=[ToolCall("get_weather", {"city": "Rome"})])],
+        IterationLimitExceeded,
+        "max_tool_calls=1",
+        1,
+    ),
+    # The repeated call is stopped when the model asks for it, before the tool runs again.
+    "loop": ({"loop_threshold": 2}, [WEATHER_SCRIPT[0]] * 3, LoopDetected, "loop_threshold=2", 2),
+}
+
+
+@pytest.mark.parametrize("case", list(LIMIT_CASES))
+def test_the_guards_limits_stop_the_run(
+    case: str, make_guard: Callable[..., Guard], weather: Weather
+) -> None:
+    limits, script, error, says, requests = LIMIT_CASES[case]
+    guard = make_guard(limits=limits)
+    with SimServer(script=script) as sim:
+        agent = build_agent(guard, sim, weather)
+        with pytest.raises(error, match=says):
+            agent.run_sync(QUESTION)
+    assert len(sim.requests) == requests
+    assert weather.calls == ["Paris"]
+
+
+def test_explicit_usage_limits_still_apply(
     make_guard: Callable[..., Guard], weather: Weather
 ) -> None:
-    guard = make_guard(limits={"max_iterations": 1})
+    # Limits the application set itself are left alone: the stricter one stops the run.
+    guard = make_guard(limits={"max_iterations": 10})
     with SimServer(script=WEATHER_SCRIPT) as sim:
         agent = build_agent(guard, sim, weather)
-        with pytest.raises(IterationLimitExceeded, match="max_iterations=1"):
-            agent.run_sync(QUESTION)
-        assert len(sim.requests) == 1
-
-        # Limits the application set itself are left alone: the stricter one stops the run.
-        lenient = make_guard(limits={"max_iterations": 10})
-        agent = build_agent(lenient, sim, weather)
         with pytest.raises(UsageLimitExceeded, match="request_limit of 1"):
             agent.run_sync(QUESTION, usage_limits=UsageLimits(request_limit=1))
-    assert weather.request_limits == [None, 1]
+        assert len(sim.requests) == 1
+        # Without a guard limit on iterations, Pydantic AI's default stays in force.
+        unbounded = make_guard(limits={"max_iterations": None})
+        build_agent(unbounded, sim, weather).run_sync(QUESTION)
+    assert weather.request_limits == [1, 50]
+
+
+def test_routing_and_trimming_change_the_request_not_the_runs_history(
+    make_guard: Callable[..., Guard],
+) -> None:
+    def read_next(body: dict[str, Any]) -> Reply:
+        # Decided from the last tool output, which trimming keeps (the step count it drops).
+        last = body["messages"][-1]
+        if last["role"] != "tool":
+            return Reply(tool_calls=[ToolCall("read_file", {"path": "a.txt"})])
+        if last["content"].startswith("a.txt"):
+            return Reply(tool_calls=[ToolCall("read_file", {"path": "b.txt"})])
+        return Reply(content="Both files read.")
+
+    reads: list[str] = []
+
+    def read_file(path: str) -> str:
+        """Read a file."""
+        reads.append(path)
+        return f"{path}: " + " ".join(f"line{i}" for i in range(600))
+
+    guard = make_guard(
+        routing={"force_model": "gpt-4o-mini"},
+        trimming={"max_context_tokens": 1600, "keep_last_turns": 1},
+    )
+    with SimServer(script=read_next) as sim:
+        agent: Agent[None, str] = Agent(
+            guarded_model(guard, "openai-chat:gpt-4o", base_url=sim.base_url, api_key=KEY),
+            tools=[read_file],
+            capabilities=[AgentGuardCapability(guard)],
+        )
+        result = agent.run_sync("Read a.txt and b.txt.")
+
+    assert result.output == "Both files read." and reads == ["a.txt", "b.txt"]
+    assert [r.body and r.body["model"] for r in sim.requests] == ["gpt-4o-mini"] * 3
+    responses = [m for m in result.all_messages() if m.kind == "response"]
+    assert [m.model_name for m in responses] == ["gpt-4o-mini"] * 3
+    # The last request went out trimmed: a.txt's turn was cut, with a note saying so...
+    last = sim.requests[-1].body
+    assert last is not None
+    sent = " ".join(str(m.get("content")) for m in last["messages"])
+    assert "a.txt: line0" not in sent and "[agentguard:" in sent
+    # ...while the run's own history still holds both outputs in full.
+    returns = [p for m in result.all_messages() for p in m.parts if p.part_kind == "tool-return"]
+    assert [len(p.content.split()) for p in returns] == [601, 601]
 
 
 @pytest.mark.parametrize("construction", ["model string", "model built by the application"])

@@ -546,10 +546,17 @@ def test_a_parked_record_holds_no_secret(
         sim.rate_limit_next(1, retry_after=600)
         with pytest.raises(SessionParked):
             agent.run_sync(f"My key is {leaked}; what is the weather in Paris?")
-    stored = guard.parked.get("secret-1").model_dump_json()
-    assert KEY not in stored and leaked not in stored
-    assert "[redacted]" in json.dumps(guard.parked.get("secret-1").metadata)
-    assert kinds(parked_messages(guard.parked.get("secret-1"))) == ["request:user-prompt"]
+        stored = guard.parked.get("secret-1").model_dump_json()
+        assert KEY not in stored and leaked not in stored
+        assert "[redacted]" in json.dumps(guard.parked.get("secret-1").metadata)
+        assert kinds(parked_messages(guard.parked.get("secret-1"))) == ["request:user-prompt"]
+
+        # A run parked at its first request resumes from its prompt, as it was stored.
+        register_pydantic_ai_resumer(guard, agent)
+        result = guard.parked.resume("secret-1")
+        resent = sim.requests[1].body
+    assert result.output == "It is sunny in Paris." and weather.calls == ["Paris"]
+    assert resent is not None and "My key is [redacted];" in resent["messages"][0]["content"]
 
 
 def test_a_record_without_history_cannot_be_continued(

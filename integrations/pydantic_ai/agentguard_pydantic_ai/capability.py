@@ -11,6 +11,8 @@ if the request parks, the parked record holds what the resumer needs to continue
 from __future__ import annotations
 
 import hashlib
+import re
+import secrets
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import KW_ONLY, dataclass
@@ -59,6 +61,7 @@ RUN_ID_KEY = "pydantic_ai_run_id"
 """Session metadata key: the Pydantic AI run id of the run that parked."""
 
 _USAGE = TypeAdapter(RunUsage)
+_RESUMER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 _ID_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:@-")
 
 # The run being guarded in this context, and the capability guarding it: a second
@@ -152,7 +155,7 @@ class AgentGuardCapability(AbstractCapability[Any]):
     def __post_init__(self) -> None:
         if isinstance(self.session_id, str):
             _check_session_id(self.session_id)
-        if not self.resumer or not self.resumer.replace("-", "").replace("_", "").isalnum():
+        if not _RESUMER_NAME.match(self.resumer):
             raise ValueError(
                 f"resumer name {self.resumer!r} must be plain lower-case letters, digits, - and _"
             )
@@ -252,7 +255,8 @@ class AgentGuardCapability(AbstractCapability[Any]):
             return bound
         if self.session_id is None:
             # A fresh run id: no record can hold it yet.
-            return self._new_session(session_id_for_run(ctx.run_id or ""))
+            run_id = ctx.run_id or f"run-{secrets.token_hex(8)}"
+            return self._new_session(session_id_for_run(run_id))
         chosen = self.session_id if isinstance(self.session_id, str) else self.session_id(ctx)
         session_id = _check_session_id(chosen)
         self._refuse_if_parked(session_id)

@@ -632,6 +632,22 @@ def test_guarded_model_owns_its_client_and_refuses_what_it_cannot_meter(
         guarded_model(guard, FunctionModel(lambda messages, info: None))  # type: ignore[arg-type,return-value]
 
 
+def test_the_responses_model_slots_in_once_its_api_is_metered(
+    make_guard: Callable[..., Guard], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    guard = make_guard()
+    monkeypatch.setattr(
+        agentguard_pydantic_ai.models, "METERED_APIS", frozenset({"chat", "responses"})
+    )
+    built = guarded_model(guard, "openai:gpt-4o", api_key=KEY)
+    assert isinstance(built, OpenAIResponsesModel)
+    given = OpenAIResponsesModel("gpt-4o", provider=OpenAIProvider(api_key=KEY))
+    for model in (built, guarded_model(guard, given)):
+        assert isinstance(model, OpenAIResponsesModel) and model.client.max_retries == 0
+        assert type(model.client._client._transport).__name__ == "AsyncGuardTransport"
+    assert given.client.max_retries == 2  # the model passed in is left as it was
+
+
 def test_capability_options_are_checked(make_guard: Callable[..., Guard]) -> None:
     guard = make_guard()
     with pytest.raises(ValueError, match="session id"):
@@ -653,6 +669,7 @@ def test_public_names() -> None:
         "FRAMEWORK",
         "GUARDED_MODEL_KINDS",
         "MESSAGES_KEY",
+        "METERED_APIS",
         "SessionIdFor",
         "USAGE_KEY",
         "__version__",

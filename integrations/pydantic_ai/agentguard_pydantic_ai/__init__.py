@@ -29,7 +29,7 @@ from agentguard_pydantic_ai.capability import (
     SessionIdFor,
     session_id_for_run,
 )
-from agentguard_pydantic_ai.models import GUARDED_MODEL_KINDS, guarded_model
+from agentguard_pydantic_ai.models import GUARDED_MODEL_KINDS, METERED_APIS, guarded_model
 from agentguard_pydantic_ai.resumer import (
     AgentOrFactory,
     parked_messages,
@@ -44,6 +44,7 @@ __all__ = [
     "FRAMEWORK",
     "GUARDED_MODEL_KINDS",
     "MESSAGES_KEY",
+    "METERED_APIS",
     "USAGE_KEY",
     "AgentGuardCapability",
     "AgentOrFactory",

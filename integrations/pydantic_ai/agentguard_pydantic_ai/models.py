@@ -2,9 +2,11 @@
 
 A Pydantic AI model talks to its provider through an SDK client (``AsyncOpenAI`` for the OpenAI
 models). Guarding a model means giving it a copy of that client whose HTTP client is the guard's
-(``guard.async_http_client()``) and whose SDK retries are off. Each kind of model has a guarder
-in :data:`_GUARDERS`; the kinds the guard cannot meter yet are refused with the reason, so a
-model is never handed back half guarded.
+(``guard.async_http_client()``) and whose SDK retries are off. Each model kind speaks one wire
+API; a kind is built or guarded only if agentguard meters its API (:data:`METERED_APIS`), and
+is otherwise refused with the reason, so a model is never handed back half guarded. The
+Responses model needs nothing more than ``"responses"`` in :data:`METERED_APIS` (it reads its
+client the way the chat model does); the Anthropic model needs a guarder for its client.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from openai import AsyncOpenAI
 from pydantic_ai.models import Model
-from pydantic_ai.models.openai import OpenAIChatModel
+from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel
 from pydantic_ai.profiles import ModelProfile
 from pydantic_ai.providers import Provider
 from pydantic_ai.providers.openai import OpenAIProvider
@@ -24,24 +26,31 @@ from pydantic_ai.settings import ModelSettings
 if TYPE_CHECKING:
     from agentguard import Guard
 
-__all__ = ["GUARDED_MODEL_KINDS", "guarded_model"]
+__all__ = ["GUARDED_MODEL_KINDS", "METERED_APIS", "guarded_model"]
 
-GUARDED_MODEL_KINDS: tuple[str, ...] = ("openai-chat",)
+METERED_APIS: frozenset[str] = frozenset({"chat"})
+"""The wire APIs agentguard meters, whose models :func:`guarded_model` builds and guards:
+``chat`` (``/chat/completions``). Not yet: ``responses`` (``/responses``), ``anthropic``
+(``/v1/messages``)."""
+
+# Each model-string kind (Pydantic AI's prefix) and the wire API its model speaks.
+_API_OF_KIND = {
+    "openai-chat": "chat",
+    "openai": "responses",  # Pydantic AI 2.x: a plain "openai:" model is a Responses model
+    "openai-responses": "responses",
+    "anthropic": "anthropic",
+}
+_NOT_METERED = {
+    "responses": "the OpenAI Responses API (/responses) is not metered by agentguard yet; use "
+    "'openai-chat:<model>' (Chat Completions)",
+    "anthropic": "agentguard cannot wrap Anthropic clients yet; use an OpenAI chat model "
+    "('openai-chat:<model>')",
+}
+
+GUARDED_MODEL_KINDS: tuple[str, ...] = tuple(
+    kind for kind, api in _API_OF_KIND.items() if api in METERED_APIS
+)
 """The model kinds (the prefix of a Pydantic AI model string) :func:`guarded_model` builds."""
-
-# Kinds the guard cannot meter yet, with the reason a user is given. Each moves into
-# GUARDED_MODEL_KINDS (and gets a guarder) once the core meters its wire API.
-_NOT_YET_METERED = {
-    "openai": "'openai:' models use the OpenAI Responses API (/responses), which agentguard "
-    "does not meter yet; use 'openai-chat:<model>' (Chat Completions)",
-    "openai-responses": "the OpenAI Responses API (/responses) is not metered by agentguard "
-    "yet; use 'openai-chat:<model>' (Chat Completions)",
-    "anthropic": "agentguard cannot wrap Anthropic clients yet; use an OpenAI chat model",
-}
-_NOT_YET_METERED_CLASSES = {
-    "OpenAIResponsesModel": "openai-responses",
-    "AnthropicModel": "anthropic",
-}
 
 
 def guarded_model(
@@ -134,6 +143,11 @@ def _refuse_sdk_retries(where: str, settings: ModelSettings | None) -> None:
 
 # -- model strings ----------------------------------------------------------------------------------
 
+_OPENAI_MODELS: dict[str, type[OpenAIChatModel] | type[OpenAIResponsesModel]] = {
+    "chat": OpenAIChatModel,
+    "responses": OpenAIResponsesModel,
+}
+
 
 def _from_string(
     guard: Guard,
@@ -150,26 +164,34 @@ def _from_string(
             f"model {model!r} does not say which API it uses: write 'openai-chat:{model}' "
             "(Pydantic AI's name for an OpenAI Chat Completions model)"
         )
-    if kind in _NOT_YET_METERED:
-        raise ValueError(f"model {model!r}: {_NOT_YET_METERED[kind]}")
-    if kind not in GUARDED_MODEL_KINDS:
+    api = _API_OF_KIND.get(kind)
+    if api is None:
         raise ValueError(
             f"model {model!r}: guarded_model() builds {', '.join(GUARDED_MODEL_KINDS)} models; "
             "for another OpenAI-compatible provider, build OpenAIChatModel(name, provider=...) "
             "and pass the model"
         )
+    _require_metered(api, f"model {model!r}")
+    model_class = _OPENAI_MODELS.get(api)
+    if model_class is None:
+        raise ValueError(f"model {model!r}: guarded_model() cannot build {kind!r} models yet")
     client = AsyncOpenAI(
         base_url=base_url,
         api_key=api_key,
         http_client=guard.async_http_client(**http_options),
         max_retries=0,
     )
-    return OpenAIChatModel(
+    return model_class(
         name,
         provider=OpenAIProvider(openai_client=client),
         settings=settings,
         profile=profile,
     )
+
+
+def _require_metered(api: str, what: str) -> None:
+    if api not in METERED_APIS:
+        raise ValueError(f"{what}: {_NOT_METERED.get(api, f'{api} is not metered')}")
 
 
 # -- built models -------------------------------------------------------------------------------------
@@ -178,18 +200,28 @@ ModelGuarder = Callable[["Guard", Any, dict[str, Any]], Model]
 
 
 def _guarder_for(model: Model) -> ModelGuarder:
+    name = type(model).__name__
     if isinstance(model, OpenAIChatModel):
-        return _guard_openai_chat
-    kind = _NOT_YET_METERED_CLASSES.get(type(model).__name__)
-    if kind is not None:
-        raise ValueError(f"{type(model).__name__}: {_NOT_YET_METERED[kind]}")
-    raise TypeError(
-        f"guarded_model() guards {', '.join(GUARDED_MODEL_KINDS)} models (OpenAIChatModel), "
-        f"not {type(model).__name__}"
-    )
+        api = "chat"
+    elif isinstance(model, OpenAIResponsesModel):
+        api = "responses"
+    elif name == "AnthropicModel":  # not imported: the anthropic SDK is optional
+        api = "anthropic"
+    else:
+        raise TypeError(
+            f"guarded_model() guards {', '.join(GUARDED_MODEL_KINDS)} models (OpenAIChatModel), "
+            f"not {name}"
+        )
+    _require_metered(api, name)
+    if api not in ("chat", "responses"):
+        raise ValueError(f"{name}: guarded_model() cannot guard its client yet")
+    return _guard_openai
 
 
-def _guard_openai_chat(guard: Guard, model: OpenAIChatModel, http_options: dict[str, Any]) -> Model:
+def _guard_openai(
+    guard: Guard, model: OpenAIChatModel | OpenAIResponsesModel, http_options: dict[str, Any]
+) -> Model:
+    """A copy of an OpenAI model (chat or Responses) using a guarded copy of its client."""
     owner = _guard_of(model.client)
     if owner is guard:
         return model  # guarded already: once is enough

@@ -453,8 +453,9 @@ def test_gateway_429_parks_the_run_and_the_daemon_continues_it_without_rerunning
 
 
 async def test_an_async_run_parks_reparks_and_resumes_from_its_history(
-    make_guard: Callable[..., Guard], weather: Weather
+    make_guard: Callable[..., Guard], weather: Weather, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="agentguard")
     gateway = SimGateway({KEY: GatewayKey(limit_usd=Decimal("0.0001"), window_s=60)})
     guard = make_guard(parking={"wait_inline_max_s": 0, "max_attempts": 3})
     with SimServer(script=WEATHER_SCRIPT, gateway=gateway) as sim:
@@ -465,7 +466,10 @@ async def test_an_async_run_parks_reparks_and_resumes_from_its_history(
             built.append(build_agent(guard, sim, weather))
             return built[-1]
 
-        register_pydantic_ai_resumer(guard, build)
+        def deliver(parked: Any, result: Any) -> None:
+            raise RuntimeError("the mailbox is full")
+
+        register_pydantic_ai_resumer(guard, build, on_result=deliver)
         with pytest.raises(SessionParked) as parked:
             await build().run(QUESTION)
         session_id = parked.value.session_id
@@ -484,7 +488,14 @@ async def test_an_async_run_parks_reparks_and_resumes_from_its_history(
     assert len(built) == 3
     assert result.output == "It is sunny in Paris."
     assert weather.calls == ["Paris"] and len(sim.requests) == 4
+    # The hand-over failed, but the run is done: it is not run again.
     assert guard.parked.get(session_id).state == "resumed"
+    (undelivered,) = [
+        getattr(r, "agentguard_fields", {})
+        for r in caplog.records
+        if getattr(r, "agentguard_event", None) == "resume_result_not_delivered"
+    ]
+    assert undelivered["error"] == "RuntimeError: the mailbox is full"
 
 
 TWO_CITIES_SCRIPT = [

@@ -17,6 +17,7 @@ from pydantic_ai.agent import AbstractAgent
 from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelRequest
 from pydantic_ai.usage import RunUsage
 
+from agentguard.log import logger
 from agentguard_pydantic_ai.capability import (
     _USAGE,
     DEFAULT_RESUMER,
@@ -111,7 +112,9 @@ def register_pydantic_ai_resumer(
             ``deps`` (which are never stored), ``usage_limits``, ``model_settings``,
             ``output_type``... (``message_history`` and the prompt are the record's).
         on_result: called with the record and the finished run's result (to deliver the
-            output: a resume usually runs in a daemon, where nobody awaits it).
+            output: a resume usually runs in a daemon, where nobody awaits it). If it raises,
+            the error is logged (``resume_result_not_delivered``) and the resume still counts
+            as done: the run is not run again.
 
     Returns:
         The resumer (a coroutine function; the guard runs it in an event loop of its own). It
@@ -140,7 +143,17 @@ def register_pydantic_ai_resumer(
         options["capabilities"] = [*options.get("capabilities", ()), capability]
         result: AgentRunResult[Any] = await target.run(None, message_history=history, **options)
         if on_result is not None:
-            on_result(parked, result)
+            try:
+                on_result(parked, result)
+            except Exception as exc:
+                # The run is finished: a failed hand-over must not make the resume count as
+                # failed, which would run it (and its tools) again.
+                logger.warning(
+                    "resume_result_not_delivered",
+                    session_id=parked.session_id,
+                    resume_id=parked.resume_id,
+                    error=f"{type(exc).__name__}: {str(exc)[:300]}",
+                )
         return result
 
     guard.resumer(name)(resume)

@@ -547,6 +547,37 @@ async def test_a_streamed_run_with_a_per_run_capability_parks_twice_and_finishes
     assert done.state == "resumed" and done.spent_usd == sim.billed_usd(KEY)
 
 
+async def test_a_chosen_session_id_parks_and_resumes_on_every_store(
+    store_url: str, weather: Weather
+) -> None:
+    guard = Guard(
+        GuardConfig.from_mapping(
+            {
+                "store": {"url": store_url},
+                "limits": {"backoff_initial_s": 0.01, "backoff_max_s": 0.05},
+                "budgets": [{"key": "team"}],
+                "parking": {"wait_inline_max_s": 0},
+            }
+        ),
+        counter=TokenCounter(),
+    )
+    with SimServer(script=WEATHER_SCRIPT) as sim:
+        agent = build_agent(guard, sim, weather, session_id="store-1", budget_key="team")
+        register_pydantic_ai_resumer(guard, agent)
+        sim.rate_limit_next(1, retry_after=600)
+        with pytest.raises(SessionParked):
+            await agent.run(QUESTION)
+        with pytest.raises(SessionParked, match="is parked"):
+            await agent.run(QUESTION)  # the id is taken until the parked run is continued
+        result = await asyncio.to_thread(guard.parked.resume, "store-1")
+        assert result.output == "It is sunny in Paris."
+        again = await agent.run(QUESTION)  # resumed: the id is free again
+    assert again.output == "It is sunny in Paris."
+    assert weather.calls == ["Paris", "Paris"] and len(sim.requests) == 5
+    assert guard.parked.get("store-1").state == "resumed"
+    guard.close()
+
+
 def test_a_parked_record_holds_no_secret(
     make_guard: Callable[..., Guard], weather: Weather
 ) -> None:

@@ -10,6 +10,7 @@ if the request parks, the parked record holds what the resumer needs to continue
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import secrets
@@ -180,7 +181,11 @@ class AgentGuardCapability(AbstractCapability[Any]):
         guarding = _guarding.get()
         if guarding is not None and guarding[0] == ctx.run_id:
             return await handler()  # another AgentGuardCapability guards this run
-        session = self._session_for(ctx)
+        if self.session_id is None or self.guard.store.is_sqlite:
+            session = self._session_for(ctx)
+        else:
+            # The parked-record lookup is a query over the network: off the event loop.
+            session = await asyncio.to_thread(self._session_for, ctx)
         self._reconcile_usage_limits(ctx)
         marker = _guarding.set((ctx.run_id, id(self)))
         try:

@@ -11,7 +11,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 packages=(-e ".[dev,postgres]")
-for integration in integrations/langchain integrations/crewai integrations/openai_agents; do
+for integration in integrations/langchain integrations/crewai integrations/openai_agents integrations/pydantic_ai; do
     if [ -f "$integration/pyproject.toml" ]; then
         packages+=(-e "$integration")
     fi

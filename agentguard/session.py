@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 __all__ = ["Session", "SessionState", "current_session"]
 
 _current: ContextVar[Session | None] = ContextVar("agentguard_session", default=None)
+_Binding = tuple["Session", Token["Session | None"], Token["Session | None"]]
+_bindings: ContextVar[tuple[_Binding, ...]] = ContextVar("agentguard_bindings", default=())
+"""The ``with session:`` blocks open in this context, innermost last. Kept per context, not
+per session: concurrent tasks may enter one session object at once, each in its own
+context."""
 
 
 def current_session() -> Session | None:
@@ -100,7 +105,6 @@ class Session:
         self.metadata: dict[str, Any] = {}
         """Free-form, JSON-serialisable data that integrations keep with a parked session."""
         self.lock = threading.RLock()
-        self._tokens: list[tuple[Token[Session | None], Token[Session | None]]] = []
         self._budget_lines: tuple[BudgetLine, ...] | None = None
 
     # -- what callers read -------------------------------------------------------------------
@@ -164,7 +168,8 @@ class Session:
     def __enter__(self) -> Session:
         # Bound twice: as "the current session" and as this guard's current session, so calls
         # through another guard's clients inside the block are not charged to this one.
-        self._tokens.append((_current.set(self), self.guard.current_session_var.set(self)))
+        binding = (self, _current.set(self), self.guard.current_session_var.set(self))
+        _bindings.set((*_bindings.get(), binding))
         return self
 
     def __exit__(
@@ -173,10 +178,16 @@ class Session:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._tokens:
-            current, own = self._tokens.pop()
-            self.guard.current_session_var.reset(own)
-            _current.reset(current)
+        bindings = _bindings.get()
+        for index in range(len(bindings) - 1, -1, -1):
+            if bindings[index][0] is self:
+                break
+        else:
+            return  # not entered in this context
+        _, current, own = bindings[index]
+        _bindings.set(bindings[:index] + bindings[index + 1 :])
+        _restore(self.guard.current_session_var, own)
+        _restore(_current, current)
 
     async def __aenter__(self) -> Session:
         return self.__enter__()
@@ -194,6 +205,16 @@ class Session:
             f"Session(id={self.id!r}, budget_key={self.budget_key!r}, "
             f"iterations={self.state.iterations}, spent_usd={self.state.spent_usd})"
         )
+
+
+def _restore(variable: ContextVar[Session | None], token: Token[Session | None]) -> None:
+    """Put back what ``variable`` held before ``token``'s binding, even when the binding was
+    made in another context (a task that copied it) or was undone already."""
+    try:
+        variable.reset(token)
+    except (ValueError, RuntimeError):
+        previous = token.old_value
+        variable.set(None if previous is Token.MISSING else previous)
 
 
 def _valid_id(value: str) -> bool:

@@ -521,3 +521,35 @@ def test_a_session_of_one_guard_is_not_charged_by_another(
         client_two.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
         client_two.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert (one.iterations, two.iterations) == (1, 2)
+
+
+def test_concurrent_tasks_may_enter_one_session(
+    sim: SimServer, make_guard: Callable[..., Guard]
+) -> None:
+    """Frameworks gather several coroutines under one session object: each enters and leaves
+    it in its own task, and the binding outside is what it was."""
+    import asyncio
+
+    from agentguard import current_session
+
+    guard = make_guard()
+    client = guard.wrap(openai.AsyncOpenAI(base_url=sim.base_url, api_key="sk-test"))
+    shared = guard.session("shared")
+
+    async def step(number: int) -> str | None:
+        async with shared:
+            await asyncio.sleep(0.01 * (3 - number))  # leave in another order than entered
+            await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+            bound = current_session()
+            return bound.id if bound is not None else None
+
+    async def run() -> list[str | None]:
+        async with guard.session("outer"):
+            seen = await asyncio.gather(*(step(number) for number in range(3)))
+            outer = current_session()
+            assert outer is not None and outer.id == "outer"
+        return list(seen)
+
+    assert asyncio.run(run()) == ["shared"] * 3
+    assert current_session() is None
+    assert shared.iterations == 3

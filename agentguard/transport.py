@@ -24,8 +24,8 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from types import ModuleType, SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from agentguard.dialects import dialect_for
-from agentguard.errors import UnmeteredRequest
+from agentguard.dialects import dialect_for, free_endpoint
+from agentguard.errors import AgentGuardError, UnmeteredRequest
 from agentguard.legacy import legacy_endpoint, run_legacy
 from agentguard.log import logger
 from agentguard.parking.handler import request_url
@@ -64,7 +64,7 @@ def _allowed_unmetered(guard: Guard, path: str) -> bool:
 def _refuse_unmetered(guard: Guard, method: str, path: str, reason: str | None = None) -> None:
     """Raise :class:`UnmeteredRequest` for a request the guard cannot meter, when a budget
     applies and ``limits.unmetered`` does not allow the endpoint; otherwise return."""
-    if reason is None and method.upper() in _FREE_METHODS:
+    if reason is None and (method.upper() in _FREE_METHODS or free_endpoint(path)):
         return
     if _allowed_unmetered(guard, path):
         return
@@ -290,11 +290,20 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
     class GuardTransport(httpx.BaseTransport):  # type: ignore[misc,name-defined]
         """A sync transport that runs chat completions through the guard's pipeline."""
 
-        def __init__(self, guard: Guard, inner: Any, *, owns_inner: bool) -> None:
+        def __init__(
+            self,
+            guard: Guard,
+            inner: Any,
+            *,
+            owns_inner: bool,
+            raise_as: Callable[[BaseException], BaseException] | None = None,
+        ) -> None:
             self.guard = guard
             self.inner = inner
             self.owns_inner = owns_inner
             self._sends_via_client = isinstance(inner, httpx.Client)
+            # How the guard's errors must look for the client's SDK to hand them on unchanged.
+            self.raise_as = raise_as
 
         def _send_raw(self, request: Any) -> Any:
             if self._sends_via_client:
@@ -307,6 +316,14 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
             return self.inner.handle_request(request)
 
         def handle_request(self, request: Any) -> Any:
+            if self.raise_as is None:
+                return self._handle(request)
+            try:
+                return self._handle(request)
+            except AgentGuardError as exc:
+                raise self.raise_as(exc)  # noqa: B904 (the same error, retyped)
+
+        def _handle(self, request: Any) -> Any:
             dialect = dialect_for(request.method, request.url.path)
             if dialect is None:
                 legacy = _legacy_route(self.guard, request.method, request.url.path)
@@ -393,11 +410,13 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
             *,
             owns_inner: bool,
             inner_factory: Callable[[], Any] | None = None,
+            raise_as: Callable[[BaseException], BaseException] | None = None,
         ) -> None:
             self.guard = guard
             self.inner = inner
             self.owns_inner = owns_inner
             self._sends_via_client = isinstance(inner, httpx.AsyncClient)
+            self.raise_as = raise_as
             self.offload = not guard.store.is_sqlite
             # Connections belong to the event loop that opened them: an owned inner transport
             # is made once per loop, so the client works across asyncio.run() calls.
@@ -434,6 +453,14 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
             return await self.inner.handle_async_request(request)
 
         async def handle_async_request(self, request: Any) -> Any:
+            if self.raise_as is None:
+                return await self._handle(request)
+            try:
+                return await self._handle(request)
+            except AgentGuardError as exc:
+                raise self.raise_as(exc)  # noqa: B904 (the same error, retyped)
+
+        async def _handle(self, request: Any) -> Any:
             dialect = dialect_for(request.method, request.url.path)
             if dialect is None:
                 legacy = _legacy_route(self.guard, request.method, request.url.path)

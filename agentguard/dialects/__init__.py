@@ -6,13 +6,26 @@ request to the dialect that guards it.
 
 from __future__ import annotations
 
+from agentguard.dialects.anthropic_messages import ANTHROPIC_MESSAGES
 from agentguard.dialects.base import Answer, Dialect, StreamTap
 from agentguard.dialects.openai_chat import OPENAI_CHAT
 
-__all__ = ["DIALECTS", "Answer", "Dialect", "StreamTap", "dialect_for"]
+__all__ = [
+    "DIALECTS",
+    "FREE_ENDPOINTS",
+    "Answer",
+    "Dialect",
+    "StreamTap",
+    "dialect_for",
+    "dialect_named",
+    "free_endpoint",
+]
 
-DIALECTS: tuple[Dialect, ...] = (OPENAI_CHAT,)
+DIALECTS: tuple[Dialect, ...] = (OPENAI_CHAT, ANTHROPIC_MESSAGES)
 """Every dialect the transports guard, in the order requests are matched."""
+
+FREE_ENDPOINTS: tuple[str, ...] = ("/v1/messages/count_tokens",)
+"""``POST`` endpoints no provider bills (token counting): let through under a budget."""
 
 
 def dialect_for(method: str, path: str) -> Dialect | None:
@@ -21,3 +34,17 @@ def dialect_for(method: str, path: str) -> Dialect | None:
         if dialect.matches(method, path):
             return dialect
     return None
+
+
+def dialect_named(name: str) -> Dialect | None:
+    """The dialect called ``name`` (``openai_chat``, ``anthropic_messages`` ...), or ``None``."""
+    for dialect in DIALECTS:
+        if dialect.name == name:
+            return dialect
+    return None
+
+
+def free_endpoint(path: str) -> bool:
+    """Whether a ``POST`` to ``path`` is free (never billed, so never metered)."""
+    trimmed = path.rstrip("/")
+    return any(trimmed.endswith(endpoint) for endpoint in FREE_ENDPOINTS)

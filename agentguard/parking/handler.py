@@ -120,7 +120,12 @@ class Parker:
             budget_key=call.session.budget_key,
         )
         return self.park_session(
-            call.session, call.original_body, reason, None if failed else resume_at, failed=failed
+            call.session,
+            call.original_body,
+            reason,
+            None if failed else resume_at,
+            failed=failed,
+            dialect=call.dialect.name,
         )
 
     def gateway_reset(self, url: str | None, now: datetime) -> tuple[float, str] | None:
@@ -148,7 +153,12 @@ class Parker:
             budget_key=error.key,
         )
         return self.park_session(
-            call.session, call.original_body, reason, error.resets_at, failed=False
+            call.session,
+            call.original_body,
+            reason,
+            error.resets_at,
+            failed=False,
+            dialect=call.dialect.name,
         )
 
     def park_session(
@@ -159,6 +169,7 @@ class Parker:
         resume_at: datetime | None,
         *,
         failed: bool = False,
+        dialect: str = "openai_chat",
     ) -> ParkedSession:
         """Write (or update) the session's parked record in one transaction.
 
@@ -189,6 +200,7 @@ class Parker:
                 framework=session.framework,
                 resumer=session.resumer,
                 request=request,
+                dialect=dialect,
                 iterations=session.state.iterations,
                 spent_usd=session.state.spent_usd,
                 session_state=session.state.model_dump(mode="json"),

@@ -95,7 +95,8 @@ class Transition(_Model):
 class ParkedSession(_Model):
     """A parked session: the pending request and everything needed to resume it.
 
-    ``client.chat.completions.create(**parked.request)`` replays the pending call.
+    ``client.chat.completions.create(**parked.request)`` replays the pending call
+    (``client.messages.create`` when ``dialect`` is ``anthropic_messages``).
     """
 
     schema_version: int = SCHEMA_VERSION
@@ -109,6 +110,9 @@ class ParkedSession(_Model):
     request: dict[str, Any] = Field(default_factory=dict)
     """The pending ``chat.completions.create`` keyword arguments (model, messages, tools,
     params); never API keys or headers."""
+    dialect: str = "openai_chat"
+    """The wire API the pending request speaks (``openai_chat``, ``anthropic_messages``):
+    which client's call the ``replay`` resumer sends it with."""
     iterations: int = Field(default=0, ge=0)
     spent_usd: Decimal = Field(default=Decimal(0), ge=0)
     session_state: dict[str, Any] = Field(default_factory=dict)

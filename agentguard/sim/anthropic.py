@@ -422,6 +422,8 @@ class AnthropicDialect(Dialect):
             prompt_tokens=total,
             cached_tokens=read,
             completion_tokens=completion.completion_tokens,
+            cache_write_tokens=write_5m + write_1h,
+            cache_write_1h_tokens=write_1h,
         )
 
     @staticmethod

@@ -7,6 +7,8 @@ from genai-prices' Anthropic data, cache reads and 5-minute / 1-hour cache write
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -17,7 +19,13 @@ import anthropic
 import httpx2
 import pytest
 
-from agentguard import BudgetExceeded, PricingError, SessionParked, UnmeteredRequest
+from agentguard import (
+    BudgetExceeded,
+    PricingError,
+    RetryLimitExceeded,
+    SessionParked,
+    UnmeteredRequest,
+)
 from agentguard.guard import Guard
 from agentguard.pipeline import CallContext
 from agentguard.sim import GatewayKey, Reply, SimGateway, SimServer, ToolCall
@@ -270,6 +278,32 @@ def test_529_overloaded_is_retried_and_413_is_not(
     assert caught.value.status_code == 413
     assert "request_too_large" in str(caught.value.body)
     assert attempts(sim) == 1  # neither the guard nor the SDK sent it again
+
+
+def test_overload_past_the_retry_limit_is_one_error_and_the_sdk_adds_no_attempt(
+    sim: SimServer, make_guard: Callable[..., Guard]
+) -> None:
+    guard = make_guard(limits={"max_retries": 2})
+    client = client_for(guard, sim)  # the SDK's own max_retries (2) stays on
+    sim.fail_next(10, status=529)
+    with guard.session(), pytest.raises(RetryLimitExceeded) as caught:
+        client.messages.create(
+            model=HAIKU, max_tokens=50, messages=[{"role": "user", "content": "x"}]
+        )
+    assert isinstance(caught.value, anthropic.AnthropicError)
+    assert "529" in str(caught.value) and "Overloaded" in str(caught.value)
+    assert attempts(sim) == 3
+
+
+def test_import_agentguard_does_not_import_the_anthropic_sdk() -> None:
+    code = (
+        "import sys, agentguard; from agentguard import Guard; import agentguard.transport;"
+        "print('anthropic' in sys.modules)"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert output.strip() == "False"
 
 
 def test_routing_picks_claude_tiers(sim: SimServer, make_guard: Callable[..., Guard]) -> None:

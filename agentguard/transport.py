@@ -2,8 +2,9 @@
 
 An httpx transport sees every endpoint and every HTTP attempt of the client it is given to,
 survives ``with_options()``/``copy()``, and is how LangChain's ``ChatOpenAI(http_client=...)``
-and CrewAI's native OpenAI provider take a guard too. ``POST .../chat/completions`` goes
-through the pipeline. Under a dollar budget the legacy ``/completions`` and ``/embeddings``
+and CrewAI's native OpenAI provider take a guard too. A request a dialect speaks
+(``POST .../chat/completions``, Anthropic's ``POST .../v1/messages``) goes through the pipeline;
+token counting (``/v1/messages/count_tokens``) is free and passes. Under a dollar budget the legacy ``/completions`` and ``/embeddings``
 are metered (:mod:`agentguard.legacy`), and every other ``POST`` (``/responses``, files,
 images...) is refused with :class:`~agentguard.UnmeteredRequest` before it is sent, unless
 ``limits.unmetered`` names its endpoint; so is a chat completion whose body is not a JSON
@@ -75,8 +76,11 @@ def _refuse_unmetered(guard: Guard, method: str, path: str, reason: str | None =
     if reason is None:
         what = "not yet metered" if endpoint.endswith("/responses") else "not metered"
         reason = f"{method} {endpoint} is {what} by agentguard"
+        metered = (
+            "client.messages.create" if "/messages/" in endpoint else "client.chat.completions"
+        )
         fix = (
-            f"use client.chat.completions, or let this endpoint through unmetered with "
+            f"use {metered}, or let this endpoint through unmetered with "
             f'limits.unmetered = ["{endpoint}"] in the config'
         )
     else:

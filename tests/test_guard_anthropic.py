@@ -21,6 +21,7 @@ import pytest
 
 from agentguard import (
     BudgetExceeded,
+    LoopDetected,
     PricingError,
     RetryLimitExceeded,
     SessionParked,
@@ -295,6 +296,21 @@ def test_overload_past_the_retry_limit_is_one_error_and_the_sdk_adds_no_attempt(
     assert attempts(sim) == 3
 
 
+def test_loop_detection_reads_tool_use_blocks(make_guard: Callable[..., Guard]) -> None:
+    same = Reply(tool_calls=[ToolCall("read_file", {"path": "a.py"})])
+    with SimServer(script=[same] * 10) as sim:
+        guard = make_guard(limits={"loop_threshold": 3})
+        client = client_for(guard, sim)
+        messages: list[dict[str, Any]] = [{"role": "user", "content": "Read a.py"}]
+        with guard.session("looper"), pytest.raises(LoopDetected) as caught:
+            for step in range(5):
+                follow_up(
+                    messages, agent_step(client, messages, None, ("create", "stream")[step % 2])
+                )
+    assert caught.value.tool_name == "read_file" and caught.value.observed == 3
+    assert attempts(sim) == 3
+
+
 def test_import_agentguard_does_not_import_the_anthropic_sdk() -> None:
     code = (
         "import sys, agentguard; from agentguard import Guard; import agentguard.transport;"
@@ -351,6 +367,10 @@ def test_parked_anthropic_call_is_replayed_with_messages_create(
         record = guard.parked.get("claude-agent")
         assert record.dialect == "anthropic_messages"
         assert record.reason.kind == "budget_window" and record.request["model"] == SONNET
+        # The gateway refused in Anthropic's shape, with Anthropic's limit headers.
+        assert record.reason.error_type == "budget_exceeded"
+        assert "anthropic-ratelimit-requests-reset" in record.reason.headers
+        assert not any(name.startswith("x-ratelimit") for name in record.reason.headers)
         sent = attempts(sim)
         assert record.resume_at is not None
         time.sleep(max(0.0, (record.resume_at - datetime.now(UTC)).total_seconds()) + 0.05)

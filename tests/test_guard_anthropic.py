@@ -259,6 +259,21 @@ def test_a_429_parks_after_one_attempt_with_the_reset_from_anthropics_headers(
     assert 1790 <= waited <= 1830
 
 
+def test_a_long_429_without_parking_is_handed_back_once_and_the_sdk_does_not_retry_it(
+    sim: SimServer, make_guard: Callable[..., Guard]
+) -> None:
+    guard = make_guard(parking={"enabled": False})
+    client = client_for(guard, sim)  # the SDK would retry a 429 twice on its own
+    sim.rate_limit_next(5, retry_after=3600)
+    with guard.session(), pytest.raises(anthropic.RateLimitError) as caught:
+        client.messages.create(
+            model=HAIKU, max_tokens=50, messages=[{"role": "user", "content": "x"}]
+        )
+    assert caught.value.response.headers["retry-after"] == "3600"
+    assert caught.value.body["error"]["type"] == "rate_limit_error"
+    assert attempts(sim) == 1
+
+
 def test_529_overloaded_is_retried_and_413_is_not(
     sim: SimServer, make_guard: Callable[..., Guard]
 ) -> None:

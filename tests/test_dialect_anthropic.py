@@ -315,3 +315,6 @@ def test_error_bodies_and_caps() -> None:
     DIALECT.set_output_cap(request, 512, MODEL)
     assert DIALECT.output_cap(request) == 512
     assert DIALECT.ask_stream_usage({"stream": True}) is False
+    thinking = {"type": "enabled", "budget_tokens": 2000}
+    assert DIALECT.output_cap({"max_tokens": 4000, "thinking": thinking}) == 4000
+    assert DIALECT.output_cap({"max_tokens": 1000, "thinking": thinking}) == 2000

@@ -9,7 +9,8 @@
   (``width * height / 750``, after scaling to the largest native size; an image whose size is
   not in the request counts as the largest).
 * **Output.** ``max_tokens``, which the API requires; extended thinking
-  (``thinking.budget_tokens``) is generated within it.
+  (``thinking.budget_tokens``) is generated within it (a larger budget, which interleaved
+  thinking allows, is taken as the bound instead).
 * **Money.** Anthropic's ``input_tokens`` leaves out cache reads and writes;
   :meth:`~agentguard.pricing.Usage.from_anthropic` adds them back. The worst case prices every
   input token at the dearest rate the request can be billed at: the one-hour cache-write rate
@@ -108,10 +109,14 @@ class AnthropicMessages:
         return tokens + sum(claude_image_tokens(source) for source in _image_sources(body))
 
     def output_cap(self, body: Mapping[str, Any]) -> int | None:
-        cap = body.get("max_tokens")
-        if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0:
-            return cap
-        return None
+        cap = _positive(body.get("max_tokens"))
+        if cap is None:
+            return None
+        thinking = body.get("thinking")
+        budget = _positive(thinking.get("budget_tokens")) if isinstance(thinking, Mapping) else None
+        # Thinking is generated within max_tokens; only interleaved thinking may name a larger
+        # budget (for a whole turn), and then the larger number is the safe bound.
+        return max(cap, budget or 0)
 
     def set_output_cap(self, body: dict[str, Any], tokens: int, model: str) -> None:
         body["max_tokens"] = tokens
@@ -190,6 +195,12 @@ ANTHROPIC_MESSAGES = AnthropicMessages()
 
 
 # -- the request --------------------------------------------------------------------------------
+
+
+def _positive(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
 
 
 def _list(value: object) -> list[Any]:

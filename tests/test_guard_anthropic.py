@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -364,7 +365,7 @@ def test_routing_picks_claude_tiers(sim: SimServer, make_guard: Callable[..., Gu
 
 
 def test_parked_anthropic_call_is_replayed_with_messages_create(
-    make_guard: Callable[..., Guard],
+    make_guard: Callable[..., Guard], tmp_path: Path
 ) -> None:
     gateway = SimGateway({KEY: GatewayKey(limit_usd=0.0005, window_s=1.5)})
     with SimServer(gateway=gateway) as sim:
@@ -394,6 +395,10 @@ def test_parked_anthropic_call_is_replayed_with_messages_create(
     assert results == [response] and attempts(sim) == sent + 1
     done = guard.parked.get("claude-agent")
     assert done.state == "resumed" and done.result is not None and done.result["content"]
+    guard.close()
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
 
 
 def test_count_tokens_is_free_and_unmeterable_requests_are_refused_under_a_budget(

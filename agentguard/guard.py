@@ -167,8 +167,10 @@ class Guard:
         from agentguard.anthropic_sdk import is_anthropic_client, wrap_anthropic
 
         if is_anthropic_client(client):
+            import anthropic  # loaded already: the client is one of its
+
             guarded = wrap_anthropic(self, client)
-            if type(guarded).__name__ == "Anthropic":
+            if not isinstance(guarded, anthropic.AsyncAnthropic):
                 self._replay_clients["anthropic_messages"] = guarded
             return guarded  # type: ignore[no-any-return]
         import openai
@@ -282,8 +284,8 @@ class Guard:
             self._replay_client = client
 
     def _replay_client_for(self, dialect: str) -> Any:
-        if dialect == "openai_chat":
-            return self._replay_client
+        if dialect.startswith("openai"):
+            return self._replay_client  # every OpenAI API is called through the one client
         return self._replay_clients.get(dialect)
 
     def resume_problem(self, record: ParkedSession) -> str | None:

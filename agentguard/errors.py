@@ -3,7 +3,9 @@
 Every error is an :class:`AgentGuardError`, and every ``AgentGuardError`` is also an
 ``openai.OpenAIError``: the guard works inside the openai SDK's HTTP transport, and the SDK
 turns any other exception raised there into a retried ``APIConnectionError``. Subclassing
-``OpenAIError`` makes the SDK pass agentguard's errors through to the caller unchanged.
+``OpenAIError`` makes the SDK pass agentguard's errors through to the caller unchanged. The
+``anthropic`` SDK does the same with errors that are not ``AnthropicError``: a client wrapped for
+it raises agentguard's errors as subclasses of both (:mod:`agentguard.anthropic_sdk`).
 
 The tree::
 

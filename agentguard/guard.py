@@ -9,6 +9,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agentguard.config import GuardConfig, agentguard_home
+from agentguard.dialects import dialect_named
 from agentguard.engine import CallContext, CallStage, Pipeline
 from agentguard.errors import ConfigError, PricingError
 from agentguard.files import tighten_home
@@ -128,6 +129,8 @@ class Guard:
         """Registered resumers by name; see :meth:`resumer`."""
         self._result_callbacks: list[Callable[[ParkedSession, Any], None]] = []
         self._replay_client: Any = None
+        self._replay_clients: dict[str, Any] = {}
+        """Replay clients of the dialects other than chat completions, by dialect name."""
         parked_store = ParkedStore(self.store, on_corrupt=_log_corrupt)
         self.parker = Parker(
             self.config.parking, parked_store, max_retry_after_s=limits.max_retry_after_s
@@ -159,16 +162,27 @@ class Guard:
     # -- ways in --------------------------------------------------------------------------------
 
     def wrap(self, client: ClientT) -> ClientT:
-        """Return a copy of an ``openai.OpenAI`` or ``openai.AsyncOpenAI`` client whose model
-        calls go through the guard. The copy has the same type, options and interface; the
-        original client is left as it was.
+        """Return a copy of an ``openai.OpenAI`` / ``openai.AsyncOpenAI`` or
+        ``anthropic.Anthropic`` / ``anthropic.AsyncAnthropic`` client whose model calls go
+        through the guard. The copy has the same type, options and interface; the original
+        client is left as it was.
         """
+        from agentguard.anthropic_sdk import is_anthropic_client, wrap_anthropic
+
+        if is_anthropic_client(client):
+            import anthropic  # loaded already: the client is one of its
+
+            guarded = wrap_anthropic(self, client)
+            if not isinstance(guarded, anthropic.AsyncAnthropic):
+                self._replay_clients["anthropic_messages"] = guarded
+            return guarded  # type: ignore[no-any-return]
         import openai
 
         if not isinstance(client, (openai.OpenAI, openai.AsyncOpenAI)):
             raise TypeError(
-                f"Guard.wrap() takes an openai.OpenAI or openai.AsyncOpenAI client, not "
-                f"{type(client).__name__}; for other clients use guard.http_client()"
+                f"Guard.wrap() takes an openai.OpenAI / AsyncOpenAI or anthropic.Anthropic / "
+                f"AsyncAnthropic client, not {type(client).__name__}; for other clients use "
+                f"guard.http_client()"
             )
         inner = client._client
         classes = transports(flavour_for_client(inner))
@@ -263,8 +277,19 @@ class Guard:
 
     def set_replay_client(self, client: Any) -> None:
         """The client the ``replay`` resumer re-sends pending requests through (default: the
-        last sync ``openai.OpenAI`` client wrapped by this guard)."""
-        self._replay_client = client
+        last sync ``openai.OpenAI`` client wrapped by this guard; for parked Anthropic calls,
+        the last sync ``anthropic.Anthropic`` client wrapped)."""
+        from agentguard.anthropic_sdk import is_anthropic_client
+
+        if is_anthropic_client(client):
+            self._replay_clients["anthropic_messages"] = client
+        else:
+            self._replay_client = client
+
+    def _replay_client_for(self, dialect: str) -> Any:
+        if dialect.startswith("openai"):
+            return self._replay_client  # every OpenAI API is called through the one client
+        return self._replay_clients.get(dialect)
 
     def resume_problem(self, record: ParkedSession) -> str | None:
         """Why this process cannot resume ``record`` (its resumer is not registered, or the
@@ -274,10 +299,11 @@ class Guard:
                 f"session {record.session_id!r} resumes with {record.resumer!r}, which is not "
                 f"registered here (registered: {', '.join(sorted(self.resumers))})"
             )
-        if record.resumer == "replay" and self._replay_client is None:
+        if record.resumer == "replay" and self._replay_client_for(record.dialect) is None:
+            sdk = "anthropic" if record.dialect.startswith("anthropic") else "openai"
             return (
                 f"session {record.session_id!r} resumes with 'replay', which needs the "
-                "application's wrapped openai client (guard.wrap or guard.set_replay_client)"
+                f"application's wrapped {sdk} client (guard.wrap or guard.set_replay_client)"
             )
         return None
 
@@ -303,22 +329,20 @@ class Guard:
         return session
 
     def _replay(self, parked: ParkedSession) -> Any:
-        client = self._replay_client
-        if client is None:
+        dialect = dialect_named(parked.dialect)
+        if dialect is None:
             raise RuntimeError(
-                "the replay resumer has no client: wrap an openai.OpenAI client with this guard "
+                f"the replay resumer cannot resend a {parked.dialect!r} request: this agentguard "
+                "does not speak that API"
+            )
+        client = self._replay_client_for(dialect.name)
+        if client is None:
+            sdk = "anthropic.Anthropic" if dialect.name.startswith("anthropic") else "openai.OpenAI"
+            raise RuntimeError(
+                f"the replay resumer has no client: wrap an {sdk} client with this guard "
                 "(guard.wrap) or call guard.set_replay_client(client) in the application"
             )
-        request = {k: v for k, v in parked.request.items() if k not in ("stream", "stream_options")}
-        if parked.api == "openai_responses":
-            response = client.responses.create(**request)
-        elif parked.api == "openai_chat":
-            response = client.chat.completions.create(**request)
-        else:
-            raise RuntimeError(
-                f"the replay resumer replays OpenAI calls; session {parked.session_id!r} parked "
-                f"a {parked.api} call: register a resumer for it"
-            )
+        response = dialect.replay(client, parked.request)
         for callback in self._result_callbacks:
             callback(parked, response)
         return response

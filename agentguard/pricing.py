@@ -78,7 +78,9 @@ class Usage:
         output_tokens: all generated tokens, reasoning included.
         reasoning_tokens: generated tokens spent on hidden reasoning.
         cache_write_tokens: prompt tokens written to the prompt cache (providers that bill
-            cache writes; OpenAI does not).
+            cache writes; OpenAI does not), at any cache lifetime.
+        cache_write_1h_tokens: of the cache writes, those kept for an hour (Anthropic bills
+            them above the default 5-minute writes).
 
     Raises:
         ValueError: a count is negative, or a breakdown exceeds its total.
@@ -89,6 +91,7 @@ class Usage:
     output_tokens: int = 0
     reasoning_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
 
     def __post_init__(self) -> None:
         if (
@@ -98,6 +101,7 @@ class Usage:
                 self.output_tokens,
                 self.reasoning_tokens,
                 self.cache_write_tokens,
+                self.cache_write_1h_tokens,
             )
             < 0
         ):
@@ -106,6 +110,11 @@ class Usage:
             raise ValueError(
                 f"cached ({self.cached_input_tokens}) plus cache-write ({self.cache_write_tokens}) "
                 f"tokens exceed input_tokens ({self.input_tokens}); input_tokens includes them"
+            )
+        if self.cache_write_1h_tokens > self.cache_write_tokens:
+            raise ValueError(
+                f"cache_write_1h_tokens ({self.cache_write_1h_tokens}) exceed cache_write_tokens "
+                f"({self.cache_write_tokens}); cache_write_tokens includes them"
             )
         if self.reasoning_tokens > self.output_tokens:
             raise ValueError(
@@ -172,6 +181,46 @@ class Usage:
             cache_write_tokens=cache_write,
         )
 
+    @classmethod
+    def from_anthropic(cls, usage: Mapping[str, Any] | object | None) -> Usage | None:
+        """Read the ``usage`` of an Anthropic Messages response.
+
+        Anthropic's ``input_tokens`` leaves out the prompt tokens read from the cache
+        (``cache_read_input_tokens``) and written to it (``cache_creation_input_tokens``);
+        agentguard's ``input_tokens`` includes them. The writes are split by lifetime in
+        ``cache_creation.ephemeral_5m_input_tokens`` / ``ephemeral_1h_input_tokens``; without
+        that split every write counts as a 5-minute one (the API's default lifetime).
+
+        Args:
+            usage: the response's ``usage`` (decoded JSON or the SDK's object), or ``None``.
+
+        Returns:
+            The usage, or ``None`` when the response reported none.
+
+        Raises:
+            ValueError: a count is not a whole number.
+        """
+        if usage is None:
+            return None
+        uncached = _read(usage, "input_tokens")
+        output = _read(usage, "output_tokens")
+        if uncached is None and output is None:
+            return None
+        read = _count(_read(usage, "cache_read_input_tokens"), "cache_read_input_tokens")
+        written = _count(_read(usage, "cache_creation_input_tokens"), "cache_creation_input_tokens")
+        split = _read(usage, "cache_creation")
+        written_5m = _count(_read(split, "ephemeral_5m_input_tokens"), "ephemeral_5m_input_tokens")
+        written_1h = _count(_read(split, "ephemeral_1h_input_tokens"), "ephemeral_1h_input_tokens")
+        # The split and the total should agree; if not, the larger is billed.
+        written = max(written, written_5m + written_1h)
+        return cls(
+            input_tokens=_count(uncached, "input_tokens") + read + written,
+            cached_input_tokens=read,
+            output_tokens=_count(output, "output_tokens"),
+            cache_write_tokens=written,
+            cache_write_1h_tokens=written_1h,
+        )
+
     def __add__(self, other: object) -> Usage:
         if not isinstance(other, Usage):
             return NotImplemented
@@ -181,6 +230,7 @@ class Usage:
             output_tokens=self.output_tokens + other.output_tokens,
             reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
             cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
+            cache_write_1h_tokens=self.cache_write_1h_tokens + other.cache_write_1h_tokens,
         )
 
     def __radd__(self, other: object) -> Usage:
@@ -237,6 +287,8 @@ def _count(value: object, name: str) -> int:
 
 
 PriceSource = Literal["genai-prices", "override"]
+CacheWrites = Literal["any", "none", "5m", "1h"]
+"""Which prompt-cache writes a call can make (see :meth:`ModelPrice.worst_case`)."""
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -252,7 +304,8 @@ class ModelPrice:
         cached_input: per input token read from the prompt cache.
         output: per output token that is not reasoning.
         reasoning: per reasoning token.
-        cache_write: per input token written to the prompt cache.
+        cache_write: per input token written to the prompt cache (the default lifetime).
+        cache_write_1h: per input token written to the prompt cache for an hour (Anthropic).
         request: per call, on top of the tokens (a few providers charge one).
         context_window: the most input tokens the model takes, when known.
         source: ``"genai-prices"`` or ``"override"``.
@@ -269,6 +322,7 @@ class ModelPrice:
     output: Decimal
     reasoning: Decimal
     cache_write: Decimal
+    cache_write_1h: Decimal
     request: Decimal
     context_window: int | None
     source: PriceSource
@@ -285,6 +339,7 @@ class ModelPrice:
         cached_input: Decimal | None = None,
         reasoning: Decimal | None = None,
         cache_write: Decimal | None = None,
+        cache_write_1h: Decimal | None = None,
         request: Decimal = _ZERO,
         context_window: int | None = None,
         source: PriceSource = "override",
@@ -292,17 +347,20 @@ class ModelPrice:
         tiers: Iterable[ModelPrice] = (),
     ) -> None:
         """Make a price. Unset prices fall back to the price the token would otherwise be billed
-        at: cached input and cache writes to ``input``, reasoning to ``output``.
+        at: cached input and cache writes to ``input`` (hour-long writes to ``cache_write``),
+        reasoning to ``output``.
 
         Raises:
             ValueError: a price is negative or not finite, or the tiers are out of order.
         """
+        write = input if cache_write is None else cache_write
         values = {
             "input": input,
             "cached_input": input if cached_input is None else cached_input,
             "output": output,
             "reasoning": output if reasoning is None else reasoning,
-            "cache_write": input if cache_write is None else cache_write,
+            "cache_write": write,
+            "cache_write_1h": write if cache_write_1h is None else cache_write_1h,
             "request": request,
         }
         for name, value in values.items():
@@ -344,22 +402,34 @@ class ModelPrice:
         price = self.for_input_tokens(usage.input_tokens) if self.tiers else self
         uncached = usage.input_tokens - usage.cached_input_tokens - usage.cache_write_tokens
         visible_output = usage.output_tokens - usage.reasoning_tokens
+        short_writes = usage.cache_write_tokens - usage.cache_write_1h_tokens
         return (
             uncached * price.input
             + usage.cached_input_tokens * price.cached_input
-            + usage.cache_write_tokens * price.cache_write
+            + short_writes * price.cache_write
+            + usage.cache_write_1h_tokens * price.cache_write_1h
             + visible_output * price.output
             + usage.reasoning_tokens * price.reasoning
             + price.request
         )
 
-    def worst_case(self, input_tokens: int, max_output_tokens: int) -> Decimal:
+    def worst_case(
+        self, input_tokens: int, max_output_tokens: int, *, cache_writes: CacheWrites = "any"
+    ) -> Decimal:
         """The most a call can cost with at most these many input and output tokens.
 
-        Every input token is priced at the dearest input rate (uncached, cached or cache write)
+        Every input token is priced at the dearest input rate (uncached, cached or a cache write
+        of either lifetime)
         and every output token at the dearer of the output and reasoning rates, in the dearest
         tier a call of at most ``input_tokens`` can fall in. So ``cost(usage)`` never exceeds
         it for a usage within the bounds.
+
+        Args:
+            input_tokens: the most input tokens the call can bill.
+            max_output_tokens: the most output tokens it can generate.
+            cache_writes: which prompt-cache writes the call can make: ``"any"`` (not known),
+                ``"none"`` (a request that marks nothing for caching, on an API that caches
+                only what is marked), or the longest lifetime it asks for (``"5m"``, ``"1h"``).
 
         Raises:
             ValueError: a count is negative.
@@ -369,18 +439,25 @@ class ModelPrice:
                 f"token counts cannot be negative: input_tokens={input_tokens}, "
                 f"max_output_tokens={max_output_tokens}"
             )
-        worst = self._flat_worst_case(input_tokens, max_output_tokens)
+        worst = self._flat_worst_case(input_tokens, max_output_tokens, cache_writes)
         for tier in self.tiers:
             if input_tokens <= tier.tier_start:
                 break
             # Smaller calls in a cheaper tier are covered too, even if the data had a tier
             # cheaper than the one below it.
-            worst = max(worst, tier._flat_worst_case(input_tokens, max_output_tokens))
+            worst = max(worst, tier._flat_worst_case(input_tokens, max_output_tokens, cache_writes))
         return worst
 
-    def _flat_worst_case(self, input_tokens: int, max_output_tokens: int) -> Decimal:
+    def _flat_worst_case(
+        self, input_tokens: int, max_output_tokens: int, cache_writes: CacheWrites
+    ) -> Decimal:
+        rates = [self.input, self.cached_input]
+        if cache_writes != "none":
+            rates.append(self.cache_write)
+        if cache_writes in ("any", "1h"):
+            rates.append(self.cache_write_1h)
         return (
-            input_tokens * max(self.input, self.cached_input, self.cache_write)
+            input_tokens * max(rates)
             + max_output_tokens * max(self.output, self.reasoning)
             + self.request
         )
@@ -573,6 +650,7 @@ def _price_from_model_info(
             "output_mtok",
             "cache_read_mtok",
             "cache_write_mtok",
+            "cache_write_1h_mtok",
             "output_reasoning_mtok",
             "requests_kcount",
         )
@@ -604,6 +682,7 @@ def _price_from_model_info(
             cached_input=_optional_per_token(at["cache_read_mtok"]),
             reasoning=_optional_per_token(at["output_reasoning_mtok"]),
             cache_write=_optional_per_token(at["cache_write_mtok"]),
+            cache_write_1h=_optional_per_token(at["cache_write_1h_mtok"]),
             request=_ZERO if request is None else request / _REQUESTS_PER_KCOUNT,
             context_window=info.context_window,
             source="genai-prices",

@@ -3,12 +3,13 @@
 An httpx transport sees every endpoint and every HTTP attempt of the client it is given to,
 survives ``with_options()``/``copy()``, and is how LangChain's ``ChatOpenAI(http_client=...)``
 and CrewAI's native OpenAI provider take a guard too. A request one of the dialects speaks
-(:mod:`agentguard.dialects`: ``/chat/completions``, ``/responses``) goes through the pipeline.
-Under a dollar budget the legacy ``/completions`` and ``/embeddings`` are metered
-(:mod:`agentguard.legacy`), and every other ``POST`` (files, images...) is refused with
-:class:`~agentguard.UnmeteredRequest` before it is sent, unless ``limits.unmetered`` names its
-endpoint or no provider bills it (token counts, cancellations); so is a model call whose body
-is not a JSON object. Without a budget they pass through untouched.
+(:mod:`agentguard.dialects`: ``/chat/completions``, ``/responses``, Anthropic's ``/v1/messages``)
+goes through the pipeline. Under a dollar budget the legacy ``/completions`` and
+``/embeddings`` are metered (:mod:`agentguard.legacy`), and every other ``POST`` (files,
+images...) is refused with :class:`~agentguard.UnmeteredRequest` before it is sent, unless
+``limits.unmetered`` names its endpoint or no provider bills it (token counts, cancellations);
+so is a model call whose body is not a JSON object. Without a budget they pass through
+untouched.
 
 openai 2.x speaks ``httpx``; openai 3.x speaks ``httpx2``, a fork with the same API. The
 transport classes are built for whichever of the two the client uses.
@@ -24,10 +25,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from types import ModuleType, SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from agentguard.dialects import dialect_for
+from agentguard.dialects import dialect_for, free_endpoint
 from agentguard.engine.actions import Outcome, Reply, TransportFailure
 from agentguard.engine.drivers import Effects, drive_async, drive_sync
-from agentguard.errors import UnmeteredRequest
+from agentguard.errors import AgentGuardError, UnmeteredRequest
 from agentguard.legacy import legacy_endpoint, run_legacy
 from agentguard.log import logger
 from agentguard.parking.handler import request_url
@@ -57,14 +58,6 @@ def _budget_of(session: Session) -> str | None:
     return ", ".join(f"{line.key!r} (${line.limit_usd})" for line in limited)
 
 
-# Posts that no provider bills: counting tokens, cancelling a background response.
-_FREE_SUFFIXES = ("/input_tokens", "/count_tokens", "/cancel")
-
-
-def _free_path(path: str) -> bool:
-    return path.rstrip("/").endswith(_FREE_SUFFIXES)
-
-
 def _allowed_unmetered(guard: Guard, path: str) -> bool:
     trimmed = path.rstrip("/")
     return any(trimmed.endswith(allowed.rstrip("/")) for allowed in guard.config.limits.unmetered)
@@ -73,7 +66,7 @@ def _allowed_unmetered(guard: Guard, path: str) -> bool:
 def _refuse_unmetered(guard: Guard, method: str, path: str, reason: str | None = None) -> None:
     """Raise :class:`UnmeteredRequest` for a request the guard cannot meter, when a budget
     applies and ``limits.unmetered`` does not allow the endpoint; otherwise return."""
-    if reason is None and (method.upper() in _FREE_METHODS or _free_path(path)):
+    if reason is None and (method.upper() in _FREE_METHODS or free_endpoint(path)):
         return
     if _allowed_unmetered(guard, path):
         return
@@ -83,9 +76,14 @@ def _refuse_unmetered(guard: Guard, method: str, path: str, reason: str | None =
     endpoint = path.rstrip("/") or "/"
     if reason is None:
         reason = f"{method} {endpoint} is not metered by agentguard"
+        metered = (
+            "client.messages.create"
+            if "/messages/" in endpoint
+            else "client.chat.completions or client.responses"
+        )
         fix = (
-            f"use client.chat.completions or client.responses, or let this endpoint through "
-            f'unmetered with limits.unmetered = ["{endpoint}"] in the config'
+            f"use {metered}, or let this endpoint through unmetered with "
+            f'limits.unmetered = ["{endpoint}"] in the config'
         )
     else:
         fix = f'fix the request, or let this endpoint through unmetered with limits.unmetered = ["{endpoint}"]'
@@ -263,11 +261,20 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
     class GuardTransport(httpx.BaseTransport):  # type: ignore[misc,name-defined]
         """A sync transport that runs chat completions through the guard's pipeline."""
 
-        def __init__(self, guard: Guard, inner: Any, *, owns_inner: bool) -> None:
+        def __init__(
+            self,
+            guard: Guard,
+            inner: Any,
+            *,
+            owns_inner: bool,
+            raise_as: Callable[[BaseException], BaseException] | None = None,
+        ) -> None:
             self.guard = guard
             self.inner = inner
             self.owns_inner = owns_inner
             self._sends_via_client = isinstance(inner, httpx.Client)
+            # How the guard's errors must look for the client's SDK to hand them on unchanged.
+            self.raise_as = raise_as
 
         def _send_raw(self, request: Any) -> Any:
             if self._sends_via_client:
@@ -280,6 +287,14 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
             return self.inner.handle_request(request)
 
         def handle_request(self, request: Any) -> Any:
+            if self.raise_as is None:
+                return self._handle(request)
+            try:
+                return self._handle(request)
+            except AgentGuardError as exc:
+                raise self.raise_as(exc)  # noqa: B904 (the same error, retyped)
+
+        def _handle(self, request: Any) -> Any:
             dialect = dialect_for(request.method, request.url.path)
             if dialect is None:
                 legacy = _legacy_route(self.guard, request.method, request.url.path)
@@ -369,11 +384,13 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
             *,
             owns_inner: bool,
             inner_factory: Callable[[], Any] | None = None,
+            raise_as: Callable[[BaseException], BaseException] | None = None,
         ) -> None:
             self.guard = guard
             self.inner = inner
             self.owns_inner = owns_inner
             self._sends_via_client = isinstance(inner, httpx.AsyncClient)
+            self.raise_as = raise_as
             self.offload = not guard.store.is_sqlite
             # Connections belong to the event loop that opened them: an owned inner transport
             # is made once per loop, so the client works across asyncio.run() calls.
@@ -410,6 +427,14 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
             return await self.inner.handle_async_request(request)
 
         async def handle_async_request(self, request: Any) -> Any:
+            if self.raise_as is None:
+                return await self._handle(request)
+            try:
+                return await self._handle(request)
+            except AgentGuardError as exc:
+                raise self.raise_as(exc)  # noqa: B904 (the same error, retyped)
+
+        async def _handle(self, request: Any) -> Any:
             dialect = dialect_for(request.method, request.url.path)
             if dialect is None:
                 legacy = _legacy_route(self.guard, request.method, request.url.path)

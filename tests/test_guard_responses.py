@@ -225,7 +225,7 @@ def test_a_rate_limit_parks_after_one_attempt_and_replays_as_a_response(
             client.responses.create(model="gpt-4o", input="hello", max_output_tokens=30)
         assert attempts(sim) == 1
         record = guard.parked.get("chained")
-        assert record.api == "openai_responses"
+        assert record.dialect == "openai_responses"
         assert record.request["input"] == "hello"
         assert caught.value.resume_at is not None
         result = guard.parked.resume("chained")

@@ -402,3 +402,66 @@ def test_scripted_errors_garbage_and_cut_streams() -> None:
         ):
             stream.get_final_message()
         assert sim.pending_faults == 0
+
+
+def test_claude_is_billed_at_anthropics_prices_with_both_cache_write_lifetimes() -> None:
+    import genai_prices
+
+    gateway = SimGateway({"sk-ant-b": GatewayKey(limit_usd=Decimal(10), window_s=60)})
+    with SimServer(script=["Noted."] * 3, gateway=gateway) as sim:
+        client = anthropic.Anthropic(base_url=sim.url, api_key="sk-ant-b", max_retries=0)
+        system = [
+            {
+                "type": "text",
+                "text": LONG_SYSTEM,
+                "cache_control": {"type": "ephemeral", "ttl": "1h"},
+            }
+        ]
+        turn = [
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "text",
+                        "text": LONG_SYSTEM + QUESTION,
+                        "cache_control": {"type": "ephemeral"},
+                    }
+                ],
+            }
+        ]
+        expected = Decimal(0)
+        for _ in range(2):
+            usage = ask(client, system=system, messages=turn).usage
+            split = usage.cache_creation
+            expected += genai_prices.calc_price(
+                genai_prices.Usage(
+                    input_tokens=usage.input_tokens
+                    + usage.cache_creation_input_tokens
+                    + usage.cache_read_input_tokens,
+                    cache_read_tokens=usage.cache_read_input_tokens,
+                    cache_write_tokens=usage.cache_creation_input_tokens,
+                    cache_write_1h_tokens=split.ephemeral_1h_input_tokens,
+                    output_tokens=usage.output_tokens,
+                ),
+                MODEL,
+                provider_id="anthropic",
+            ).total_price
+        assert sim.billed_usd() == expected == gateway.spent("sk-ant-b")
+        first_price = gateway.price(MODEL)
+        assert first_price.input == Decimal("0.000001") and first_price.cache_write_1h == Decimal(
+            "0.000002"
+        )
+
+
+def test_scripted_limit_errors_carry_anthropics_headers() -> None:
+    limited = ModelError(
+        429, "Slow down.", "rate_limit_error", headers={"x-ratelimit-reset-tokens": "20s"}
+    )
+    with SimServer(script=[Reply(model_error=limited)]) as sim:
+        client = anthropic.Anthropic(base_url=sim.url, api_key="sk-ant-test", max_retries=0)
+        with pytest.raises(anthropic.RateLimitError) as caught:
+            ask(client, messages=[{"role": "user", "content": "hi"}])
+    headers = caught.value.response.headers
+    assert "anthropic-ratelimit-tokens-reset" in headers
+    assert not any(name.startswith("x-ratelimit") for name in headers)
+    assert caught.value.body["error"]["type"] == "rate_limit_error"

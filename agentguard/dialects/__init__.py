@@ -6,14 +6,32 @@ the second; :func:`dialect_for` matches an HTTP request to the dialect that guar
 
 from __future__ import annotations
 
+from agentguard.dialects.anthropic_messages import ANTHROPIC_MESSAGES
 from agentguard.dialects.base import Answer, Dialect, StreamTap
 from agentguard.dialects.openai_chat import OPENAI_CHAT
 from agentguard.dialects.openai_responses import OPENAI_RESPONSES
 
-__all__ = ["DIALECTS", "Answer", "Dialect", "StreamTap", "dialect_for"]
+__all__ = [
+    "DIALECTS",
+    "FREE_ENDPOINTS",
+    "Answer",
+    "Dialect",
+    "StreamTap",
+    "dialect_for",
+    "dialect_named",
+    "free_endpoint",
+]
 
-DIALECTS: tuple[Dialect, ...] = (OPENAI_CHAT, OPENAI_RESPONSES)
+DIALECTS: tuple[Dialect, ...] = (OPENAI_CHAT, OPENAI_RESPONSES, ANTHROPIC_MESSAGES)
 """Every dialect the transports guard, in the order requests are matched."""
+
+FREE_ENDPOINTS: tuple[str, ...] = (
+    "/v1/messages/count_tokens",
+    "/responses/input_tokens",
+    "/cancel",
+)
+"""``POST`` endpoints no provider bills (token counting, cancelling a background response):
+let through under a budget."""
 
 
 def dialect_for(method: str, path: str) -> Dialect | None:
@@ -22,3 +40,17 @@ def dialect_for(method: str, path: str) -> Dialect | None:
         if dialect.matches(method, path):
             return dialect
     return None
+
+
+def dialect_named(name: str) -> Dialect | None:
+    """The dialect called ``name`` (``openai_chat``, ``anthropic_messages`` ...), or ``None``."""
+    for dialect in DIALECTS:
+        if dialect.name == name:
+            return dialect
+    return None
+
+
+def free_endpoint(path: str) -> bool:
+    """Whether a ``POST`` to ``path`` is free (never billed, so never metered)."""
+    trimmed = path.rstrip("/")
+    return any(trimmed.endswith(endpoint) for endpoint in FREE_ENDPOINTS)

@@ -152,3 +152,8 @@ class Dialect(Protocol):
     def error_message(self, payload: object) -> str | None:
         """The human message of an error body (decoded JSON), or ``None`` if it has none."""
         ...
+
+    def replay(self, client: Any, request: Mapping[str, Any]) -> Any:
+        """Send a parked request again through a wrapped client of this API (the ``replay``
+        resumer); return the client's response."""
+        ...

@@ -114,6 +114,10 @@ class OpenAIChat:
     def error_message(self, payload: object) -> str | None:
         return openai_error_message(payload)
 
+    def replay(self, client: Any, request: Mapping[str, Any]) -> Any:
+        kept = {k: v for k, v in request.items() if k not in ("stream", "stream_options")}
+        return client.chat.completions.create(**kept)
+
 
 def openai_error_message(payload: object) -> str | None:
     """The ``error.message`` of an OpenAI-shaped error body."""

@@ -136,6 +136,10 @@ class OpenAIResponses:
     def error_message(self, payload: object) -> str | None:
         return openai_error_message(payload)
 
+    def replay(self, client: Any, request: Mapping[str, Any]) -> Any:
+        kept = {k: v for k, v in request.items() if k not in ("stream", "stream_options")}
+        return client.responses.create(**kept)
+
 
 def response_answer(payload: Mapping[str, Any]) -> Answer:
     """Read a ``response`` object: its text, function calls, usage, tier and id."""

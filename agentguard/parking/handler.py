@@ -125,7 +125,7 @@ class Parker:
             reason,
             None if failed else resume_at,
             failed=failed,
-            api=call.dialect.name,
+            dialect=call.dialect.name,
         )
 
     def gateway_reset(self, url: str | None, now: datetime) -> tuple[float, str] | None:
@@ -158,7 +158,7 @@ class Parker:
             reason,
             error.resets_at,
             failed=False,
-            api=call.dialect.name,
+            dialect=call.dialect.name,
         )
 
     def park_session(
@@ -169,7 +169,7 @@ class Parker:
         resume_at: datetime | None,
         *,
         failed: bool = False,
-        api: str = "openai_chat",
+        dialect: str = "openai_chat",
     ) -> ParkedSession:
         """Write (or update) the session's parked record in one transaction.
 
@@ -199,8 +199,8 @@ class Parker:
                 budget_key=session.budget_key,
                 framework=session.framework,
                 resumer=session.resumer,
-                api=api,
                 request=request,
+                dialect=dialect,
                 iterations=session.state.iterations,
                 spent_usd=session.state.spent_usd,
                 session_state=session.state.model_dump(mode="json"),

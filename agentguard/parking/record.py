@@ -96,7 +96,8 @@ class ParkedSession(_Model):
     """A parked session: the pending request and everything needed to resume it.
 
     ``client.chat.completions.create(**parked.request)`` replays a pending chat completion;
-    ``api`` says which call to replay for the other wire APIs.
+    ``dialect`` says which call replays the other wire APIs (``responses.create``,
+    ``messages.create``).
     """
 
     schema_version: int = SCHEMA_VERSION
@@ -105,14 +106,14 @@ class ParkedSession(_Model):
     budget_key: str = "default"
     framework: str = "openai"
     """Who parked it: ``openai``, ``langchain``, ``crewai``, ``openclaw``..."""
-    api: str = "openai_chat"
-    """The wire API ``request`` speaks: ``openai_chat`` (``chat.completions.create``),
-    ``openai_responses`` (``responses.create``), ``anthropic_messages`` (``messages.create``)."""
     resumer: str = "replay"
     """The registered resumer that continues it (never an import path)."""
     request: dict[str, Any] = Field(default_factory=dict)
-    """The pending call's keyword arguments in its ``api`` (model, messages or input, tools,
-    params); never API keys or headers."""
+    """The pending call's keyword arguments in its ``dialect`` (model, messages or input,
+    tools, params); never API keys or headers."""
+    dialect: str = "openai_chat"
+    """The wire API the pending request speaks (``openai_chat``, ``openai_responses``,
+    ``anthropic_messages``): which client's call the ``replay`` resumer sends it with."""
     iterations: int = Field(default=0, ge=0)
     spent_usd: Decimal = Field(default=Decimal(0), ge=0)
     session_state: dict[str, Any] = Field(default_factory=dict)

@@ -57,6 +57,13 @@ def _summarise(result: Any) -> dict[str, Any]:
             if isinstance(message, dict):
                 summary["content"] = (message.get("content") or "")[:2000]
                 summary["tool_calls"] = len(message.get("tool_calls") or [])
+            elif data.get("type") == "message" and isinstance(data.get("content"), list):
+                # An Anthropic message: content blocks.
+                blocks = [b for b in data["content"] if isinstance(b, dict)]
+                text = "".join(str(b.get("text") or "") for b in blocks if b.get("type") == "text")
+                summary["content"] = text[:2000]
+                summary["tool_calls"] = sum(1 for b in blocks if b.get("type") == "tool_use")
+                return summary
             if not choices:
                 summary["value"] = str(data)[:2000]
             return summary

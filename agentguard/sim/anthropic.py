@@ -185,10 +185,11 @@ class AnthropicDialect(Dialect):
         )
 
     def model_error(self, error: ModelError) -> ErrorAnswer:
-        """A scripted error; OpenAI's default type becomes the status's Anthropic type."""
+        """A scripted error; OpenAI's default type becomes the status's Anthropic type, and
+        OpenAI-style limit headers Anthropic's."""
         type_ = None if error.type == "invalid_request_error" else error.type
         answer = self.error(error.status, error.message, type_)
-        answer.headers.update(error.headers or {})
+        answer.headers.update(_anthropic_headers(error.headers or {}))
         return answer
 
     # -- requests ---------------------------------------------------------------------------
@@ -422,6 +423,8 @@ class AnthropicDialect(Dialect):
             prompt_tokens=total,
             cached_tokens=read,
             completion_tokens=completion.completion_tokens,
+            cache_write_tokens=write_5m + write_1h,
+            cache_write_1h_tokens=write_1h,
         )
 
     @staticmethod

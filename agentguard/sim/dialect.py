@@ -77,6 +77,8 @@ class Answer:
         prompt_tokens: input tokens billed, cached ones included.
         cached_tokens: input tokens read from the cache.
         completion_tokens: output tokens billed, reasoning included.
+        cache_write_tokens: input tokens written to the cache (billed above the input price).
+        cache_write_1h_tokens: of those, the ones written for an hour.
     """
 
     body: dict[str, Any]
@@ -84,6 +86,8 @@ class Answer:
     prompt_tokens: int
     cached_tokens: int
     completion_tokens: int
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
 
 
 class Dialect(ABC):
@@ -193,6 +197,8 @@ def serve_dialect(
         answer.prompt_tokens,
         answer.completion_tokens,
         cached_tokens=answer.cached_tokens,
+        cache_write_tokens=answer.cache_write_tokens,
+        cache_write_1h_tokens=answer.cache_write_1h_tokens,
     )
     if delay:
         sim._stopping.wait(delay)
@@ -200,7 +206,12 @@ def serve_dialect(
     extra: dict[str, str] = {}
     if gateway is not None and api_key is not None:
         cost = gateway.cost(
-            turn.chat["model"], answer.prompt_tokens, answer.cached_tokens, answer.completion_tokens
+            turn.chat["model"],
+            answer.prompt_tokens,
+            answer.cached_tokens,
+            answer.completion_tokens,
+            cache_write_tokens=answer.cache_write_tokens,
+            cache_write_1h_tokens=answer.cache_write_1h_tokens,
         )
         spent = gateway.charge(api_key, cost)
         if gateway.style == "litellm":

@@ -2,7 +2,7 @@
 
 The simulated provider then behaves like a metered provider or a LiteLLM proxy in front of one:
 each key has a dollar limit per window; each answer's cost (its usage at real prices, from
-genai-prices) is charged to the key that asked; once a key's spend reaches its limit, requests
+genai-prices; Claude models at Anthropic's, cache writes included) is charged to the key that asked; once a key's spend reaches its limit, requests
 are refused until the window resets.
 
 A window starts at the first request a key makes and lasts ``window_s`` seconds; the next window
@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agentguard.sim.payloads import error_body, format_reset_duration
 
-__all__ = ["GatewayKey", "GatewayStyle", "ModelPrice", "Rejection", "SimGateway"]
+__all__ = ["GatewayKey", "GatewayStyle", "ModelPrice", "Rejection", "SimGateway", "list_price"]
 
 GatewayStyle = Literal["openai", "litellm"]
 """How the gateway words its refusals: like OpenAI (429 with reset headers) or like LiteLLM's
@@ -55,20 +55,81 @@ class GatewayKey(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
-    """Dollars per token for one model."""
+    """Dollars per token for one model (cache writes at the input price unless given)."""
 
     input: Decimal
     cached_input: Decimal
     output: Decimal
+    cache_write: Decimal | None = None
+    """Per prompt token written to the cache for the default five minutes (Anthropic)."""
+    cache_write_1h: Decimal | None = None
+    """Per prompt token written to the cache for an hour (Anthropic)."""
 
-    def cost(self, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> Decimal:
-        """The cost of one answer (``cached_tokens`` is part of ``prompt_tokens``)."""
-        uncached = max(0, prompt_tokens - cached_tokens)
+    def cost(
+        self,
+        prompt_tokens: int,
+        cached_tokens: int,
+        completion_tokens: int,
+        *,
+        cache_write_tokens: int = 0,
+        cache_write_1h_tokens: int = 0,
+    ) -> Decimal:
+        """The cost of one answer. ``cached_tokens`` (read) and ``cache_write_tokens``
+        (written, of which ``cache_write_1h_tokens`` for an hour) are part of
+        ``prompt_tokens``."""
+        uncached = max(0, prompt_tokens - cached_tokens - cache_write_tokens)
+        write_5m = self.input if self.cache_write is None else self.cache_write
+        write_1h = write_5m if self.cache_write_1h is None else self.cache_write_1h
         return (
             uncached * self.input
             + cached_tokens * self.cached_input
+            + (cache_write_tokens - cache_write_1h_tokens) * write_5m
+            + cache_write_1h_tokens * write_1h
             + completion_tokens * self.output
         )
+
+
+_PRICE_PROBE_TOKENS = 1000
+"""Prices are read from genai-prices for a call of this many tokens: a small call, so a model
+whose price rises past a prompt size (Claude Sonnet's long-context tier) gets its base price."""
+
+
+def list_price(model: str, service_tier: str = "default") -> ModelPrice | None:
+    """A model's list price from genai-prices (Claude models under provider ``anthropic``,
+    others under ``openai``), or ``None`` when the data does not know it."""
+    import genai_prices  # imported here: it takes ~0.1 s to load
+
+    name = model.removeprefix("openai/").removeprefix("anthropic/")
+    provider = "anthropic" if name.startswith("claude") else "openai"
+    context = None if service_tier == "default" else {"service_tier": service_tier}
+    probe = _PRICE_PROBE_TOKENS
+    usages = {
+        "input": genai_prices.Usage(input_tokens=probe),
+        "cached": genai_prices.Usage(input_tokens=probe, cache_read_tokens=probe),
+        "output": genai_prices.Usage(output_tokens=probe),
+        "write": genai_prices.Usage(input_tokens=probe, cache_write_tokens=probe),
+        "write_1h": genai_prices.Usage(
+            input_tokens=probe, cache_write_tokens=probe, cache_write_1h_tokens=probe
+        ),
+    }
+    per_token: dict[str, Decimal] = {}
+    for name_of, usage in usages.items():
+        try:
+            calculation = genai_prices.calc_price(
+                usage, name, provider_id=provider, price_context=context
+            )
+        except (LookupError, ValueError):
+            return None
+        per_token[name_of] = Decimal(calculation.total_price) / probe
+    if provider != "anthropic":
+        return ModelPrice(per_token["input"], per_token["cached"], per_token["output"])
+    return ModelPrice(
+        per_token["input"],
+        per_token["cached"],
+        per_token["output"],
+        cache_write=per_token["write"],
+        cache_write_1h=per_token["write_1h"],
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,28 +270,26 @@ class SimGateway:
         return price
 
     def cost(
-        self, model: str, prompt_tokens: int, cached_tokens: int, completion_tokens: int
+        self,
+        model: str,
+        prompt_tokens: int,
+        cached_tokens: int,
+        completion_tokens: int,
+        *,
+        cache_write_tokens: int = 0,
+        cache_write_1h_tokens: int = 0,
     ) -> Decimal:
-        """The dollar cost of an answer with this usage."""
-        return self.price(model).cost(prompt_tokens, cached_tokens, completion_tokens)
+        """The dollar cost of an answer with this usage (see :meth:`ModelPrice.cost`)."""
+        return self.price(model).cost(
+            prompt_tokens,
+            cached_tokens,
+            completion_tokens,
+            cache_write_tokens=cache_write_tokens,
+            cache_write_1h_tokens=cache_write_1h_tokens,
+        )
 
     def _resolve_price(self, model: str) -> ModelPrice:
-        import genai_prices  # imported here: it takes ~0.1 s to load
-
-        model_ref = model.removeprefix("openai/")
-        per_million: list[Decimal] = []
-        for usage in (
-            genai_prices.Usage(input_tokens=1_000_000),
-            genai_prices.Usage(input_tokens=1_000_000, cache_read_tokens=1_000_000),
-            genai_prices.Usage(output_tokens=1_000_000),
-        ):
-            try:
-                calculation = genai_prices.calc_price(usage, model_ref, provider_id="openai")
-            except (LookupError, ValueError):
-                return self.default_price
-            per_million.append(Decimal(calculation.total_price))
-        input_price, cached_price, output_price = (price / _MILLION for price in per_million)
-        return ModelPrice(input_price, cached_price, output_price)
+        return list_price(model) or self.default_price
 
     # -- what the server asks ---------------------------------------------------------------
 

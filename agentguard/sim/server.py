@@ -48,7 +48,7 @@ from agentguard.sim.faults import (
     Timeout,
     rate_limit_fault,
 )
-from agentguard.sim.gateway import ModelPrice, Rejection, SimGateway
+from agentguard.sim.gateway import ModelPrice, Rejection, SimGateway, list_price
 from agentguard.sim.payloads import Completion, completion_body, error_body, stream_events
 from agentguard.sim.responses import ResponsesDialect
 from agentguard.sim.script import Reply, ReplyFn, Script, as_script
@@ -278,9 +278,17 @@ class SimServer:
         *,
         cached_tokens: int = 0,
         service_tier: str = "default",
+        cache_write_tokens: int = 0,
+        cache_write_1h_tokens: int = 0,
     ) -> Decimal:
         price = self._list_price(model, service_tier)
-        cost = price.cost(prompt_tokens, cached_tokens, output_tokens)
+        cost = price.cost(
+            prompt_tokens,
+            cached_tokens,
+            output_tokens,
+            cache_write_tokens=cache_write_tokens,
+            cache_write_1h_tokens=cache_write_1h_tokens,
+        )
         with self._requests_lock:
             self._bill.append((api_key, cost))
         return cost
@@ -886,24 +894,7 @@ _UNKNOWN_MODEL_PRICE = ModelPrice(
 
 
 def _genai_price(model: str, service_tier: str) -> ModelPrice:
-    import genai_prices  # imported here: it takes ~0.1 s to load
-
-    context = None if service_tier == "default" else {"service_tier": service_tier}
-    per_million: list[Decimal] = []
-    for usage in (
-        genai_prices.Usage(input_tokens=1_000_000),
-        genai_prices.Usage(input_tokens=1_000_000, cache_read_tokens=1_000_000),
-        genai_prices.Usage(output_tokens=1_000_000),
-    ):
-        try:
-            calculation = genai_prices.calc_price(
-                usage, model.removeprefix("openai/"), provider_id="openai", price_context=context
-            )
-        except (LookupError, ValueError):
-            return _UNKNOWN_MODEL_PRICE
-        per_million.append(Decimal(calculation.total_price))
-    input_price, cached_price, output_price = (price / _MILLION for price in per_million)
-    return ModelPrice(input_price, cached_price, output_price)
+    return list_price(model, service_tier) or _UNKNOWN_MODEL_PRICE
 
 
 def _model_object(model: str) -> dict[str, Any]:

@@ -28,8 +28,8 @@ from agentguard import (
     SessionParked,
     UnmeteredRequest,
 )
+from agentguard.engine import CallContext
 from agentguard.guard import Guard
-from agentguard.pipeline import CallContext
 from agentguard.sim import GatewayKey, Reply, SimGateway, SimServer, ToolCall
 from agentguard.tokens import CLAUDE_ESTIMATE_FACTOR
 

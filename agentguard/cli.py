@@ -898,15 +898,34 @@ def demo(
     steps: Annotated[
         int, typer.Option(min=2, help="Model calls the scripted agent wants to make.")
     ] = 12,
-    budget: Annotated[float, typer.Option(help="Dollar budget for the demo window.")] = 0.02,
-    model: Annotated[str, typer.Option(help="The model the agent asks for.")] = "gpt-4o",
+    budget: Annotated[
+        float | None,
+        typer.Option(help="Dollar budget per window (default: $0.02; $0.06 for anthropic)."),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="The model the agent asks for (default: the API's large tier)."),
+    ] = None,
+    api: Annotated[
+        str,
+        typer.Option(help="The API the agent speaks: chat, responses or anthropic."),
+    ] = "chat",
 ) -> None:
     """Run a scripted tool-using agent against the built-in simulated provider (offline)."""
-    if not budget > 0:
+    if budget is not None and not budget > 0:
         raise _fail(f"--budget {budget}: expected a dollar amount above 0, e.g. --budget 0.02")
-    from agentguard.demo import run_demo
+    from agentguard.demo import APIS, run_demo
 
-    raise typer.Exit(run_demo(console, steps=steps, budget_usd=budget, model=model))
+    if api not in APIS:
+        raise _fail(f"--api {api}: expected one of {', '.join(APIS)}")
+    if api == "anthropic":
+        try:
+            import anthropic  # noqa: F401
+        except ImportError:
+            raise _fail(
+                '--api anthropic needs the anthropic SDK: pip install "agentguard[anthropic]"'
+            ) from None
+    raise typer.Exit(run_demo(console, steps=steps, budget_usd=budget, model=model, api=api))
 
 
 def main() -> None:

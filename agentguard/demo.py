@@ -41,6 +41,7 @@ SYSTEM_PROMPT = (
 ) * 12
 TASK = "Fix the rounding bug in the invoice totals (src/billing/invoice.py) and explain the fix."
 TIERS = {"small": "gpt-4o-mini", "large": "gpt-4o"}
+CLAUDE_TIERS = {"small": "claude-haiku-4-5", "large": "claude-sonnet-4-6"}
 BUDGET_KEY = "demo"
 SESSION_ID = "demo-task"
 GUARDED_KEY = "sk-demo-guarded"
@@ -95,28 +96,207 @@ def agent_loop(
     return ""
 
 
+def responses_agent_loop(
+    client: Any,
+    model: str,
+    items: list[dict[str, Any]],
+    max_steps: int,
+    on_answer: Callable[[Any], None] | None = None,
+) -> str:
+    """The same agent over the Responses API: the whole input re-sent each step (``items``
+    grows with the model's output items and the tools' outputs)."""
+    from agentguard.sim import ToolCall
+    from agentguard.sim.scripts import CODING_TOOLS, run_tools
+
+    tools = [{"type": "function", **tool["function"]} for tool in CODING_TOOLS]
+    for _ in range(max_steps):
+        response = client.responses.create(
+            model=model,
+            instructions=SYSTEM_PROMPT,
+            input=items,
+            tools=tools,
+            max_output_tokens=300,
+        )
+        if on_answer is not None:
+            on_answer(response)
+        calls = [item for item in response.output if item.type == "function_call"]
+        items.extend(item.model_dump(exclude_none=True) for item in response.output)
+        if not calls:
+            return str(response.output_text)
+        for call in calls:
+            output = run_tools(ToolCall(call.name, call.arguments))
+            items.append(
+                {"type": "function_call_output", "call_id": call.call_id, "output": output}
+            )
+    return ""
+
+
+def anthropic_agent_loop(
+    client: Any,
+    model: str,
+    messages: list[dict[str, Any]],
+    max_steps: int,
+    on_answer: Callable[[Any], None] | None = None,
+) -> str:
+    """The same agent over Anthropic's Messages API (``tool_use`` answered by ``tool_result``
+    blocks)."""
+    from agentguard.sim import ToolCall
+    from agentguard.sim.scripts import CODING_TOOLS, run_tools
+
+    tools = [
+        {
+            "name": tool["function"]["name"],
+            "description": tool["function"].get("description", ""),
+            "input_schema": tool["function"]["parameters"],
+        }
+        for tool in CODING_TOOLS
+    ]
+    for _ in range(max_steps):
+        response = client.messages.create(
+            model=model, system=SYSTEM_PROMPT, messages=messages, tools=tools, max_tokens=300
+        )
+        if on_answer is not None:
+            on_answer(response)
+        blocks = [block.model_dump(exclude_none=True) for block in response.content]
+        messages.append({"role": "assistant", "content": blocks})
+        uses = [block for block in response.content if block.type == "tool_use"]
+        if not uses:
+            return "".join(block.text for block in response.content if block.type == "text")
+        messages.append(
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": use.id,
+                        "content": run_tools(ToolCall(use.name, use.input)),
+                    }
+                    for use in uses
+                ],
+            }
+        )
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
+class DemoApi:
+    """One wire API the demo's agent can speak.
+
+    Attributes:
+        name: ``chat``, ``responses`` or ``anthropic`` (the ``--api`` value).
+        title: how the demo names it.
+        tiers: the routing tiers, cheapest first.
+        loop: the agent loop over that API.
+        start: the conversation before the first step.
+        resume_from: the conversation a parked request continues with.
+        budget_usd: the default budget per window: enough for a few large-tier steps (Claude's
+            input is estimated high until its reported usage recalibrates the count).
+    """
+
+    name: str
+    title: str
+    tiers: dict[str, str]
+    loop: Callable[..., str]
+    start: Callable[[], list[dict[str, Any]]]
+    resume_from: Callable[[dict[str, Any]], list[dict[str, Any]]]
+    budget_usd: float = 0.02
+
+    @property
+    def default_model(self) -> str:
+        return self.tiers["large"]
+
+    def client(self, base_url: str, api_key: str) -> Any:
+        """The provider SDK's client for the sim at ``base_url`` (the ``/v1`` URL)."""
+        if self.name == "anthropic":
+            import anthropic
+
+            return anthropic.Anthropic(base_url=base_url.removesuffix("/v1"), api_key=api_key)
+        import openai
+
+        return openai.OpenAI(base_url=base_url, api_key=api_key)
+
+    @staticmethod
+    def usage(response: Any) -> tuple[int, int]:
+        """(input, output) tokens of one response, as the provider reported them."""
+        usage = response.usage
+        if hasattr(usage, "prompt_tokens"):
+            return int(usage.prompt_tokens), int(usage.completion_tokens)
+        cached = int(getattr(usage, "cache_read_input_tokens", 0) or 0)
+        written = int(getattr(usage, "cache_creation_input_tokens", 0) or 0)
+        return int(usage.input_tokens) + cached + written, int(usage.output_tokens)
+
+
+def _chat_start() -> list[dict[str, Any]]:
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": TASK}]
+
+
+def _task_only() -> list[dict[str, Any]]:
+    return [{"role": "user", "content": TASK}]
+
+
+APIS: dict[str, DemoApi] = {
+    "chat": DemoApi(
+        "chat",
+        "chat completions",
+        TIERS,
+        agent_loop,
+        _chat_start,
+        lambda request: list(request["messages"]),
+    ),
+    "responses": DemoApi(
+        "responses",
+        "the Responses API",
+        TIERS,
+        responses_agent_loop,
+        _task_only,
+        lambda request: list(request["input"]),
+    ),
+    "anthropic": DemoApi(
+        "anthropic",
+        "Anthropic's Messages API",
+        CLAUDE_TIERS,
+        anthropic_agent_loop,
+        _task_only,
+        lambda request: list(request["messages"]),
+        budget_usd=0.06,
+    ),
+}
+"""The APIs ``agentguard demo --api`` runs the agent on."""
+
+
 def run_demo(
     console: Console,
     *,
     steps: int = 12,
-    budget_usd: float = 0.02,
-    model: str = "gpt-4o",
+    budget_usd: float | None = None,
+    model: str | None = None,
     window_s: float = 2.0,
+    api: str = "chat",
 ) -> int:
     """Run the demo; returns the process exit code.
 
     Args:
         console: where the demo prints (every line fits 80 columns).
         steps: model calls the scripted agent makes, the final answer included.
-        budget_usd: the budget's dollars per window.
-        model: the model the agent asks for (the router never goes above it).
+        budget_usd: the budget's dollars per window (``None``: the API's default).
+        model: the model the agent asks for (the router never goes above it); ``None``:
+            the API's large tier.
         window_s: the budget window's length in seconds.
+        api: ``chat``, ``responses`` or ``anthropic``: the wire API the agent speaks.
+
+    Raises:
+        ValueError: ``api`` is not one of :data:`APIS`.
     """
+    spoken = APIS.get(api)
+    if spoken is None:
+        raise ValueError(f"api {api!r}: expected one of {', '.join(APIS)}")
     with tempfile.TemporaryDirectory(prefix="agentguard-demo-") as home:
         previous = os.environ.get("AGENTGUARD_HOME")
         os.environ["AGENTGUARD_HOME"] = home
         try:
-            return _Demo(console, Path(home), steps, budget_usd, model, window_s).run()
+            chosen = model or spoken.default_model
+            budget = spoken.budget_usd if budget_usd is None else budget_usd
+            return _Demo(console, Path(home), steps, budget, chosen, window_s, spoken).run()
         finally:
             if previous is None:
                 os.environ.pop("AGENTGUARD_HOME", None)
@@ -147,8 +327,10 @@ class _Demo:
         budget_usd: float,
         model: str,
         window_s: float,
+        api: DemoApi,
     ) -> None:
         self.console = console
+        self.api = api
         self.home = home
         self.steps = steps
         self.budget_usd = budget_usd
@@ -190,8 +372,6 @@ class _Demo:
             guard.close()
 
     def _run(self, guard: Any) -> int:
-        import openai
-
         from agentguard.errors import LimitExceeded, SessionParked
         from agentguard.sim import GatewayKey, SimGateway, SimServer
         from agentguard.sim.scripts import coding_agent_script
@@ -199,7 +379,8 @@ class _Demo:
         # The sim bills both runs per API key: the comparison is the provider's own bill.
         gateway = SimGateway({GUARDED_KEY: GatewayKey(), UNGUARDED_KEY: GatewayKey()})
         with SimServer(script=coding_agent_script(self.steps), gateway=gateway) as sim:
-            client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key=GUARDED_KEY))
+            api = self.api
+            client = guard.wrap(api.client(sim.base_url, GUARDED_KEY))
             guard.observers.append(lambda call: self._on_call(guard, call))
 
             @guard.resumer("demo-agent")
@@ -211,15 +392,15 @@ class _Demo:
                     f"(attempt {parked.attempts + 1})",
                     "bold green",
                 )
-                messages = list(parked.request["messages"])
-                return agent_loop(client, parked.request["model"], messages, self.steps * 2)
+                conversation = api.resume_from(parked.request)
+                return api.loop(client, parked.request["model"], conversation, self.steps * 2)
 
             # The same agent without the guard, for the summary. Run first: it also loads the
             # SDK's lazy modules, so the guarded run's calls land in one budget window.
-            agent_loop(
-                openai.OpenAI(base_url=sim.base_url, api_key=UNGUARDED_KEY),
+            api.loop(
+                api.client(sim.base_url, UNGUARDED_KEY),
                 self.model,
-                [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": TASK}],
+                api.start(),
                 self.steps * 2,
                 on_answer=self._count_unguarded,
             )
@@ -227,10 +408,7 @@ class _Demo:
             guard.counter.count_text(TASK, self.model)  # loads the tokenizer before the clock runs
 
             self._introduce()
-            messages: list[dict[str, Any]] = [
-                {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": TASK},
-            ]
+            messages = api.start()
             self._start_in_fresh_window()
             try:
                 answer = self._run_guarded(guard, client, messages)
@@ -261,7 +439,7 @@ class _Demo:
 
         try:
             with guard.session(SESSION_ID, budget_key=BUDGET_KEY, resumer="demo-agent"):
-                return agent_loop(client, self.model, messages, self.steps * 2)
+                return self.api.loop(client, self.model, messages, self.steps * 2)
         except SessionParked as parked:
             pending = parked
         while True:
@@ -291,7 +469,7 @@ class _Demo:
                         "on_exhausted": "park",
                     }
                 ],
-                "routing": {"tiers": TIERS},
+                "routing": {"tiers": self.api.tiers},
                 "trimming": {
                     "max_context_tokens": 12000,
                     "keep_last_turns": 3,
@@ -305,16 +483,19 @@ class _Demo:
 
     def _introduce(self) -> None:
         self.line("agentguard demo: a scripted coding agent on the simulated provider", "bold")
+        if self.api.name != "chat":
+            self.prose(f"The agent speaks {self.api.title}.")
         self.prose(f"Task: {TASK}")
         self.prose(
             f"Budget '{BUDGET_KEY}': ${self.budget_usd:g} per {self.window_s:g}s window; when "
             "it runs out the session parks and resumes when the window resets."
         )
+        tiers_of = self.api.tiers
         tiers = (
-            f"Tiers: small = {TIERS['small']}, large = {TIERS['large']}; easy steps go small, "
-            "the rest large."
+            f"Tiers: small = {tiers_of['small']}, large = {tiers_of['large']}; easy steps go "
+            "small, the rest large."
         )
-        if self.model != TIERS["large"]:
+        if self.model != tiers_of["large"]:
             tiers += f" No step goes above {self.model}, the model the agent asks for."
         self.prose(tiers)
         self.line()
@@ -343,7 +524,7 @@ class _Demo:
         self.row(
             (
                 str(call.session.iterations),
-                call.model,
+                call.model.removeprefix("claude-"),
                 _why(call),
                 str(input_tokens),
                 str(output_tokens),
@@ -369,8 +550,7 @@ class _Demo:
         )
 
     def _count_unguarded(self, response: Any) -> None:
-        usage = response.usage
-        self.unguarded.add(usage.prompt_tokens, usage.completion_tokens)
+        self.unguarded.add(*self.api.usage(response))
 
     def _summary(self, guarded_bill: Decimal, unguarded_bill: Decimal) -> None:
         self.line()

@@ -8,12 +8,13 @@ import io
 import re
 from decimal import Decimal
 
+import pytest
 from rich.console import Console
 
 from agentguard.demo import run_demo
 from agentguard.sim.scripts import coding_agent_script
 
-STEP_LINE = re.compile(r"^\s*(\d+) (gpt-4o-mini|gpt-4o)\s")
+STEP_LINE = re.compile(r"^\s*(\d+) (gpt-4o-mini|gpt-4o|haiku-4-5|sonnet-4-6)\s")
 
 
 def _run(steps: int) -> tuple[int, str]:
@@ -63,3 +64,25 @@ def test_the_demo_parks_resumes_answers_and_compares_with_the_unguarded_agent() 
     )
     assert Decimal(0) < guarded_cost < unguarded_cost, output
     assert _summary_row(output, "parks / resumes")[0] == "1"
+
+
+@pytest.mark.parametrize("api", ["responses", "anthropic"])
+def test_the_demo_runs_on_the_other_apis(api: str) -> None:
+    buffer = io.StringIO()
+    code = run_demo(Console(file=buffer, width=200), steps=12, window_s=3, api=api)
+    output = buffer.getvalue()
+    assert code == 0, output
+    lines = output.splitlines()
+    steps = [int(match.group(1)) for line in lines if (match := STEP_LINE.match(line))]
+    assert steps == list(range(1, 13)), output
+    assert any(line.startswith("parked: budget 'demo'") for line in lines), output
+    assert any(line.startswith("resumed: demo-task") for line in lines), output
+    assert "Answer:" in lines
+    cost = next(line for line in lines if line.strip().startswith("cost"))
+    guarded, unguarded = (Decimal(value.lstrip("$")) for value in cost.split()[1:3])
+    assert 0 < guarded < unguarded, cost
+
+
+def test_the_demo_refuses_an_unknown_api() -> None:
+    with pytest.raises(ValueError, match="expected one of chat, responses, anthropic"):
+        run_demo(Console(file=io.StringIO()), api="grpc")

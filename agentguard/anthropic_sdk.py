@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from agentguard.transport import flavour_for_client, transports
 
 if TYPE_CHECKING:
-    from agentguard.guard import Guard
+    from agentguard.transport import TransportHost
 
 __all__ = ["as_anthropic_error", "is_anthropic_client", "wrap_anthropic"]
 
@@ -58,7 +58,7 @@ def as_anthropic_error(error: BaseException) -> BaseException:
     return error
 
 
-def wrap_anthropic(guard: Guard, client: Any) -> Any:
+def wrap_anthropic(guard: TransportHost, client: Any) -> Any:
     """A copy of an ``anthropic.Anthropic`` / ``AsyncAnthropic`` client whose calls go
     through ``guard``'s pipeline (the same type, options and interface)."""
     import anthropic

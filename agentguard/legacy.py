@@ -35,8 +35,9 @@ from agentguard.log import logger
 from agentguard.pricing import Usage
 
 if TYPE_CHECKING:
-    from agentguard.guard import Guard
+    from agentguard.pricing import Pricer
     from agentguard.session import Session
+    from agentguard.tokens import TokenCounter
 
 __all__ = ["legacy_endpoint", "run_legacy"]
 
@@ -59,7 +60,12 @@ def legacy_endpoint(method: str, path: str) -> str | None:
 
 
 def run_legacy(
-    guard: Guard, session: Session, kind: str, endpoint: str, raw: bytes
+    pricer: Pricer,
+    counter: TokenCounter,
+    session: Session,
+    kind: str,
+    endpoint: str,
+    raw: bytes,
 ) -> Generator[Action, Any, Outcome]:
     """Price, reserve, send and settle one legacy request (see the module docstring).
 
@@ -75,10 +81,10 @@ def run_legacy(
         raise _refusal(endpoint, "a streamed legacy completion is not metered")
     model = str(body.get("model") or "")
     field = "prompt" if kind == "completions" else "input"
-    input_tokens = _input_tokens(guard, body.get(field), model)
+    input_tokens = _input_tokens(counter, body.get(field), model)
     if input_tokens is None:
         raise _refusal(endpoint, f"its {field!r} is not text or token ids")
-    price = guard.pricer.price(model)
+    price = pricer.price(model)
     candidates = 1
     output_tokens = 0
     if kind == "completions":
@@ -149,11 +155,11 @@ def _positive(value: object, default: int) -> int:
     return default
 
 
-def _input_tokens(guard: Guard, value: object, model: str) -> int | None:
+def _input_tokens(counter: TokenCounter, value: object, model: str) -> int | None:
     """Tokens of a ``prompt``/``input``: a string, a list of strings, token ids, or lists of
     token ids; ``None`` for anything else."""
     if isinstance(value, str):
-        return guard.counter.count_text(value, model)
+        return counter.count_text(value, model)
     if not isinstance(value, list):
         return None
     if _token_ids(value):
@@ -161,7 +167,7 @@ def _input_tokens(guard: Guard, value: object, model: str) -> int | None:
     total = 0
     for item in value:
         if isinstance(item, str):
-            total += guard.counter.count_text(item, model)
+            total += counter.count_text(item, model)
         elif isinstance(item, list) and _token_ids(item):
             total += len(item)
         else:

@@ -12,16 +12,29 @@ import threading
 from contextvars import ContextVar, Token
 from decimal import Decimal
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from agentguard.guard import Guard
-    from agentguard.ledger import BudgetLine
+    from agentguard.ledger import BudgetLine, BudgetStatus
     from agentguard.parking.record import ParkedSession
 
-__all__ = ["Session", "SessionState", "current_session"]
+__all__ = ["Session", "SessionHost", "SessionState", "current_session"]
+
+
+class SessionHost(Protocol):
+    """What a session asks of the guard that made it (:class:`~agentguard.Guard` is one): the
+    budget-key rule, its budget lines and their status, and the guard's own binding."""
+
+    current_session_var: ContextVar[Session | None]
+
+    def check_budget_key(self, key: str) -> None: ...
+
+    def budget_lines_for(self, session: Session) -> tuple[BudgetLine, ...]: ...
+
+    def budget_statuses(self, session: Session) -> list[BudgetStatus]: ...
+
 
 _current: ContextVar[Session | None] = ContextVar("agentguard_session", default=None)
 _Binding = tuple["Session", Token["Session | None"], Token["Session | None"]]
@@ -68,7 +81,7 @@ class Session:
 
     def __init__(
         self,
-        guard: Guard,
+        guard: SessionHost,
         session_id: str | None = None,
         *,
         budget_key: str | None = None,
@@ -88,6 +101,7 @@ class Session:
         if budget_key is not None:
             guard.check_budget_key(budget_key)
         self.guard = guard
+        """The guard that made the session (a :class:`SessionHost`)."""
         self.id = session_id or f"s-{secrets.token_hex(8)}"
         self.parent: Session | None = parent
         self.parent_id = parent.id if parent is not None else parent_id

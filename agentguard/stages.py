@@ -16,7 +16,7 @@ from agentguard.log import logger
 
 if TYPE_CHECKING:
     from agentguard.config import RoutingConfig, TrimmingConfig
-    from agentguard.engine import CallContext
+    from agentguard.engine.call import CallContext
     from agentguard.pricing import Pricer
     from agentguard.routing import RouteDecision
     from agentguard.session import Session

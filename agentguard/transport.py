@@ -23,7 +23,7 @@ import json
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import ModuleType, SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agentguard.dialects import dialect_for, free_endpoint
 from agentguard.engine.actions import Outcome, Reply, TransportFailure
@@ -35,9 +35,33 @@ from agentguard.parking.handler import request_url
 from agentguard.session import Session
 
 if TYPE_CHECKING:
-    from agentguard.guard import Guard
+    from contextvars import ContextVar
 
-__all__ = ["flavour_for_client", "flavour_of_openai", "transports"]
+    from agentguard.config import GuardConfig
+    from agentguard.engine.pipeline import Pipeline
+    from agentguard.pricing import Pricer
+    from agentguard.store import Store
+    from agentguard.tokens import TokenCounter
+
+__all__ = ["TransportHost", "flavour_for_client", "flavour_of_openai", "transports"]
+
+
+class TransportHost(Protocol):
+    """What a transport asks of the guard it serves (:class:`~agentguard.Guard` is one): the
+    engine and what it prices with, the config and the store, and its sessions."""
+
+    config: GuardConfig
+    store: Store
+    pipeline: Pipeline
+    pricer: Pricer
+    counter: TokenCounter
+    default_budget_key: str
+    current_session_var: ContextVar[Session | None]
+
+    def session(
+        self, session_id: str | None = None, *, budget_key: str | None = None
+    ) -> Session: ...
+
 
 _HOP_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding"})
 
@@ -58,12 +82,14 @@ def _budget_of(session: Session) -> str | None:
     return ", ".join(f"{line.key!r} (${line.limit_usd})" for line in limited)
 
 
-def _allowed_unmetered(guard: Guard, path: str) -> bool:
+def _allowed_unmetered(guard: TransportHost, path: str) -> bool:
     trimmed = path.rstrip("/")
     return any(trimmed.endswith(allowed.rstrip("/")) for allowed in guard.config.limits.unmetered)
 
 
-def _refuse_unmetered(guard: Guard, method: str, path: str, reason: str | None = None) -> None:
+def _refuse_unmetered(
+    guard: TransportHost, method: str, path: str, reason: str | None = None
+) -> None:
     """Raise :class:`UnmeteredRequest` for a request the guard cannot meter, when a budget
     applies and ``limits.unmetered`` does not allow the endpoint; otherwise return."""
     if reason is None and (method.upper() in _FREE_METHODS or free_endpoint(path)):
@@ -96,7 +122,7 @@ def _refuse_unmetered(guard: Guard, method: str, path: str, reason: str | None =
     )
 
 
-def _legacy_route(guard: Guard, method: str, path: str) -> tuple[Session, str, str] | None:
+def _legacy_route(guard: TransportHost, method: str, path: str) -> tuple[Session, str, str] | None:
     """(session, kind, endpoint) for a legacy request to meter: a ``POST`` to
     ``/completions`` or ``/embeddings`` under a budget, not let through by
     ``limits.unmetered``."""
@@ -115,7 +141,7 @@ def _response_headers(headers: Any, extra: dict[str, str]) -> list[tuple[str, st
     return kept
 
 
-def _session_for(guard: Guard) -> Session:
+def _session_for(guard: TransportHost) -> Session:
     session = guard.current_session_var.get()
     if session is not None:
         return session
@@ -263,7 +289,7 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
 
         def __init__(
             self,
-            guard: Guard,
+            guard: TransportHost,
             inner: Any,
             *,
             owns_inner: bool,
@@ -362,7 +388,9 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
                 return reply_of(response, content)
 
             try:
-                engine = run_legacy(self.guard, session, kind, endpoint, raw)
+                engine = run_legacy(
+                    self.guard.pricer, self.guard.counter, session, kind, endpoint, raw
+                )
                 outcome = drive_sync(engine, send, self.guard.pipeline.effects)
             except TransportFailure as failure:
                 # The SDK sees the transport's own error, and retries it as usual (each
@@ -379,7 +407,7 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
 
         def __init__(
             self,
-            guard: Guard,
+            guard: TransportHost,
             inner: Any,
             *,
             owns_inner: bool,
@@ -514,7 +542,7 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
                 await response.aclose()
                 return reply_of(response, content)
 
-            engine = run_legacy(self.guard, session, kind, endpoint, raw)
+            engine = run_legacy(self.guard.pricer, self.guard.counter, session, kind, endpoint, raw)
             try:
                 outcome = await drive_async(
                     engine, send, self.guard.pipeline.effects, offload=self.offload

@@ -26,14 +26,16 @@ action                 asks for                                         answered
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from agentguard.engine.call import Reply
+
 if TYPE_CHECKING:
     from agentguard.dialects.base import StreamTap
-    from agentguard.engine.pipeline import CallContext, CallStage
+    from agentguard.engine.call import CallContext, CallStage
     from agentguard.errors import BudgetExceeded
     from agentguard.ledger import BudgetLine, Reservation
     from agentguard.parking.classify import LimitVerdict
@@ -162,21 +164,6 @@ Action = (
     | ReadBudget
     | Prepare
 )
-
-
-@dataclass(slots=True)
-class Reply:
-    """An HTTP response as the engine sees it."""
-
-    status: int
-    headers: Mapping[str, str]
-    """Lower-cased names."""
-    body: bytes | None
-    """The whole body; ``None`` for a successful streaming response, which the driver keeps."""
-
-    @property
-    def streaming(self) -> bool:
-        return self.body is None
 
 
 class TransportFailure(Exception):

@@ -30,7 +30,7 @@ from agentguard.engine.actions import (
 )
 
 if TYPE_CHECKING:
-    from agentguard.engine.pipeline import LimitHandler
+    from agentguard.engine.call import LimitHandler
     from agentguard.ledger import Ledger
     from agentguard.response_contexts import ResponseContexts
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
-from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from agentguard.dialects.openai_chat import OPENAI_CHAT
 from agentguard.engine.actions import (
@@ -39,6 +37,7 @@ from agentguard.engine.actions import (
     Sleep,
     TransportFailure,
 )
+from agentguard.engine.call import CallContext, CallStage, Escalator, LimitHandler
 from agentguard.engine.drivers import Effects
 from agentguard.errors import (
     AgentGuardError,
@@ -52,115 +51,20 @@ from agentguard.log import logger
 from agentguard.pricing import Usage
 from agentguard.redact import redact_text
 from agentguard.retrying import Failure, RetryPolicy, parse_retry_after
-from agentguard.worst_case import Bound, settle_price
+from agentguard.worst_case import settle_price
 
 if TYPE_CHECKING:
     from agentguard.dialects.base import Answer, Dialect, StreamTap
-    from agentguard.ledger import Ledger, Reservation
-    from agentguard.parking.classify import LimitVerdict
-    from agentguard.parking.handler import Decision
-    from agentguard.parking.record import ParkedSession
-    from agentguard.pricing import ModelPrice, Pricer
+    from agentguard.ledger import Ledger
+    from agentguard.parking.classify import Decision, LimitVerdict
+    from agentguard.pricing import Pricer
     from agentguard.response_contexts import ResponseContexts
     from agentguard.session import Session
     from agentguard.tokens import TokenCounter
 
 __all__ = ["CallContext", "CallStage", "Escalator", "LimitHandler", "Pipeline"]
-
-
-# -- stages that later plug in --------------------------------------------------------------
-
-
-class CallStage(Protocol):
-    """A stage that may rewrite the request before it is priced (routing, trimming).
-
-    Attributes:
-        nested_calls: whether ``prepare`` may make a model call of its own (an LLM
-            classifier, a summary): the engine then asks its driver to run it
-            (:class:`~agentguard.engine.actions.Prepare`), off an async driver's loop.
-        reads_budget: whether ``prepare`` weighs the budget left (``call.notes
-            ["remaining_fraction"]``, read by the engine first).
-    """
-
-    nested_calls: bool
-    reads_budget: bool
-
-    def prepare(self, call: CallContext) -> None: ...
-
-
-class Escalator(Protocol):
-    """Routing's second half: re-send a failed cheap step one tier up, or find cheaper models."""
-
-    def escalate(self, call: CallContext, payload: dict[str, Any]) -> str | None:
-        """The model to re-send a checkably failed answer to, or ``None`` to keep it."""
-        ...
-
-    def cheaper_models(self, call: CallContext) -> list[str]:
-        """Models below the call's, cheapest last, to try when the budget cannot fit it."""
-        ...
-
-
-class LimitHandler(Protocol):
-    """Decides what limit errors and exhausted budgets do (the parking stage)."""
-
-    def classify(self, reply: Reply) -> LimitVerdict | None: ...
-
-    def decide(self, verdict: LimitVerdict, retries_done: int, max_retries: int) -> Decision: ...
-
-    def park_limit(
-        self, call: CallContext, verdict: LimitVerdict, *, failed: bool
-    ) -> ParkedSession: ...
-
-    def park_budget(self, call: CallContext, error: BudgetExceeded) -> ParkedSession: ...
-
-    def parked_error(self, record: ParkedSession) -> Exception: ...
-
-
-# -- per-call context --------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class CallContext:
-    """Everything the stages know about one model call."""
-
-    session: Session
-    body: dict[str, Any]
-    requested_model: str
-    dialect: Dialect = OPENAI_CHAT
-    """The wire API the call speaks."""
-    original_body: dict[str, Any] = field(default_factory=dict)
-    """The caller's request as it came (stages replace top-level keys, never mutate it)."""
-    started: float = field(default_factory=time.perf_counter)
-    input_tokens: int = 0
-    max_output_tokens: int = 0
-    price: ModelPrice | None = None
-    bound: Bound | None = None
-    worst_case_usd: Decimal = Decimal(0)
-    reservation: Reservation | None = None
-    carried_tokens: int = 0
-    """Input the provider bills again from an earlier response the call continues."""
-    strip_usage_chunk: bool = False
-    notes: dict[str, Any] = field(default_factory=dict)
-    """Stage results (route decision, trim result) for logs and the demo."""
-
-    @property
-    def model(self) -> str:
-        return str(self.body.get("model", ""))
-
-    @property
-    def messages(self) -> list[dict[str, Any]]:
-        """The conversation, chat-shaped (the dialect's view of its input)."""
-        return self.dialect.messages(self.body)
-
-    @property
-    def tools(self) -> list[dict[str, Any]] | None:
-        tools = self.body.get("tools")
-        return tools if isinstance(tools, list) and tools else None
-
-    @property
-    def chat(self) -> bool:
-        """Whether the call is a chat completion (stages that rewrite messages need one)."""
-        return self.dialect is OPENAI_CHAT
+# CallContext and the stage interfaces live in engine/call.py (what the stages import); they
+# are named here too, the pipeline's own vocabulary.
 
 
 # -- the pipeline -------------------------------------------------------------------------------
@@ -571,7 +475,7 @@ class Pipeline:
     def _decide(self, verdict: LimitVerdict, retries: int) -> Decision:
         if self.limit_handler is not None:
             return self.limit_handler.decide(verdict, retries, self.retry.max_retries)
-        from agentguard.parking.handler import Decision
+        from agentguard.parking.classify import Decision
 
         wait = verdict.wait_s
         if wait is not None and wait <= self.wait_inline_max_s and retries < self.retry.max_retries:

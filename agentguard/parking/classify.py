@@ -26,6 +26,7 @@ from agentguard.retrying import parse_retry_after
 
 __all__ = [
     "BUILTIN_RULES",
+    "Decision",
     "LimitKind",
     "LimitVerdict",
     "classify_limit_error",
@@ -91,6 +92,16 @@ EVIDENCE_HEADERS = (
 
 # Anthropic's limits, each with ``-remaining`` and ``-reset`` (RFC 3339) headers.
 _ANTHROPIC_LIMITS = ("requests", "tokens", "input-tokens", "output-tokens")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do about one limit error."""
+
+    action: str
+    """``wait`` (sleep ``wait_s`` and retry), ``park``, ``fail`` (record as failed, hand the
+    error back) or ``hand_back`` (parking is off: the caller gets the provider's error)."""
+    wait_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

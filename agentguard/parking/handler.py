@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -19,14 +19,15 @@ from pydantic import ValidationError
 
 from agentguard.errors import AgentGuardError, BudgetExceeded, SessionParked
 from agentguard.log import logger
-from agentguard.parking.classify import LimitVerdict, classify_limit_error, resume_time
+from agentguard.parking.classify import Decision, LimitVerdict, classify_limit_error, resume_time
 from agentguard.parking.record import ParkedSession, ParkReason
 from agentguard.parking.store import ParkedStore, active_claim
 from agentguard.redact import redact_text
 
 if TYPE_CHECKING:
     from agentguard.config import ParkingConfig
-    from agentguard.engine import CallContext, Reply
+    from agentguard.engine.actions import Reply
+    from agentguard.engine.call import CallContext
     from agentguard.session import Session
 
 __all__ = ["Decision", "Parker", "request_url"]
@@ -37,16 +38,6 @@ request_url: ContextVar[str | None] = ContextVar("agentguard_request_url", defau
 _LIMIT_STATUSES = frozenset({400, 402, 403, 422, 429})
 # Call parameters a replay must not repeat: they belong to the transport, not the request.
 _NOT_REPLAYED = frozenset({"stream_options"})
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What to do about one limit error."""
-
-    action: str
-    """``wait`` (sleep ``wait_s`` and retry), ``park``, ``fail`` (record as failed, hand the
-    error back) or ``hand_back`` (parking is off: the caller gets the provider's error)."""
-    wait_s: float = 0.0
 
 
 class Parker:

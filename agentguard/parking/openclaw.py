@@ -21,14 +21,15 @@ import secrets
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agentguard.log import logger
 from agentguard.parking.inbox import private_dir
 from agentguard.parking.record import ParkedSession, ParkReason
 
 if TYPE_CHECKING:
-    from agentguard.guard import Guard
+    from agentguard.config import GuardConfig
+    from agentguard.parking.handler import Parker
 
 __all__ = ["OpenClawResumer", "write_private_json"]
 
@@ -44,6 +45,13 @@ def write_private_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
+class OpenClawHost(Protocol):
+    """What the OpenClaw resumer asks of the guard (:class:`~agentguard.Guard` is one)."""
+
+    config: GuardConfig
+    parker: Parker
+
+
 class OpenClawResumer:
     """Resumes OpenClaw sessions through the plugin's outbox and acks.
 
@@ -53,7 +61,9 @@ class OpenClawResumer:
         poll_s: how often to look for the answer.
     """
 
-    def __init__(self, guard: Guard, *, ack_timeout_s: float | None = None, poll_s: float = 0.2):
+    def __init__(
+        self, guard: OpenClawHost, *, ack_timeout_s: float | None = None, poll_s: float = 0.2
+    ):
         self.guard = guard
         self.ack_timeout_s = ack_timeout_s or guard.config.parking.lease_s * 0.9
         self.poll_s = poll_s

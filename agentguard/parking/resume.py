@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agentguard.errors import ConfigError, SessionParked
 from agentguard.log import logger
@@ -24,12 +24,27 @@ from agentguard.parking.record import ParkedSession, ParkState
 from agentguard.parking.store import ParkedStore, UnknownSession, active_claim
 
 if TYPE_CHECKING:
-    from agentguard.guard import Guard
+    from agentguard.config import GuardConfig
     from agentguard.session import Session
 
-__all__ = ["FINISHED_STATES", "ParkedSessions", "Resumer", "default_owner"]
+__all__ = ["FINISHED_STATES", "ParkedSessions", "ResumeHost", "Resumer", "default_owner"]
 
 Resumer = Callable[[ParkedSession], Any]
+
+
+class ResumeHost(Protocol):
+    """What resuming asks of the guard (:class:`~agentguard.Guard` is one): its config, its
+    registered resumers, and how it restores a session from a record."""
+
+    config: GuardConfig
+    resumers: dict[str, Resumer]
+
+    def resume_problem(self, record: ParkedSession) -> str | None: ...
+
+    def restore_session(self, record: ParkedSession) -> Session: ...
+
+    def check_budget_key(self, key: str) -> None: ...
+
 
 FINISHED_STATES: frozenset[ParkState] = frozenset({"resumed", "failed", "dropped"})
 """States a record does not leave on its own: it will not resume unless asked to."""
@@ -82,7 +97,7 @@ class ParkedSessions:
         store: the records.
     """
 
-    def __init__(self, guard: Guard, store: ParkedStore) -> None:
+    def __init__(self, guard: ResumeHost, store: ParkedStore) -> None:
         self.guard = guard
         self.store = store
         self._unresumable: set[str] = set()

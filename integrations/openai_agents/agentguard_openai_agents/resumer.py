@@ -31,7 +31,7 @@ def register_agents_resumer(
     *,
     name: str = RESUMER,
     client: AsyncOpenAI | Callable[[], AsyncOpenAI] | None = None,
-    api: ModelApi = "chat",
+    api: ModelApi = "responses",
     run_config: RunConfig | None = None,
     runner_options: Mapping[str, Any] | None = None,
     on_result: Callable[[ParkedSession, RunResult], None] | None = None,
@@ -54,7 +54,7 @@ def register_agents_resumer(
         name: the resumer's name (``guarded_run(..., resumer=name)``).
         client: the ``AsyncOpenAI`` the resumed calls are made with (a guarded copy), or a
             function building it; default ``AsyncOpenAI()`` (environment key and base URL).
-        api: ``"chat"`` or ``"responses"``, as the parked run.
+        api: ``"responses"`` (the default) or ``"chat"``, as the parked run.
         run_config: the run config the parked run had (its model provider is replaced).
         runner_options: further ``Runner.run`` keyword arguments (``context``, ``hooks``...).
             ``max_turns`` comes from the state: the turns the parked run had left.

@@ -562,14 +562,18 @@ def test_a_429_parks_the_run_with_its_run_state_and_the_daemon_finishes_it_witho
     assert finished[0].context_wrapper.usage.requests == 2
 
 
-@pytest.mark.parametrize("chained", [False], ids=["whole-input"])
-def test_a_429_parks_a_responses_run_and_the_daemon_finishes_it_without_rerunning_tools(
+@pytest.mark.parametrize("chained", [False, True], ids=["whole-input", "chained"])
+def test_a_429_parks_a_responses_run_and_the_resumer_finishes_it_without_rerunning_tools(
     chained: bool, make_guard: Callable[..., Guard], weather: Weather
 ) -> None:
     # The Responses model (the default). The gateway pays for one answer per window: the run
-    # parks after Paris, and the daemon goes on once the window resets.
-    gateway = SimGateway({KEY: GatewayKey(limit_usd=Decimal("0.0001"), window_s=1.0)})
-    guard = make_guard(parking={"wait_inline_max_s": 0})
+    # parks after Paris, and goes on once the window resets.
+    gateway = SimGateway({KEY: GatewayKey(limit_usd=Decimal("0.0001"), window_s=60)})
+    # Under a dollar budget: a chained resume continues a response this guard settled.
+    guard = make_guard(
+        budgets=[{"key": "team", "limit_usd": 5, "window": "1h"}],
+        parking={"wait_inline_max_s": 0},
+    )
     finished: list[Any] = []
     with SimServer(script=WEATHER_SCRIPT, gateway=gateway) as sim:
         register_agents_resumer(
@@ -585,33 +589,36 @@ def test_a_429_parks_a_responses_run_and_the_daemon_finishes_it_without_rerunnin
                 QUESTION,
                 client=client_for(sim),
                 session_id="resp-1",
+                budget_key="team",
                 auto_previous_response_id=chained,
+                context={"traveller": "ada"},
             )
         assert chat_paths(sim) == ["/v1/responses"] * 2 and weather.calls == ["Paris"]
         record = guard.parked.get("resp-1")
         assert record.reason.status == 429 and "run_state" in record.metadata[METADATA_KEY]
 
-        daemon = ResumeDaemon(guard, poll_interval_s=0.1, watch_inbox=False)
-        daemon.start()
-        try:
-            wait_for_state(guard, "resp-1", "resumed")
-        finally:
-            daemon.stop()
+        gateway.reset()
+        answer = guard.parked.resume("resp-1")
         bodies = [r.body or {} for r in sim.requests]
 
-    assert [r.final_output for r in finished] == ["It is sunny in Paris."]
+    assert answer == "It is sunny in Paris."
+    assert [r.final_output for r in finished] == [answer]
+    assert guard.parked.get("resp-1").state == "resumed"
     assert weather.calls == ["Paris"]  # the tool did not run again
     assert len(bodies) == 3 and sim.billed_calls(KEY) == 2  # only the refused call again
-    # The resumed call carries the whole conversation so far, the tool's output included (a
-    # chained run's refused call continued the first response; its resume sends it whole or
-    # continues the same response).
+    # The resumed call is the refused one again: the whole conversation so far, or, chained,
+    # the tool's output on the response the refused call continued (which this guard settled,
+    # so it is metered under a budget too).
     resent = bodies[2]
-    if resent.get("previous_response_id"):
+    if chained:
         assert resent["previous_response_id"] == bodies[1]["previous_response_id"]
-        assert input_types(resent) == input_types(bodies[1])
+        assert input_types(resent) == input_types(bodies[1]) == ["function_call_output"]
     else:
+        assert "previous_response_id" not in resent
         assert input_types(resent) == ["message", "function_call", "function_call_output"]
     assert guard.parked.get("resp-1").spent_usd == sim.billed_usd(KEY)
+    assert guard.budget_status("team").spent_usd == sim.billed_usd(KEY)
+    assert finished[0].context_wrapper.context == {"traveller": "ada"}
 
 
 @pytest.mark.parametrize("api", ["chat", "responses"])

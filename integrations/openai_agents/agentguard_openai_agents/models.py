@@ -25,7 +25,7 @@ from openai import AsyncOpenAI
 from openai.types.responses.response_prompt_param import ResponsePromptParam
 
 from agentguard import SessionParked
-from agentguard_openai_agents.progress import keep_parked_state
+from agentguard_openai_agents.progress import keep_parked_state, note_server_state
 
 if TYPE_CHECKING:
     from agentguard import Guard
@@ -98,6 +98,7 @@ class GuardedModel(Model):
         prompt: ResponsePromptParam | None,
     ) -> ModelResponse:
         """The inner model's ``get_response``; a park keeps the run's state first."""
+        note_server_state(previous_response_id, conversation_id)
         try:
             return await self.inner.get_response(
                 system_instructions,
@@ -130,6 +131,7 @@ class GuardedModel(Model):
         prompt: ResponsePromptParam | None,
     ) -> AsyncIterator[TResponseStreamEvent]:
         """The inner model's ``stream_response``; a park keeps the run's state first."""
+        note_server_state(previous_response_id, conversation_id)
         events = self.inner.stream_response(
             system_instructions,
             input,

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agents import Agent, FunctionTool, ModelSettings, RunConfig, function_tool
+from agents import (
+    Agent,
+    FunctionTool,
+    ModelSettings,
+    RunConfig,
+    WebSearchTool,
+    function_tool,
+)
 from agents.models.openai_chatcompletions import OpenAIChatCompletionsModel
 from agents.retry import ModelRetrySettings, retry_policies
 from agents.tracing import set_tracing_disabled
@@ -455,6 +462,18 @@ def test_a_stored_conversation_is_refused_under_a_budget(
             conversation_id="conv_elsewhere",
         )
     assert refused.value.field == "conversation"
+    assert sim.requests == [] and weather.calls == []
+
+
+def test_a_hosted_tool_is_refused_under_a_budget(
+    make_guard: Callable[..., Guard], weather: Weather
+) -> None:
+    # The provider bills a web search per use, at rates the price data does not carry.
+    guard = make_guard(budgets=[{"key": "team", "limit_usd": 5, "window": "1h"}])
+    agent = weather.agent().clone(tools=[weather.tool, WebSearchTool()])
+    with SimServer(script=WEATHER_SCRIPT) as sim, pytest.raises(UnmeteredRequest) as refused:
+        guarded_run_sync(guard, agent, QUESTION, client=client_for(sim), budget_key="team")
+    assert "built-in tool 'web_search" in str(refused.value)
     assert sim.requests == [] and weather.calls == []
 
 

@@ -21,14 +21,22 @@ import openai
 import pytest
 from helpers import wait_for
 from pydantic_ai import Agent, RunContext
+from pydantic_ai.capabilities.native_tool import NativeTool
 from pydantic_ai.exceptions import ModelHTTPError, UsageLimitExceeded
 from pydantic_ai.messages import ModelRequest, ToolReturnPart
 from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel
+from pydantic_ai.native_tools import WebSearchTool
 from pydantic_ai.providers.openai import OpenAIProvider
 from pydantic_ai.usage import UsageLimits
 
 import agentguard_pydantic_ai
-from agentguard import BudgetExceeded, IterationLimitExceeded, LoopDetected, SessionParked
+from agentguard import (
+    BudgetExceeded,
+    IterationLimitExceeded,
+    LoopDetected,
+    SessionParked,
+    UnmeteredRequest,
+)
 from agentguard.config import GuardConfig
 from agentguard.guard import Guard
 from agentguard.scheduler import ResumeDaemon
@@ -337,6 +345,19 @@ def test_a_429_parks_a_responses_agent_and_the_resume_runs_no_tool_again(
     assert bool(bodies[2].get("previous_response_id")) == chained
     assert guard.parked.get("resp-park").spent_usd == sim.billed_usd(KEY)
     assert guard.budget_status("team").spent_usd == sim.billed_usd(KEY)
+
+
+def test_a_native_tool_is_refused_under_a_budget_before_sending(
+    make_guard: Callable[..., Guard], weather: Weather
+) -> None:
+    # The provider bills a web search per use, at rates the price data does not carry.
+    guard = make_guard(budgets=[{"key": "team", "limit_usd": 5, "window": "1h"}])
+    with SimServer(script=WEATHER_SCRIPT) as sim:
+        agent = responses_agent(guard, sim, weather, budget_key="team")
+        with pytest.raises(UnmeteredRequest, match="built-in tool 'web_search'") as refused:
+            agent.run_sync(QUESTION, capabilities=[NativeTool(WebSearchTool())])
+    assert refused.value.field == "tools[0]"
+    assert sim.requests == [] and weather.calls == []
 
 
 # -- limits --------------------------------------------------------------------------------------------

@@ -347,16 +347,20 @@ def test_a_429_parks_a_responses_agent_and_the_resume_runs_no_tool_again(
     assert guard.budget_status("team").spent_usd == sim.billed_usd(KEY)
 
 
-def test_a_native_tool_is_refused_under_a_budget_before_sending(
+def test_what_cannot_be_bounded_is_refused_under_a_budget_before_sending(
     make_guard: Callable[..., Guard], weather: Weather
 ) -> None:
-    # The provider bills a web search per use, at rates the price data does not carry.
     guard = make_guard(budgets=[{"key": "team", "limit_usd": 5, "window": "1h"}])
     with SimServer(script=WEATHER_SCRIPT) as sim:
         agent = responses_agent(guard, sim, weather, budget_key="team")
+        # The provider bills a web search per use, at rates the price data does not carry.
         with pytest.raises(UnmeteredRequest, match="built-in tool 'web_search'") as refused:
             agent.run_sync(QUESTION, capabilities=[NativeTool(WebSearchTool())])
-    assert refused.value.field == "tools[0]"
+        assert refused.value.field == "tools[0]"
+        # A stored conversation adds items the guard cannot see.
+        with pytest.raises(UnmeteredRequest) as refused:
+            agent.run_sync(QUESTION, model_settings={"openai_conversation_id": "conv_elsewhere"})  # type: ignore[typeddict-unknown-key]
+        assert refused.value.field == "conversation"
     assert sim.requests == [] and weather.calls == []
 
 

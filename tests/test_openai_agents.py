@@ -581,9 +581,13 @@ def test_a_429_parks_the_run_with_its_run_state_and_the_daemon_finishes_it_witho
     assert finished[0].context_wrapper.usage.requests == 2
 
 
-@pytest.mark.parametrize("chained", [False, True], ids=["whole-input", "chained"])
+@pytest.mark.parametrize(
+    ("chained", "streamed"),
+    [(False, False), (True, False), (True, True)],
+    ids=["whole-input", "chained", "chained-streamed"],
+)
 def test_a_429_parks_a_responses_run_and_the_resumer_finishes_it_without_rerunning_tools(
-    chained: bool, make_guard: Callable[..., Guard], weather: Weather
+    chained: bool, streamed: bool, make_guard: Callable[..., Guard], weather: Weather
 ) -> None:
     # The Responses model (the default). The gateway pays for one answer per window: the run
     # parks after Paris, and goes on once the window resets.
@@ -601,17 +605,24 @@ def test_a_429_parks_a_responses_run_and_the_resumer_finishes_it_without_rerunni
             client=lambda: client_for(sim),
             on_result=lambda parked, result: finished.append(result),
         )
+        options: dict[str, Any] = {
+            "client": client_for(sim),
+            "session_id": "resp-1",
+            "budget_key": "team",
+            "auto_previous_response_id": chained,
+            "context": {"traveller": "ada"},
+        }
+
+        async def stream() -> None:
+            run = guarded_run_streamed(guard, weather.agent(), QUESTION, **options)
+            async for _ in run.stream_events():
+                pass
+
         with pytest.raises(SessionParked):
-            guarded_run_sync(
-                guard,
-                weather.agent(),
-                QUESTION,
-                client=client_for(sim),
-                session_id="resp-1",
-                budget_key="team",
-                auto_previous_response_id=chained,
-                context={"traveller": "ada"},
-            )
+            if streamed:
+                asyncio.run(stream())
+            else:
+                guarded_run_sync(guard, weather.agent(), QUESTION, **options)
         assert chat_paths(sim) == ["/v1/responses"] * 2 and weather.calls == ["Paris"]
         record = guard.parked.get("resp-1")
         assert record.reason.status == 429 and "run_state" in record.metadata[METADATA_KEY]

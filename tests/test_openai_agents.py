@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agents import Agent, FunctionTool, ModelSettings, RunConfig, function_tool
+from agents import (
+    Agent,
+    FunctionTool,
+    ModelSettings,
+    RunConfig,
+    WebSearchTool,
+    function_tool,
+)
 from agents.models.openai_chatcompletions import OpenAIChatCompletionsModel
 from agents.retry import ModelRetrySettings, retry_policies
 from agents.tracing import set_tracing_disabled
@@ -35,6 +42,7 @@ from agentguard.tokens import TokenCounter
 from agentguard_openai_agents import (
     METADATA_KEY,
     GuardedModelProvider,
+    ModelApi,
     guarded_run,
     guarded_run_config,
     guarded_run_streamed,
@@ -127,18 +135,20 @@ def test_a_tool_using_run_goes_through_the_guard(
         agent = weather.agent()
         options: dict[str, Any] = {"session_id": f"w-{how}", "budget_key": "team"}
         if how == "run_sync":
-            result = guarded_run_sync(guard, agent, QUESTION, client=client_for(sim), **options)
+            result = guarded_run_sync(
+                guard, agent, QUESTION, client=client_for(sim), api="chat", **options
+            )
             output = result.final_output
         elif how == "run":
             result = asyncio.run(
-                guarded_run(guard, agent, QUESTION, client=client_for(sim), **options)
+                guarded_run(guard, agent, QUESTION, client=client_for(sim), api="chat", **options)
             )
             output = result.final_output
         else:
 
             async def stream() -> tuple[Any, list[str]]:
                 streamed = guarded_run_streamed(
-                    guard, agent, QUESTION, client=client_for(sim), **options
+                    guard, agent, QUESTION, client=client_for(sim), api="chat", **options
                 )
                 kinds = [event.type async for event in streamed.stream_events()]
                 return streamed.final_output, kinds
@@ -169,7 +179,7 @@ def test_the_session_bound_around_the_run_counts_iterations_and_tool_calls(
         SimServer(script=WEATHER_SCRIPT) as sim,
         guard.session("task-7", budget_key="team") as session,
     ):
-        guarded_run_sync(guard, weather.agent(), QUESTION, client=client_for(sim))
+        guarded_run_sync(guard, weather.agent(), QUESTION, client=client_for(sim), api="chat")
     assert session.iterations == 2 and session.tool_calls == 1
     assert session.spent_usd == sim.billed_usd(KEY)
     assert session.framework == "openai_agents" and session.resumer == "openai_agents"
@@ -185,7 +195,10 @@ def test_runs_gathered_in_one_bound_session_share_its_counters(
     async def both() -> list[Any]:
         with guard.session("shared", budget_key="team") as session:
             results = await asyncio.gather(
-                *(guarded_run(guard, agent, f"Say {n}.", client=client) for n in range(3))
+                *(
+                    guarded_run(guard, agent, f"Say {n}.", client=client, api="chat")
+                    for n in range(3)
+                )
             )
             assert session.iterations == 3
         return [r.final_output for r in results]
@@ -214,7 +227,7 @@ def test_routing_and_trimming_apply_to_the_sdks_requests(make_guard: Callable[..
     agent = Agent(name="forecaster", model="gpt-4o", tools=[read_station_log])
     script = [Reply(tool_calls=[ToolCall("read_station_log", {"city": "Paris"})]), "Sunny."]
     with SimServer(script=script) as sim:
-        result = guarded_run_sync(guard, agent, QUESTION, client=client_for(sim))
+        result = guarded_run_sync(guard, agent, QUESTION, client=client_for(sim), api="chat")
 
     assert result.final_output == "Sunny."
     # The router chose each step's model in the request body; the SDK saw answers as usual.
@@ -251,7 +264,7 @@ def test_tool_call_limits_see_the_sdks_function_tools(
 ) -> None:
     guard = make_guard(limits=limits)
     with SimServer(script=LOOPING_SCRIPT) as sim, pytest.raises(error):
-        guarded_run_sync(guard, weather.agent(), QUESTION, client=client_for(sim))
+        guarded_run_sync(guard, weather.agent(), QUESTION, client=client_for(sim), api="chat")
     assert len(sim.requests) == requests
     assert weather.calls == ["Paris"]  # the repeated call never reached the tool
 
@@ -265,7 +278,9 @@ def test_an_exhausted_budget_that_raises_stops_the_run_within_the_limit(
     )
     agent = small_answers(weather.agent())
     with SimServer(script=WEATHER_SCRIPT) as sim, pytest.raises(BudgetExceeded) as stopped:
-        guarded_run_sync(guard, agent, QUESTION, client=client_for(sim), budget_key="team")
+        guarded_run_sync(
+            guard, agent, QUESTION, client=client_for(sim), api="chat", budget_key="team"
+        )
     assert stopped.value.key == "team"
     assert len(sim.requests) == 1 and weather.calls == ["Paris"]
     assert sim.billed_usd(KEY) <= limit
@@ -288,7 +303,7 @@ def test_one_http_attempt_per_429_whatever_the_sdk_and_client_retries(
     with SimServer(script=WEATHER_SCRIPT) as sim:
         sim.rate_limit_next(5, retry_after=30)
         with pytest.raises(RateLimitError):
-            guarded_run_sync(guard, agent, QUESTION, client=client_for(sim))
+            guarded_run_sync(guard, agent, QUESTION, client=client_for(sim), api="chat")
     assert len(sim.requests) == 1
 
 
@@ -313,38 +328,189 @@ def test_models_and_providers_that_bypass_the_guard_are_refused(
     assert config.model_settings.retry.max_retries == 0
 
 
-def test_the_responses_model_runs_on_the_guarded_client(
-    make_guard: Callable[..., Guard], weather: Weather
-) -> None:
-    guard = make_guard()
-    with SimServer(script=WEATHER_SCRIPT) as sim:
-        result = guarded_run_sync(
-            guard, weather.agent(), QUESTION, client=client_for(sim), api="responses"
-        )
-    assert result.final_output == "It is sunny in Paris."
-    assert chat_paths(sim) == ["/v1/responses"] * 2
-    assert weather.calls == ["Paris"]
+# -- the Responses model (the default) ---------------------------------------------------------
+
+CITIES = ["Paris", "Rome", "Oslo", "Lima"]
+TOUR_SCRIPT = [
+    *(Reply(tool_calls=[ToolCall("get_weather", {"city": city})]) for city in CITIES),
+    Reply(content="Sunny everywhere."),
+]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnmeteredRequest,
-    reason="the guard does not meter /responses yet: under a budget it refuses it "
-    "(UnmeteredRequest); remove this mark when the Responses API is metered",
-)
+def input_types(body: dict[str, Any]) -> list[str]:
+    return [item.get("type", "message") for item in body["input"]]
+
+
+@pytest.mark.parametrize("how", ["run", "run_sync", "run_streamed"])
 def test_the_responses_model_is_metered_under_a_budget(
-    make_guard: Callable[..., Guard], weather: Weather
+    how: str, make_guard: Callable[..., Guard], weather: Weather
 ) -> None:
     guard = make_guard(budgets=[{"key": "team", "limit_usd": 5, "window": "1h"}])
     with SimServer(script=WEATHER_SCRIPT) as sim:
-        with guard.session("r-1", budget_key="team") as session:
-            result = guarded_run_sync(
-                guard, weather.agent(), QUESTION, client=client_for(sim), api="responses"
-            )
+        client = client_for(sim)
+        agent = weather.agent()
+        with guard.session(f"r-{how}", budget_key="team") as session:
+            # No api argument: the Responses model is the default, as it is the SDK's.
+            if how == "run_sync":
+                output = guarded_run_sync(guard, agent, QUESTION, client=client).final_output
+            elif how == "run":
+                output = asyncio.run(
+                    guarded_run(guard, agent, QUESTION, client=client)
+                ).final_output
+            else:
+
+                async def stream() -> tuple[Any, list[str]]:
+                    streamed = guarded_run_streamed(guard, agent, QUESTION, client=client)
+                    kinds = [event.type async for event in streamed.stream_events()]
+                    return streamed.final_output, kinds
+
+                output, kinds = asyncio.run(stream())
+                assert "raw_response_event" in kinds and "run_item_stream_event" in kinds
+        sim.wait_idle()
         bill = sim.billed_usd(KEY)
-    assert result.final_output == "It is sunny in Paris."
+
+    assert output == "It is sunny in Paris."
+    assert weather.calls == ["Paris"]
+    assert chat_paths(sim) == ["/v1/responses"] * 2
+    bodies = [r.body or {} for r in sim.requests]
+    # The guard capped the output it reserved for, in the Responses API's own field.
+    assert all(body["max_output_tokens"] == 4096 for body in bodies)
+    assert all(bool(body.get("stream")) == (how == "run_streamed") for body in bodies)
+    assert bodies[1]["instructions"] == "Answer briefly."
+    assert input_types(bodies[1]) == ["message", "function_call", "function_call_output"]
     assert session.iterations == 2 and session.tool_calls == 1
-    assert bill > 0 and guard.budget_status("team").spent_usd == bill
+    # Money by the provider's own bill, streamed answers included.
+    assert bill > 0 and abs(session.spent_usd - bill) <= bill / 100
+    assert guard.budget_status("team").spent_usd == session.spent_usd
+
+
+def run_tour(guard: Guard, sim: SimServer, weather: Weather, **options: Any) -> Any:
+    agent = weather.agent().clone(model_settings=ModelSettings(max_tokens=200))
+    return guarded_run_sync(
+        guard, agent, "Weather in four cities?", client=client_for(sim), **options
+    )
+
+
+@pytest.mark.parametrize("chained", [False, True], ids=["whole-input", "chained"])
+def test_a_responses_run_reserves_at_least_each_bill_and_spends_the_total(
+    chained: bool, make_guard: Callable[..., Guard], weather: Weather
+) -> None:
+    guard = make_guard(budgets=[{"key": "team", "limit_usd": 1, "window": "1h"}])
+    reserved: list[Decimal] = []
+    billed_so_far: list[Decimal] = []
+    with SimServer(script=TOUR_SCRIPT) as sim:
+
+        def observe(call: Any) -> None:
+            # Called as each call settles; the sim billed it before answering.
+            reserved.append(call.worst_case_usd)
+            billed_so_far.append(sim.billed_usd(KEY))
+
+        guard.observers.append(observe)
+        with guard.session("tour", budget_key="team") as session:
+            result = run_tour(guard, sim, weather, auto_previous_response_id=chained)
+        bill = sim.billed_usd(KEY)
+        bodies = [r.body or {} for r in sim.requests]
+
+    assert result.final_output == "Sunny everywhere." and weather.calls == CITIES
+    assert len(bodies) == len(reserved) == 5
+    if chained:
+        # The SDK sends each call's new items only, continuing the response before it, which
+        # this guard settled: the provider bills that conversation again, and it is reserved.
+        previous = [body.get("previous_response_id") for body in bodies]
+        assert previous[0] is None and all(previous[1:])
+        assert all(input_types(body) == ["function_call_output"] for body in bodies[1:])
+    else:
+        assert all("previous_response_id" not in body for body in bodies)
+    bills = [b - a for a, b in zip([Decimal(0), *billed_so_far], billed_so_far, strict=False)]
+    for step, (paid, bound) in enumerate(zip(bills, reserved, strict=True)):
+        assert 0 < paid <= bound, f"call {step}: billed {paid} > reserved {bound}"
+    assert abs(session.spent_usd - bill) <= bill / 100
+    assert guard.budget_status("team").spent_usd == session.spent_usd
+
+
+@pytest.mark.parametrize("chained", [False, True], ids=["whole-input", "chained"])
+def test_a_responses_run_stops_before_it_would_overspend(
+    chained: bool, make_guard: Callable[..., Guard], weather: Weather
+) -> None:
+    # Three of the tour's five calls fit (each reserves ~$0.0025 at worst and costs under
+    # $0.001): the run must stop before the fourth, which would go over, never after the
+    # provider billed it.
+    limit = Decimal("0.0037")
+    guard = make_guard(
+        budgets=[{"key": "team", "limit_usd": limit, "window": "1h", "on_exhausted": "raise"}]
+    )
+    with SimServer(script=TOUR_SCRIPT) as sim, pytest.raises(BudgetExceeded) as stopped:
+        run_tour(guard, sim, weather, budget_key="team", auto_previous_response_id=chained)
+    bill = sim.billed_usd(KEY)
+    assert stopped.value.key == "team"
+    assert len(sim.requests) == 3 and weather.calls == CITIES[:3]
+    assert 0 < bill <= limit
+    assert guard.budget_status("team").spent_usd == bill
+
+
+def test_a_stored_conversation_is_refused_under_a_budget(
+    make_guard: Callable[..., Guard], weather: Weather
+) -> None:
+    guard = make_guard(budgets=[{"key": "team", "limit_usd": 5, "window": "1h"}])
+    with SimServer(script=WEATHER_SCRIPT) as sim, pytest.raises(UnmeteredRequest) as refused:
+        guarded_run_sync(
+            guard,
+            weather.agent(),
+            QUESTION,
+            client=client_for(sim),
+            budget_key="team",
+            conversation_id="conv_elsewhere",
+        )
+    assert refused.value.field == "conversation"
+    assert sim.requests == [] and weather.calls == []
+
+
+def test_a_hosted_tool_is_refused_under_a_budget(
+    make_guard: Callable[..., Guard], weather: Weather
+) -> None:
+    # The provider bills a web search per use, at rates the price data does not carry.
+    guard = make_guard(budgets=[{"key": "team", "limit_usd": 5, "window": "1h"}])
+    agent = weather.agent().clone(tools=[weather.tool, WebSearchTool()])
+    with SimServer(script=WEATHER_SCRIPT) as sim, pytest.raises(UnmeteredRequest) as refused:
+        guarded_run_sync(guard, agent, QUESTION, client=client_for(sim), budget_key="team")
+    assert "built-in tool 'web_search" in str(refused.value)
+    assert sim.requests == [] and weather.calls == []
+
+
+def test_a_chained_run_cannot_start_from_a_response_the_guard_never_settled(
+    make_guard: Callable[..., Guard], weather: Weather
+) -> None:
+    guard = make_guard(budgets=[{"key": "team", "limit_usd": 5, "window": "1h"}])
+    # The sim answers by the conversation's step: the greeting, then the weather run on it.
+    with SimServer(script=["Hello!", *WEATHER_SCRIPT]) as sim:
+        with pytest.raises(UnmeteredRequest) as refused:
+            guarded_run_sync(
+                guard,
+                weather.agent(),
+                QUESTION,
+                client=client_for(sim),
+                budget_key="team",
+                previous_response_id="resp_elsewhere",
+            )
+        assert refused.value.field == "previous_response_id" and sim.requests == []
+        # A response this guard settled can be continued by a later run.
+        first = guarded_run_sync(
+            guard, Agent(name="greeter", model="gpt-4o"), "Hello.", client=client_for(sim)
+        )
+        greeting_bill = sim.billed_usd(KEY)  # outside the budget: no session drew on it
+        later = guarded_run_sync(
+            guard,
+            weather.agent(),
+            QUESTION,
+            client=client_for(sim),
+            budget_key="team",
+            previous_response_id=first.last_response_id,
+        )
+        bodies = [r.body or {} for r in sim.requests]
+    assert first.final_output == "Hello!" and later.final_output == "It is sunny in Paris."
+    assert weather.calls == ["Paris"]
+    assert bodies[1]["previous_response_id"] == first.last_response_id
+    assert guard.budget_status("team").spent_usd == sim.billed_usd(KEY) - greeting_bill > 0
 
 
 # -- parking and resuming ---------------------------------------------------------------------
@@ -363,6 +529,7 @@ def test_a_429_parks_the_run_with_its_run_state_and_the_daemon_finishes_it_witho
             guard,
             weather.agent,
             client=lambda: client_for(sim),
+            api="chat",
             on_result=lambda parked, result: finished.append(result),
         )
         with pytest.raises(SessionParked) as parked:
@@ -371,6 +538,7 @@ def test_a_429_parks_the_run_with_its_run_state_and_the_daemon_finishes_it_witho
                 weather.agent(),
                 QUESTION,
                 client=client_for(sim),
+                api="chat",
                 session_id="trip-1",
                 context={"traveller": "ada", "api_key": "ctx-credential-0001"},
             )
@@ -413,8 +581,79 @@ def test_a_429_parks_the_run_with_its_run_state_and_the_daemon_finishes_it_witho
     assert finished[0].context_wrapper.usage.requests == 2
 
 
+@pytest.mark.parametrize(
+    ("chained", "streamed"),
+    [(False, False), (True, False), (True, True)],
+    ids=["whole-input", "chained", "chained-streamed"],
+)
+def test_a_429_parks_a_responses_run_and_the_resumer_finishes_it_without_rerunning_tools(
+    chained: bool, streamed: bool, make_guard: Callable[..., Guard], weather: Weather
+) -> None:
+    # The Responses model (the default). The gateway pays for one answer per window: the run
+    # parks after Paris, and goes on once the window resets.
+    gateway = SimGateway({KEY: GatewayKey(limit_usd=Decimal("0.0001"), window_s=60)})
+    # Under a dollar budget: a chained resume continues a response this guard settled.
+    guard = make_guard(
+        budgets=[{"key": "team", "limit_usd": 5, "window": "1h"}],
+        parking={"wait_inline_max_s": 0},
+    )
+    finished: list[Any] = []
+    with SimServer(script=WEATHER_SCRIPT, gateway=gateway) as sim:
+        register_agents_resumer(
+            guard,
+            weather.agent,
+            client=lambda: client_for(sim),
+            on_result=lambda parked, result: finished.append(result),
+        )
+        options: dict[str, Any] = {
+            "client": client_for(sim),
+            "session_id": "resp-1",
+            "budget_key": "team",
+            "auto_previous_response_id": chained,
+            "context": {"traveller": "ada"},
+        }
+
+        async def stream() -> None:
+            run = guarded_run_streamed(guard, weather.agent(), QUESTION, **options)
+            async for _ in run.stream_events():
+                pass
+
+        with pytest.raises(SessionParked):
+            if streamed:
+                asyncio.run(stream())
+            else:
+                guarded_run_sync(guard, weather.agent(), QUESTION, **options)
+        assert chat_paths(sim) == ["/v1/responses"] * 2 and weather.calls == ["Paris"]
+        record = guard.parked.get("resp-1")
+        assert record.reason.status == 429 and "run_state" in record.metadata[METADATA_KEY]
+
+        gateway.reset()
+        answer = guard.parked.resume("resp-1")
+        bodies = [r.body or {} for r in sim.requests]
+
+    assert answer == "It is sunny in Paris."
+    assert [r.final_output for r in finished] == [answer]
+    assert guard.parked.get("resp-1").state == "resumed"
+    assert weather.calls == ["Paris"]  # the tool did not run again
+    assert len(bodies) == 3 and sim.billed_calls(KEY) == 2  # only the refused call again
+    # The resumed call is the refused one again: the whole conversation so far, or, chained,
+    # the tool's output on the response the refused call continued (which this guard settled,
+    # so it is metered under a budget too).
+    resent = bodies[2]
+    if chained:
+        assert resent["previous_response_id"] == bodies[1]["previous_response_id"]
+        assert input_types(resent) == input_types(bodies[1]) == ["function_call_output"]
+    else:
+        assert "previous_response_id" not in resent
+        assert input_types(resent) == ["message", "function_call", "function_call_output"]
+    assert guard.parked.get("resp-1").spent_usd == sim.billed_usd(KEY)
+    assert guard.budget_status("team").spent_usd == sim.billed_usd(KEY)
+    assert finished[0].context_wrapper.context == {"traveller": "ada"}
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
 def test_a_streamed_run_parked_on_its_budget_resumes_from_the_stored_state(
-    make_guard: Callable[..., Guard], weather: Weather
+    api: ModelApi, make_guard: Callable[..., Guard], weather: Weather
 ) -> None:
     guard = make_guard(
         # The second call (~$0.0009 at worst) fits an empty window, not what the first left.
@@ -423,11 +662,17 @@ def test_a_streamed_run_parked_on_its_budget_resumes_from_the_stored_state(
     )
     agent = small_answers(weather.agent())
     with SimServer(script=WEATHER_SCRIPT) as sim:
-        register_agents_resumer(guard, lambda: agent, client=lambda: client_for(sim))
+        register_agents_resumer(guard, lambda: agent, client=lambda: client_for(sim), api=api)
 
         async def stream() -> None:
             streamed = guarded_run_streamed(
-                guard, agent, QUESTION, client=client_for(sim), session_id="s-1", budget_key="team"
+                guard,
+                agent,
+                QUESTION,
+                client=client_for(sim),
+                api=api,
+                session_id="s-1",
+                budget_key="team",
             )
             async for _ in streamed.stream_events():
                 pass
@@ -446,7 +691,7 @@ def test_a_streamed_run_parked_on_its_budget_resumes_from_the_stored_state(
         guard2 = make_guard(
             budgets=[{"key": "team", "limit_usd": 1, "window": "1h", "on_exhausted": "park"}]
         )
-        register_agents_resumer(guard2, lambda: agent, client=lambda: client_for(sim))
+        register_agents_resumer(guard2, lambda: agent, client=lambda: client_for(sim), api=api)
         answer = guard2.parked.resume("s-1")
 
     assert answer == "It is sunny in Paris."
@@ -462,10 +707,15 @@ def test_a_record_without_the_state_resumes_from_its_input_items(
     gateway = SimGateway({KEY: GatewayKey(limit_usd=Decimal("0.0001"), window_s=60)})
     guard = make_guard(parking={"wait_inline_max_s": 0})
     with SimServer(script=WEATHER_SCRIPT, gateway=gateway) as sim:
-        register_agents_resumer(guard, weather.agent, client=lambda: client_for(sim))
+        register_agents_resumer(guard, weather.agent, client=lambda: client_for(sim), api="chat")
         with pytest.raises(SessionParked):
             guarded_run_sync(
-                guard, weather.agent(), QUESTION, client=client_for(sim), session_id="bare-1"
+                guard,
+                weather.agent(),
+                QUESTION,
+                client=client_for(sim),
+                api="chat",
+                session_id="bare-1",
             )
         record = guard.parked.get("bare-1")
         kept = dict(record.metadata[METADATA_KEY])
@@ -518,9 +768,11 @@ def test_a_run_parked_after_a_handoff_goes_on_in_the_agent_it_handed_off_to(
         return Agent(name="triage", model="gpt-4o", handoffs=[weather.agent()])
 
     with SimServer(script=script, gateway=gateway) as sim:
-        register_agents_resumer(guard, build, client=lambda: client_for(sim))
+        register_agents_resumer(guard, build, client=lambda: client_for(sim), api="chat")
         with pytest.raises(SessionParked):
-            guarded_run_sync(guard, build(), QUESTION, client=client_for(sim), session_id="h-1")
+            guarded_run_sync(
+                guard, build(), QUESTION, client=client_for(sim), api="chat", session_id="h-1"
+            )
         record = guard.parked.get("h-1")
         assert record.metadata[METADATA_KEY]["agent"] == "forecaster"
         assert json.loads(record.metadata[METADATA_KEY]["run_state"])["max_turns"] == 9

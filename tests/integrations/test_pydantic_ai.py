@@ -21,14 +21,22 @@ import openai
 import pytest
 from helpers import wait_for
 from pydantic_ai import Agent, RunContext
+from pydantic_ai.capabilities.native_tool import NativeTool
 from pydantic_ai.exceptions import ModelHTTPError, UsageLimitExceeded
 from pydantic_ai.messages import ModelRequest, ToolReturnPart
 from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel
+from pydantic_ai.native_tools import WebSearchTool
 from pydantic_ai.providers.openai import OpenAIProvider
 from pydantic_ai.usage import UsageLimits
 
 import agentguard_pydantic_ai
-from agentguard import BudgetExceeded, IterationLimitExceeded, LoopDetected, SessionParked
+from agentguard import (
+    BudgetExceeded,
+    IterationLimitExceeded,
+    LoopDetected,
+    SessionParked,
+    UnmeteredRequest,
+)
 from agentguard.config import GuardConfig
 from agentguard.guard import Guard
 from agentguard.scheduler import ResumeDaemon
@@ -195,6 +203,165 @@ def test_run_stream_sync_is_guarded(make_guard: Callable[..., Guard], weather: W
     assert output == "It is sunny in Paris."
     assert all(r.body and r.body["stream"] for r in sim.requests) and len(sim.requests) == 2
     assert guard.budget_status("team").spent_usd == sim.billed_usd(KEY) > 0
+
+
+# -- the Responses model ------------------------------------------------------------------------
+
+
+def responses_agent(
+    guard: Guard, sim: SimServer, weather: Weather, *, settings: Any = None, **capability: Any
+) -> Agent[None, str]:
+    """The weather agent on Pydantic AI's default OpenAI model: ``openai:`` is the Responses API."""
+    model = guarded_model(
+        guard, "openai:gpt-4o", base_url=sim.base_url, api_key=KEY, settings=settings
+    )
+    assert isinstance(model, OpenAIResponsesModel)
+    return build_agent(guard, sim, weather, model=model, **capability)
+
+
+def input_types(body: dict[str, Any]) -> list[str]:
+    return [item.get("type", "message") for item in body["input"]]
+
+
+@pytest.mark.parametrize("how", ["run_sync", "run_stream"])
+@pytest.mark.parametrize("chained", [False, True], ids=["whole-history", "chained"])
+def test_a_responses_agent_with_a_tool_spends_what_the_provider_bills(
+    how: str, chained: bool, make_guard: Callable[..., Guard], weather: Weather
+) -> None:
+    guard = make_guard(budgets=[{"key": "team", "limit_usd": 5, "window": "1h"}])
+    # 'auto': each request continues the response before it (which this guard settled) and
+    # sends only the new messages; the provider bills the earlier conversation again.
+    settings = {"openai_previous_response_id": "auto"} if chained else None
+    reserved: list[Decimal] = []
+    billed_so_far: list[Decimal] = []
+    with SimServer(script=WEATHER_SCRIPT) as sim:
+
+        def observe(call: Any) -> None:
+            reserved.append(call.worst_case_usd)
+            billed_so_far.append(sim.billed_usd(KEY))
+
+        guard.observers.append(observe)
+        agent = responses_agent(guard, sim, weather, settings=settings)
+        with guard.session(f"resp-{how}", budget_key="team") as session:
+            if how == "run_sync":
+                output = agent.run_sync(QUESTION).output
+            else:
+
+                async def stream() -> tuple[str, list[str]]:
+                    async with agent.run_stream(QUESTION) as streamed:
+                        text = [chunk async for chunk in streamed.stream_text(delta=True)]
+                        return await streamed.get_output(), text
+
+                output, text = asyncio.run(stream())
+                assert "".join(text) == output
+        sim.wait_idle()
+        bill = sim.billed_usd(KEY)
+        bodies = [r.body or {} for r in sim.requests]
+
+    assert output == "It is sunny in Paris." and weather.calls == ["Paris"]
+    assert [r.path for r in sim.requests] == ["/v1/responses"] * 2
+    # The guard capped the output it reserved for, in the Responses API's own field.
+    assert all(body["max_output_tokens"] == 4096 for body in bodies)
+    assert all(bool(body.get("stream")) == (how == "run_stream") for body in bodies)
+    if chained:
+        assert bodies[1]["previous_response_id"] and input_types(bodies[1]) == [
+            "function_call_output"
+        ]
+    else:
+        assert "previous_response_id" not in bodies[1]
+        assert input_types(bodies[1]) == ["message", "function_call", "function_call_output"]
+    assert session.iterations == 2 and session.tool_calls == 1
+    # Each call reserved at least what the provider billed for it; the total is the bill.
+    bills = [b - a for a, b in zip([Decimal(0), *billed_so_far], billed_so_far, strict=False)]
+    for step, (paid, bound) in enumerate(zip(bills, reserved, strict=True)):
+        assert 0 < paid <= bound, f"call {step}: billed {paid} > reserved {bound}"
+    assert bill > 0 and abs(session.spent_usd - bill) <= bill / 100
+    assert guard.budget_status("team").spent_usd == session.spent_usd
+
+
+def test_a_responses_agent_stops_before_its_budget_is_overspent(
+    make_guard: Callable[..., Guard], weather: Weather
+) -> None:
+    # With 50 output tokens, each call's worst case fits the limit, but after the first call's
+    # spend the second one does not.
+    limit = Decimal("0.001")
+    guard = make_guard(budgets=[{"key": "team", "limit_usd": limit, "window": "1h"}])
+    with SimServer(script=WEATHER_SCRIPT) as sim:
+        agent = responses_agent(guard, sim, weather, settings={"max_tokens": 50}, budget_key="team")
+        with pytest.raises(BudgetExceeded, match="budget 'team' exceeded"):
+            agent.run_sync(QUESTION)
+        sim.wait_idle()
+    assert len(sim.requests) == 1 and weather.calls == ["Paris"]
+    assert sim.requests[0].body and sim.requests[0].body["max_output_tokens"] == 50
+    assert 0 < sim.billed_usd(KEY) <= limit
+    assert guard.budget_status("team").spent_usd == sim.billed_usd(KEY)
+
+
+@pytest.mark.parametrize("chained", [False, True], ids=["whole-history", "chained"])
+def test_a_429_parks_a_responses_agent_and_the_resume_runs_no_tool_again(
+    chained: bool, make_guard: Callable[..., Guard], weather: Weather
+) -> None:
+    gateway = SimGateway({KEY: GatewayKey(limit_usd=Decimal("0.0001"), window_s=1.0)})
+    # Under a dollar budget: a chained resume continues a response this guard settled.
+    guard = make_guard(
+        budgets=[{"key": "team", "limit_usd": 5, "window": "1h"}],
+        parking={"wait_inline_max_s": 0},
+    )
+    settings = {"openai_previous_response_id": "auto"} if chained else None
+    finished: list[Any] = []
+    with SimServer(script=WEATHER_SCRIPT, gateway=gateway) as sim:
+        agent = responses_agent(
+            guard, sim, weather, settings=settings, session_id="resp-park", budget_key="team"
+        )
+        register_pydantic_ai_resumer(
+            guard, agent, on_result=lambda parked, result: finished.append(result)
+        )
+        with pytest.raises(SessionParked):
+            agent.run_sync(QUESTION)
+        assert len(sim.requests) == 2 and weather.calls == ["Paris"]
+        record = guard.parked.get("resp-park")
+        assert record.reason.status == 429 and record.api == "openai_responses"
+        assert kinds(parked_messages(record)) == FINISHED_RUN[:3]
+
+        daemon = ResumeDaemon(guard, poll_interval_s=0.1, watch_inbox=False)
+        daemon.start()
+        try:
+            wait_for(
+                lambda: guard.parked.get("resp-park").state == "resumed",
+                describe=lambda: guard.parked.get("resp-park"),
+            )
+        finally:
+            daemon.stop()
+        bodies = [r.body or {} for r in sim.requests]
+
+    (result,) = finished
+    assert result.output == "It is sunny in Paris." and kinds(result.all_messages()) == FINISHED_RUN
+    assert weather.calls == ["Paris"]  # the tool did not run again
+    assert len(bodies) == 3 and sim.billed_calls(KEY) == 2  # only the refused call again
+    # The resumed request is the refused one again: the same response continued with the
+    # tool's output, or the whole history.
+    assert bodies[2].get("previous_response_id") == bodies[1].get("previous_response_id")
+    assert input_types(bodies[2]) == input_types(bodies[1])
+    assert bool(bodies[2].get("previous_response_id")) == chained
+    assert guard.parked.get("resp-park").spent_usd == sim.billed_usd(KEY)
+    assert guard.budget_status("team").spent_usd == sim.billed_usd(KEY)
+
+
+def test_what_cannot_be_bounded_is_refused_under_a_budget_before_sending(
+    make_guard: Callable[..., Guard], weather: Weather
+) -> None:
+    guard = make_guard(budgets=[{"key": "team", "limit_usd": 5, "window": "1h"}])
+    with SimServer(script=WEATHER_SCRIPT) as sim:
+        agent = responses_agent(guard, sim, weather, budget_key="team")
+        # The provider bills a web search per use, at rates the price data does not carry.
+        with pytest.raises(UnmeteredRequest, match="built-in tool 'web_search'") as refused:
+            agent.run_sync(QUESTION, capabilities=[NativeTool(WebSearchTool())])
+        assert refused.value.field == "tools[0]"
+        # A stored conversation adds items the guard cannot see.
+        with pytest.raises(UnmeteredRequest) as refused:
+            agent.run_sync(QUESTION, model_settings={"openai_conversation_id": "conv_elsewhere"})  # type: ignore[typeddict-unknown-key]
+        assert refused.value.field == "conversation"
+    assert sim.requests == [] and weather.calls == []
 
 
 # -- limits --------------------------------------------------------------------------------------------
@@ -657,37 +824,32 @@ def test_guarded_model_owns_its_client_and_refuses_what_it_cannot_meter(
     with pytest.raises(ValueError, match="api_key"):
         guarded_model(guard, model, api_key=KEY)
     for name, says in (
-        ("gpt-4o", "openai-chat:gpt-4o"),
-        ("openai:gpt-4o", "Responses API"),
-        ("openai-responses:gpt-4o", "Responses API"),
-        ("anthropic:claude-sonnet-4-5", "Anthropic"),
-        ("google-gla:gemini-2.5-flash", "builds openai-chat"),
+        ("gpt-4o", "write 'openai:gpt-4o' .* or 'openai-chat:gpt-4o'"),
+        ("anthropic:claude-sonnet-4-5", "cannot wrap Anthropic clients"),
+        ("google-gla:gemini-2.5-flash", "builds openai-chat, openai, openai-responses models"),
     ):
         with pytest.raises(ValueError, match=says):
             guarded_model(guard, name, api_key=KEY)
-    responses = OpenAIResponsesModel("gpt-4o", provider=OpenAIProvider(api_key=KEY))
-    with pytest.raises(ValueError, match="Responses API"):
-        guarded_model(guard, responses)
     with pytest.raises(TypeError, match="not FunctionModel"):
         from pydantic_ai.models.function import FunctionModel
 
         guarded_model(guard, FunctionModel(lambda messages, info: None))  # type: ignore[arg-type,return-value]
 
 
-def test_the_responses_model_slots_in_once_its_api_is_metered(
-    make_guard: Callable[..., Guard], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("name", ["openai:gpt-4o", "openai-responses:gpt-4o"])
+def test_responses_models_are_built_and_guarded(
+    name: str, make_guard: Callable[..., Guard]
 ) -> None:
     guard = make_guard()
-    monkeypatch.setattr(
-        agentguard_pydantic_ai.models, "METERED_APIS", frozenset({"chat", "responses"})
-    )
-    built = guarded_model(guard, "openai:gpt-4o", api_key=KEY)
-    assert isinstance(built, OpenAIResponsesModel)
+    assert {"chat", "responses"} <= agentguard_pydantic_ai.METERED_APIS
+    built = guarded_model(guard, name, api_key=KEY)
+    assert isinstance(built, OpenAIResponsesModel) and built.model_name == "gpt-4o"
     given = OpenAIResponsesModel("gpt-4o", provider=OpenAIProvider(api_key=KEY))
     for model in (built, guarded_model(guard, given)):
         assert isinstance(model, OpenAIResponsesModel) and model.client.max_retries == 0
         assert type(model.client._client._transport).__name__ == "AsyncGuardTransport"
     assert given.client.max_retries == 2  # the model passed in is left as it was
+    assert guarded_model(guard, built) is built  # guarded once is enough
 
 
 def test_capability_options_are_checked(make_guard: Callable[..., Guard]) -> None:

@@ -1,8 +1,8 @@
 """The SDK's OpenAI models, with their HTTP through an agentguard :class:`~agentguard.Guard`.
 
 :class:`GuardedModelProvider` is a ``ModelProvider`` for ``RunConfig(model_provider=...)``: every
-model name an agent gives resolves to the SDK's own ``OpenAIChatCompletionsModel`` (or
-``OpenAIResponsesModel``) on an ``AsyncOpenAI`` client whose HTTP goes through the guard, wrapped
+model name an agent gives resolves to the SDK's own ``OpenAIResponsesModel`` (or
+``OpenAIChatCompletionsModel``) on an ``AsyncOpenAI`` client whose HTTP goes through the guard, wrapped
 in a thin :class:`GuardedModel` that keeps the run's state with a parked record.
 """
 
@@ -25,7 +25,7 @@ from openai import AsyncOpenAI
 from openai.types.responses.response_prompt_param import ResponsePromptParam
 
 from agentguard import SessionParked
-from agentguard_openai_agents.progress import keep_parked_state
+from agentguard_openai_agents.progress import keep_parked_state, note_server_state
 
 if TYPE_CHECKING:
     from agentguard import Guard
@@ -98,6 +98,7 @@ class GuardedModel(Model):
         prompt: ResponsePromptParam | None,
     ) -> ModelResponse:
         """The inner model's ``get_response``; a park keeps the run's state first."""
+        note_server_state(previous_response_id, conversation_id)
         try:
             return await self.inner.get_response(
                 system_instructions,
@@ -130,6 +131,7 @@ class GuardedModel(Model):
         prompt: ResponsePromptParam | None,
     ) -> AsyncIterator[TResponseStreamEvent]:
         """The inner model's ``stream_response``; a park keeps the run's state first."""
+        note_server_state(previous_response_id, conversation_id)
         events = self.inner.stream_response(
             system_instructions,
             input,
@@ -173,11 +175,12 @@ class GuardedModelProvider(ModelProvider):
     Args:
         guard: the guard.
         client: the application's ``AsyncOpenAI`` (copied, see :func:`guarded_client`).
-        api: ``"chat"`` (``OpenAIChatCompletionsModel``, the default) or ``"responses"``
-            (``OpenAIResponsesModel``). Under a dollar budget the guard meters
-            ``/chat/completions``; a ``/responses`` call is metered only by an agentguard
-            version that meters the Responses API, and is otherwise refused before sending
-            (``UnmeteredRequest``) unless ``limits.unmetered`` lets it through.
+        api: ``"responses"`` (``OpenAIResponsesModel``, the default, as the SDK's own) or
+            ``"chat"`` (``OpenAIChatCompletionsModel``, for providers that serve only
+            ``/chat/completions``). The guard meters both alike. Under a budget it refuses
+            what it cannot bound: a ``conversation_id`` run (the provider adds the stored
+            conversation), a ``previous_response_id`` it did not settle, and built-in tools
+            (web search, file search...); ``auto_previous_response_id`` chains work.
         http_options: keyword arguments for the guard's inner ``httpx.AsyncClient``.
 
     Raises:
@@ -189,7 +192,7 @@ class GuardedModelProvider(ModelProvider):
         guard: Guard,
         *,
         client: AsyncOpenAI | None = None,
-        api: ModelApi = "chat",
+        api: ModelApi = "responses",
         http_options: Mapping[str, Any] | None = None,
     ) -> None:
         if api not in ("chat", "responses"):

@@ -10,6 +10,11 @@ with that metadata in the same transaction, and :func:`keep_parked_state` then a
 A resume (:func:`run_state_from_record`) loads that ``RunState`` with
 ``RunState.from_string(agent, ...)``, or, if the process died between the two writes, builds
 the same state from the stored input items.
+
+A call that continues state the provider keeps (``previous_response_id``, as
+``auto_previous_response_id`` chains send, or ``conversation_id``) sends only the items new
+since then; :func:`note_server_state` keeps which response or conversation it continued, and
+the resume continues the same one with those items (:func:`continued_server_state`).
 """
 
 from __future__ import annotations
@@ -39,8 +44,12 @@ __all__ = [
     "METADATA_KEY",
     "ProgressHooks",
     "RunProgress",
+    "continued_server_state",
+    "find_agent",
     "keep_parked_state",
+    "note_server_state",
     "run_state_from_record",
+    "stored_context",
 ]
 
 METADATA_KEY = "openai_agents"
@@ -107,6 +116,17 @@ class RunProgress:
                 "input": list(input_items),
             }
 
+    def note_server_state(
+        self, previous_response_id: str | None, conversation_id: str | None
+    ) -> None:
+        """Record, in the run's session, the provider-kept state the current call continues."""
+        session = current_session()
+        kept = session.metadata.get(METADATA_KEY) if session is not None else None
+        if session is None or not isinstance(kept, dict) or kept.get("run_id") != self.run_id:
+            return
+        state = {"previous_response_id": previous_response_id, "conversation_id": conversation_id}
+        session.metadata[METADATA_KEY] = {**kept, **state}
+
     def run_state(self) -> RunState[Any, Agent[Any]]:
         """The ``RunState`` that makes the current call again and goes on from there."""
         if self.agent is None or self.context is None:
@@ -136,6 +156,48 @@ def build_run_state(
 def _turns_left(max_turns: int | None, turn: int) -> int | None:
     # The parked call's turn is still to be made: it counts in the resumed run.
     return None if max_turns is None else max(max_turns - turn + 1, 1)
+
+
+def note_server_state(previous_response_id: str | None, conversation_id: str | None) -> None:
+    """Keep with the current run's session which stored response or conversation the call
+    about to be made continues (nothing when it continues neither, or no run is current)."""
+    progress = _current_run.get()
+    if progress is not None and (previous_response_id or conversation_id):
+        progress.note_server_state(previous_response_id, conversation_id)
+
+
+def continued_server_state(record: ParkedSession) -> dict[str, str]:
+    """The ``Runner.run`` arguments (``previous_response_id``, ``conversation_id``) that
+    continue the provider-kept state a parked call continued; empty if it continued none.
+
+    Such a call's stored input holds only the items new since that state, so the resume must
+    send them on the same response or conversation: a ``RunState`` built from them would
+    count them as sent already.
+    """
+    kept = record.metadata.get(METADATA_KEY)
+    if not isinstance(kept, dict):
+        return {}
+    return {
+        name: value
+        for name in ("previous_response_id", "conversation_id")
+        if isinstance(value := kept.get(name), str) and value
+    }
+
+
+def stored_context(
+    record: ParkedSession, context_deserializer: ContextDeserializer | None = None
+) -> Any:
+    """The application's context kept in a parked run's serialised ``RunState`` (``None``
+    if none was kept), turned back by ``context_deserializer`` when one is given."""
+    kept = record.metadata.get(METADATA_KEY)
+    state_text = kept.get("run_state") if isinstance(kept, dict) else None
+    if not isinstance(state_text, str):
+        return None
+    wrapper = json.loads(state_text).get("context")
+    context = wrapper.get("context") if isinstance(wrapper, dict) else None
+    if context is not None and context_deserializer is not None:
+        return context_deserializer(context)
+    return context
 
 
 async def keep_parked_state(parked: SessionParked) -> None:
@@ -225,7 +287,7 @@ async def run_state_from_record(
         return await RunState.from_string(
             agent, state_text, context_deserializer=context_deserializer
         )
-    running = _find_agent(agent, str(kept.get("agent") or agent.name))
+    running = find_agent(agent, str(kept.get("agent") or agent.name))
     return build_run_state(
         RunContextWrapper(context=None), running, list(kept["input"]), turns_left(record)
     )
@@ -244,7 +306,7 @@ def turns_left(record: ParkedSession) -> int | None:
     return _turns_left(max_turns, turn if isinstance(turn, int) else 1)
 
 
-def _find_agent(start: Agent[Any], name: str) -> Agent[Any]:
+def find_agent(start: Agent[Any], name: str) -> Agent[Any]:
     """The agent called ``name`` among ``start`` and the agents it hands off to."""
     seen: set[int] = set()
     pending: list[Agent[Any]] = [start]

@@ -13,8 +13,15 @@ from openai import AsyncOpenAI
 from agentguard.log import logger
 from agentguard.session import current_session
 from agentguard_openai_agents.models import ModelApi
-from agentguard_openai_agents.progress import run_state_from_record, turns_left
-from agentguard_openai_agents.run import RESUMER, guarded_run
+from agentguard_openai_agents.progress import (
+    METADATA_KEY,
+    continued_server_state,
+    find_agent,
+    run_state_from_record,
+    stored_context,
+    turns_left,
+)
+from agentguard_openai_agents.run import RESUMER, RunInput, guarded_run
 
 if TYPE_CHECKING:
     from agentguard import Guard, ParkedSession
@@ -31,7 +38,7 @@ def register_agents_resumer(
     *,
     name: str = RESUMER,
     client: AsyncOpenAI | Callable[[], AsyncOpenAI] | None = None,
-    api: ModelApi = "chat",
+    api: ModelApi = "responses",
     run_config: RunConfig | None = None,
     runner_options: Mapping[str, Any] | None = None,
     on_result: Callable[[ParkedSession, RunResult], None] | None = None,
@@ -47,6 +54,13 @@ def register_agents_resumer(
     finished tool call and its output in its input, so no tool runs twice. If the limit is hit
     again, the session parks again (``attempts + 1``).
 
+    A run that chains responses on the provider (``auto_previous_response_id``,
+    ``previous_response_id``) or uses a stored ``conversation_id`` parks with only the items
+    new since the response or conversation it continued: the resume makes a new run from the
+    agent that was running, with those items, continuing the same response or conversation
+    (and the context kept in the record, unless ``runner_options`` gives one). The SDK's
+    usage count starts again in that run.
+
     Args:
         guard: the guard to register with.
         agent: the run's starting agent, or a function building it (the state names agents
@@ -54,7 +68,7 @@ def register_agents_resumer(
         name: the resumer's name (``guarded_run(..., resumer=name)``).
         client: the ``AsyncOpenAI`` the resumed calls are made with (a guarded copy), or a
             function building it; default ``AsyncOpenAI()`` (environment key and base URL).
-        api: ``"chat"`` or ``"responses"``, as the parked run.
+        api: ``"responses"`` (the default) or ``"chat"``, as the parked run.
         run_config: the run config the parked run had (its model provider is replaced).
         runner_options: further ``Runner.run`` keyword arguments (``context``, ``hooks``...).
             ``max_turns`` comes from the state: the turns the parked run had left.
@@ -81,19 +95,31 @@ def register_agents_resumer(
         start = agent if isinstance(agent, Agent) else agent()
         if not isinstance(start, Agent):
             raise TypeError(f"the agent factory returned {type(start).__name__}, not an Agent")
-        state = await run_state_from_record(
-            parked, start, context_deserializer=context_deserializer
-        )
+        options = {k: v for k, v in dict(runner_options or {}).items() if k != "max_turns"}
+        run_input: RunInput
+        server_state = continued_server_state(parked)
+        if server_state:
+            # The parked call continued a stored response or conversation with the items new
+            # since then: send them on the same one, from the agent that was running.
+            kept = parked.metadata[METADATA_KEY]
+            start = find_agent(start, str(kept.get("agent") or start.name))
+            run_input = list(kept["input"])
+            options.update(server_state)
+            if "context" not in options:
+                options["context"] = stored_context(parked, context_deserializer)
+        else:
+            run_input = await run_state_from_record(
+                parked, start, context_deserializer=context_deserializer
+            )
         session = current_session()
         if session is None or session.id != parked.session_id:
             session = guard.restore_session(parked)
         own_client = client() if callable(client) else client
-        options = {k: v for k, v in dict(runner_options or {}).items() if k != "max_turns"}
         with session:
             result = await guarded_run(
                 guard,
                 start,
-                state,
+                run_input,
                 resumer=name,
                 client=own_client,
                 api=api,

@@ -65,7 +65,7 @@ def guarded_run_config(
     run_config: RunConfig | None = None,
     *,
     client: AsyncOpenAI | None = None,
-    api: ModelApi = "chat",
+    api: ModelApi = "responses",
     http_options: Mapping[str, Any] | None = None,
     provider: GuardedModelProvider | None = None,
 ) -> RunConfig:
@@ -75,7 +75,8 @@ def guarded_run_config(
         guard: the guard.
         run_config: the application's run config (default: ``RunConfig()``); not changed.
         client: the application's ``AsyncOpenAI`` (copied onto a guarded HTTP client).
-        api: ``"chat"`` (Chat Completions, the default) or ``"responses"``.
+        api: ``"responses"`` (the Responses API, the default) or ``"chat"`` (Chat
+            Completions).
         http_options: keyword arguments for the guard's inner ``httpx.AsyncClient``.
         provider: a provider to reuse across runs instead of building one from ``client``.
 
@@ -235,7 +236,7 @@ async def guarded_run(
     budget_key: str | None = None,
     resumer: str = RESUMER,
     client: AsyncOpenAI | None = None,
-    api: ModelApi = "chat",
+    api: ModelApi = "responses",
     provider: GuardedModelProvider | None = None,
     context_serializer: ContextSerializer | None = None,
     **runner_options: Any,
@@ -259,7 +260,8 @@ async def guarded_run(
             (see :func:`~agentguard_openai_agents.register_agents_resumer`).
         client: the application's ``AsyncOpenAI`` (default ``AsyncOpenAI()``); the run uses
             a guarded copy of it.
-        api: ``"chat"`` (Chat Completions, the default) or ``"responses"``.
+        api: ``"responses"`` (the Responses API, the default, as the SDK's own) or
+            ``"chat"`` (Chat Completions, for providers that serve only that).
         provider: a :class:`GuardedModelProvider` to reuse instead of building one.
         context_serializer: turns a ``context`` that is not a mapping into one, for the
             ``RunState`` a park keeps (the SDK stores mapping contexts as they are and leaves
@@ -306,7 +308,7 @@ def guarded_run_sync(
     budget_key: str | None = None,
     resumer: str = RESUMER,
     client: AsyncOpenAI | None = None,
-    api: ModelApi = "chat",
+    api: ModelApi = "responses",
     provider: GuardedModelProvider | None = None,
     context_serializer: ContextSerializer | None = None,
     **runner_options: Any,
@@ -342,7 +344,7 @@ def guarded_run_streamed(
     budget_key: str | None = None,
     resumer: str = RESUMER,
     client: AsyncOpenAI | None = None,
-    api: ModelApi = "chat",
+    api: ModelApi = "responses",
     provider: GuardedModelProvider | None = None,
     context_serializer: ContextSerializer | None = None,
     **runner_options: Any,

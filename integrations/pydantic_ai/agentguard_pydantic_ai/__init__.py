@@ -1,7 +1,7 @@
 """agentguard for Pydantic AI agents.
 
-- :func:`guarded_model` — a Pydantic AI model whose HTTP goes through the guard (OpenAI Chat
-  Completions today).
+- :func:`guarded_model` — a Pydantic AI model whose HTTP goes through the guard (OpenAI's
+  Responses API and Chat Completions).
 - :class:`AgentGuardCapability` — for ``Agent(capabilities=[...])``: runs each agent run in an
   agentguard session and keeps what a parked run needs to be continued.
 - :func:`register_pydantic_ai_resumer` — continues a parked run from its message history when
@@ -14,7 +14,7 @@ Example::
         AgentGuardCapability, guarded_model, register_pydantic_ai_resumer)
 
     agent = Agent(
-        guarded_model(guard, "openai-chat:gpt-4o-mini"),
+        guarded_model(guard, "openai:gpt-4o-mini"),
         capabilities=[AgentGuardCapability(guard, budget_key="research")],
     )
     register_pydantic_ai_resumer(guard, agent)

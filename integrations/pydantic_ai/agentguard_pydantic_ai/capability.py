@@ -141,7 +141,7 @@ class AgentGuardCapability(AbstractCapability[Any]):
     Example::
 
         agent = Agent(
-            guarded_model(guard, "openai-chat:gpt-4o-mini"),
+            guarded_model(guard, "openai:gpt-4o-mini"),
             capabilities=[AgentGuardCapability(guard, budget_key="research")],
         )
     """

@@ -4,9 +4,9 @@ A Pydantic AI model talks to its provider through an SDK client (``AsyncOpenAI``
 models). Guarding a model means giving it a copy of that client whose HTTP client is the guard's
 (``guard.async_http_client()``) and whose SDK retries are off. Each model kind speaks one wire
 API; a kind is built or guarded only if agentguard meters its API (:data:`METERED_APIS`), and
-is otherwise refused with the reason, so a model is never handed back half guarded. The
-Responses model needs nothing more than ``"responses"`` in :data:`METERED_APIS` (it reads its
-client the way the chat model does); the Anthropic model needs a guarder for its client.
+is otherwise refused with the reason, so a model is never handed back half guarded. The chat
+and Responses models read their client the same way; the Anthropic model needs a guarder for
+its client.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ if TYPE_CHECKING:
 
 __all__ = ["GUARDED_MODEL_KINDS", "METERED_APIS", "guarded_model"]
 
-METERED_APIS: frozenset[str] = frozenset({"chat"})
+METERED_APIS: frozenset[str] = frozenset({"chat", "responses"})
 """The wire APIs agentguard meters, whose models :func:`guarded_model` builds and guards:
-``chat`` (``/chat/completions``). Not yet: ``responses`` (``/responses``), ``anthropic``
+``chat`` (``/chat/completions``) and ``responses`` (``/responses``). Not yet: ``anthropic``
 (``/v1/messages``)."""
 
 # Each model-string kind (Pydantic AI's prefix) and the wire API its model speaks.
@@ -41,10 +41,8 @@ _API_OF_KIND = {
     "anthropic": "anthropic",
 }
 _NOT_METERED = {
-    "responses": "the OpenAI Responses API (/responses) is not metered by agentguard yet; use "
-    "'openai-chat:<model>' (Chat Completions)",
-    "anthropic": "agentguard cannot wrap Anthropic clients yet; use an OpenAI chat model "
-    "('openai-chat:<model>')",
+    "anthropic": "agentguard cannot wrap Anthropic clients yet; use an OpenAI model "
+    "('openai:<model>' or 'openai-chat:<model>')",
 }
 
 GUARDED_MODEL_KINDS: tuple[str, ...] = tuple(
@@ -73,10 +71,15 @@ def guarded_model(
 
     Args:
         guard: the guard.
-        model: a model string, ``"openai-chat:<model name>"`` (Pydantic AI's name for an OpenAI
-            Chat Completions model), or a model already built (an ``OpenAIChatModel`` with any
-            OpenAI-compatible provider): the result is a copy using a guarded copy of its client
-            (same base URL, key, headers and timeout); the model passed in is left as it was.
+        model: a model string, ``"openai:<model name>"`` or ``"openai-responses:<model
+            name>"`` (an OpenAI Responses API model, Pydantic AI's default for OpenAI) or
+            ``"openai-chat:<model name>"`` (a Chat Completions model), or a model already built
+            (an ``OpenAIResponsesModel`` or ``OpenAIChatModel`` with any OpenAI-compatible
+            provider): the result is a copy using a guarded copy of its client (same base URL,
+            key, headers and timeout); the model passed in is left as it was. Under a budget
+            the guard refuses what it cannot bound: built-in tools (``WebSearchTool``...), a
+            stored ``openai_conversation_id``, and an ``openai_previous_response_id`` it did not
+            settle (``'auto'`` continues responses it settled, and works).
         base_url: the provider's base URL (a model string only; default: ``OPENAI_BASE_URL``
             or OpenAI's).
         api_key: the API key (a model string only; default: ``OPENAI_API_KEY``).
@@ -91,14 +94,14 @@ def guarded_model(
 
     Raises:
         ValueError: the model string names no model or a kind the guard cannot meter yet
-            (the Responses API, Anthropic), model-string options came with a built model, or
+            (Anthropic), model-string options came with a built model, or
             the settings ask for SDK retries (``max_retries``).
         TypeError: a model of a class this function cannot guard.
 
     Example::
 
         agent = Agent(
-            guarded_model(guard, "openai-chat:gpt-4o-mini"),
+            guarded_model(guard, "openai:gpt-4o-mini"),
             capabilities=[AgentGuardCapability(guard, budget_key="research")],
         )
     """
@@ -161,15 +164,15 @@ def _from_string(
     kind, _, name = model.partition(":")
     if not name:
         raise ValueError(
-            f"model {model!r} does not say which API it uses: write 'openai-chat:{model}' "
-            "(Pydantic AI's name for an OpenAI Chat Completions model)"
+            f"model {model!r} does not say which API it uses: write 'openai:{model}' (the "
+            f"Responses API) or 'openai-chat:{model}' (Chat Completions)"
         )
     api = _API_OF_KIND.get(kind)
     if api is None:
         raise ValueError(
             f"model {model!r}: guarded_model() builds {', '.join(GUARDED_MODEL_KINDS)} models; "
             "for another OpenAI-compatible provider, build OpenAIChatModel(name, provider=...) "
-            "and pass the model"
+            "(or OpenAIResponsesModel) and pass the model"
         )
     _require_metered(api, f"model {model!r}")
     model_class = _OPENAI_MODELS.get(api)
@@ -209,8 +212,8 @@ def _guarder_for(model: Model) -> ModelGuarder:
         api = "anthropic"
     else:
         raise TypeError(
-            f"guarded_model() guards {', '.join(GUARDED_MODEL_KINDS)} models (OpenAIChatModel), "
-            f"not {name}"
+            f"guarded_model() guards {', '.join(GUARDED_MODEL_KINDS)} models "
+            f"(OpenAIChatModel, OpenAIResponsesModel), not {name}"
         )
     _require_metered(api, name)
     if api not in ("chat", "responses"):

@@ -9,6 +9,9 @@ Data sources (nothing third-party is committed; the weights' manifest records fi
   A row's label is "the strong model did better than the weak one".
 - The project's labelled agent steps, ``bench/data/routing_steps.jsonl`` (easy/hard). Only its
   ``dev`` split is ever trained or tuned on; ``test`` is scored, never fitted.
+- ``bench/data/routing_steps_translated_train.jsonl``: the latest user message of 55 ``dev``
+  steps (5 per task class) translated by hand into German, Spanish and Chinese, the rest of the
+  step unchanged. A translation shares its original's label and cross-validation fold.
 
 Training is a weighted L2 logistic regression fitted with full-batch Adam in numpy (numpy is
 needed to train and evaluate, not to route: the package scores in pure Python).
@@ -44,12 +47,21 @@ ROUTELLM_REPO = "https://github.com/lm-sys/RouteLLM"
 ROUTELLM_COMMIT = "0b64fdafe049e596a3f5657c219329f24af24198"
 STRONG, WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
 AGENT_STEPS = ROOT / "bench" / "data" / "routing_steps.jsonl"
+AGENT_TRANSLATIONS = ROOT / "bench" / "data" / "routing_steps_translated_train.jsonl"
 TEST_PERCENT = 30
 OOF_CACHE = ROOT / "bench" / ".cache" / "routing_oof.json"
 FOLDS = 5
 BENCHMARKS = ("mt_bench", "gsm8k", "mmlu")
 # Each source's share of the training weight: MMLU alone has 14k rows and would drown the rest.
 SOURCE_SHARE = {"agent": 0.4, "mt_bench": 0.2, "gsm8k": 0.2, "mmlu": 0.2}
+# Within a benchmark a row weighs what routing it right is worth: the gap between the two
+# models' quality (MT-Bench judge points; 1 for a question only one model answered right).
+# A tie is worth nothing to the ranking but still says "the small model does as well": it keeps
+# this much weight.
+TIE_WEIGHT = 0.3
+# Agent steps that need the larger model weigh this much more than easy ones: sending a hard
+# step to the small model costs a failed step, sending an easy one up only costs money.
+HARD_STEP_WEIGHT = 1.5
 
 
 @dataclass
@@ -255,6 +267,49 @@ def load_agent_steps(path: Path = AGENT_STEPS) -> list[Row]:
     return rows
 
 
+def load_agent_translations(steps: Sequence[Row], path: Path = AGENT_TRANSLATIONS) -> list[Row]:
+    """The hand-translated ``dev`` steps: each a copy of its original with the latest user
+    message replaced (id ``<original>@<lang>``). A translation of a ``test`` step is refused."""
+    by_id = {row.id: row for row in steps}
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        original = by_id[item["id"]]
+        if original.split != "dev":
+            raise SystemExit(
+                f"{path}:{number}: {item['id']} is a test step; only dev is trained on"
+            )
+        messages = [dict(m) for m in original.messages]
+        for message in reversed(messages):
+            if message.get("role") == "user":
+                message["content"] = item["content"]
+                break
+        rows.append(
+            Row(
+                f"{original.id}@{item['lang']}",
+                "agent",
+                messages,
+                original.tools,
+                original.label,
+                original.strong,
+                original.weak,
+                original.task_class,
+                "dev",
+            )
+        )
+    return rows
+
+
+def training_rows(location: Path) -> tuple[dict[str, list[Row]], list[Row], dict[str, str]]:
+    """The benchmarks, the agent training rows (``dev`` steps and their translations) and the
+    benchmark files' hashes."""
+    benchmarks, hashes = load_benchmarks(location)
+    dev = [r for r in load_agent_steps() if r.split == "dev"]
+    return benchmarks, dev + load_agent_translations(dev), hashes
+
+
 def load_benchmarks(location: Path) -> tuple[dict[str, list[Row]], dict[str, str]]:
     files = RouteLLMFiles(location)
     data = {"mt_bench": load_mt_bench(files), "gsm8k": load_gsm8k(files), "mmlu": load_mmlu(files)}
@@ -306,10 +361,25 @@ class Fitted:
 
 
 def sample_weights(rows: Sequence[Row]) -> np.ndarray:
-    counts = Counter(r.source for r in rows)
-    present = {s: SOURCE_SHARE[s] for s in counts}
+    """Each source gets its ``SOURCE_SHARE`` of the weight; within a benchmark, rows weigh the
+    quality gap between the two models (``TIE_WEIGHT`` for a tie); hard agent steps weigh
+    ``HARD_STEP_WEIGHT``, easy ones 1."""
+    raw = np.array(
+        [
+            (abs(r.strong - r.weak) or TIE_WEIGHT)
+            if r.source != "agent"
+            else (HARD_STEP_WEIGHT if r.label else 1.0)
+            for r in rows
+        ]
+    )
+    sources = np.array([r.source for r in rows])
+    present = {s: SOURCE_SHARE[s] for s in set(sources.tolist())}
     total = sum(present.values())
-    return np.array([present[r.source] / total / counts[r.source] * len(rows) for r in rows])
+    weights = np.zeros(len(rows))
+    for source, share in present.items():
+        mask = sources == source
+        weights[mask] = raw[mask] * (share / total) / raw[mask].sum() * len(rows)
+    return weights
 
 
 def fit(
@@ -373,7 +443,10 @@ def prune(model: Fitted, keep: int, min_abs: float = 1e-3) -> Fitted:
 
 
 def fold_of(row_id: str, folds: int) -> int:
-    return int(hashlib.sha256(("fold:" + row_id).encode()).hexdigest(), 16) % folds
+    """The cross-validation fold of a row; a translation (``<id>@<lang>``) shares its
+    original's, so no fold is scored on a step whose translation it was trained on."""
+    base = row_id.partition("@")[0]
+    return int(hashlib.sha256(("fold:" + base).encode()).hexdigest(), 16) % folds
 
 
 # --------------------------------------------------------------------------- metrics

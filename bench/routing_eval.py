@@ -6,9 +6,9 @@ see ``routing_train.py``). Writes ``bench/results/routing_eval.json``.
 **RouteLLM benchmarks** (MT-Bench, GSM8K, MMLU: gpt-4-1106-preview vs Mixtral-8x7B, RouteLLM's
 contamination lists applied). For each, the learned scorer is scored
 
-- *cross-validated*: 5 folds over all training rows (the three benchmarks and the agent ``dev``
-  steps); every prompt is scored by a model that was not trained on it;
-- *leave-one-benchmark-out*: trained on the other two benchmarks and the agent ``dev`` steps;
+- *cross-validated*: 5 folds over all training rows (the three benchmarks, the agent ``dev``
+  steps and their translations); every prompt is scored by a model that was not trained on it;
+- *leave-one-benchmark-out*: trained on the other two benchmarks and the agent training rows;
 
 against random routing (mean of 200 draws), prompt length alone (longer goes up) and the
 older heuristic classifier. Metrics: APGR (area under the performance-gap-recovered curve
@@ -26,7 +26,9 @@ input tokens = characters / 4, ``--output-tokens`` per step, genai-prices).
 
 **Non-English**: ``bench/data/routing_steps_translated.jsonl`` holds the latest user message of
 test-split steps translated by hand (the rest of the step unchanged); the same metrics are
-reported per language next to the same steps in English.
+reported per language next to the same steps in English. With ``--routellm``, the hand-translated
+``dev`` steps the scorer trains on are also scored cross-validated (a step and its translations
+share a fold), per language next to their English originals.
 
 **Cascade**: the LLM classifier is *simulated*: an oracle answers the true label, flipped with a
 given error rate (deterministically per step), through the real :class:`LLMClassifier`; it is
@@ -287,9 +289,8 @@ def cached_cross_scores(folds: int) -> dict[str, float] | None:
 
 
 def routellm_section(location: Path, folds: int, threshold: float, refit: bool) -> dict[str, Any]:
-    benchmarks, hashes = corpus.load_benchmarks(location)
-    agent_dev = [r for r in corpus.load_agent_steps() if r.split == "dev"]
-    rows = [r for b in benchmarks.values() for r in b] + agent_dev
+    benchmarks, agent_rows, hashes = corpus.training_rows(location)
+    rows = [r for b in benchmarks.values() for r in b] + agent_rows
     corpus.vectorise(rows)
     cached = None if refit else cached_cross_scores(folds)
     cross: dict[str, float] = cached or {}
@@ -343,7 +344,35 @@ def routellm_section(location: Path, folds: int, threshold: float, refit: bool) 
                 "pgr_at_same_strong_share": round(share, 4),
             },
         }
+    section["translated_dev_steps_out_of_fold"] = translated_out_of_fold(
+        agent_rows, cross, threshold
+    )
     return section
+
+
+def translated_out_of_fold(
+    agent_rows: list[corpus.Row], cross: dict[str, float], threshold: float
+) -> dict[str, dict[str, float]]:
+    """Accuracy and hard-sent-cheap per language on the hand-translated ``dev`` steps and their
+    English originals, from the cross-validated scores (a step and its translations share a
+    fold, so none is scored by a model that saw it in any language). No session overrides."""
+    by_lang: dict[str, list[corpus.Row]] = defaultdict(list)
+    originals = {r.id.partition("@")[0] for r in agent_rows if "@" in r.id}
+    for row in agent_rows:
+        if "@" in row.id:
+            by_lang[row.id.partition("@")[2]].append(row)
+        elif row.id in originals:
+            by_lang["en"].append(row)
+    result = {}
+    for lang, rows in sorted(by_lang.items()):
+        up = np.array([cross[r.id] >= threshold for r in rows])
+        hard = np.array([r.label == 1 for r in rows])
+        result[lang] = {
+            "steps": len(rows),
+            "accuracy": round(float((up == hard).mean()), 4),
+            "hard_sent_cheap_rate": round(float((~up & hard).sum() / hard.sum()), 4),
+        }
+    return result
 
 
 def load_translations() -> list[dict[str, Any]]:
@@ -523,6 +552,11 @@ def print_report(report: dict[str, Any]) -> None:
                 print(
                     f"{bench:10} {router:28} {r['apgr']:6.3f} {r['calls_saved_at_95pct_quality']:9.1%} {pgr:8.3f}"
                 )
+        for lang, r in section.get("translated_dev_steps_out_of_fold", {}).items():
+            print(
+                f"translated dev steps, cross-validated, {lang}: accuracy {r['accuracy']:.1%}, "
+                f"hard->cheap {r['hard_sent_cheap_rate']:.1%} ({r['steps']} steps)"
+            )
     if not report.get("no_write"):
         print(f"results: {RESULTS.relative_to(ROOT)}")
 

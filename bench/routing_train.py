@@ -8,8 +8,9 @@ One command::
 ``--routellm`` is a RouteLLM checkout or its bare git directory; the files are read at the
 pinned commit (``routing_corpus.ROUTELLM_COMMIT``) and their sha256 go into the weights'
 manifest, with the agent-step file's. Training data: RouteLLM's MT-Bench, GSM8K and MMLU
-evaluation files, and the ``dev`` split of ``bench/data/routing_steps.jsonl`` (the ``test``
-split is never fitted or tuned on).
+evaluation files, the ``dev`` split of ``bench/data/routing_steps.jsonl`` (the ``test``
+split is never fitted or tuned on) and hand translations of 55 of those ``dev`` steps
+(``bench/data/routing_steps_translated_train.jsonl``).
 
 The default threshold is chosen on out-of-fold scores of the agent ``dev`` steps (k-fold, the
 scorer never scores a step it was trained on): the highest accuracy with at most 10% of hard
@@ -73,9 +74,10 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.monotonic()
-    benchmarks, hashes = corpus.load_benchmarks(args.routellm)
-    agent = [r for r in corpus.load_agent_steps() if r.split == "dev"]
-    rows = [r for rows in benchmarks.values() for r in rows] + agent
+    benchmarks, agent_rows, hashes = corpus.training_rows(args.routellm)
+    # The threshold is chosen on the English dev steps (the translations are their copies).
+    agent = [r for r in agent_rows if "@" not in r.id]
+    rows = [r for rows in benchmarks.values() for r in rows] + agent_rows
     corpus.vectorise(rows)
 
     oof = out_of_fold(rows, FOLDS)
@@ -105,8 +107,17 @@ def main() -> None:
                 "rows": len(agent),
                 "label": "hard",
             },
+            "agent_step_translations": {
+                "file": str(corpus.AGENT_TRANSLATIONS.relative_to(corpus.ROOT)),
+                "sha256": corpus.sha256_file(corpus.AGENT_TRANSLATIONS),
+                "rows": len(agent_rows) - len(agent),
+                "languages": sorted({r.id.partition("@")[2] for r in agent_rows if "@" in r.id}),
+                "label": "the original dev step's",
+            },
         },
         "source_share": corpus.SOURCE_SHARE,
+        "tie_weight": corpus.TIE_WEIGHT,
+        "hard_step_weight": corpus.HARD_STEP_WEIGHT,
         "threshold_choice": {
             "rule": f"best out-of-fold accuracy on agent dev steps with hard->small <= "
             f"{MAX_HARD_TO_SMALL:.0%}",

@@ -255,10 +255,9 @@ def main() -> None:
         run("learned", routing=True, trimming=False, classifier="learned", route_log=route_log),
         run("learned+trimming", routing=True, trimming=True, classifier="learned"),
     ]
-    # At its default threshold the learned scorer keeps every step of this debugging task on
-    # the frontier model. The documented lever is calibrating routing.threshold on recorded
+    # The documented lever for the learned scorer is calibrating routing.threshold on recorded
     # traffic: here, the trace's own route events, to 30% large-tier calls (tuned on the trace
-    # it is scored on, so an upper bound of what calibration gives).
+    # it is scored on, so an upper bound of what calibration gives), next to its default.
     threshold = calibrated_threshold(route_log, CALIBRATED_LARGE_SHARE)
     variants += [
         run(

@@ -204,6 +204,53 @@ def test_non_latin_text_is_scored() -> None:
     assert 0 < score < 1
 
 
+def test_chinese_is_read_as_characters_and_character_pairs() -> None:
+    vector = step_vector(features(user("证明根号 2 是无理数。")))
+    assert {"w:证", "w:明", "b:证 明", "b:理 数"} <= vector.keys()
+    # Latin words next to CJK text stay whole.
+    assert "w:config" in step_vector(features(user("把 config 里的超时改成 60 秒")))
+
+
+def test_a_proof_request_goes_up_in_german_spanish_and_chinese() -> None:
+    router = Router(RoutingConfig(tiers=TIERS, classifier="learned"))
+    for text in (
+        "Beweise, dass es unendlich viele Primzahlen der Form 6k + 5 gibt.",
+        "Demuestra que hay infinitos números primos de la forma 6k + 5.",
+        "证明存在无穷多个形如 6k + 5 的素数。",
+    ):
+        assert decide(router, user(text)).model == LARGE, text
+
+
+def tool_step(result: str) -> list[dict[str, Any]]:
+    return [
+        {"role": "user", "content": "Find why the nightly export drops rows and fix it."},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "read", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": result},
+    ]
+
+
+def test_a_routine_step_deep_in_a_session_lowers_the_score() -> None:
+    classifier = LearnedClassifier()
+    clean = tool_step("def export(rows):\n    return [r for r in rows if r.ok]\n")
+    planning = classifier(features(clean, step_index=1))
+    routine = classifier(features(clean, step_index=4))
+    assert routine.score < planning.score
+    assert routine.reasons[0].startswith("routine step")
+    # A failure the tool reports, or a failed previous step, is never routine.
+    failing = tool_step(
+        'Traceback (most recent call last):\n  File "export.py", line 2\nKeyError: 3'
+    )
+    assert not classifier(features(failing, step_index=4)).reasons[0].startswith("routine")
+    after_failure = classifier(features(clean, step_index=4, previous_outcome="failed"))
+    assert after_failure.score > planning.score
+
+
 # --------------------------------------------------------------------------- cascade
 
 

@@ -7,10 +7,13 @@ tool results it digests), so scoring costs a fraction of a millisecond whatever 
 size. The weights are trained by ``bench/routing_train.py`` (data sources and hashes in
 ``weights.json``'s ``manifest``); this module only reads them.
 
-Character n-grams carry the signal across languages and spellings that word features miss;
-the structural features (a tool result being digested, a failure it reports, code, numbers,
-size) say what words cannot. Two agent-session facts that no training text carries are applied
-as fixed log-odds on top of the model: a failed or escalated previous step.
+Character n-grams carry the signal across languages and spellings that word features miss
+(Chinese, Japanese and Korean text is read a character at a time, so its pairs are character
+bigrams); the structural features (a tool result being digested, a failure it reports, code,
+numbers, size) say what words cannot. Three agent-session facts that no training text carries
+are applied as fixed log-odds on top of the model: a failed or escalated previous step, and a
+routine step deep in a session (digesting one or two clean tool results once the plan is made:
+the task text it repeats was already acted on).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from agentguard.routing import Classification, Label, StepFeatures
 
-__all__ = ["LearnedClassifier", "ScorerModel", "load_model", "step_vector"]
+__all__ = ["LearnedClassifier", "ScorerModel", "is_routine_step", "load_model", "step_vector"]
 
 WEIGHTS_PATH = Path(__file__).with_name("weights.json")
 
@@ -39,11 +42,24 @@ _MAX_WORDS = 250
 _MAX_CHARS = 1000
 _MAX_TOOL_WORDS = 120
 _WORD = re.compile(r"\w+")
+# Chinese, Japanese and Korean script is written without spaces: each character is a token of its
+# own (pairs of neighbours then give character bigrams), everything else splits into words.
+_CJK_RANGES = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_CJK = re.compile(f"[{_CJK_RANGES}]")
+_TOKEN = re.compile(f"[{_CJK_RANGES}]|[^\\W{_CJK_RANGES}]+")
+# A CJK character carries about as much as three letters of a European language, so size
+# features count it three times: a translated step keeps the size of its original.
+_CJK_CHAR_WEIGHT = 3
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 
 # Log-odds added for what happened in the session before this step.
 PREVIOUS_FAILED_LOG_ODDS = 1.5
 PREVIOUS_ESCALATED_LOG_ODDS = 1.0
+# A routine step: from this many model calls into a session, digesting fewer than
+# ROUTINE_MAX_RESULTS tool results none of which reports a failure, after a step that went well.
+ROUTINE_AFTER_STEPS = 2
+ROUTINE_MAX_RESULTS = 3
+ROUTINE_LOG_ODDS = -3.0
 
 
 def _bucket(value: int, cap: int) -> int:
@@ -55,13 +71,14 @@ def step_vector(features: StepFeatures) -> dict[str, float]:
     """The sparse feature vector of a step: feature name -> value.
 
     Groups: ``w:`` words, ``b:`` word pairs and ``c:`` character trigrams of the latest user
-    message's head; ``t:`` words of the tool results being digested; ``s:`` structure. Each
-    n-gram group is scaled to unit length so a long text does not outvote a short one.
+    message's head (a CJK character counts as a word, so CJK pairs are character bigrams);
+    ``t:`` words of the tool results being digested; ``s:`` structure. Each n-gram group is
+    scaled to unit length so a long text does not outvote a short one.
     """
     vector: dict[str, float] = {}
     text = features.text
     lowered = text[: _MAX_CHARS * 4].lower()
-    words = _WORD.findall(lowered)[:_MAX_WORDS]
+    words = _TOKEN.findall(lowered)[:_MAX_WORDS]
     if words:
         unique = {"w:" + word for word in words}
         pairs = {"b:" + a + " " + b for a, b in pairwise(words)}
@@ -74,7 +91,8 @@ def step_vector(features: StepFeatures) -> dict[str, float]:
     if features.tool_text:
         tool_words = _WORD.findall(features.tool_text[: _MAX_CHARS * 4].lower())[:_MAX_TOOL_WORDS]
         _add_group(vector, {"t:" + word for word in tool_words})
-    _add_structure(vector, features, len(text), len(words))
+    chars = len(text) + (_CJK_CHAR_WEIGHT - 1) * len(_CJK.findall(text[: _MAX_CHARS * 4]))
+    _add_structure(vector, features, chars, len(words))
     return vector
 
 
@@ -171,6 +189,18 @@ class ScorerModel:
         }
 
 
+def is_routine_step(features: StepFeatures) -> bool:
+    """Whether a step is the routine part of an agent loop: far enough into the session that the
+    plan is made, digesting one or two tool results that report no failure (the previous step's
+    outcome is checked by the caller: a failed or escalated one is never routine)."""
+    return (
+        features.digesting_tool_result
+        and features.step_index >= ROUTINE_AFTER_STEPS
+        and features.tool_results_in_batch < ROUTINE_MAX_RESULTS
+        and not features.tool_code_signals
+    )
+
+
 def _sigmoid(log_odds: float) -> float:
     if log_odds < -30:
         return 0.0
@@ -243,6 +273,11 @@ class LearnedClassifier:
         elif features.previous_outcome == "escalated":
             log_odds += PREVIOUS_ESCALATED_LOG_ODDS
             reasons.insert(0, f"previous step was escalated (+{PREVIOUS_ESCALATED_LOG_ODDS:.1f})")
+        elif is_routine_step(features):
+            log_odds += ROUTINE_LOG_ODDS
+            reasons.insert(
+                0, f"routine step: digesting a clean tool result ({ROUTINE_LOG_ODDS:+.1f})"
+            )
         score = _sigmoid(log_odds)
         label: Label
         if score >= self.hard_from:

@@ -527,6 +527,7 @@ def test_public_names() -> None:
         "DEFAULT_END_ON",
         "GraphOrFactory",
         "__version__",
+        "guarded_chat_anthropic",
         "guarded_chat_openai",
         "register_langgraph_resumer",
         "session_id_for_thread",

@@ -383,3 +383,10 @@ def test_guarding_a_claude_llm_swaps_its_clients_and_turns_sdk_retries_off(
     with pytest.raises(ValueError, match="another Guard"):
         guard_llm(llm, Guard(guard.config))
     assert llm.model == HAIKU  # the LLM itself is untouched
+    # guarded_llm() caps a Claude model's output at the guard's default, not the model's
+    # largest output (64,000 for Haiku 4.5), unless told otherwise.
+    assert llm.max_tokens == 64000
+    capped = guarded_llm(guard, model=f"anthropic/{HAIKU}", api_key=KEY, base_url=llm.base_url)
+    assert capped.max_tokens == guard.config.limits.default_max_output_tokens == 4096
+    chosen = guarded_llm(guard, model=HAIKU, api_key=KEY, base_url=llm.base_url, max_tokens=900)
+    assert isinstance(chosen, AnthropicCompletion) and chosen.max_tokens == 900

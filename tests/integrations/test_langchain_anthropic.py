@@ -403,6 +403,9 @@ def test_guarded_chat_anthropic_owns_its_clients_and_turns_sdk_retries_off(
     guard = make_guard()
     model = guarded_chat_anthropic(guard, model=HAIKU, api_key=KEY)
     assert isinstance(model, ChatAnthropic) and model.max_retries == 0
+    # Not the model's largest output (64,000 for Haiku 4.5): the guard's default cap.
+    assert model.max_tokens == guard.config.limits.default_max_output_tokens == 4096
+    assert guarded_chat_anthropic(guard, model=HAIKU, api_key=KEY, max_tokens=900).max_tokens == 900
     sync_client, async_client = model._client, model._async_client
     assert type(sync_client) is anthropic.Anthropic and sync_client.max_retries == 0
     assert type(async_client) is anthropic.AsyncAnthropic

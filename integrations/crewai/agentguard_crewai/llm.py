@@ -153,6 +153,12 @@ def guarded_llm(
         **kwargs: ``crewai.LLM`` arguments (``base_url``, ``api_key``, ``temperature``,
             ``max_tokens``, ``timeout``, ``interceptor``...).
 
+    Left unset, ``max_tokens`` of a Claude model is the guard's
+    ``limits.default_max_output_tokens`` (4096), the cap the guard gives any call that sets
+    none: CrewAI would otherwise ask every call for the model's largest output (64,000
+    tokens for Claude Haiku 4.5, 128,000 for Sonnet 4.6), and a budget reserves each call's
+    worst case before sending it.
+
     Returns:
         The LLM, guarded (see :func:`guard_llm`).
 
@@ -168,4 +174,7 @@ def guarded_llm(
     """
     if kwargs.get("api") == "responses":
         raise ValueError("api='responses' is not metered by the guard; use api='completions'")
-    return guard_llm(LLM(model=model, **kwargs), guard)  # type: ignore[return-value]
+    llm = LLM(model=model, **kwargs)
+    if _is_anthropic(llm) and kwargs.get("max_tokens") is None:
+        llm.max_tokens = guard.config.limits.default_max_output_tokens
+    return guard_llm(llm, guard)  # type: ignore[return-value]

@@ -66,10 +66,17 @@ def guarded_chat_anthropic(guard: Guard, **kwargs: Any) -> ChatAnthropic:
     (529 ``overloaded_error``, 5xx) itself and decides what a 429 does, so the SDK's own
     retries are off: they would multiply attempts.
 
+    Left unset, ``ChatAnthropic`` asks every call for the model's largest output (64,000
+    tokens for Claude Haiku 4.5, 128,000 for Sonnet 4.6), and a budget reserves each call's
+    worst case before sending it: about $1.92 a call on Sonnet 4.6. So ``max_tokens``
+    defaults here to the guard's ``limits.default_max_output_tokens`` (4096), the cap the
+    guard gives any call that sets none; pass ``max_tokens`` for longer answers.
+
     Args:
         guard: the guard.
         **kwargs: ``ChatAnthropic`` arguments (``model``, ``base_url``, ``api_key``,
-            ``max_tokens``, ``temperature``, ``anthropic_proxy``, ``default_headers``...).
+            ``max_tokens`` (default: ``limits.default_max_output_tokens``), ``temperature``,
+            ``anthropic_proxy``, ``default_headers``...).
 
     Returns:
         The chat model: a ``ChatAnthropic`` (serialised as one, without the guard).
@@ -88,6 +95,9 @@ def guarded_chat_anthropic(guard: Guard, **kwargs: Any) -> ChatAnthropic:
             "itself (limits.max_retries); SDK retries on top would multiply attempts"
         )
     kwargs["max_retries"] = 0
+    if kwargs.get("max_tokens") is None and kwargs.get("max_tokens_to_sample") is None:
+        kwargs.pop("max_tokens_to_sample", None)
+        kwargs["max_tokens"] = guard.config.limits.default_max_output_tokens
     model = _GuardedChatAnthropic(**kwargs)
     model._guard = guard
     return model

@@ -390,3 +390,26 @@ def test_guarding_a_claude_llm_swaps_its_clients_and_turns_sdk_retries_off(
     assert capped.max_tokens == guard.config.limits.default_max_output_tokens == 4096
     chosen = guarded_llm(guard, model=HAIKU, api_key=KEY, base_url=llm.base_url, max_tokens=900)
     assert isinstance(chosen, AnthropicCompletion) and chosen.max_tokens == 900
+
+
+def test_kickoff_for_each_runs_guarded_copies_of_the_claude_crew(
+    make_guard: Callable[..., Guard],
+) -> None:
+    guard = make_guard()
+    seen: list[tuple[str, str]] = []
+    guard.observers.append(lambda call: seen.append((call.session.id, call.model)))
+    with SimServer(script=crew_script) as sim:
+        model = claude(guard, sim)
+        researcher = Agent(role="Researcher", goal="Find facts", backstory="Careful.", llm=model)
+        research = Task(
+            description=f"{RESEARCH} {{city}}", expected_output="one sentence", agent=researcher
+        )
+        crew = guard_crew(Crew(agents=[researcher], tasks=[research]), guard)
+        outputs = crew.kickoff_for_each(inputs=[{"city": "Paris"}, {"city": "Rome"}])
+
+    assert [output.raw for output in outputs] == [RESEARCH_ANSWER] * 2
+    # Both copies' calls went through the guard, each in a session of its own.
+    assert len(model_calls(sim)) == 2 and len(seen) == 2
+    assert len({session_id for session_id, _ in seen}) == 2
+    assert {model for _, model in seen} == {HAIKU}
+    assert sim.billed_usd() > 0

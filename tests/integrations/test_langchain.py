@@ -543,8 +543,8 @@ def test_import_agentguard_loads_no_framework() -> None:
         "{'store': {'url': 'sqlite://'}}))\n"
         "guard.http_client(); guard.async_http_client(); agentguard.SessionParked\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('langchain', 'langchain_core', 'langchain_openai', 'langgraph', 'langsmith', "
-        "'agentguard_langchain'))))\n"
+        "('langchain', 'langchain_core', 'langchain_openai', 'langchain_anthropic', 'langgraph', "
+        "'langsmith', 'agentguard_langchain'))))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True

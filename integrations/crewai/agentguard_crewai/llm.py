@@ -41,8 +41,9 @@ LLMT = TypeVar("LLMT", bound=BaseLLM)
 # guarding OpenAI models does not import the anthropic SDK.
 _ANTHROPIC_MODULE = "crewai.llms.providers.anthropic.completion"
 
-# Guarded SDK clients (openai or anthropic) and the guard each belongs to. Keyed by the client object, which
-# CrewAI's shallow copies of an LLM (Agent.copy(), Crew.copy()) share, so copies stay guarded.
+# Guarded SDK clients (openai or anthropic) and the guard each belongs to. Keyed by the client
+# object, which CrewAI's shallow copies of an LLM (Agent.copy(), Crew.copy()) share, so copies
+# stay guarded.
 _GUARDED: weakref.WeakKeyDictionary[Any, Guard] = weakref.WeakKeyDictionary()
 
 

@@ -527,6 +527,7 @@ def test_public_names() -> None:
         "DEFAULT_END_ON",
         "GraphOrFactory",
         "__version__",
+        "guarded_chat_anthropic",
         "guarded_chat_openai",
         "register_langgraph_resumer",
         "session_id_for_thread",
@@ -542,8 +543,8 @@ def test_import_agentguard_loads_no_framework() -> None:
         "{'store': {'url': 'sqlite://'}}))\n"
         "guard.http_client(); guard.async_http_client(); agentguard.SessionParked\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('langchain', 'langchain_core', 'langchain_openai', 'langgraph', 'langsmith', "
-        "'agentguard_langchain'))))\n"
+        "('langchain', 'langchain_core', 'langchain_openai', 'langchain_anthropic', 'langgraph', "
+        "'langsmith', 'agentguard_langchain'))))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True

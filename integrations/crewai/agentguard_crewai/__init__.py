@@ -4,7 +4,8 @@
   routing, trimming, parking), one agentguard session per ``kickoff()``; a limit parks the
   kickoff after one HTTP attempt and ``SessionParked`` reaches the caller.
 - :func:`guarded_llm` / :func:`guard_llm` — a CrewAI ``LLM`` whose HTTP goes through the
-  guard.
+  guard: OpenAI models (and OpenAI-compatible servers) through CrewAI's native OpenAI provider,
+  Claude models (``"anthropic/claude-haiku-4-5"``) through its native Anthropic provider.
 - :func:`register_crew_resumer` — continues a parked crew from the task it stopped at when
   its window resets: finished tasks are not run again.
 

@@ -99,7 +99,8 @@ def guard_crew(
         ``crew`` itself, guarded. Guarding it again replaces the settings.
 
     Raises:
-        TypeError: an LLM of the crew is not served by CrewAI's native OpenAI provider.
+        TypeError: an LLM of the crew is served by neither of CrewAI's native OpenAI and
+            Anthropic providers.
         ValueError: ``resumer`` is not a plain lower-case name, an LLM uses the Responses
             API, or ``planning=True`` without a ``planning_llm`` (CrewAI would build an
             unguarded one).

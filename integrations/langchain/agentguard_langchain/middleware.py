@@ -1,7 +1,7 @@
 """``AgentGuardMiddleware``: binds an agentguard session to each run of a LangChain agent.
 
-The guarded HTTP client under the chat model (see :func:`~agentguard_langchain.guarded_chat_openai`)
-enforces the budget, limits, routing, trimming and parking on every model call. What it cannot
+The guarded HTTP client under the chat model (see :func:`~agentguard_langchain.guarded_chat_openai`
+and :func:`~agentguard_langchain.guarded_chat_anthropic`) enforces the budget, limits, routing, trimming and parking on every model call. What it cannot
 know is which agent run a call belongs to. The middleware supplies that: around every model call
 it binds the run's session, named after the LangGraph thread (``lg-<thread_id>``), marked as a
 ``langchain`` session resumed by the ``langgraph`` resumer, with the thread id kept in its
@@ -114,7 +114,8 @@ class AgentGuardMiddleware(AgentMiddleware[AgentGuardState[Any], Any, Any]):
     pause for parking or an interrupt), so its counters cover the whole run.
 
     Give the agent a chat model whose HTTP goes through the same guard
-    (:func:`~agentguard_langchain.guarded_chat_openai`); the guard enforces the limits, this
+    (:func:`~agentguard_langchain.guarded_chat_openai`,
+    :func:`~agentguard_langchain.guarded_chat_anthropic`); the guard enforces the limits, this
     middleware tells it which run a call belongs to.
 
     Args:

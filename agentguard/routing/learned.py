@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agentguard.routing import Classification, Label, StepFeatures
+    from agentguard.routing.features import Classification, Label, StepFeatures
 
 __all__ = ["LearnedClassifier", "ScorerModel", "is_routine_step", "load_model", "step_vector"]
 
@@ -258,7 +258,7 @@ class LearnedClassifier:
 
     def __call__(self, features: StepFeatures) -> Classification:
         """Label one step."""
-        from agentguard.routing import Classification
+        from agentguard.routing.features import Classification
 
         vector = step_vector(features)
         get = self.model.weights.get

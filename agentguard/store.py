@@ -8,9 +8,12 @@ lock first (``BEGIN IMMEDIATE`` on SQLite, ``SELECT ... FOR UPDATE`` on PostgreS
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -270,6 +273,13 @@ class Store:
                 raise StoreError(
                     f"cannot open store {self.safe_url} ({self.origin}): {exc}", url=self.safe_url
                 ) from exc
+        if (url.database or ":memory:") == ":memory:" and not url.query:
+            # An in-memory SQLite database is one per connection, and the ledger uses several
+            # (its flusher thread, the store's pool): a private file that lives as long as the
+            # process behaves as one database instead.
+            directory = Path(tempfile.mkdtemp(prefix="agentguard-memory-"))
+            atexit.register(shutil.rmtree, directory, ignore_errors=True)
+            url = url.set(database=str(directory / "store.db"))
         file = _sqlite_file(url)
         if file is not None:
             self._sqlite_file = file

@@ -342,3 +342,32 @@ def test_looking_at_parked_records_never_holds_up_a_writer(tmp_path: Path) -> No
     writer.execute("UPDATE agentguard_parked_sessions SET state = 'dropped'")
     writer.execute("COMMIT")
     assert parked.get("seen").state == "dropped"
+
+
+def test_an_in_memory_url_is_one_database_for_every_thread() -> None:
+    """``sqlite://`` (in memory) is one database per connection in SQLite; the ledger uses
+    several connections and a flusher thread, so the store keeps it in a private file."""
+    import threading
+    from decimal import Decimal
+
+    from agentguard.ledger import BudgetLine, Ledger
+
+    store = Store("sqlite://")
+    ledger = Ledger(store)
+    line = BudgetLine("mem", Decimal(1))
+    seen: list[Decimal] = []
+
+    def spend() -> None:
+        held = ledger.reserve([line], Decimal("0.25"))
+        ledger.settle(held, Decimal("0.25"))
+
+    workers = [threading.Thread(target=spend) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    ledger.flush()
+    seen.append(ledger.status(line).spent_usd)
+    assert seen == [Decimal("0.75")]
+    assert store.safe_url == "sqlite://"
+    store.dispose()

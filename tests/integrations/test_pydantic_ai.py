@@ -320,7 +320,7 @@ def test_a_429_parks_a_responses_agent_and_the_resume_runs_no_tool_again(
             agent.run_sync(QUESTION)
         assert len(sim.requests) == 2 and weather.calls == ["Paris"]
         record = guard.parked.get("resp-park")
-        assert record.reason.status == 429 and record.api == "openai_responses"
+        assert record.reason.status == 429 and record.dialect == "openai_responses"
         assert kinds(parked_messages(record)) == FINISHED_RUN[:3]
 
         daemon = ResumeDaemon(guard, poll_interval_s=0.1, watch_inbox=False)

@@ -42,6 +42,25 @@ AGENTS = textwrap.dedent(
     from agentguard.config import GuardConfig
     from agentguard.guard import Guard
     store, base_url, limit, ttl = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+    api = sys.argv[5]
+
+    def client_for(guard, api_key):
+        if api == "anthropic":
+            import anthropic
+            return guard.wrap(anthropic.Anthropic(
+                base_url=base_url.removesuffix("/v1"), api_key=api_key, max_retries=0))
+        return guard.wrap(openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0))
+
+    def call(client, n):
+        text = f"call {n}: say ok"
+        if api == "anthropic":
+            client.messages.create(model="claude-haiku-4-5", max_tokens=20,
+                                   messages=[{"role": "user", "content": text}])
+        elif api == "responses":
+            client.responses.create(model="gpt-4o-mini", max_output_tokens=20, input=text)
+        else:
+            client.chat.completions.create(
+                model="gpt-4o-mini", max_tokens=20, messages=[{"role": "user", "content": text}])
 
     def run(store, api_key, calls=100_000):
         guard = Guard(GuardConfig.from_mapping({
@@ -50,13 +69,11 @@ AGENTS = textwrap.dedent(
                          "on_exhausted": "raise"}],
             "limits": {"max_iterations": None},
         }, env={}))
-        client = guard.wrap(openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0))
+        client = client_for(guard, api_key)
         with guard.session(budget_key="shared"):
             for n in range(calls):
                 try:
-                    client.chat.completions.create(
-                        model="gpt-4o-mini", max_tokens=20,
-                        messages=[{"role": "user", "content": f"call {n}: say ok"}])
+                    call(client, n)
                 except BudgetExceeded:
                     break
         return guard
@@ -77,9 +94,17 @@ AGENTS = textwrap.dedent(
 class Agents:
     """A warmed process that forks agents on one budget, each with its own API key."""
 
-    def __init__(self, store_url: str, sim: SimServer, limit: Decimal, ttl_s: float, home: Path):
+    def __init__(
+        self,
+        store_url: str,
+        sim: SimServer,
+        limit: Decimal,
+        ttl_s: float,
+        home: Path,
+        api: str = "chat",
+    ):
         self.process = subprocess.Popen(
-            [sys.executable, "-c", AGENTS, store_url, sim.base_url, str(limit), str(ttl_s)],
+            [sys.executable, "-c", AGENTS, store_url, sim.base_url, str(limit), str(ttl_s), api],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -168,11 +193,32 @@ def judge(sim: SimServer, ledger: Ledger, line: BudgetLine = SHARED) -> tuple[De
 
 
 def test_a_kill_storm_never_overspends(store_url: str, tmp_path: Path) -> None:
+    kill_storm(store_url, tmp_path, "chat", SHARED)
+
+
+@pytest.mark.parametrize(
+    ("api", "limit"),
+    [("responses", "0.001"), ("anthropic", "0.01")],
+    ids=["responses", "anthropic"],
+)
+def test_a_kill_storm_never_overspends_on_the_other_apis(
+    tmp_path: Path, api: str, limit: str
+) -> None:
+    """The same storm through the Responses API and Anthropic's Messages API (Claude Haiku
+    costs more a call: a larger budget, for as many calls): one engine, one guarantee."""
+    line = BudgetLine("shared", Decimal(limit), timedelta(days=1))
+    kill_storm(f"sqlite:///{tmp_path / 'store.db'}", tmp_path, api, line)
+
+
+def kill_storm(store_url: str, tmp_path: Path, api: str, line: BudgetLine) -> None:
+    """Agents killed (SIGKILL) mid-call or just after, then survivors that spend the rest: the
+    sim's bill never exceeds the limit, and the ledger charged at least what was billed."""
     ttl = 1.0
     rng = random.Random(11)
-    Ledger(Store(store_url)).status(SHARED)  # the schema, before processes race to make it
+    Ledger(Store(store_url)).status(line)  # the schema, before processes race to make it
     with SimServer(latency_s=0.01) as sim:
-        agents = Agents(store_url, sim, SHARED.limit_usd or Decimal(0), ttl, tmp_path / "home")
+        limit = line.limit_usd or Decimal(0)
+        agents = Agents(store_url, sim, limit, ttl, tmp_path / "home", api)
         try:
             for round_number in range(8):
                 key = f"sk-killed-{round_number}"
@@ -189,9 +235,9 @@ def test_a_kill_storm_never_overspends(store_url: str, tmp_path: Path) -> None:
                 wait_ended(pid)
         finally:
             agents.close()
-        billed, _ = judge(sim, settle_everything(store_url, ttl))
+        billed, _ = judge(sim, settle_everything(store_url, ttl), line)
     assert sim.billed_calls() > 8
-    assert billed > (SHARED.limit_usd or 0) / 3  # the storm did spend the budget
+    assert billed > limit / 3  # the storm did spend the budget
 
 
 def test_a_process_stalled_past_its_ttl_cannot_spend_its_swept_lease(

@@ -21,7 +21,7 @@ import pytest
 from agentguard import configure_logging
 from agentguard.guard import Guard
 from agentguard.proxy import ProxyServer
-from agentguard.sim import HTTPError, SimServer
+from agentguard.sim import CutStream, HTTPError, SimServer
 
 OPENAI_KEY = "sk-proj-" + "Pr0xyK3y" * 6
 ANTHROPIC_KEY = "sk-ant-api03-" + "Pr0xyAnt" * 5
@@ -355,3 +355,42 @@ def test_unmetered_posts_are_refused_under_a_budget_and_unknown_paths_get_404(
     assert unknown_budget.status_code == 400
     assert "did you mean 'capped'" in unknown_budget.json()["error"]["message"]
     assert sim.billed_calls() == 0
+
+
+def test_a_stream_cut_upstream_is_cut_for_the_client_and_charged_at_its_worst_case(
+    sim: SimServer, proxied: Callable[..., tuple[Guard, ProxyServer]]
+) -> None:
+    guard, server = proxied()
+    client = openai_client(server, **{"x-agentguard-budget-key": "team"})
+    sim.inject(CutStream(after_chunks=2))
+    with pytest.raises((openai.APIError, httpx.HTTPError)):
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, max_tokens=100, stream=True
+        )
+        for _ in stream:
+            pass
+    billed = sim.billed_usd(OPENAI_KEY)
+    assert billed > 0
+    # What the provider generated before the cut is unknown to the guard: charged at the
+    # worst case, never less than the bill.
+    assert settled_usd(guard, "team") >= billed
+
+
+@pytest.mark.parametrize("store_url", ["sqlite", "postgresql"], indirect=True)
+def test_budgets_through_the_proxy_hold_on_each_store(
+    store_url: str, sim: SimServer, proxied: Callable[..., tuple[Guard, ProxyServer]]
+) -> None:
+    # store_url comes first: its database outlives the proxy's guard, which flushes on close.
+    guard, server = proxied(store={"url": store_url})
+    assert guard.store.is_sqlite == store_url.startswith("sqlite")
+    client = openai_client(
+        server, **{"x-agentguard-budget-key": "capped", "x-agentguard-session": "on-store"}
+    )
+    refused = _exhaust(
+        lambda: client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=60),
+        openai.RateLimitError,
+    )
+    assert refused.body["code"] == "budget_exceeded"  # type: ignore[index]
+    assert 0 < sim.billed_usd(OPENAI_KEY) <= LIMIT
+    assert settled_usd(guard, "capped") == sim.billed_usd(OPENAI_KEY)
+    assert guard.parked.get("on-store").state == "parked"

@@ -461,9 +461,12 @@ class ProxyApp:
                 await send({"type": "http.response.body", "body": rest, "more_body": True})
         except OSError:
             client_gone = True
-        except Exception as exc:
-            # The upstream cut the stream (or timed out): what it generated is settled below.
-            logger.warning("stream_cut", error=str(exc)[:200])
+        except TransportFailure as exc:
+            # The upstream cut the stream (or went silent): what it generated is settled below
+            # (at the worst case when unknown), and the client's stream is cut too, so its SDK
+            # sees the failure as it would from the provider.
+            logger.warning("stream_cut", session_id=None, error=str(exc)[:200])
+            client_gone = True
         finally:
             response.close()
             await finish()

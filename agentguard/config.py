@@ -437,6 +437,9 @@ class ProxyConfig(_Section):
     read_timeout_s: PositiveFloat = 600.0
     """Seconds the upstream may stay silent (before its answer, or between two chunks of a
     stream) before the attempt fails; such an attempt may have been billed and is charged."""
+    max_request_bytes: PositiveInt = 32 * 1024 * 1024
+    """A request body larger than this is refused (413) before it is read whole: the proxy
+    holds each body in memory to meter it."""
     max_sessions: PositiveInt = 10000
     """Sessions whose counters the proxy keeps in memory; past this the least recently used
     is forgotten (its spend stays in the store; its iteration and tool-call counts restart)."""

@@ -104,9 +104,13 @@ def test_every_dialect_streamed_and_not_passes_and_is_settled_at_the_sims_bill(
         assert stream.get_final_message().usage.output_tokens > 0
     counted = claude.messages.count_tokens(model="claude-haiku-4-5", messages=MESSAGES)
     assert counted.input_tokens > 0
+    # The beta surface (Claude Code's): /v1/messages?beta=true, guarded the same.
+    beta = claude.beta.messages.create(model="claude-haiku-4-5", max_tokens=50, messages=MESSAGES)
+    assert beta.usage.output_tokens > 0
+    assert any(r.path == "/v1/messages" and r.body for r in sim.requests[-2:])
 
     billed = sim.billed_usd(OPENAI_KEY) + sim.billed_usd(ANTHROPIC_KEY)
-    assert sim.billed_calls() == 6
+    assert sim.billed_calls() == 7
     assert billed > 0
     assert settled_usd(guard, "team") == billed
     metrics = httpx.get(server.base_url + "/metrics").text
@@ -336,7 +340,7 @@ def test_virtual_keys_pick_the_budget_and_the_upstream_key(
 def test_unmetered_posts_are_refused_under_a_budget_and_unknown_paths_get_404(
     sim: SimServer, proxied: Callable[..., tuple[Guard, ProxyServer]]
 ) -> None:
-    _, server = proxied()
+    _, server = proxied(proxy={"max_request_bytes": 32 * 1024})
     auth = {"authorization": f"Bearer {OPENAI_KEY}"}
     refused = httpx.post(
         server.base_url + "/v1/images/generations",
@@ -345,6 +349,16 @@ def test_unmetered_posts_are_refused_under_a_budget_and_unknown_paths_get_404(
     )
     assert refused.status_code == 403
     assert refused.json()["error"]["code"] == "unmetered_request"
+    # Reads pass through under a budget.
+    listed = openai_client(server, **{"x-agentguard-budget-key": "capped"}).models.list()
+    assert listed.data
+    too_large = httpx.post(
+        server.base_url + "/v1/chat/completions",
+        content=b"{" + b" " * (64 * 1024) + b"}",
+        headers={**auth, "content-type": "application/json"},
+    )
+    assert too_large.status_code == 413
+    assert "proxy.max_request_bytes" in too_large.json()["error"]["message"]
     missing = httpx.get(server.base_url + "/nowhere", headers=auth)
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found"
     unknown_budget = httpx.post(

@@ -88,15 +88,36 @@ class _Request:
         self.anthropic = self.path.startswith("/v1/messages") or "anthropic-version" in self.headers
         """Whether the client speaks Anthropic's API (its errors take Anthropic's shape)."""
 
-    async def body(self) -> bytes:
+    async def body(self, limit: int) -> bytes:
+        """The whole body.
+
+        Raises:
+            RequestTooLarge: it is longer than ``limit`` bytes.
+            ConnectionResetError: the client went away first.
+        """
+        declared = self.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise RequestTooLarge(limit)
         parts: list[bytes] = []
+        size = 0
         while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":
                 raise ConnectionResetError("the client went away before sending its body")
-            parts.append(message.get("body", b""))
+            part = message.get("body", b"")
+            size += len(part)
+            if size > limit:
+                raise RequestTooLarge(limit)
+            parts.append(part)
             if not message.get("more_body"):
                 return b"".join(parts)
+
+
+class RequestTooLarge(Exception):
+    """A request body over ``proxy.max_request_bytes``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body is larger than proxy.max_request_bytes ({limit})")
 
 
 class ProxyApp:
@@ -175,6 +196,9 @@ class ProxyApp:
             return await _error(send, error_reply(exc, anthropic=request.anthropic))
         except ConnectionResetError:
             return 499
+        except RequestTooLarge as exc:
+            reply = refusal(413, str(exc), anthropic=request.anthropic, code="request_too_large")
+            return await _error(send, reply)
         except (TransportFailure, TimeoutError, aiohttp.ClientError) as exc:
             message = f"the upstream could not be reached or did not answer: {type(exc).__name__}"
             reply = refusal(502, message, anthropic=request.anthropic, code="upstream_error")
@@ -338,7 +362,7 @@ class ProxyApp:
         headers: dict[str, str],
         url: str,
     ) -> int:
-        raw = await request.body()
+        raw = await request.body(self.config.max_request_bytes)
         body = _json_object(raw)
         if body is None:
             if self._metered(budget_key, request.path):
@@ -486,7 +510,7 @@ class ProxyApp:
         headers: dict[str, str],
         url: str,
     ) -> int:
-        raw = await request.body()
+        raw = await request.body(self.config.max_request_bytes)
         session_id = request.headers.get(_SESSION_HEADER) or (
             "proxy-" + key_hash(f"{caller.key_hash}\n{budget_key}\n{kind}")[:24]
         )
@@ -521,7 +545,7 @@ class ProxyApp:
         raw: bytes | None = None,
     ) -> int:
         if raw is None:
-            raw = await request.body()
+            raw = await request.body(self.config.max_request_bytes)
         response = await self.upstream.send(request.method, url, headers, raw or None, stream=True)
         if response.body is not None:
             return await _answer(send, response.status, response.body, response.forwarded_headers())

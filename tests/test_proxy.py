@@ -332,8 +332,9 @@ def test_virtual_keys_pick_the_budget_and_the_upstream_key(
             model="gpt-4o-mini", messages=MESSAGES
         )
     escaping = openai_client(server, key=virtual, **{"x-agentguard-budget-key": "team"})
-    with pytest.raises(openai.PermissionDeniedError):
+    with pytest.raises(openai.PermissionDeniedError) as refused:
         escaping.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert refused.value.body["code"] == "budget_key_not_allowed"  # type: ignore[index]
     assert sim.billed_calls() == 1
 
 
@@ -368,6 +369,15 @@ def test_unmetered_posts_are_refused_under_a_budget_and_unknown_paths_get_404(
     )
     assert unknown_budget.status_code == 400
     assert "did you mean 'capped'" in unknown_budget.json()["error"]["message"]
+    bad_session = httpx.post(
+        server.base_url + "/v1/messages",
+        json={"model": "claude-haiku-4-5", "max_tokens": 10, "messages": MESSAGES},
+        headers={"x-api-key": ANTHROPIC_KEY, "x-agentguard-session": "no spaces allowed"},
+    )
+    assert bad_session.status_code == 400
+    error = bad_session.json()
+    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    assert error["error"]["message"].startswith("x-agentguard-session: ")
     assert sim.billed_calls() == 0
 
 
@@ -408,3 +418,26 @@ def test_budgets_through_the_proxy_hold_on_each_store(
     assert 0 < sim.billed_usd(OPENAI_KEY) <= LIMIT
     assert settled_usd(guard, "capped") == sim.billed_usd(OPENAI_KEY)
     assert guard.parked.get("on-store").state == "parked"
+
+
+def test_a_child_session_named_by_its_parent_draws_on_the_parents_session_budget(
+    sim: SimServer, proxied: Callable[..., tuple[Guard, ProxyServer]]
+) -> None:
+    guard, server = proxied(limits={"max_session_usd": "0.002"})
+    parent = openai_client(server, **{"x-agentguard-session": "lead"})
+    child = openai_client(
+        server, **{"x-agentguard-session": "helper", "x-agentguard-parent": "lead"}
+    )
+    parent.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=60)
+    refused = _exhaust(
+        lambda: child.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=60),
+        openai.PermissionDeniedError,
+    )
+    # A session's own budget never resets: refused for good, not parked.
+    assert refused.body["code"] == "budget_exceeded"  # type: ignore[index]
+    assert "'session:lead'" in refused.body["message"]  # type: ignore[index]
+    assert sim.billed_usd(OPENAI_KEY) <= Decimal("0.002")
+    assert guard.parked.list() == []
+    # Another root session has a budget of its own.
+    other = openai_client(server, **{"x-agentguard-session": "another"})
+    other.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=60)

@@ -113,11 +113,21 @@ class _Request:
                 return b"".join(parts)
 
 
-class RequestTooLarge(Exception):
+class _Refused(Exception):
+    """A request the proxy answers with an error of its own, before any engine work."""
+
+    def __init__(self, status: int, message: str, code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class RequestTooLarge(_Refused):
     """A request body over ``proxy.max_request_bytes``."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(f"the request body is larger than proxy.max_request_bytes ({limit})")
+        message = f"the request body is larger than proxy.max_request_bytes ({limit})"
+        super().__init__(413, message, "request_too_large")
 
 
 class ProxyApp:
@@ -196,8 +206,8 @@ class ProxyApp:
             return await _error(send, error_reply(exc, anthropic=request.anthropic))
         except ConnectionResetError:
             return 499
-        except RequestTooLarge as exc:
-            reply = refusal(413, str(exc), anthropic=request.anthropic, code="request_too_large")
+        except _Refused as exc:
+            reply = refusal(exc.status, str(exc), anthropic=request.anthropic, code=exc.code)
             return await _error(send, reply)
         except (TransportFailure, TimeoutError, aiohttp.ClientError) as exc:
             message = f"the upstream could not be reached or did not answer: {type(exc).__name__}"
@@ -209,8 +219,7 @@ class ProxyApp:
         caller = self.keys.caller(found[0] if found else None)
         if caller is None:
             message = "the API key is not one of this proxy's keys ([[proxy.keys]])"
-            reply = refusal(401, message, anthropic=request.anthropic, code="invalid_api_key")
-            return await _error(send, reply)
+            raise _Refused(401, message, "invalid_api_key")
         budget_key = self._budget_key(request, caller)
         headers = Upstream.request_headers(request.headers)
         if caller.upstream_key is not None and found is not None:
@@ -244,13 +253,11 @@ class ProxyApp:
         named = request.headers.get(_BUDGET_HEADER)
         if caller.budget_key is not None:
             if named is not None and named != caller.budget_key:
-                raise UnmeteredRequest(
-                    f"refused: {_BUDGET_HEADER}: {named!r} names another budget than the "
-                    f"key's own ({caller.budget_key!r})",
-                    endpoint=request.path,
-                    reason="budget key not the virtual key's",
-                    field=_BUDGET_HEADER,
+                message = (
+                    f"{_BUDGET_HEADER}: {named!r} names another budget than the key's own "
+                    f"({caller.budget_key!r})"
                 )
+                raise _Refused(403, message, "budget_key_not_allowed")
             return caller.budget_key
         key = named or self.config.budget_key
         self.guard.check_budget_key(key)

@@ -11,6 +11,7 @@ error                                  status  why
 =====================================  ======  =================================================
 ``BudgetExceeded`` that fits a window   429     the budget is spent until ``resets_at``
 ``SessionParked``                       429     the session waits for its reset
+``BudgetExceeded`` that never resets    403     a session's own budget is spent
 ``BudgetExceeded`` that can never fit   400     the call is larger than the whole limit
 ``UnmeteredRequest``                    403     under a budget, only metered calls pass
 ``ConfigError``, ``PricingError``,      400     the request names an unknown budget, model...
@@ -118,7 +119,9 @@ def error_reply(error: AgentGuardError, *, anthropic: bool) -> ErrorReply:
                 reset_at=error.resets_at,
                 kind="parked",
             )
-        return refusal(400, message, anthropic=anthropic, code="budget_exceeded")
+        # Spent for good (a session's own budget), or a call larger than the whole limit.
+        status = 403 if error.fits_empty_window else 400
+        return refusal(status, message, anthropic=anthropic, code="budget_exceeded")
     if isinstance(error, UnmeteredRequest):
         return refusal(403, message, anthropic=anthropic, code="unmetered_request")
     if isinstance(error, RetryLimitExceeded):

@@ -21,7 +21,8 @@ import pytest
 from agentguard import configure_logging
 from agentguard.guard import Guard
 from agentguard.proxy import ProxyServer
-from agentguard.sim import CutStream, HTTPError, SimServer
+from agentguard.sim import CutStream, HTTPError, Reply, SimServer, ToolCall
+from agentguard.sim.script import as_script
 
 OPENAI_KEY = "sk-proj-" + "Pr0xyK3y" * 6
 ANTHROPIC_KEY = "sk-ant-api03-" + "Pr0xyAnt" * 5
@@ -441,3 +442,26 @@ def test_a_child_session_named_by_its_parent_draws_on_the_parents_session_budget
     # Another root session has a budget of its own.
     other = openai_client(server, **{"x-agentguard-session": "another"})
     other.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=60)
+
+
+def test_loop_detection_and_routing_apply_through_the_proxy_as_in_process(
+    sim: SimServer, proxied: Callable[..., tuple[Guard, ProxyServer]]
+) -> None:
+    _, server = proxied(limits={"loop_threshold": 3}, routing={"force_model": "gpt-4o-mini"})
+    search = ToolCall("search", {"query": "budget report"})
+    sim.script = as_script([Reply(tool_calls=[search])] * 5)
+    client = openai_client(server, **{"x-agentguard-session": "looping"})
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": "search", "parameters": {"type": "object", "properties": {}}},
+        }
+    ]
+    for _ in range(2):
+        answer = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, tools=tools)
+        assert answer.choices[0].message.tool_calls
+    with pytest.raises(openai.PermissionDeniedError) as stopped:
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES, tools=tools)
+    assert stopped.value.body["code"] == "loop_threshold_exceeded"  # type: ignore[index]
+    # Routing rewrote the request before it left: the provider saw the routed model.
+    assert {request.body["model"] for request in sim.requests if request.body} == {"gpt-4o-mini"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -225,7 +226,10 @@ def test_a_provider_limit_that_parks_answers_429_with_its_reset(
 def test_a_parked_session_goes_on_when_the_client_calls_after_the_reset(
     sim: SimServer, proxied: Callable[..., tuple[Guard, ProxyServer]]
 ) -> None:
-    guard, server = proxied(budgets=[{"key": "short", "limit_usd": "0.001", "window": "3s"}])
+    guard, server = proxied(
+        budgets=[{"key": "short", "limit_usd": "0.001", "window": "3s"}],
+        parking={"wait_inline_max_s": 0},  # answered at once, not held until the reset
+    )
     client = openai_client(
         server, **{"x-agentguard-budget-key": "short", "x-agentguard-session": "retrier"}
     )
@@ -465,3 +469,25 @@ def test_loop_detection_and_routing_apply_through_the_proxy_as_in_process(
     assert stopped.value.body["code"] == "loop_threshold_exceeded"  # type: ignore[index]
     # Routing rewrote the request before it left: the provider saw the routed model.
     assert {request.body["model"] for request in sim.requests if request.body} == {"gpt-4o-mini"}
+
+
+def test_a_short_wait_for_the_budget_is_held_in_the_proxy_and_each_window_stays_under_its_limit(
+    sim: SimServer, proxied: Callable[..., tuple[Guard, ProxyServer]]
+) -> None:
+    window_s = 2
+    _, server = proxied(
+        budgets=[{"key": "short", "limit_usd": "0.001", "window": f"{window_s}s"}],
+        parking={"wait_inline_max_s": 30},
+    )
+    client = openai_client(
+        server, **{"x-agentguard-budget-key": "short", "x-agentguard-session": "patient"}
+    )
+    for _ in range(5):  # more than one window's budget: some calls wait for the next window
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=60)
+    assert sim.billed_calls() == 5
+    # Every call is the same request, so each is billed the same.
+    per_call = sim.billed_usd(OPENAI_KEY) / 5
+    calls_per_window = Counter(int(request.time // window_s) for request in sim.requests)
+    assert len(calls_per_window) >= 2
+    for calls in calls_per_window.values():
+        assert calls * per_call <= Decimal("0.001")

@@ -396,21 +396,30 @@ class ProxyApp:
             return Reply(response.status, response.headers, response.body)
 
         pipeline = self.guard.pipeline
+        held_s = 0.0
         marker = request_url.set(url)
         try:
-            outcome = await drive_async(
-                pipeline.run(session, body, dialect),
-                send_attempt,
-                pipeline.effects,
-                offload=self.offload,
-            )
-        except BudgetExceeded as exc:
-            if "response" in last and last["response"].body is None:
-                last["response"].close()
-            await self._park_budget(session, body, dialect, exc)
-            reply = error_reply(exc, anthropic=request.anthropic)
-            self.metrics.refused(budget_key, model, reply.kind)
-            return await _error(send, reply)
+            while True:
+                try:
+                    outcome = await drive_async(
+                        pipeline.run(session, body, dialect),
+                        send_attempt,
+                        pipeline.effects,
+                        offload=self.offload,
+                    )
+                    break
+                except BudgetExceeded as exc:
+                    wait_s = self._hold_for(exc, held_s)
+                    if wait_s is None:
+                        # The request as the client sent it (the engine rewrote ``body``).
+                        await self._park_budget(session, _json_object(raw) or body, dialect, exc)
+                        reply = error_reply(exc, anthropic=request.anthropic)
+                        self.metrics.refused(budget_key, model, reply.kind)
+                        return await _error(send, reply)
+                    # A short wait: held here, then tried again in a fresh window.
+                    await asyncio.sleep(wait_s)
+                    held_s += wait_s
+                    body = _json_object(raw) or body
         except AgentGuardError as exc:
             reply = error_reply(exc, anthropic=request.anthropic)
             self.metrics.refused(budget_key, model, reply.kind)
@@ -422,6 +431,18 @@ class ProxyApp:
                 send, outcome.reply.status, outcome.reply.body or b"", _reply_headers(outcome)
             )
         return await self._stream(send, outcome, last["response"])
+
+    def _hold_for(self, exc: BudgetExceeded, held_s: float) -> float | None:
+        """Seconds to hold a request refused by an exhausted budget before trying it again,
+        or ``None`` to answer 429: the reset must come within ``parking.wait_inline_max_s``
+        (counted over every wait of the request)."""
+        if exc.resets_at is None or not exc.fits_empty_window:
+            return None
+        # A hair past the reset, so the new window has begun when the request is tried again.
+        wait_s = max((exc.resets_at - datetime.now(UTC)).total_seconds(), 0.0) + 0.005
+        if held_s + wait_s > self.guard.config.parking.wait_inline_max_s:
+            return None
+        return wait_s
 
     async def _park_budget(
         self, session: Session, body: dict[str, Any], dialect: Dialect, exc: BudgetExceeded

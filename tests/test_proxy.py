@@ -491,3 +491,35 @@ def test_a_short_wait_for_the_budget_is_held_in_the_proxy_and_each_window_stays_
     assert len(calls_per_window) >= 2
     for calls in calls_per_window.values():
         assert calls * per_call <= Decimal("0.001")
+
+
+def test_the_proxy_command_refuses_a_port_in_use_in_one_line(tmp_path: Path) -> None:
+    import socket
+
+    from typer.testing import CliRunner
+
+    from agentguard.cli import app
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, ["proxy", "--port", str(port)])
+    assert result.exit_code == 2
+    assert f"--host/--port: cannot listen on 127.0.0.1:{port}" in result.output
+    bad = CliRunner().invoke(app, ["proxy", "--port", "0"])
+    assert bad.exit_code == 2 and "--port" in bad.output
+
+
+def test_metrics_keep_a_bounded_number_of_label_sets() -> None:
+    from agentguard.proxy.metrics import MAX_LABEL_SETS, Metrics
+
+    metrics = Metrics()
+    for index in range(MAX_LABEL_SETS + 50):
+        metrics.refused("team", f"made-up-model-{index}", "refused")
+    text = metrics.render()
+    assert 'model="made-up-model-0"' in text
+    assert f'model="made-up-model-{MAX_LABEL_SETS + 10}"' not in text
+    assert (
+        'agentguard_proxy_refusals_total{budget_key="team",model="other",kind="refused"} 50' in text
+    )

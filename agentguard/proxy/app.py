@@ -317,7 +317,9 @@ class ProxyApp:
                 raise ConfigError(f"{_SESSION_HEADER}: {exc}", field=_SESSION_HEADER) from None
             # A session parked before this process knew it (a restart) stays parked.
             session.parked_record = await self._store(self._waiting_record, session_id)
-            self._sessions[session_id] = session
+            # Another request of the same new session may have made it meanwhile: one
+            # session object per id, so its counters are not split.
+            session = self._sessions.setdefault(session_id, session)
             while len(self._sessions) > self.config.max_sessions:
                 self._sessions.popitem(last=False)
         record = session.parked_record

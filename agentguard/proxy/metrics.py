@@ -17,10 +17,16 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+MAX_LABEL_SETS = 1000
+"""Distinct (budget key, model) pairs kept apart; later ones are counted as model ``other``
+(a client naming models at random must not grow the proxy's memory without bound)."""
+
+
 class Metrics:
     """Calls, tokens and dollars settled, and refusals, per budget key and model."""
 
     def __init__(self) -> None:
+        self._pairs: set[tuple[str, str]] = set()
         self.calls: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.dollars: defaultdict[tuple[str, str], Decimal] = defaultdict(Decimal)
         self.input_tokens: defaultdict[tuple[str, str], int] = defaultdict(int)
@@ -28,9 +34,17 @@ class Metrics:
         self.refusals: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         """By (budget key, model, kind: ``refused``, ``parked``, ``limit``, ``error``)."""
 
+    def _labels(self, budget_key: str, model: str) -> tuple[str, str]:
+        pair = (budget_key[:200], model[:200])
+        if pair not in self._pairs:
+            if len(self._pairs) >= MAX_LABEL_SETS:
+                return (pair[0], "other")
+            self._pairs.add(pair)
+        return pair
+
     def observe(self, call: CallContext) -> None:
         """Count one settled call (a pipeline observer)."""
-        labels = (call.session.budget_key, call.model)
+        labels = self._labels(call.session.budget_key, call.model)
         self.calls[labels] += 1
         cost = call.notes.get("cost_usd")
         if cost is not None:
@@ -42,7 +56,7 @@ class Metrics:
 
     def refused(self, budget_key: str, model: str, kind: str) -> None:
         """Count a request the proxy answered with an error of its own."""
-        self.refusals[(budget_key, model, kind)] += 1
+        self.refusals[(*self._labels(budget_key, model), kind)] += 1
 
     def render(self) -> str:
         """The counters in Prometheus' text exposition format."""

@@ -523,3 +523,15 @@ def test_metrics_keep_a_bounded_number_of_label_sets() -> None:
     assert (
         'agentguard_proxy_refusals_total{budget_key="team",model="other",kind="refused"} 50' in text
     )
+
+
+def test_import_agentguard_loads_no_server_or_client_of_the_proxy() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, agentguard;"
+        "print([m for m in ('uvicorn', 'aiohttp', 'agentguard.proxy') if m in sys.modules])"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert output.returncode == 0 and output.stdout.strip() == "[]"

@@ -519,7 +519,7 @@ class ProxyApp:
             # The upstream cut the stream (or went silent): what it generated is settled below
             # (at the worst case when unknown), and the client's stream is cut too, so its SDK
             # sees the failure as it would from the provider.
-            logger.warning("stream_cut", session_id=None, error=str(exc)[:200])
+            logger.warning("stream_cut", error=str(exc)[:200])
             client_gone = True
         finally:
             response.close()
@@ -589,6 +589,11 @@ class ProxyApp:
         try:
             async for chunk in response.chunks():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except TransportFailure as exc:
+            # Cut upstream: the client's response is cut too (left incomplete, so the server
+            # drops the connection), as the provider's would have been.
+            logger.warning("stream_cut", error=str(exc)[:200])
+            return response.status
         finally:
             response.close()
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -18,8 +19,10 @@ import anthropic
 import httpx
 import openai
 import pytest
+from typer.testing import CliRunner
 
 from agentguard import configure_logging
+from agentguard.cli import app as cli_app
 from agentguard.guard import Guard
 from agentguard.proxy import ProxyServer
 from agentguard.sim import CutStream, HTTPError, Reply, SimServer, ToolCall
@@ -146,7 +149,7 @@ def _exhaust(call: Callable[[], Any], error: type[Exception]) -> Any:
 
 
 def test_an_exhausted_budget_answers_429_in_openai_shape_with_the_exact_reset_and_parks(
-    sim: SimServer, proxied: Callable[..., tuple[Guard, ProxyServer]]
+    sim: SimServer, proxied: Callable[..., tuple[Guard, ProxyServer]], tmp_path: Path
 ) -> None:
     guard, server = proxied()
     client = openai_client(
@@ -175,6 +178,12 @@ def test_an_exhausted_budget_answers_429_in_openai_shape_with_the_exact_reset_an
     parked = guard.parked.get("task-7")
     assert parked.state == "parked" and parked.resume_at == resets_at
     assert parked.reason.kind == "local_budget" and parked.resumer == "proxy"
+    # The command line sees it as any parked session.
+    config = tmp_path / "agentguard.toml"
+    config.write_text(f'[store]\nurl = "{guard.config.store.url}"\n[[budgets]]\nkey = "capped"\n')
+    listed = CliRunner().invoke(cli_app, ["parked", "list", "--json", "--config", str(config)])
+    assert listed.exit_code == 0, listed.output
+    assert [record["session_id"] for record in json.loads(listed.stdout)] == ["task-7"]
     # Further calls of the parked session are refused at once: nothing more reaches the sim.
     calls = sim.billed_calls()
     again = _exhaust(
@@ -496,18 +505,14 @@ def test_a_short_wait_for_the_budget_is_held_in_the_proxy_and_each_window_stays_
 def test_the_proxy_command_refuses_a_port_in_use_in_one_line(tmp_path: Path) -> None:
     import socket
 
-    from typer.testing import CliRunner
-
-    from agentguard.cli import app
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = CliRunner().invoke(app, ["proxy", "--port", str(port)])
+        result = CliRunner().invoke(cli_app, ["proxy", "--port", str(port)])
     assert result.exit_code == 2
     assert f"--host/--port: cannot listen on 127.0.0.1:{port}" in result.output
-    bad = CliRunner().invoke(app, ["proxy", "--port", "0"])
+    bad = CliRunner().invoke(cli_app, ["proxy", "--port", "0"])
     assert bad.exit_code == 2 and "--port" in bad.output
 
 

@@ -19,13 +19,14 @@ import anthropic
 import httpx
 import openai
 import pytest
+from helpers import wait_for
 from typer.testing import CliRunner
 
 from agentguard import configure_logging
 from agentguard.cli import app as cli_app
 from agentguard.guard import Guard
 from agentguard.proxy import ProxyServer
-from agentguard.sim import CutStream, HTTPError, Reply, SimServer, ToolCall
+from agentguard.sim import CutStream, HTTPError, Reply, SimServer, Timeout, ToolCall
 from agentguard.sim.script import as_script
 
 OPENAI_KEY = "sk-proj-" + "Pr0xyK3y" * 6
@@ -540,3 +541,37 @@ def test_import_agentguard_loads_no_server_or_client_of_the_proxy() -> None:
     )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert output.returncode == 0 and output.stdout.strip() == "[]"
+
+
+def test_an_upstream_that_goes_silent_is_charged_and_retried_then_answered_502(
+    sim: SimServer, proxied: Callable[..., tuple[Guard, ProxyServer]]
+) -> None:
+    guard, server = proxied(
+        proxy={"read_timeout_s": 0.5}, limits={"max_retries": 1, "backoff_initial_s": 0.01}
+    )
+    sim.inject(Timeout(seconds=2.0), n=2)
+    client = openai_client(server, **{"x-agentguard-budget-key": "team"})
+    with pytest.raises(openai.APIStatusError) as failed:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=20)
+    assert failed.value.status_code == 502
+    assert failed.value.body["code"] == "upstream_failed"  # type: ignore[index]
+    # Both attempts may have been billed (the sim answers after the proxy gave up): each was
+    # charged at its worst case, never less than the bill.
+    wait_for(lambda: sim.billed_calls() == 2, timeout=30)
+    assert settled_usd(guard, "team") >= sim.billed_usd(OPENAI_KEY) > 0
+
+
+def test_an_upstream_that_cannot_be_reached_is_502_and_charges_nothing(
+    proxied: Callable[..., tuple[Guard, ProxyServer]],
+) -> None:
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{closed.getsockname()[1]}/v1"
+    guard, server = proxied(proxy={"openai_base_url": nowhere}, limits={"max_retries": 1})
+    client = openai_client(server, **{"x-agentguard-budget-key": "capped"})
+    with pytest.raises(openai.APIStatusError) as failed:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=20)
+    assert failed.value.status_code == 502
+    assert settled_usd(guard, "capped") == 0

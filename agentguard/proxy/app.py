@@ -28,8 +28,6 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
 from agentguard.dialects import Dialect, dialect_for, free_endpoint
 from agentguard.engine import CallContext
 from agentguard.engine.actions import Outcome, Park, Reply, TransportFailure
@@ -209,8 +207,8 @@ class ProxyApp:
         except _Refused as exc:
             reply = refusal(exc.status, str(exc), anthropic=request.anthropic, code=exc.code)
             return await _error(send, reply)
-        except (TransportFailure, TimeoutError, aiohttp.ClientError) as exc:
-            message = f"the upstream could not be reached or did not answer: {type(exc).__name__}"
+        except TransportFailure as exc:
+            message = f"the upstream could not be reached or did not answer ({exc.kind})"
             reply = refusal(502, message, anthropic=request.anthropic, code="upstream_error")
             return await _error(send, reply)
 

@@ -219,13 +219,20 @@ class Http1Client:
     Args:
         connect_timeout_s: seconds to open a connection (TLS included).
         read_timeout_s: seconds the upstream may stay silent.
+        tls: the TLS settings of ``https`` origins (default: the system's trusted roots).
     """
 
-    def __init__(self, *, connect_timeout_s: float, read_timeout_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self._idle: dict[_Origin, list[_Connection]] = {}
-        self._tls: ssl.SSLContext | None = None
+        self._tls = tls
 
     async def request(
         self,

@@ -174,13 +174,16 @@ def main() -> None:
             per_round = max(args.calls // args.rounds // clients, 1)
             timings: dict[str, list[float]] = {name: [] for name in targets}
             walls: dict[str, float] = dict.fromkeys(targets, 0.0)
-            proxy_cpu = 0.0
+            proxy_cpu = sim_cpu = 0.0
             for _ in range(args.rounds):
                 for name, url in targets.items():
                     cpu_before = cpu_seconds(processes[1].pid)
+                    sim_before = cpu_seconds(processes[0].pid)
                     batch_timings, wall = asyncio.run(batch(url, clients, per_round))
                     if name == "proxy":
                         proxy_cpu += cpu_seconds(processes[1].pid) - cpu_before
+                    else:
+                        sim_cpu += cpu_seconds(processes[0].pid) - sim_before
                     timings[name] += batch_timings
                     walls[name] += wall
             calls = per_round * clients * args.rounds
@@ -197,6 +200,10 @@ def main() -> None:
                 "proxy_cpu_ms_per_call": round(
                     proxy_cpu / (calls + 5 * clients * args.rounds) * 1000, 4
                 ),
+                # The simulated provider's, in the direct batches: the same machine pays it.
+                "sim_cpu_ms_per_call": round(
+                    sim_cpu / (calls + 5 * clients * args.rounds) * 1000, 4
+                ),
             }
             print(f"{clients} client(s): {json.dumps(results[f'clients_{clients}'])}", flush=True)
     finally:
@@ -208,8 +215,9 @@ def main() -> None:
         "interleaved": True,
         "stream": False,
         "provider": "agentguard sim in its own process, loopback HTTP/1.1 keep-alive",
-        "proxy": "agentguard proxy in its own process (uvicorn + httptools + uvloop, aiohttp "
-        "upstream), budget on (one key, 1-day window), SQLite ledger, a session per client",
+        "proxy": "agentguard proxy in its own process (uvicorn + httptools + uvloop, its own "
+        "HTTP/1.1 upstream client), budget on (one key, 1-day window), SQLite ledger, a session "
+        "per client",
         "load": "aiohttp clients in one process, one keep-alive connection each",
         **results,
         "machine": machine_info(),

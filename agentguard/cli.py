@@ -16,6 +16,7 @@ import importlib
 import inspect
 import json
 import os
+import socket
 import sys
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -878,6 +879,57 @@ def sim(
         )
     except OSError as exc:
         raise _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+@app.command()
+def proxy(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8787,
+    config: ConfigOption = None,
+    log_level: Annotated[str, typer.Option(help="debug, info or warning.")] = "warning",
+    as_json: JsonOption = False,
+) -> None:
+    """Serve the guard as an HTTP proxy for OpenAI and Anthropic clients (extra: proxy)."""
+    if log_level not in _LOG_LEVELS:
+        raise _fail(f"--log-level {log_level!r}: expected one of {', '.join(_LOG_LEVELS)}")
+    try:
+        from agentguard.proxy import serve
+    except ImportError as exc:
+        raise _fail(
+            f"agentguard proxy needs the proxy extra ({exc.name} is missing): "
+            "pip install 'agentguard[proxy]'",
+            code=1,
+        ) from None
+    from agentguard.log import configure_logging
+
+    configure_logging(log_level)
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise _fail(
+                f"--host/--port: cannot listen on {host}:{port}: {exc.strerror or exc}"
+            ) from None
+    guard = _guard(config)
+    settings = guard.config.proxy
+    where = {
+        "url": f"http://{host}:{port}",
+        "openai_base_url": settings.openai_base_url,
+        "anthropic_base_url": settings.anthropic_base_url,
+        "virtual_keys": len(settings.keys),
+    }
+    if as_json:
+        _print_json(where)
+    else:
+        console.print(
+            f"agentguard proxy on {where['url']}: OpenAI clients use {where['url']}/v1 "
+            f"(to {settings.openai_base_url}), Anthropic clients {where['url']} (to "
+            f"{settings.anthropic_base_url}). Ctrl-C to stop."
+        )
+    try:
+        serve(guard, host, port, log_level=log_level)
+    finally:
+        guard.close()
 
 
 @store_app.command("upgrade")

@@ -39,6 +39,8 @@ __all__ = [
     "ParkingConfig",
     "PriceOverride",
     "PricingConfig",
+    "ProxyConfig",
+    "ProxyKey",
     "RoutingConfig",
     "StoreConfig",
     "TrimmingConfig",
@@ -402,6 +404,66 @@ class PricingConfig(_Section):
     """Price data provider to look models up under (``openai``); ``None`` lets it guess."""
 
 
+class ProxyKey(_Section):
+    """A virtual key of the proxy: a client key, known by its hash, mapped to a budget."""
+
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    """The SHA-256 of the key the client sends (``Authorization: Bearer ...`` or
+    ``x-api-key``), as 64 lower-case hex digits: ``printf %s "$KEY" | sha256sum``. The key
+    itself is never written in the config."""
+    budget_key: Annotated[str, Field(min_length=1, max_length=200)]
+    """The budget the key's calls draw on (a ``[[budgets]]`` key, or ``"default"``). A request
+    with this key that names another budget in ``x-agentguard-budget-key`` is refused."""
+    upstream_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    """The environment variable holding the provider key sent upstream in place of the
+    client's; unset: the client's own key is forwarded. A variable that is not set when the
+    proxy starts is an error."""
+
+
+class ProxyConfig(_Section):
+    """``agentguard proxy``: the guard as an HTTP front for agents that are not Python."""
+
+    openai_base_url: str = "https://api.openai.com/v1"
+    """Where OpenAI-dialect requests go (``/v1/chat/completions`` goes to
+    ``<openai_base_url>/chat/completions``)."""
+    anthropic_base_url: str = "https://api.anthropic.com"
+    """Where Anthropic requests go (``/v1/messages`` goes to
+    ``<anthropic_base_url>/v1/messages``)."""
+    budget_key: Annotated[str, Field(min_length=1, max_length=200)] = "default"
+    """The budget of requests that name none (no ``x-agentguard-budget-key`` header, no
+    virtual key)."""
+    connect_timeout_s: PositiveFloat = 10.0
+    """Seconds to open a connection to the upstream before the attempt fails (unsent)."""
+    read_timeout_s: PositiveFloat = 600.0
+    """Seconds the upstream may stay silent (before its answer, or between two chunks of a
+    stream) before the attempt fails; such an attempt may have been billed and is charged."""
+    max_request_bytes: PositiveInt = 32 * 1024 * 1024
+    """A request body larger than this is refused (413) before it is read whole: the proxy
+    holds each body in memory to meter it."""
+    max_sessions: PositiveInt = 10000
+    """Sessions whose counters the proxy keeps in memory; past this the least recently used
+    is forgotten (its spend stays in the store; its iteration and tool-call counts restart)."""
+    keys: list[ProxyKey] = Field(default_factory=list)
+    """Virtual keys (``[[proxy.keys]]``). With any configured, a request whose key is not one
+    of them is refused."""
+
+    @field_validator("openai_base_url", "anthropic_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")) or "?" in value:
+            raise ValueError(f"{value!r} is not a base URL: write it like 'https://host/v1'")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _unique_key_hashes(self) -> ProxyConfig:
+        seen: set[str] = set()
+        for key in self.keys:
+            if key.sha256 in seen:
+                raise ValueError(f"proxy key sha256 {key.sha256[:12]}... is configured twice")
+            seen.add(key.sha256)
+        return self
+
+
 class GuardConfig(_Section):
     """The whole configuration of a :class:`~agentguard.Guard`."""
 
@@ -412,6 +474,7 @@ class GuardConfig(_Section):
     trimming: TrimmingConfig = Field(default_factory=TrimmingConfig)
     parking: ParkingConfig = Field(default_factory=ParkingConfig)
     pricing: PricingConfig = Field(default_factory=PricingConfig)
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     app: str | None = None
     """``module:attribute`` of the application's Guard, for ``agentguard daemon``."""
 

@@ -172,7 +172,7 @@ def test_the_console_script_and_import_cost(config_file: Path) -> None:
     code = (
         "import sys, agentguard.cli;"
         "bad = [m for m in ('langchain', 'crewai', 'langgraph', 'sqlalchemy', 'apscheduler', "
-        "'watchdog', 'openai', 'anthropic', 'pydantic') if m in sys.modules];"
+        "'watchdog', 'openai', 'anthropic', 'pydantic', 'uvicorn', 'aiohttp') if m in sys.modules];"
         "print(bad)"
     )
     output = subprocess.run(

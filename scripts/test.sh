@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-packages=(-e ".[dev,postgres]")
+packages=(-e ".[dev,postgres,proxy]")
 for integration in integrations/langchain integrations/crewai integrations/openai_agents integrations/pydantic_ai; do
     if [ -f "$integration/pyproject.toml" ]; then
         packages+=(-e "$integration")

@@ -12,8 +12,16 @@ PACKAGE = Path(__file__).resolve().parent.parent / "agentguard"
 # The simulated provider is a test double shipped for the demo: its per-API modules are parts
 # of its server and call back into it.
 OUTSIDE = ("agentguard.sim",)
-# Whoever builds a Guard: the public face (lazy), the CLI, the demo and the resume daemon.
-WIRING_USERS = {"agentguard", "agentguard.cli", "agentguard.demo", "agentguard.scheduler"}
+# Whoever builds or serves a Guard: the public face (lazy), the CLI, the demo, the resume
+# daemon and the proxy server.
+WIRING_USERS = {
+    "agentguard",
+    "agentguard.cli",
+    "agentguard.demo",
+    "agentguard.scheduler",
+    "agentguard.proxy.app",
+    "agentguard.proxy.server",
+}
 
 
 def modules() -> dict[str, Path]:

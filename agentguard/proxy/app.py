@@ -548,7 +548,9 @@ class ProxyApp:
             response = await self.upstream.send("POST", url, headers, raw, stream=False)
             return Reply(response.status, response.headers, response.body)
 
-        engine = run_legacy(self.guard, session, kind, request.path.rstrip("/"), raw)
+        guard = self.guard
+        endpoint = request.path.rstrip("/")
+        engine = run_legacy(guard.pricer, guard.counter, session, kind, endpoint, raw)
         try:
             outcome = await drive_async(
                 engine, send_attempt, self.guard.pipeline.effects, offload=self.offload

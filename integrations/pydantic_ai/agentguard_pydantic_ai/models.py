@@ -1,12 +1,12 @@
 """Pydantic AI models whose every HTTP attempt goes through an agentguard :class:`~agentguard.Guard`.
 
 A Pydantic AI model talks to its provider through an SDK client (``AsyncOpenAI`` for the OpenAI
-models). Guarding a model means giving it a copy of that client whose HTTP client is the guard's
-(``guard.async_http_client()``) and whose SDK retries are off. Each model kind speaks one wire
-API; a kind is built or guarded only if agentguard meters its API (:data:`METERED_APIS`), and
-is otherwise refused with the reason, so a model is never handed back half guarded. The chat
-and Responses models read their client the same way; the Anthropic model needs a guarder for
-its client.
+models, ``AsyncAnthropic`` for the Anthropic model). Guarding a model means giving it a copy of
+that client whose HTTP client sends through the guard (connections made per event loop) and
+whose SDK retries are off. Each model kind speaks one wire API; a kind is built or guarded only
+if agentguard meters its API (:data:`METERED_APIS`), and is otherwise refused with the reason,
+so a model is never handed back half guarded. All three models read their client the same way,
+from their provider.
 """
 
 from __future__ import annotations
@@ -17,21 +17,28 @@ from typing import TYPE_CHECKING, Any
 
 from openai import AsyncOpenAI
 from pydantic_ai.models import Model
+from pydantic_ai.models.anthropic import AnthropicModel
 from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel
 from pydantic_ai.profiles import ModelProfile
 from pydantic_ai.providers import Provider
+from pydantic_ai.providers.anthropic import AnthropicProvider
 from pydantic_ai.providers.openai import OpenAIProvider
 from pydantic_ai.settings import ModelSettings
 
+from agentguard.anthropic_sdk import as_anthropic_error
+from agentguard.transport import flavour_for_client, transports
+
 if TYPE_CHECKING:
+    from anthropic import AsyncAnthropic
+
     from agentguard import Guard
 
 __all__ = ["GUARDED_MODEL_KINDS", "METERED_APIS", "guarded_model"]
 
-METERED_APIS: frozenset[str] = frozenset({"chat", "responses"})
+METERED_APIS: frozenset[str] = frozenset({"chat", "responses", "anthropic"})
 """The wire APIs agentguard meters, whose models :func:`guarded_model` builds and guards:
-``chat`` (``/chat/completions``) and ``responses`` (``/responses``). Not yet: ``anthropic``
-(``/v1/messages``)."""
+``chat`` (``/chat/completions``), ``responses`` (``/responses``) and ``anthropic``
+(Anthropic's ``/v1/messages``)."""
 
 # Each model-string kind (Pydantic AI's prefix) and the wire API its model speaks.
 _API_OF_KIND = {
@@ -40,10 +47,7 @@ _API_OF_KIND = {
     "openai-responses": "responses",
     "anthropic": "anthropic",
 }
-_NOT_METERED = {
-    "anthropic": "agentguard cannot wrap Anthropic clients yet; use an OpenAI model "
-    "('openai:<model>' or 'openai-chat:<model>')",
-}
+_NOT_METERED: dict[str, str] = {}
 
 GUARDED_MODEL_KINDS: tuple[str, ...] = tuple(
     kind for kind, api in _API_OF_KIND.items() if api in METERED_APIS
@@ -67,22 +71,25 @@ def guarded_model(
     structured output, tool calls) passes the guard's limits, budget, routing, trimming and
     parking, inside whatever agentguard session is bound when it is made
     (:class:`~agentguard_pydantic_ai.AgentGuardCapability` binds one per agent run). The guard
-    retries transient failures itself, so the OpenAI SDK's retries are off.
+    retries transient failures itself, so the SDK's retries are off.
 
     Args:
         guard: the guard.
         model: a model string, ``"openai:<model name>"`` or ``"openai-responses:<model
             name>"`` (an OpenAI Responses API model, Pydantic AI's default for OpenAI) or
-            ``"openai-chat:<model name>"`` (a Chat Completions model), or a model already built
-            (an ``OpenAIResponsesModel`` or ``OpenAIChatModel`` with any OpenAI-compatible
-            provider): the result is a copy using a guarded copy of its client (same base URL,
+            ``"openai-chat:<model name>"`` (a Chat Completions model) or
+            ``"anthropic:<model name>"`` (an ``AnthropicModel`` on the Messages API), or a model
+            already built (an ``OpenAIResponsesModel`` or ``OpenAIChatModel`` with any
+            OpenAI-compatible provider, or an ``AnthropicModel`` with an ``AsyncAnthropic``
+            client): the result is a copy using a guarded copy of its client (same base URL,
             key, headers and timeout); the model passed in is left as it was. Under a budget
             the guard refuses what it cannot bound: built-in tools (``WebSearchTool``...), a
             stored ``openai_conversation_id``, and an ``openai_previous_response_id`` it did not
             settle (``'auto'`` continues responses it settled, and works).
         base_url: the provider's base URL (a model string only; default: ``OPENAI_BASE_URL``
-            or OpenAI's).
-        api_key: the API key (a model string only; default: ``OPENAI_API_KEY``).
+            or OpenAI's, ``ANTHROPIC_BASE_URL`` or Anthropic's).
+        api_key: the API key (a model string only; default: ``OPENAI_API_KEY``,
+            ``ANTHROPIC_API_KEY``).
         settings: default model settings (a model string only).
         profile: the model profile (a model string only; default: the provider's).
         http_options: keyword arguments for the guard's inner ``httpx.AsyncClient``
@@ -93,8 +100,8 @@ def guarded_model(
         The guarded model.
 
     Raises:
-        ValueError: the model string names no model or a kind the guard cannot meter yet
-            (Anthropic), model-string options came with a built model, or
+        ValueError: the model string names no model or a kind the guard cannot meter,
+            model-string options came with a built model, or
             the settings ask for SDK retries (``max_retries``).
         TypeError: a model of a class this function cannot guard.
 
@@ -165,7 +172,7 @@ def _from_string(
     if not name:
         raise ValueError(
             f"model {model!r} does not say which API it uses: write 'openai:{model}' (the "
-            f"Responses API) or 'openai-chat:{model}' (Chat Completions)"
+            f"Responses API), 'openai-chat:{model}' (Chat Completions) or 'anthropic:{model}'"
         )
     api = _API_OF_KIND.get(kind)
     if api is None:
@@ -175,6 +182,18 @@ def _from_string(
             "(or OpenAIResponsesModel) and pass the model"
         )
     _require_metered(api, f"model {model!r}")
+    if api == "anthropic":
+        from anthropic import AsyncAnthropic
+
+        anthropic_client = _guarded_anthropic_client(
+            guard, AsyncAnthropic(base_url=base_url, api_key=api_key), http_options
+        )
+        return AnthropicModel(
+            name,
+            provider=AnthropicProvider(anthropic_client=anthropic_client),
+            settings=settings,
+            profile=profile,
+        )
     model_class = _OPENAI_MODELS.get(api)
     if model_class is None:
         raise ValueError(f"model {model!r}: guarded_model() cannot build {kind!r} models yet")
@@ -208,40 +227,64 @@ def _guarder_for(model: Model) -> ModelGuarder:
         api = "chat"
     elif isinstance(model, OpenAIResponsesModel):
         api = "responses"
-    elif name == "AnthropicModel":  # not imported: the anthropic SDK is optional
+    elif isinstance(model, AnthropicModel):
         api = "anthropic"
     else:
         raise TypeError(
             f"guarded_model() guards {', '.join(GUARDED_MODEL_KINDS)} models "
-            f"(OpenAIChatModel, OpenAIResponsesModel), not {name}"
+            f"(OpenAIChatModel, OpenAIResponsesModel, AnthropicModel), not {name}"
         )
     _require_metered(api, name)
-    if api not in ("chat", "responses"):
-        raise ValueError(f"{name}: guarded_model() cannot guard its client yet")
-    return _guard_openai
+    return _guard_anthropic if api == "anthropic" else _guard_openai
 
 
 def _guard_openai(
     guard: Guard, model: OpenAIChatModel | OpenAIResponsesModel, http_options: dict[str, Any]
 ) -> Model:
     """A copy of an OpenAI model (chat or Responses) using a guarded copy of its client."""
-    owner = _guard_of(model.client)
-    if owner is guard:
-        return model  # guarded already: once is enough
-    if owner is not None:
+    if _guarded_already(guard, model.client):
+        return model
+    client = _guarded_openai_client(guard, model.client, http_options)
+    return _with_client(model, client)
+
+
+def _guard_anthropic(guard: Guard, model: AnthropicModel, http_options: dict[str, Any]) -> Model:
+    """A copy of an Anthropic model using a guarded copy of its ``AsyncAnthropic`` client."""
+    from anthropic import AsyncAnthropic
+
+    client = model.client
+    # Bedrock, Vertex and Foundry clients sign requests for other hosts and wire shapes.
+    if not isinstance(client, AsyncAnthropic):
+        raise TypeError(
+            f"guarded_model() guards an AnthropicModel on an AsyncAnthropic client, not on "
+            f"{type(client).__name__}"
+        )
+    if _guarded_already(guard, client):
+        return model
+    return _with_client(model, _guarded_anthropic_client(guard, client, http_options))
+
+
+def _guarded_already(guard: Guard, client: Any) -> bool:
+    """Whether ``client`` sends through ``guard`` already (once is enough); refuses a client
+    that sends through another guard."""
+    owner = _guard_of(client)
+    if owner is not None and owner is not guard:
         raise ValueError(
             "the model's client goes through another guard already; guarding it again would "
             "count every call twice"
         )
-    client = _guarded_openai_client(guard, model.client, http_options)
+    return owner is guard
+
+
+def _with_client(model: Any, client: Any) -> Model:
     guarded = copy.copy(model)
     # The model reads its client from its provider (a private field): give the copy a provider
     # that answers like the original one (name, base URL, profiles) with the guarded client.
     guarded._provider = _GuardedProvider(model._provider, client)
-    return guarded
+    return guarded  # type: ignore[no-any-return]
 
 
-def _guard_of(client: AsyncOpenAI) -> Any:
+def _guard_of(client: Any) -> Any:
     """The guard whose transport the client's HTTP client sends through, if any."""
     transport = getattr(client._client, "_transport", None)
     return getattr(transport, "guard", None)
@@ -259,10 +302,39 @@ def _guarded_openai_client(
     )
 
 
-class _GuardedProvider(Provider[AsyncOpenAI]):
-    """An OpenAI-compatible provider that answers like ``inner`` but hands out ``client``."""
+def _guarded_anthropic_client(
+    guard: Guard, client: AsyncAnthropic, http_options: dict[str, Any]
+) -> AsyncAnthropic:
+    """A copy of ``client`` sending through ``guard`` with connections made per event loop (as
+    for OpenAI), in the HTTP library the SDK speaks, with the SDK's retries off.
 
-    def __init__(self, inner: Provider[AsyncOpenAI], client: AsyncOpenAI) -> None:
+    The guard's errors leave it as ``anthropic.AnthropicError`` too: the SDK would turn any
+    other error raised in its HTTP client into a connection error.
+    """
+    classes = transports(flavour_for_client(client._client))
+
+    def make_inner() -> Any:
+        if http_options:
+            return classes.module.AsyncClient(**http_options)
+        return classes.module.AsyncHTTPTransport()
+
+    transport = classes.AsyncGuardTransport(
+        guard,
+        make_inner(),
+        owns_inner=True,
+        inner_factory=make_inner,
+        raise_as=as_anthropic_error,
+    )
+    http_client = classes.module.AsyncClient(
+        transport=transport, timeout=http_options.get("timeout", client.timeout)
+    )
+    return client.with_options(http_client=http_client, max_retries=0)
+
+
+class _GuardedProvider(Provider[Any]):
+    """A provider that answers like ``inner`` but hands out ``client``."""
+
+    def __init__(self, inner: Provider[Any], client: Any) -> None:
         self._inner = inner
         self._client = client
 
@@ -275,7 +347,7 @@ class _GuardedProvider(Provider[AsyncOpenAI]):
         return str(self._client.base_url)
 
     @property
-    def client(self) -> AsyncOpenAI:
+    def client(self) -> Any:
         return self._client
 
     def model_profile(self, model_name: str) -> ModelProfile | None:  # type: ignore[override]

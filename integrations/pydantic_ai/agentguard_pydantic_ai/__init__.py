@@ -1,7 +1,7 @@
 """agentguard for Pydantic AI agents.
 
 - :func:`guarded_model` — a Pydantic AI model whose HTTP goes through the guard (OpenAI's
-  Responses API and Chat Completions).
+  Responses API and Chat Completions, Anthropic's Messages API).
 - :class:`AgentGuardCapability` — for ``Agent(capabilities=[...])``: runs each agent run in an
   agentguard session and keeps what a parked run needs to be continued.
 - :func:`register_pydantic_ai_resumer` — continues a parked run from its message history when

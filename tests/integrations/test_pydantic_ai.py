@@ -535,6 +535,11 @@ def test_anthropic_models_are_built_and_guarded(make_guard: Callable[..., Guard]
         guarded_model(make_guard(), built)
     with pytest.raises(ValueError, match="max_retries=3"):
         guarded_model(guard, f"anthropic:{HAIKU}", api_key=KEY, settings={"max_retries": 3})
+    # A cloud client signs its requests for another host and wire shape: not guarded.
+    vertex = anthropic.AsyncAnthropicVertex(region="us-east5", project_id="p", access_token="t")
+    on_vertex = AnthropicModel(HAIKU, provider=AnthropicProvider(anthropic_client=vertex))
+    with pytest.raises(TypeError, match="not on AsyncAnthropicVertex"):
+        guarded_model(guard, on_vertex)
 
 
 def test_what_cannot_be_bounded_is_refused_under_a_budget_before_sending(

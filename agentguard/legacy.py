@@ -16,7 +16,6 @@ A streamed ``/completions`` request, or a body that cannot be read, is refused.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +29,7 @@ from agentguard.engine.actions import (
     Settle,
     TransportFailure,
 )
+from agentguard.engine.wire import json_object
 from agentguard.errors import UnmeteredRequest
 from agentguard.log import logger
 from agentguard.pricing import Usage
@@ -74,7 +74,7 @@ def run_legacy(
         PricingError: the model has no price.
         BudgetExceeded: the worst case does not fit a budget.
     """
-    body = _json_object(raw)
+    body = json_object(raw)
     if body is None:
         raise _refusal(endpoint, "its body is not a JSON object")
     if kind == "completions" and body.get("stream"):
@@ -117,7 +117,7 @@ def run_legacy(
     if reply.status >= 400:
         yield Release(reservation)
         return Outcome(reply)
-    payload = _json_object(reply.body or b"")
+    payload = json_object(reply.body or b"")
     usage = Usage.from_openai(payload.get("usage") if payload else None)
     if usage is None:
         # Billed, but by how much is not known: charged at the worst case.
@@ -139,14 +139,6 @@ def _refusal(endpoint: str, reason: str) -> UnmeteredRequest:
         reason=reason,
         field="limits.unmetered",
     )
-
-
-def _json_object(raw: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _positive(value: object, default: int) -> int:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import json
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import ModuleType, SimpleNamespace
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from agentguard.dialects import dialect_for, free_endpoint
 from agentguard.engine.actions import Outcome, Reply, TransportFailure
 from agentguard.engine.drivers import Effects, drive_async, drive_sync
+from agentguard.engine.wire import encode_body, json_object
 from agentguard.errors import AgentGuardError, UnmeteredRequest
 from agentguard.legacy import legacy_endpoint, run_legacy
 from agentguard.log import logger
@@ -64,10 +64,6 @@ class TransportHost(Protocol):
 
 
 _HOP_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding"})
-
-
-def _encode(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 # Methods that only read or delete: no provider bills them.
@@ -153,21 +149,13 @@ def _session_for(guard: TransportHost) -> Session:
 _UNPARSABLE = "the request's body is not a JSON object, so its cost cannot be bounded"
 
 
-def _chat_body(raw: bytes) -> dict[str, Any] | None:
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
-
-
 def _build(httpx: ModuleType) -> SimpleNamespace:
     """Transport classes for one httpx flavour (``httpx`` or ``httpx2``)."""
 
     def with_body(request: Any, body: dict[str, Any]) -> Any:
         # Re-using the request object (new body, new length) costs a fraction of building a
         # new one, and keeps its extensions (timeouts) as the SDK set them.
-        content = _encode(body)
+        content = encode_body(body)
         request.headers["content-length"] = str(len(content))
         request._content = content
         request.stream = httpx.ByteStream(content)
@@ -328,7 +316,7 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
                     return self._handle_legacy(request, *legacy)
                 _refuse_unmetered(self.guard, request.method, request.url.path)
                 return self._send_raw(request)
-            body = _chat_body(request.read())
+            body = json_object(request.read())
             if body is None:
                 _refuse_unmetered(self.guard, request.method, request.url.path, _UNPARSABLE)
                 return self._send_raw(request)
@@ -470,7 +458,7 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
                     return await self._handle_legacy(request, *legacy)
                 _refuse_unmetered(self.guard, request.method, request.url.path)
                 return await self._send_raw(request)
-            body = _chat_body(await request.aread())
+            body = json_object(await request.aread())
             if body is None:
                 _refuse_unmetered(self.guard, request.method, request.url.path, _UNPARSABLE)
                 return await self._send_raw(request)

@@ -39,6 +39,7 @@ from agentguard.engine.actions import (
 )
 from agentguard.engine.call import CallContext, CallStage, Escalator, LimitHandler
 from agentguard.engine.drivers import Effects
+from agentguard.engine.wire import json_object
 from agentguard.errors import (
     AgentGuardError,
     BudgetExceeded,
@@ -68,14 +69,6 @@ __all__ = ["CallContext", "CallStage", "Escalator", "LimitHandler", "Pipeline"]
 
 
 # -- the pipeline -------------------------------------------------------------------------------
-
-
-def _json_object(body: bytes | None) -> dict[str, Any] | None:
-    try:
-        payload = json.loads(body or b"")
-    except ValueError:
-        return None
-    return payload if isinstance(payload, dict) else None
 
 
 def _error_message(reply: Reply, dialect: Dialect = OPENAI_CHAT) -> str:
@@ -246,7 +239,7 @@ class Pipeline:
                         return Outcome(
                             reply, tap=tap, finish=lambda tap: self._finish_stream(call, tap)
                         )
-                    payload = _json_object(reply.body)
+                    payload = json_object(reply.body)
                     if payload is not None:
                         return reply, payload
                     # A 200 that is not a JSON object: the provider (or a proxy) sent garbage.

@@ -21,7 +21,6 @@ Other paths:
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -32,6 +31,7 @@ from agentguard.dialects import Dialect, dialect_for, free_endpoint
 from agentguard.engine import CallContext
 from agentguard.engine.actions import Outcome, Park, Reply, TransportFailure
 from agentguard.engine.drivers import drive_async
+from agentguard.engine.wire import encode_body, json_object
 from agentguard.errors import AgentGuardError, BudgetExceeded, ConfigError, UnmeteredRequest
 from agentguard.legacy import legacy_endpoint, run_legacy
 from agentguard.log import logger
@@ -56,18 +56,6 @@ _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 _SESSION_HEADER = "x-agentguard-session"
 _BUDGET_HEADER = "x-agentguard-budget-key"
 _PARENT_HEADER = "x-agentguard-parent"
-
-
-def _encode(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def _json_object(raw: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 class _Request:
@@ -370,7 +358,7 @@ class ProxyApp:
         url: str,
     ) -> int:
         raw = await request.body(self.config.max_request_bytes)
-        body = _json_object(raw)
+        body = json_object(raw)
         if body is None:
             if self._metered(budget_key, request.path):
                 raise UnmeteredRequest(
@@ -389,7 +377,7 @@ class ProxyApp:
         last: dict[str, UpstreamResponse] = {}
 
         async def send_attempt(new_body: dict[str, Any], modified: bool) -> Reply:
-            data = _encode(new_body) if modified else raw
+            data = encode_body(new_body) if modified else raw
             stream = dialect.streaming(new_body)
             response = await self.upstream.send("POST", url, headers, data, stream=stream)
             last["response"] = response
@@ -412,14 +400,14 @@ class ProxyApp:
                     wait_s = self._hold_for(exc, held_s)
                     if wait_s is None:
                         # The request as the client sent it (the engine rewrote ``body``).
-                        await self._park_budget(session, _json_object(raw) or body, dialect, exc)
+                        await self._park_budget(session, json_object(raw) or body, dialect, exc)
                         reply = error_reply(exc, anthropic=request.anthropic)
                         self.metrics.refused(budget_key, model, reply.kind)
                         return await _error(send, reply)
                     # A short wait: held here, then tried again in a fresh window.
                     await asyncio.sleep(wait_s)
                     held_s += wait_s
-                    body = _json_object(raw) or body
+                    body = json_object(raw) or body
         except AgentGuardError as exc:
             reply = error_reply(exc, anthropic=request.anthropic)
             self.metrics.refused(budget_key, model, reply.kind)
@@ -557,7 +545,7 @@ class ProxyApp:
             )
         except AgentGuardError as exc:
             reply = error_reply(exc, anthropic=False)
-            model = str((_json_object(raw) or {}).get("model", ""))
+            model = str((json_object(raw) or {}).get("model", ""))
             self.metrics.refused(budget_key, model, reply.kind)
             return await _error(send, reply)
         except TransportFailure as failure:

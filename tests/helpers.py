@@ -53,3 +53,24 @@ def wait_for(
         time.sleep(0.05)
     seen = f": {describe()}" if describe is not None else ""
     raise AssertionError(f"condition not met in {timeout:g} s{seen}")
+
+
+def wait_for_state(guard: Guard, session_id: str, state: str, timeout: float = 60.0) -> None:
+    """Wait until the parked record of ``session_id`` is in ``state``."""
+    wait_for(
+        lambda: guard.parked.get(session_id).state == state,
+        timeout,
+        describe=lambda: guard.parked.get(session_id),
+    )
+
+
+def resume_by_daemon(guard: Guard, session_id: str) -> None:
+    """Run a resume daemon (no inbox) until the parked session ``session_id`` is resumed."""
+    from agentguard.scheduler import ResumeDaemon
+
+    daemon = ResumeDaemon(guard, poll_interval_s=0.1, watch_inbox=False)
+    daemon.start()
+    try:
+        wait_for_state(guard, session_id, "resumed")
+    finally:
+        daemon.stop()

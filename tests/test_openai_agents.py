@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import time
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -25,6 +24,7 @@ from agents import (
 from agents.models.openai_chatcompletions import OpenAIChatCompletionsModel
 from agents.retry import ModelRetrySettings, retry_policies
 from agents.tracing import set_tracing_disabled
+from helpers import resume_by_daemon
 from openai import AsyncOpenAI, RateLimitError
 
 from agentguard import (
@@ -36,7 +36,6 @@ from agentguard import (
 )
 from agentguard.config import GuardConfig
 from agentguard.guard import Guard
-from agentguard.scheduler import ResumeDaemon
 from agentguard.sim import GatewayKey, Reply, SimGateway, SimServer, ToolCall
 from agentguard.tokens import TokenCounter
 from agentguard_openai_agents import (
@@ -110,13 +109,6 @@ def small_answers(agent: Agent[Any]) -> Agent[Any]:
 
 def client_for(sim: SimServer) -> AsyncOpenAI:
     return AsyncOpenAI(base_url=sim.base_url, api_key=KEY)
-
-
-def wait_for_state(guard: Guard, session_id: str, state: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while guard.parked.get(session_id).state != state:
-        assert time.monotonic() < deadline, guard.parked.get(session_id)
-        time.sleep(0.05)
 
 
 def chat_paths(sim: SimServer) -> list[str]:
@@ -559,12 +551,7 @@ def test_a_429_parks_the_run_with_its_run_state_and_the_daemon_finishes_it_witho
         stored = json.dumps(record.model_dump(mode="json"))
         assert KEY not in stored and "ctx-credential-0001" not in stored
 
-        daemon = ResumeDaemon(guard, poll_interval_s=0.1, watch_inbox=False)
-        daemon.start()
-        try:
-            wait_for_state(guard, "trip-1", "resumed")
-        finally:
-            daemon.stop()
+        resume_by_daemon(guard, "trip-1")
 
     assert len(sim.requests) == 3  # only the refused model call was made again
     assert weather.calls == ["Paris"]  # the tool did not run again

@@ -31,6 +31,7 @@ from crewai import Agent, Crew, Task
 from crewai.llms.base_llm import BaseLLM
 from crewai.llms.hooks.base import BaseInterceptor
 from crewai.tools import BaseTool
+from helpers import wait_for_state
 from pydantic import Field
 
 from agentguard import IterationLimitExceeded, SessionParked
@@ -146,13 +147,6 @@ def one_agent_crew(guard: Guard, sim: SimServer, **llm: Any) -> Crew:
         description=f"{RESEARCH} {{city}}", expected_output="one sentence", agent=researcher
     )
     return guard_crew(Crew(agents=[researcher], tasks=[research]), guard, budget_key="team")
-
-
-def wait_for_state(guard: Guard, session_id: str, state: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while guard.parked.get(session_id).state != state:
-        assert time.monotonic() < deadline, guard.parked.get(session_id)
-        time.sleep(0.05)
 
 
 class CountingInterceptor(BaseInterceptor[httpx.Request, httpx.Response]):

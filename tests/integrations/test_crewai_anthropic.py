@@ -21,7 +21,6 @@ os.environ.update(
 
 import ipaddress
 import socket
-import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -32,6 +31,7 @@ import pytest
 from crewai import LLM, Agent, Crew, Task
 from crewai.llms.providers.anthropic.completion import AnthropicCompletion
 from crewai.tools import BaseTool
+from helpers import wait_for_state
 from pydantic import Field
 
 from agentguard import BudgetExceeded, SessionParked
@@ -163,13 +163,6 @@ def two_agent_crew(
     )
     write_task = Task(description=write, expected_output="a report", agent=writer)
     return Crew(agents=[researcher, writer], tasks=[research, write_task])
-
-
-def wait_for_state(guard: Guard, session_id: str, state: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while guard.parked.get(session_id).state != state:
-        assert time.monotonic() < deadline, guard.parked.get(session_id)
-        time.sleep(0.05)
 
 
 # -- crews under the guard ---------------------------------------------------------------------------

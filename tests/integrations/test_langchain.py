@@ -10,7 +10,6 @@ import logging
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -19,6 +18,7 @@ from typing import Any
 
 import openai
 import pytest
+from helpers import resume_by_daemon
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnableConfig
@@ -32,7 +32,6 @@ import agentguard_langchain
 from agentguard import BudgetExceeded, IterationLimitExceeded, LoopDetected, SessionParked
 from agentguard.config import GuardConfig
 from agentguard.guard import Guard
-from agentguard.scheduler import ResumeDaemon
 from agentguard.sim import GatewayKey, Reply, SimGateway, SimServer, ToolCall
 from agentguard.tokens import TokenCounter
 from agentguard_langchain import (
@@ -122,13 +121,6 @@ def kinds(messages: list[Any]) -> list[str]:
         "ai+tools" if isinstance(m, AIMessage) and m.tool_calls else type(m).__name__
         for m in messages
     ]
-
-
-def wait_for_state(guard: Guard, session_id: str, state: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while guard.parked.get(session_id).state != state:
-        assert time.monotonic() < deadline, guard.parked.get(session_id)
-        time.sleep(0.05)
 
 
 # -- a run under the guard --------------------------------------------------------------------
@@ -253,12 +245,7 @@ def test_gateway_429_parks_the_run_and_the_daemon_continues_it_without_rerunning
         assert record.request["messages"][-1]["role"] == "tool"
         assert agent.get_state(thread("ticket-3")).next == ("model",)
 
-        daemon = ResumeDaemon(guard, poll_interval_s=0.1, watch_inbox=False)
-        daemon.start()
-        try:
-            wait_for_state(guard, "lg-ticket-3", "resumed")
-        finally:
-            daemon.stop()
+        resume_by_daemon(guard, "lg-ticket-3")
         resumed_at = datetime.now(UTC)
 
     assert record.resume_at is not None and resumed_at >= record.resume_at

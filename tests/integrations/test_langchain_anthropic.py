@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import anthropic
 import pytest
+from helpers import resume_by_daemon
 from langchain.agents import create_agent
 from langchain_anthropic import ChatAnthropic
 from langchain_core.load import dumpd
@@ -29,7 +29,6 @@ from pydantic import BaseModel
 from agentguard import BudgetExceeded, SessionParked
 from agentguard.config import GuardConfig
 from agentguard.guard import Guard
-from agentguard.scheduler import ResumeDaemon
 from agentguard.sim import GatewayKey, Reply, SimGateway, SimServer, ToolCall
 from agentguard.tokens import TokenCounter
 from agentguard_langchain import (
@@ -126,13 +125,6 @@ def kinds(messages: list[Any]) -> list[str]:
 
 def sent_models(sim: SimServer) -> list[str]:
     return [r.body["model"] for r in sim.requests if r.body and r.path == "/v1/messages"]
-
-
-def wait_for_state(guard: Guard, session_id: str, state: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while guard.parked.get(session_id).state != state:
-        assert time.monotonic() < deadline, guard.parked.get(session_id)
-        time.sleep(0.05)
 
 
 # -- a run under the guard ------------------------------------------------------------------------
@@ -298,12 +290,7 @@ def test_a_claude_429_parks_the_run_and_the_daemon_continues_it_without_rerunnin
         assert record.request["messages"][-1]["content"][0]["type"] == "tool_result"
         assert agent.get_state(thread("claude-park")).next == ("model",)
 
-        daemon = ResumeDaemon(guard, poll_interval_s=0.1, watch_inbox=False)
-        daemon.start()
-        try:
-            wait_for_state(guard, "lg-claude-park", "resumed")
-        finally:
-            daemon.stop()
+        resume_by_daemon(guard, "lg-claude-park")
 
     assert len(sim.requests) == 3  # only the refused model call was made again
     assert weather.calls == ["Paris"]  # the finished tool call did not run again

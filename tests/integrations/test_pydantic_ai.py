@@ -21,7 +21,7 @@ from typing import Any
 import anthropic
 import openai
 import pytest
-from helpers import wait_for
+from helpers import resume_by_daemon
 from pydantic_ai import Agent, RunContext
 from pydantic_ai.capabilities.native_tool import NativeTool
 from pydantic_ai.exceptions import ModelHTTPError, UsageLimitExceeded
@@ -43,7 +43,6 @@ from agentguard import (
 )
 from agentguard.config import GuardConfig
 from agentguard.guard import Guard
-from agentguard.scheduler import ResumeDaemon
 from agentguard.sim import GatewayKey, Reply, SimGateway, SimServer, ToolCall
 from agentguard.tokens import TokenCounter
 from agentguard_pydantic_ai import (
@@ -327,15 +326,7 @@ def test_a_429_parks_a_responses_agent_and_the_resume_runs_no_tool_again(
         assert record.reason.status == 429 and record.dialect == "openai_responses"
         assert kinds(parked_messages(record)) == FINISHED_RUN[:3]
 
-        daemon = ResumeDaemon(guard, poll_interval_s=0.1, watch_inbox=False)
-        daemon.start()
-        try:
-            wait_for(
-                lambda: guard.parked.get("resp-park").state == "resumed",
-                describe=lambda: guard.parked.get("resp-park"),
-            )
-        finally:
-            daemon.stop()
+        resume_by_daemon(guard, "resp-park")
         bodies = [r.body or {} for r in sim.requests]
 
     (result,) = finished
@@ -487,15 +478,7 @@ def test_a_429_parks_an_anthropic_agent_and_the_resume_runs_no_tool_again(
         assert record.reason.status == 429 and record.dialect == "anthropic_messages"
         assert kinds(parked_messages(record)) == FINISHED_RUN[:3]
 
-        daemon = ResumeDaemon(guard, poll_interval_s=0.1, watch_inbox=False)
-        daemon.start()
-        try:
-            wait_for(
-                lambda: guard.parked.get("claude-park").state == "resumed",
-                describe=lambda: guard.parked.get("claude-park"),
-            )
-        finally:
-            daemon.stop()
+        resume_by_daemon(guard, "claude-park")
         bodies = [r.body or {} for r in sim.requests]
 
     (result,) = finished
@@ -789,15 +772,7 @@ def test_gateway_429_parks_the_run_and_the_daemon_continues_it_without_rerunning
             agent.run_sync(QUESTION)
         assert len(sim.requests) == 2
 
-        daemon = ResumeDaemon(guard, poll_interval_s=0.1, watch_inbox=False)
-        daemon.start()
-        try:
-            wait_for(
-                lambda: guard.parked.get("ticket-3").state == "resumed",
-                describe=lambda: guard.parked.get("ticket-3"),
-            )
-        finally:
-            daemon.stop()
+        resume_by_daemon(guard, "ticket-3")
 
     assert len(sim.requests) == 3  # only the refused model call was made again
     assert weather.calls == ["Paris"]  # the tool did not run again

@@ -262,3 +262,22 @@ def test_routing_picks_the_tier_for_a_responses_step(make_guard: Callable[..., G
         with guard.session("router"):
             client.responses.create(model="gpt-4o", input="Thanks, that is all!")
         assert sim.requests[-1].body["model"] == "gpt-4o-mini"
+
+
+def test_a_response_stored_false_is_not_remembered(
+    make_guard: Callable[..., Guard], sim: SimServer
+) -> None:
+    """The provider keeps no response stored ``false``, so nothing may continue it: the guard
+    writes nothing for it, and refuses a call naming it under a budget."""
+    guard = make_guard(budgets=BUDGET)
+    client = wrapped(guard, sim)
+    with guard.session(budget_key="work"):
+        first = client.responses.create(
+            model="gpt-4o-mini", input="hello", max_output_tokens=20, store=False
+        )
+        with pytest.raises(UnmeteredRequest, match="previous_response_id"):
+            client.responses.create(
+                model="gpt-4o-mini", input="more", previous_response_id=first.id
+            )
+    with guard.store.cursor(write=False) as cursor:
+        assert cursor.all("SELECT response_id FROM agentguard_response_contexts", {}) == []

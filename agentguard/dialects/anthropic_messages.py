@@ -90,7 +90,6 @@ class AnthropicMessages:
     name = "anthropic_messages"
     endpoint = _ENDPOINT
     cap_field = "max_tokens"
-    chains = False
 
     def matches(self, method: str, path: str) -> bool:
         # Not /v1/messages/count_tokens (free) nor /v1/messages/batches (not metered).
@@ -124,6 +123,9 @@ class AnthropicMessages:
 
     def ask_stream_usage(self, body: dict[str, Any]) -> bool:
         return False  # every Messages stream reports its usage
+
+    def stored_by_provider(self, body: Mapping[str, Any]) -> bool:
+        return False
 
     def previous_response(self, body: Mapping[str, Any]) -> str | None:
         return None

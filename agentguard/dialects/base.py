@@ -68,14 +68,11 @@ class Dialect(Protocol):
         endpoint: the path suffix it serves (``/chat/completions``), for errors and records.
         cap_field: the request field that caps the output (``max_tokens``,
             ``max_output_tokens``), for messages that tell the caller what to set.
-        chains: the provider keeps responses that a later call may continue (and bill
-            again): the engine remembers each response's size for :meth:`previous_response`.
     """
 
     name: str
     endpoint: str
     cap_field: str
-    chains: bool
 
     def matches(self, method: str, path: str) -> bool:
         """Whether an HTTP request is a call in this dialect."""
@@ -106,6 +103,11 @@ class Dialect(Protocol):
 
     def streaming(self, body: Mapping[str, Any]) -> bool:
         """Whether the request asks for a stream."""
+        ...
+
+    def stored_by_provider(self, body: Mapping[str, Any]) -> bool:
+        """Whether the provider keeps this call's response for a later call to continue (and
+        bill again): the engine then remembers its size for :meth:`previous_response`."""
         ...
 
     def previous_response(self, body: Mapping[str, Any]) -> str | None:

@@ -28,7 +28,6 @@ class OpenAIChat:
     name = "openai_chat"
     endpoint = "/chat/completions"
     cap_field = "max_tokens"
-    chains = False
 
     def matches(self, method: str, path: str) -> bool:
         return method == "POST" and path.rstrip("/").endswith("/chat/completions")
@@ -63,6 +62,9 @@ class OpenAIChat:
 
     def streaming(self, body: Mapping[str, Any]) -> bool:
         return bool(body.get("stream"))
+
+    def stored_by_provider(self, body: Mapping[str, Any]) -> bool:
+        return False
 
     def previous_response(self, body: Mapping[str, Any]) -> str | None:
         return None

@@ -46,7 +46,6 @@ class OpenAIResponses:
     name = "openai_responses"
     endpoint = _ENDPOINT
     cap_field = "max_output_tokens"
-    chains = True
 
     def matches(self, method: str, path: str) -> bool:
         # Not /responses/{id}, /responses/{id}/cancel or /responses/input_tokens: those are
@@ -83,6 +82,10 @@ class OpenAIResponses:
     def streaming(self, body: Mapping[str, Any]) -> bool:
         return bool(body.get("stream"))
 
+    def stored_by_provider(self, body: Mapping[str, Any]) -> bool:
+        # store defaults to true; a response stored false cannot be continued.
+        return body.get("store") is not False
+
     def previous_response(self, body: Mapping[str, Any]) -> str | None:
         previous = body.get("previous_response_id")
         return previous if isinstance(previous, str) and previous else None
@@ -99,8 +102,8 @@ class OpenAIResponses:
         counter: TokenCounter,
         budgeted: bool,
     ) -> Bound:
-        if budgeted:
-            self.refuse_unbounded(body, output_capped=output_capped)
+        # Its own refusals (stored conversations, background runs, built-in tools) ran when
+        # the call came in (refuse_unbounded); the chat rules run again below.
         return bound_request(
             _as_chat(body, self.messages(body)),
             model,

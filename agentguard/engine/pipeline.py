@@ -571,7 +571,7 @@ class Pipeline:
         if reservation is not None:
             yield Settle(reservation, cost)
         session.add_spend(cost, usage.input_tokens, usage.output_tokens)
-        if call.dialect.chains and answer.response_id:
+        if answer.response_id and call.dialect.stored_by_provider(call.body):
             # A later call continuing this response is billed all of it again as input.
             yield KeepContext(answer.response_id, usage.input_tokens + usage.output_tokens)
         if not count_step:

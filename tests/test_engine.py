@@ -419,26 +419,26 @@ def test_budget_pressure_is_read_and_nested_calls_are_handed_to_the_driver(
             stages=live.stages,
             limit_handler=live.limit_handler,
         )
-        prepared: list[str] = []
+        prepared: list[tuple[str, object]] = []
 
         def answer(action: Action) -> Any:
             if isinstance(action, ReadBudget):
-                return 0.2  # little left: the pressure rule caps the tier at small
+                return 0.2  # what the driver read from the ledger: little left
             if isinstance(action, Prepare):
-                # What an async driver runs off its loop; here the stage decides without
-                # asking anyone (no classifier call is made in this test).
-                prepared.append(type(action.stage).__name__)
-                action.call.body["model"] = "gpt-4o-mini"
+                # What an async driver runs off its loop. Not run here (it would ask the
+                # small tier): what matters is that the stage is handed the budget share the
+                # engine read, where the route stage reads it.
+                prepared.append(
+                    (type(action.stage).__name__, action.call.notes.get("remaining_fraction"))
+                )
                 return None
             return default_answer(iter([completion()]))(action)
 
         driver = FakeDriver(answer)
         driver.run(engine.run(session(guard), {"model": "gpt-4o", "messages": MESSAGES}))
-        assert driver.kinds()[:3] == ["ReadBudget", "Prepare", "Reserve"]
+        assert driver.kinds() == ["ReadBudget", "Prepare", "Reserve", "Send", "Settle"]
         read = driver.actions[0]
         assert isinstance(read, ReadBudget) and [line.key for line in read.lines] == ["work"]
-        assert prepared == ["RouteStage"]
-        send = next(action for action in driver.actions if isinstance(action, Send))
-        assert send.body["model"] == "gpt-4o-mini"
+        assert prepared == [("RouteStage", 0.2)]
     finally:
         guard.close()

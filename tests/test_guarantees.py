@@ -441,3 +441,35 @@ def test_remaining_money_counts_this_processs_idle_slice_as_free(
     assert status.other_leases_usd == 0
     assert status.reserved_usd == status.idle_lease_usd  # the slice, held but free to us
     assert status.free_usd == status.limit_usd - status.spent_usd - status.reserved_usd
+
+
+@pytest.mark.parametrize("api", ["responses", "anthropic"])
+def test_timed_out_attempts_on_the_other_apis_are_charged(tmp_path: Path, api: str) -> None:
+    """Attempts whose client gave up are billed by the provider all the same: through the
+    Responses API and Anthropic's Messages API too, the ledger charges at least the bill."""
+    guard = guard_for(f"sqlite:///{tmp_path / 'store.db'}", "1", max_retries=3)
+    with SimServer() as sim:
+        sim.timeout_next(2, seconds=1.0)
+        with guard.session(budget_key="shared") as session:
+            if api == "anthropic":
+                import anthropic
+
+                claude = guard.wrap(
+                    anthropic.Anthropic(
+                        base_url=sim.url, api_key="sk-t", max_retries=0, timeout=0.3
+                    )
+                )
+                claude.messages.create(
+                    model="claude-haiku-4-5",
+                    max_tokens=50,
+                    messages=[{"role": "user", "content": "hi"}],
+                )
+            else:
+                client = guard.wrap(
+                    openai.OpenAI(base_url=sim.base_url, api_key="sk-t", max_retries=0, timeout=0.3)
+                )
+                client.responses.create(model="gpt-4o-mini", max_output_tokens=50, input="hi")
+        guard.close()  # gives this process's idle lease back
+        _, spent = judge(sim, guard.ledger, guard.budget_line("shared"))
+    assert sim.billed_calls() == 3 == guard.budget_status("shared").calls
+    assert session.spent_usd == spent

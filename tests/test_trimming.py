@@ -7,6 +7,7 @@ import json
 import random
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -1011,3 +1012,27 @@ def test_a_guarded_call_whose_last_message_is_too_long_is_cut_and_sent(
     assert response.usage.prompt_tokens < 3000  # as the provider counted it
     assert sent["messages"][:3] == messages[:3]
     assert is_cut_of(messages[-1], sent["messages"][-1])
+
+
+def test_a_summary_shorter_than_planned_leaves_the_last_message_whole() -> None:
+    """A counterexample the property test above found: parallel tool results end the
+    conversation, and the summary of the dropped turns is planned at its longest. It came out
+    at 76 tokens, and the last result had been cut to 1,290 of its 1,994 tokens in a 2,298
+    budget where it fits whole: the plan is made again with the summary's real size."""
+    case = json.loads(
+        (Path(__file__).parent / "fixtures" / "trim-summary-shorter-than-planned.json").read_text()
+    )
+    messages, budget = case["messages"], case["budget"]
+    trimmer = Trimmer(
+        TrimmingConfig(strategy="summarize", keep_last_turns=2, tool_output_max_tokens=500),
+        COUNTER,
+        summarizer=lambda dropped: words(3 * len(dropped), len(dropped)),
+    )
+    state: TrimState | None = None
+    for length in complete_prefixes(messages):
+        if length <= 2:
+            continue
+        history = messages[:length]
+        result = trimmer.fit(history, model=MODEL, max_tokens=budget, state=state)
+        check_trimmed(history, result.messages, budget)
+        state = result.state

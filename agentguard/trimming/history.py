@@ -344,7 +344,7 @@ class History:
                 note_tokens,
             )
         if size > limit:
-            cut = self._truncate(cut, target, limit, note_tokens, session_id)
+            cut = self.truncate(cut, target, limit, note_tokens, session_id)
         return cut
 
     def _elision_candidates(
@@ -409,7 +409,7 @@ class History:
             cut.kept_in_span = (pinned,)
         if not cut.dropped:
             cut = Cut()
-        size = self._size(cut, note_tokens)
+        size = self.size(cut, note_tokens)
         for index, (tokens_cut, saved) in candidates.items():
             if size <= target:
                 break
@@ -418,7 +418,7 @@ class History:
                 size -= saved
         return cut, size
 
-    def _size(self, cut: Cut, note_tokens: Callable[[int], int]) -> int:
+    def size(self, cut: Cut, note_tokens: Callable[[int], int]) -> int:
         """The planned request's tokens for a cut (elisions and cuts are counted as kept)."""
         size = self.overhead
         for index, count in enumerate(self.counts):
@@ -431,13 +431,13 @@ class History:
             size += note_tokens(cut.dropped)
         return size
 
-    def _truncate(
+    def truncate(
         self,
         cut: Cut,
         target: int,
         limit: int,
         note_tokens: Callable[[int], int],
-        session_id: str | None,
+        session_id: str | None = None,
     ) -> Cut:
         """The last resort: cut the middle out of the largest kept messages.
 
@@ -457,7 +457,7 @@ class History:
                 smallest[index] = fewest
 
         def floor() -> int:
-            return self._size(cut, note_tokens) - sum(
+            return self.size(cut, note_tokens) - sum(
                 current[index] - smallest[index] for index in smallest if not cut.drops(index)
             )
 
@@ -468,7 +468,7 @@ class History:
         if floor() > limit:
             raise self._too_large(floor(), limit, session_id)
 
-        size = self._size(cut, note_tokens)
+        size = self.size(cut, note_tokens)
         last = len(self.messages) - 1
         others = sorted(
             (index for index in smallest if index != last and not cut.drops(index)),

@@ -308,6 +308,8 @@ class Trimmer:
             note = drop_note(cut.dropped)
             if summarize:
                 note, summary_digest = self._summary(history, cut, previous, reserve)
+                if cut.truncated:
+                    cut = self._replan_for_note(history, cut, note, target=target, limit=limit)
         result = self._result(
             history, cut, note, previous, retrimmed=True, summary_digest=summary_digest
         )
@@ -315,6 +317,24 @@ class Trimmer:
             # The summary came out longer than planned; the plain note always fits the plan.
             result = self._result(history, cut, drop_note(cut.dropped), previous, retrimmed=True)
         return result
+
+    def _replan_for_note(
+        self, history: History, cut: Cut, note: str, *, target: int, limit: int
+    ) -> Cut:
+        """The messages a plan cut in the middle, cut again for the summary's real size: the
+        plan reserved room for the longest summary allowed, and one that came out shorter may
+        leave room for them whole. The dropped span stays (the summary is of it)."""
+        actual = history.count(history.note_message(note))
+        uncut = Cut(
+            elided=dict(cut.elided),
+            drop_start=cut.drop_start,
+            drop_end=cut.drop_end,
+            kept_in_span=cut.kept_in_span,
+            noted=cut.noted,
+        )
+        if history.size(uncut, lambda _dropped: actual) <= limit:
+            return uncut
+        return history.truncate(uncut, target, limit, lambda _dropped: actual)
 
     def _is_valid(self, messages: Sequence[Mapping[str, Any]]) -> bool:
         try:

@@ -40,10 +40,10 @@ except ImportError:  # a typer that uses click itself
 from agentguard.route_cli import route_app
 
 if TYPE_CHECKING:
-    from agentguard.budget_history import WindowSpend
     from agentguard.config import BudgetConfig
     from agentguard.guard import Guard
     from agentguard.ledger import BudgetStatus
+    from agentguard.ledger.history import WindowSpend
     from agentguard.parking.record import ParkedSession
     from agentguard.sim import Script
 

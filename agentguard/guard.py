@@ -14,6 +14,8 @@ from agentguard.engine import CallContext, CallStage, Pipeline
 from agentguard.errors import ConfigError, PricingError
 from agentguard.files import tighten_home
 from agentguard.ledger import BudgetLine, BudgetStatus, Ledger
+from agentguard.ledger.budgets import DEFAULT_BUDGET_KEY, Budgets
+from agentguard.ledger.response_contexts import ResponseContexts
 from agentguard.limits import Limits
 from agentguard.log import logger
 from agentguard.parking.handler import Parker
@@ -21,7 +23,6 @@ from agentguard.parking.openclaw import OpenClawResumer
 from agentguard.parking.record import ParkedSession
 from agentguard.parking.resume import ParkedSessions, Resumer
 from agentguard.parking.store import ParkedStore
-from agentguard.response_contexts import ResponseContexts
 from agentguard.retrying import RetryPolicy
 from agentguard.session import Session, SessionState
 from agentguard.stages import RouteStage, TrimStage
@@ -29,7 +30,7 @@ from agentguard.store import Store, open_store
 from agentguard.transport import flavour_for_client, flavour_of_openai, transports
 
 if TYPE_CHECKING:
-    from agentguard.budget_history import WindowSpend
+    from agentguard.ledger.history import WindowSpend
     from agentguard.pricing import Pricer
     from agentguard.routing import RouteDecision
     from agentguard.tokens import TokenCounter
@@ -95,7 +96,8 @@ class Guard:
             max_s=limits.backoff_max_s,
             max_retry_after_s=limits.max_retry_after_s,
         )
-        self.default_budget_key = "default"
+        self.budgets = Budgets(self.config, self.ledger)
+        self.default_budget_key = DEFAULT_BUDGET_KEY
         self.current_session_var: ContextVar[Session | None] = ContextVar(
             f"agentguard_session_{id(self)}", default=None
         )
@@ -239,7 +241,8 @@ class Guard:
             ConfigError: ``budget_key`` names no ``[[budgets]]`` entry of the config.
         """
         return Session(
-            self,
+            self.budgets,
+            self.current_session_var,
             session_id,
             budget_key=budget_key,
             parent=parent,
@@ -247,6 +250,11 @@ class Guard:
             force_model=force_model,
             framework=framework,
         )
+
+    def owns(self, session: Session) -> bool:
+        """Whether ``session`` was made by this guard (its calls go through this guard's
+        budgets, and its clients find it bound)."""
+        return session.binding is self.current_session_var
 
     # -- parking and resuming ------------------------------------------------------------------
 
@@ -316,7 +324,8 @@ class Guard:
         state.consecutive_failures = 0
         metadata = dict(record.metadata)
         session = Session(
-            self,
+            self.budgets,
+            self.current_session_var,
             record.session_id,
             budget_key=record.budget_key,
             resumer=record.resumer,
@@ -423,19 +432,7 @@ class Guard:
             ConfigError: the key is not configured (a misspelt key would otherwise run the
                 session with no budget at all).
         """
-        if key == self.default_budget_key or self.config.budget(key) is not None:
-            return
-        configured = [budget.key for budget in self.config.budgets]
-        close = difflib.get_close_matches(key, configured, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        listed = ", ".join(repr(name) for name in configured) or "none"
-        raise ConfigError(
-            f"budget key {key!r} is not configured; {hint}configured: {listed}. Add a "
-            f'[[budgets]] entry with key = "{key}" (without limit_usd to only record its '
-            f"spend), or name a configured key",
-            field="budgets.key",
-            expected=f"one of: {listed}",
-        )
+        self.budgets.check_key(key)
 
     def _check_models_priced(self) -> None:
         """Price every model the config names, so a misspelt one fails here, not on every call.
@@ -465,19 +462,11 @@ class Guard:
     def budget_lines_for(self, session: Session) -> tuple[BudgetLine, ...]:
         """The ledger lines calls in ``session`` draw on: its budget key's window and, with
         ``limits.max_session_usd``, its root session's own budget."""
-        lines = [self.budget_line(session.budget_key)]
-        if self.config.limits.max_session_usd is not None:
-            lines.append(
-                BudgetLine(f"session:{session.root_id}", self.config.limits.max_session_usd)
-            )
-        return tuple(lines)
+        return session.budget_lines()
 
     def budget_line(self, key: str) -> BudgetLine:
         """The ledger line of a budget key (unlimited if no budget is configured for it)."""
-        budget = self.config.budget(key)
-        if budget is None:
-            return BudgetLine(key, None)
-        return BudgetLine(budget.key, budget.limit_usd, budget.window_length, budget.window_mode)
+        return self.budgets.line(key)
 
     def budget_status(self, key: str) -> BudgetStatus:
         """Spend, holds, limit and reset time of ``key``'s current window: ``spent_usd``,
@@ -501,7 +490,7 @@ class Guard:
         Raises:
             ConfigError: neither the config nor the store knows ``key``.
         """
-        from agentguard.budget_history import spend_history
+        from agentguard.ledger.history import spend_history
 
         self.require_budget_key(key)
         self.ledger.flush()
@@ -510,7 +499,6 @@ class Guard:
     def require_budget_key(self, key: str) -> None:
         """Raise :class:`ConfigError` (with a did-you-mean) unless the config or the store
         knows budget ``key``."""
-        import difflib
 
         known = self.budget_keys()
         if key in known:
@@ -525,7 +513,8 @@ class Guard:
         )
 
     def budget_statuses(self, session: Session) -> list[BudgetStatus]:
-        return [self.ledger.status(line) for line in session.budget_lines()]
+        """The status of each budget line ``session``'s calls draw on."""
+        return self.budgets.statuses(session.budget_lines())
 
     def remaining_fraction(self, session: Session) -> float | None:
         """The smallest remaining fraction over the session's limited budgets."""

@@ -12,28 +12,16 @@ import threading
 from contextvars import ContextVar, Token
 from decimal import Decimal
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from agentguard.ledger import BudgetLine, BudgetStatus
+    from agentguard.ledger import BudgetLine
+    from agentguard.ledger.budgets import Budgets
     from agentguard.parking.record import ParkedSession
 
-__all__ = ["Session", "SessionHost", "SessionState", "current_session"]
-
-
-class SessionHost(Protocol):
-    """What a session asks of the guard that made it (:class:`~agentguard.Guard` is one): the
-    budget-key rule, its budget lines and their status, and the guard's own binding."""
-
-    current_session_var: ContextVar[Session | None]
-
-    def check_budget_key(self, key: str) -> None: ...
-
-    def budget_lines_for(self, session: Session) -> tuple[BudgetLine, ...]: ...
-
-    def budget_statuses(self, session: Session) -> list[BudgetStatus]: ...
+__all__ = ["Session", "SessionState", "current_session"]
 
 
 _current: ContextVar[Session | None] = ContextVar("agentguard_session", default=None)
@@ -76,12 +64,14 @@ class SessionState(BaseModel):
 class Session:
     """One agent run: its id, budget key, counters and parent.
 
-    Use :meth:`agentguard.Guard.session` to make one.
+    Use :meth:`agentguard.Guard.session` to make one. A session is given the budgets its calls
+    draw on and the context variable its guard's clients look it up in; it holds no guard.
     """
 
     def __init__(
         self,
-        guard: SessionHost,
+        budgets: Budgets,
+        binding: ContextVar[Session | None],
         session_id: str | None = None,
         *,
         budget_key: str | None = None,
@@ -99,9 +89,11 @@ class Session:
                 "digits and ._:@- (it names files and database rows)"
             )
         if budget_key is not None:
-            guard.check_budget_key(budget_key)
-        self.guard = guard
-        """The guard that made the session (a :class:`SessionHost`)."""
+            budgets.check_key(budget_key)
+        self.budgets = budgets
+        self.binding = binding
+        """Where the guard that made this session looks up its current session: bound to this
+        session inside ``with session:``."""
         self.id = session_id or f"s-{secrets.token_hex(8)}"
         self.parent: Session | None = parent
         self.parent_id = parent.id if parent is not None else parent_id
@@ -151,7 +143,7 @@ class Session:
         holds of calls in flight and other processes' slices are in
         :meth:`~agentguard.Guard.budget_status`."""
         remaining: Decimal | None = None
-        for status in self.guard.budget_statuses(self):
+        for status in self.budgets.statuses(self.budget_lines()):
             if status.remaining_usd is not None:
                 remaining = (
                     status.remaining_usd
@@ -163,7 +155,7 @@ class Session:
     def budget_lines(self) -> tuple[BudgetLine, ...]:
         """The ledger lines a call in this session draws on."""
         if self._budget_lines is None:
-            self._budget_lines = self.guard.budget_lines_for(self)
+            self._budget_lines = self.budgets.lines_for(self.budget_key, self.root_id)
         return self._budget_lines
 
     # -- bookkeeping the pipeline does -------------------------------------------------------
@@ -182,7 +174,7 @@ class Session:
     def __enter__(self) -> Session:
         # Bound twice: as "the current session" and as this guard's current session, so calls
         # through another guard's clients inside the block are not charged to this one.
-        binding = (self, _current.set(self), self.guard.current_session_var.set(self))
+        binding = (self, _current.set(self), self.binding.set(self))
         _bindings.set((*_bindings.get(), binding))
         return self
 
@@ -200,7 +192,7 @@ class Session:
             return  # not entered in this context
         _, current, own = bindings[index]
         _bindings.set(bindings[:index] + bindings[index + 1 :])
-        _restore(self.guard.current_session_var, own)
+        _restore(self.binding, own)
         _restore(_current, current)
 
     async def __aenter__(self) -> Session:

@@ -5,7 +5,7 @@ survives ``with_options()``/``copy()``, and is how LangChain's ``ChatOpenAI(http
 and CrewAI's native OpenAI provider take a guard too. A request one of the dialects speaks
 (:mod:`agentguard.dialects`: ``/chat/completions``, ``/responses``, Anthropic's ``/v1/messages``)
 goes through the pipeline. Under a dollar budget the legacy ``/completions`` and
-``/embeddings`` are metered (:mod:`agentguard.legacy`), and every other ``POST`` (files,
+``/embeddings`` are metered (:mod:`agentguard.dialects.openai_legacy`), and every other ``POST`` (files,
 images...) is refused with :class:`~agentguard.UnmeteredRequest` before it is sent, unless
 ``limits.unmetered`` names its endpoint or no provider bills it (token counts, cancellations);
 so is a model call whose body is not a JSON object. Without a budget they pass through
@@ -25,11 +25,11 @@ from types import ModuleType, SimpleNamespace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agentguard.dialects import dialect_for, free_endpoint
+from agentguard.dialects.openai_legacy import legacy_endpoint, run_legacy
 from agentguard.engine.actions import Outcome, Reply, TransportFailure
 from agentguard.engine.drivers import Effects, drive_async, drive_sync
 from agentguard.engine.wire import encode_body, json_object
 from agentguard.errors import AgentGuardError, UnmeteredRequest
-from agentguard.legacy import legacy_endpoint, run_legacy
 from agentguard.log import logger
 from agentguard.parking.handler import request_url
 from agentguard.session import Session

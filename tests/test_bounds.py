@@ -16,7 +16,7 @@ import pytest
 
 from agentguard import Guard, UnmeteredRequest
 from agentguard.engine import CallContext
-from agentguard.images import image_size, image_tokens, rule_for
+from agentguard.pricing.images import image_size, image_tokens, rule_for
 from agentguard.sim import Reply, SimServer
 
 BUDGET = [{"key": "research", "limit_usd": 50, "window": "1h"}]

@@ -15,10 +15,10 @@ from openai.types.completion_usage import CompletionTokensDetails, PromptTokensD
 from openai.types.responses import ResponseUsage
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 
-from agentguard import pricing
 from agentguard.config import PriceOverride, PricingConfig
 from agentguard.errors import PricingError
 from agentguard.pricing import ModelPrice, Pricer, Usage, default_pricer
+from agentguard.pricing import prices as pricing
 
 USAGES = [
     Usage(input_tokens=1_000, output_tokens=200),

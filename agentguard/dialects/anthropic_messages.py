@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Any
 from agentguard.dialects.base import Answer
 from agentguard.dialects.sse import SseReader
 from agentguard.errors import UnmeteredRequest
-from agentguard.images import image_size
 from agentguard.limits import ToolCall
 from agentguard.pricing import Usage
-from agentguard.worst_case import Bound
+from agentguard.pricing.images import image_size
+from agentguard.pricing.worst_case import Bound
 
 if TYPE_CHECKING:
     from agentguard.pricing import CacheWrites, Pricer

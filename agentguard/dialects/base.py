@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from agentguard.limits import ToolCall
     from agentguard.pricing import Pricer, Usage
+    from agentguard.pricing.worst_case import Bound
     from agentguard.tokens import TokenCounter
-    from agentguard.worst_case import Bound
 
 __all__ = ["Answer", "Dialect", "StreamTap"]
 

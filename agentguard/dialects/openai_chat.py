@@ -10,12 +10,12 @@ from agentguard.dialects.base import Answer
 from agentguard.dialects.sse import SseReader
 from agentguard.limits import ToolCall
 from agentguard.pricing import Usage
-from agentguard.worst_case import bound_request, output_cap, refuse_unbounded
+from agentguard.pricing.worst_case import bound_request, output_cap, refuse_unbounded
 
 if TYPE_CHECKING:
     from agentguard.pricing import Pricer
+    from agentguard.pricing.worst_case import Bound
     from agentguard.tokens import TokenCounter
-    from agentguard.worst_case import Bound
 
 __all__ = ["OPENAI_CHAT", "OpenAIChat", "OpenAIChatTap"]
 

@@ -25,12 +25,12 @@ from agentguard.dialects.sse import SseReader
 from agentguard.errors import UnmeteredRequest
 from agentguard.limits import ToolCall
 from agentguard.pricing import Usage
-from agentguard.worst_case import bound_request
+from agentguard.pricing.worst_case import bound_request
 
 if TYPE_CHECKING:
     from agentguard.pricing import Pricer
+    from agentguard.pricing.worst_case import Bound
     from agentguard.tokens import TokenCounter
-    from agentguard.worst_case import Bound
 
 __all__ = ["OPENAI_RESPONSES", "OpenAIResponses", "OpenAIResponsesTap"]
 
@@ -126,7 +126,7 @@ class OpenAIResponses:
                 reason=reason,
                 field=field,
             )
-        from agentguard.worst_case import refuse_unbounded
+        from agentguard.pricing.worst_case import refuse_unbounded
 
         refuse_unbounded(_as_chat(body, self.messages(body)), output_capped=output_capped)
 

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from agentguard.parking.classify import Decision, LimitVerdict
     from agentguard.parking.record import ParkedSession
     from agentguard.pricing import ModelPrice
+    from agentguard.pricing.worst_case import Bound
     from agentguard.session import Session
-    from agentguard.worst_case import Bound
 
 __all__ = ["CallContext", "CallStage", "Escalator", "LimitHandler", "Reply"]
 

@@ -32,7 +32,7 @@ from agentguard.engine.actions import (
 if TYPE_CHECKING:
     from agentguard.engine.call import LimitHandler
     from agentguard.ledger import Ledger
-    from agentguard.response_contexts import ResponseContexts
+    from agentguard.ledger.response_contexts import ResponseContexts
 
 __all__ = ["Effects", "drive_async", "drive_sync"]
 

@@ -50,16 +50,16 @@ from agentguard.errors import (
 from agentguard.limits import Limits, tool_call_signature
 from agentguard.log import logger
 from agentguard.pricing import Usage
+from agentguard.pricing.worst_case import settle_price
 from agentguard.redact import redact_text
 from agentguard.retrying import Failure, RetryPolicy, parse_retry_after
-from agentguard.worst_case import settle_price
 
 if TYPE_CHECKING:
     from agentguard.dialects.base import Answer, Dialect, StreamTap
     from agentguard.ledger import Ledger
+    from agentguard.ledger.response_contexts import ResponseContexts
     from agentguard.parking.classify import Decision, LimitVerdict
     from agentguard.pricing import Pricer
-    from agentguard.response_contexts import ResponseContexts
     from agentguard.session import Session
     from agentguard.tokens import TokenCounter
 

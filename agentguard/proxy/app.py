@@ -4,7 +4,7 @@ The proxy is the engine's third driver. A request in a dialect the guard speaks
 (``/v1/chat/completions``, ``/v1/responses``, ``/v1/messages``) runs through
 :meth:`Pipeline.run <agentguard.engine.Pipeline.run>` under :func:`drive_async`, whose ``Send``
 forwards the (possibly rewritten) body upstream; the legacy ``/v1/completions`` and
-``/v1/embeddings`` are metered by :func:`~agentguard.legacy.run_legacy` under a budget. A
+``/v1/embeddings`` are metered by :func:`~agentguard.dialects.openai_legacy.run_legacy` under a budget. A
 stream is handed on chunk by chunk as it arrives, through the dialect's tap, and settled when
 it ends.
 
@@ -28,12 +28,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from agentguard.dialects import Dialect, dialect_for, free_endpoint
+from agentguard.dialects.openai_legacy import legacy_endpoint, run_legacy
 from agentguard.engine import CallContext
 from agentguard.engine.actions import Outcome, Park, Reply, TransportFailure
 from agentguard.engine.drivers import drive_async
 from agentguard.engine.wire import encode_body, json_object
 from agentguard.errors import AgentGuardError, BudgetExceeded, ConfigError, UnmeteredRequest
-from agentguard.legacy import legacy_endpoint, run_legacy
 from agentguard.log import logger
 from agentguard.parking.handler import request_url
 from agentguard.proxy.keys import Caller, KeyTable, client_key, derived_session_id, key_hash

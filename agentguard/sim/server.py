@@ -12,7 +12,7 @@ Responses API, see :mod:`agentguard.sim.responses`), ``POST /v1/messages`` and
 a 404 with an OpenAI-shaped error body.
 
 Chat completions honour ``n`` (that many choices, all billed), image parts (billed by OpenAI's
-formula: :mod:`agentguard.images`) and ``service_tier`` (served, reported and billed at
+formula: :mod:`agentguard.pricing.images`) and ``service_tier`` (served, reported and billed at
 ``priority``, ``flex`` or ``scale``). The server keeps its own bill: every answer it generated,
 at list price, whether or not the client read it (:meth:`SimServer.billed_usd`).
 """

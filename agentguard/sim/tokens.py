@@ -18,7 +18,7 @@ from typing import Any
 
 import quicktok
 
-from agentguard.images import image_tokens, rule_for
+from agentguard.pricing.images import image_tokens, rule_for
 
 __all__ = ["PrefixCache", "PromptCount", "TokenCounter", "encoding_name_for"]
 

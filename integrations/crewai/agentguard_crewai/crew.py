@@ -309,7 +309,7 @@ def _guarded_run(
             session = guard.session(
                 settings.session_id,
                 budget_key=settings.budget_key,
-                parent=bound if bound is not None and bound.guard is guard else None,
+                parent=bound if bound is not None and guard.owns(bound) else None,
                 resumer=settings.resumer,
                 framework="crewai",
             )

@@ -176,7 +176,7 @@ def _prepare(
     )
     own_provider = cast(GuardedModelProvider, config.model_provider) if built_here else None
     session = current_session()
-    bound_already = session is not None and session.guard is guard
+    bound_already = session is not None and guard.owns(session)
     if session is None or not bound_already:
         session = guard.session(
             session_id, budget_key=budget_key, resumer=resumer, framework=FRAMEWORK

@@ -3,7 +3,7 @@
 The bound covers everything the provider bills for the request:
 
 * **Input**: the counted messages and tool definitions, plus a margin for the provider's own
-  framing; images at their billed size (:mod:`agentguard.images`: by detail and pixel size,
+  framing; images at their billed size (:mod:`agentguard.pricing.images`: by detail and pixel size,
   the family's maximum when the size is not known); legacy ``functions`` and a
   ``response_format`` schema counted as their JSON.
 * **Output**: the request's output cap (``max_completion_tokens``/``max_tokens``, the larger
@@ -29,7 +29,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from agentguard.errors import UnmeteredRequest
-from agentguard.images import image_tokens
+from agentguard.pricing.images import image_tokens
 from agentguard.tokens import IMAGE_TOKENS, IMAGE_TOKENS_LOW_DETAIL
 
 if TYPE_CHECKING:

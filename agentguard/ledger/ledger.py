@@ -35,66 +35,27 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from decimal import ROUND_CEILING, Decimal
-from typing import Any, Literal
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
 
 from agentguard.errors import BudgetExceeded
+from agentguard.ledger import windows
+from agentguard.ledger.windows import (
+    BudgetLine,
+    BudgetStatus,
+    describe_window,
+    from_nusd,
+    ms_to_datetime,
+    to_nusd,
+    wall_clock_ms,
+    window_start,
+)
 from agentguard.store import Cursor, Store
 
-__all__ = ["BudgetLine", "BudgetStatus", "Ledger", "Reservation", "from_nusd", "to_nusd"]
+__all__ = ["Ledger", "Reservation"]
 
-_NANO = Decimal("1e9")
 _LEASE_PREFIX = "lease-"
-
-
-def to_nusd(amount: Decimal) -> int:
-    """Dollars to integer nano-dollars, rounded up (the ledger errs toward counting more)."""
-    return int((amount * _NANO).to_integral_value(rounding=ROUND_CEILING))
-
-
-def from_nusd(amount: int) -> Decimal:
-    """Integer nano-dollars to dollars."""
-    return (Decimal(amount) / _NANO).normalize() if amount else Decimal(0)
-
-
-def _ms_to_datetime(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
-def _wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetLine:
-    """One budget a call draws on.
-
-    Attributes:
-        key: the ledger key (``research``, or ``session:<id>`` for a session's own budget).
-        limit_usd: dollars per window; ``None`` records spend without limiting it.
-        window: window length; ``None`` for a budget that never resets.
-        mode: ``fixed`` or ``rolling`` windows.
-    """
-
-    key: str
-    limit_usd: Decimal | None
-    window: timedelta | None = None
-    mode: Literal["fixed", "rolling"] = "fixed"
-
-    @property
-    def window_ms(self) -> int | None:
-        return None if self.window is None else int(self.window.total_seconds() * 1000)
-
-    def window_start_ms(self, now_ms: int) -> int:
-        """The start of the fixed window holding ``now_ms`` (rolling and endless lines use 0)."""
-        return _window_start(self.window_ms, self.mode, now_ms)
-
-
-def _window_start(window_ms: int | None, mode: str, now_ms: int) -> int:
-    if window_ms is None or mode == "rolling":
-        return 0
-    return now_ms - now_ms % window_ms
 
 
 @dataclass(slots=True, eq=False)
@@ -139,55 +100,6 @@ class Reservation:
     @property
     def amount_usd(self) -> Decimal:
         return from_nusd(self.amount_nusd)
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetStatus:
-    """The state of one budget's current window, as seen from this process.
-
-    Money in the window is split into what is spent (settled, or charged at its worst case
-    when the outcome stayed unknown), what is held (by calls in flight and by lease slices) and
-    what is free.
-    """
-
-    key: str
-    limit_usd: Decimal | None
-    spent_usd: Decimal
-    reserved_usd: Decimal
-    """Everything held on the key: calls in flight and lease slices of every process."""
-    calls: int
-    window: timedelta | None
-    mode: str
-    window_start: datetime | None
-    resets_at: datetime | None
-    in_flight_usd: Decimal = Decimal(0)
-    """Held by calls in flight (of any process: store holds, and this process's leased calls)."""
-    idle_lease_usd: Decimal = Decimal(0)
-    """This process's own lease slice not promised to any call: free for this process."""
-    other_leases_usd: Decimal = Decimal(0)
-    """Held by other processes' lease slices (idle there, or drawn on by their calls)."""
-
-    @property
-    def free_usd(self) -> Decimal | None:
-        """What no process holds: the limit less spend and every hold."""
-        if self.limit_usd is None:
-            return None
-        return max(Decimal(0), self.limit_usd - self.spent_usd - self.reserved_usd)
-
-    @property
-    def remaining_usd(self) -> Decimal | None:
-        """Free to spend now by this process: what nobody holds plus its own idle slice."""
-        free = self.free_usd
-        if free is None:
-            return None
-        return free + self.idle_lease_usd
-
-    @property
-    def remaining_fraction(self) -> float | None:
-        if self.limit_usd is None or self.limit_usd == 0:
-            return None
-        remaining = self.remaining_usd or Decimal(0)
-        return min(1.0, float(remaining / self.limit_usd))
 
 
 # -- SQL ------------------------------------------------------------------------------------
@@ -336,7 +248,7 @@ class _Tx:
         """Spend in the window of the key's current definition (or the given window)."""
         if window_start is None:
             row = self.key(key)
-            window_start = _window_start(row.window_ms, row.mode, self.now)
+            window_start = windows.window_start(row.window_ms, row.mode, self.now)
         params = {"key": key, "ws": window_start, "amount": amount, "calls": calls}
         if self.cursor.rowcount(_ADD_SPENT, params) == 0:
             self.cursor.execute(_ENSURE_ROW, {"key": key, "ws": window_start})
@@ -386,7 +298,7 @@ class Ledger:
         # A hold is renewed (or checked) in the store once it is a quarter of its time to live
         # old: a process must never use a hold a sweep may already have charged.
         self.renew_after_s = reservation_ttl_s / 4
-        self._clock = clock or _wall_clock_ms
+        self._clock = clock or wall_clock_ms
         self._last_sweep = 0.0
         self._sweep_every_s = max(1.0, min(30.0, reservation_ttl_s / 10))
         self._lock = threading.Lock()
@@ -890,10 +802,10 @@ class Ledger:
             start: datetime | None = None
             if line.window is not None and line.mode == "rolling":
                 resets_at = self._rolling_relief(tx, line, 1)
-                start = _ms_to_datetime(now - (line.window_ms or 0))
+                start = ms_to_datetime(now - (line.window_ms or 0))
             elif line.window is not None:
-                start = _ms_to_datetime(window_start)
-                resets_at = _ms_to_datetime(window_start + (line.window_ms or 0))
+                start = ms_to_datetime(window_start)
+                resets_at = ms_to_datetime(window_start + (line.window_ms or 0))
         own = self._leases.get(line.key)
         own_held = own.held if own is not None else 0
         own_idle = max(0, own.available) if own is not None else 0
@@ -939,7 +851,7 @@ class Ledger:
                 if connection.rowcount(_DELETE_EXPIRED, params) != 1:
                     continue  # settled or renewed meanwhile
                 row = tx.key(key)
-                window_start = _window_start(row.window_ms, row.mode, tx.now)
+                window_start = windows.window_start(row.window_ms, row.mode, tx.now)
                 tx.add_reserved(key, -amount)
                 tx.add_spent(key, amount, 0)
                 connection.execute(
@@ -972,7 +884,7 @@ class Ledger:
             return
         until = tx.now
         if row.window_ms is not None:
-            start = _window_start(row.window_ms, row.mode, tx.now)
+            start = window_start(row.window_ms, row.mode, tx.now)
             until = (start if row.mode == "fixed" else tx.now) + row.window_ms
         row.prev_window_ms, row.prev_mode, row.prev_until_ms = row.window_ms, row.mode, until
         row.window_ms, row.mode = window_ms, mode
@@ -1044,7 +956,7 @@ class Ledger:
         for at_ms, amount in rows:
             freed += amount
             if freed >= needed:
-                return _ms_to_datetime(at_ms + length)
+                return ms_to_datetime(at_ms + length)
         return None
 
     def _exceeded(
@@ -1061,11 +973,11 @@ class Ledger:
             resets_at = self._rolling_relief(tx, line, spent + reserved + amount - limit)
         elif line.window is not None:
             window_start = line.window_start_ms(tx.now)
-            resets_at = _ms_to_datetime(window_start + (line.window_ms or 0))
+            resets_at = ms_to_datetime(window_start + (line.window_ms or 0))
         row = tx.key(line.key)
         if row.prev_until_ms is not None and row.prev_until_ms > tx.now:
             # The previous window still applies until it ends.
-            until = _ms_to_datetime(row.prev_until_ms)
+            until = ms_to_datetime(row.prev_until_ms)
             resets_at = until if resets_at is None else max(resets_at, until)
         fits_empty = amount <= limit
         if not fits_empty:
@@ -1085,7 +997,7 @@ class Ledger:
             )
         return BudgetExceeded(
             f"budget {line.key!r} exceeded for session {session_id!r}: limit ${from_nusd(limit)}"
-            f" per {_describe_window(line)}, spent ${from_nusd(spent)}{held}, this call needs up"
+            f" per {describe_window(line)}, spent ${from_nusd(spent)}{held}, this call needs up"
             f" to ${from_nusd(amount)}; {when}",
             key=line.key,
             spent_usd=from_nusd(spent + reserved),
@@ -1120,15 +1032,3 @@ class _Flushing:
             ledger = self.ledger
             with ledger._lock:
                 ledger._pending[:0] = self.pending
-
-
-def _describe_window(line: BudgetLine) -> str:
-    if line.window is None:
-        return "session"
-    seconds = int(line.window.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit} window" + (
-                " (rolling)" if line.mode == "rolling" else ""
-            )
-    return f"{seconds}s window" + (" (rolling)" if line.mode == "rolling" else "")

@@ -16,6 +16,7 @@ from agentguard.log import logger
 
 if TYPE_CHECKING:
     from agentguard.config import RoutingConfig, TrimmingConfig
+    from agentguard.dialects.base import Answer
     from agentguard.engine.call import CallContext
     from agentguard.pricing import Pricer
     from agentguard.routing import RouteDecision
@@ -139,13 +140,16 @@ class RouteStage:
             call.body["model"] = decision.model
         logger.info("route", session_id=call.session.id, **decision.log_fields())
 
-    def escalate(self, call: CallContext, payload: dict[str, Any]) -> str | None:
-        from agentguard.routing import check_step_failure
+    def escalate(self, call: CallContext, payload: dict[str, Any], answer: Answer) -> str | None:
+        from agentguard.routing import check_answer_failure, check_step_failure
 
         decision = call.notes.get("route")
         if decision is None or not self.config.escalate:
             return None
-        failure = check_step_failure(payload, call.tools)
+        if call.chat:
+            failure = check_step_failure(payload, call.tools)  # every choice, legacy calls too
+        else:
+            failure = check_answer_failure(answer, call.tools)
         if failure is None:
             return None
         higher = self.router.escalate(decision, failure)

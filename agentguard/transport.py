@@ -152,10 +152,15 @@ _UNPARSABLE = "the request's body is not a JSON object, so its cost cannot be bo
 def _build(httpx: ModuleType) -> SimpleNamespace:
     """Transport classes for one httpx flavour (``httpx`` or ``httpx2``)."""
 
-    def with_body(request: Any, body: dict[str, Any]) -> Any:
+    def with_body(request: Any, body: dict[str, Any] | None, original: bytes) -> Any:
+        """The request carrying ``body``, or the caller's own bytes when ``body`` is ``None``
+        (an attempt after a rewritten one, say an escalation back to the caller's model, must
+        not resend the rewrite)."""
+        content = original if body is None else encode_body(body)
+        if request._content is content:
+            return request
         # Re-using the request object (new body, new length) costs a fraction of building a
         # new one, and keeps its extensions (timeouts) as the SDK set them.
-        content = encode_body(body)
         request.headers["content-length"] = str(len(content))
         request._content = content
         request.stream = httpx.ByteStream(content)
@@ -316,7 +321,8 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
                     return self._handle_legacy(request, *legacy)
                 _refuse_unmetered(self.guard, request.method, request.url.path)
                 return self._send_raw(request)
-            body = json_object(request.read())
+            original = request.read()
+            body = json_object(original)
             if body is None:
                 _refuse_unmetered(self.guard, request.method, request.url.path, _UNPARSABLE)
                 return self._send_raw(request)
@@ -324,7 +330,9 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
 
             def send(new_body: dict[str, Any], modified: bool) -> Reply:
                 try:
-                    response = self._send_raw(with_body(request, new_body) if modified else request)
+                    response = self._send_raw(
+                        with_body(request, new_body if modified else None, original)
+                    )
                 except Exception as exc:
                     failure = failure_of(exc)
                     if failure is None:
@@ -458,7 +466,8 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
                     return await self._handle_legacy(request, *legacy)
                 _refuse_unmetered(self.guard, request.method, request.url.path)
                 return await self._send_raw(request)
-            body = json_object(await request.aread())
+            original = await request.aread()
+            body = json_object(original)
             if body is None:
                 _refuse_unmetered(self.guard, request.method, request.url.path, _UNPARSABLE)
                 return await self._send_raw(request)
@@ -467,7 +476,7 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
             async def send(new_body: dict[str, Any], modified: bool) -> Reply:
                 try:
                     response = await self._send_raw(
-                        with_body(request, new_body) if modified else request
+                        with_body(request, new_body if modified else None, original)
                     )
                 except Exception as exc:
                     failure = failure_of(exc)

@@ -462,3 +462,59 @@ def test_a_stream_cut_before_its_usage_is_charged_at_its_worst_case(
         assert sim.billed_usd() > 0
         assert session.spent_usd >= sim.billed_usd()
         assert session.spent_usd < sim.billed_usd() + Decimal("0.01")
+
+
+def test_a_refusal_from_haiku_is_escalated_to_sonnet(make_guard: Callable[..., Guard]) -> None:
+    def reply(body: dict[str, Any]) -> Reply:
+        if body["model"] == HAIKU:
+            return Reply(content="", finish_reason="refusal")
+        return Reply(tool_calls=[ToolCall("read_file", {"path": "a.py"})])
+
+    with SimServer(script=reply) as sim:
+        guard = make_guard(
+            routing={"tiers": {"small": HAIKU, "large": SONNET}, "classifier": "heuristic"},
+            budgets=[{"key": "work", "limit_usd": 1, "window": "1h"}],
+        )
+        client = client_for(guard, sim)
+        tools = [
+            {
+                "name": "read_file",
+                "description": "Read a file",
+                "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}},
+            }
+        ]
+        with guard.session("escalate", budget_key="work") as session:
+            message = client.messages.create(
+                model=SONNET,
+                max_tokens=200,
+                tools=tools,
+                messages=[{"role": "user", "content": "Thanks! Now read a.py for me."}],
+            )
+        billed = sim.billed_usd()
+    assert [r.body["model"] for r in sim.requests if r.body] == [HAIKU, SONNET]
+    assert message.model == SONNET and message.stop_reason == "tool_use"
+    assert session.state.retries == 1 and session.iterations == 1
+    assert sim.billed_calls() == 2
+    assert abs(session.spent_usd - billed) <= billed / 100
+
+
+def test_a_tool_the_request_did_not_offer_is_escalated(make_guard: Callable[..., Guard]) -> None:
+    def reply(body: dict[str, Any]) -> Reply:
+        if body["model"] == HAIKU:
+            return Reply(tool_calls=[ToolCall("delete_everything", {})])
+        return Reply(content="Here is a.py summarised.")
+
+    with SimServer(script=reply) as sim:
+        guard = make_guard(
+            routing={"tiers": {"small": HAIKU, "large": SONNET}, "classifier": "heuristic"}
+        )
+        client = client_for(guard, sim)
+        with guard.session("escalate-tool"):
+            message = client.messages.create(
+                model=SONNET,
+                max_tokens=200,
+                tools=[{"name": "read_file", "input_schema": {"type": "object"}}],
+                messages=[{"role": "user", "content": "Thanks! Now read a.py for me."}],
+            )
+    assert [r.body["model"] for r in sim.requests if r.body] == [HAIKU, SONNET]
+    assert message.content[0].type == "text"

@@ -5,6 +5,7 @@ limits, parking and the replay resumer."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -281,3 +282,32 @@ def test_a_response_stored_false_is_not_remembered(
             )
     with guard.store.cursor(write=False) as cursor:
         assert cursor.all("SELECT response_id FROM agentguard_response_contexts", {}) == []
+
+
+def test_a_broken_function_call_from_the_small_tier_is_escalated(
+    make_guard: Callable[..., Guard],
+) -> None:
+    def reply(body: dict[str, Any]) -> Reply:
+        if body["model"] == "gpt-4o-mini":
+            return Reply(tool_calls=[ToolCall("read_file", '{"path": "a.py"')])  # broken JSON
+        return Reply(tool_calls=[ToolCall("read_file", {"path": "a.py"})])
+
+    with SimServer(script=reply) as sim:
+        guard = make_guard(
+            routing={"tiers": {"small": "gpt-4o-mini", "large": "gpt-4o"}},
+            budgets=BUDGET,
+        )
+        client = wrapped(guard, sim)
+        with guard.session("escalate", budget_key="work") as session:
+            response = client.responses.create(
+                model="gpt-4o", input="Thanks! Now read a.py for me.", tools=TOOLS
+            )
+        billed = sim.billed_usd()
+    assert [r.body["model"] for r in sim.requests if r.body] == ["gpt-4o-mini", "gpt-4o"]
+    calls = [item for item in response.output if item.type == "function_call"]
+    assert response.model == "gpt-4o" and json.loads(calls[0].arguments) == {"path": "a.py"}
+    assert session.state.retries == 1 and session.iterations == 1
+    assert session.state.tool_calls == 1  # the broken call is paid for, not counted as a step
+    # Both attempts were billed, and both are charged.
+    assert sim.billed_calls() == 2
+    assert abs(session.spent_usd - billed) <= billed / 100

@@ -169,3 +169,27 @@ def test_summarize_strategy_replaces_dropped_turns_with_a_small_model_summary(
     assert len(main["messages"]) < len(messages)
     assert any("Simulated answer" in str(m.get("content")) for m in main["messages"])  # the summary
     assert session.iterations == 2  # the summary call is counted and paid for
+
+
+def test_an_escalation_back_to_the_callers_own_request_sends_it_unrewritten(
+    make_guard: Callable[..., Guard],
+) -> None:
+    # The caller caps the output itself, so escalating to its own model makes the body equal
+    # to what it sent: the attempt must carry that model, not the rewrite before it.
+    def reply(body: dict[str, Any]) -> Reply:
+        if body["model"] == "gpt-4o-mini":
+            return Reply(tool_calls=[ToolCall("read_file", '{"path": "a.py"')])  # broken JSON
+        return Reply(tool_calls=[ToolCall("read_file", {"path": "a.py"})])
+
+    with SimServer(script=reply) as sim:
+        guard = make_guard(routing=ROUTING)
+        client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-test"))
+        with guard.session():
+            response = client.chat.completions.create(
+                model="gpt-4o",
+                messages=[{"role": "user", "content": "Read a.py and summarise it briefly."}],
+                tools=TOOLS,
+                max_tokens=200,
+            )
+    assert models_sent(sim) == ["gpt-4o-mini", "gpt-4o"]
+    assert response.model == "gpt-4o"

@@ -176,11 +176,13 @@ class AnthropicMessages:
             elif block.get("type") == "tool_use":
                 calls.append(ToolCall(str(block.get("name", "")), _arguments(block.get("input"))))
         response_id = payload.get("id")
+        declined = payload.get("stop_reason") == "refusal"
         return Answer(
             text="".join(text),
             tool_calls=calls,
             usage=Usage.from_anthropic(payload.get("usage")),
             response_id=response_id if isinstance(response_id, str) else None,
+            refusal=("".join(text).strip() or "stop_reason refusal") if declined else None,
         )
 
     def tap(self, *, strip_usage: bool) -> AnthropicMessagesTap:

@@ -31,6 +31,9 @@ class Answer:
         usage: the reported usage, or ``None`` when the response reports none.
         service_tier: the tier the response says it was served at (OpenAI), else ``None``.
         response_id: the provider's id of the response (``resp_...``), when it has one.
+        refusal: the model's refusal, when the response says it declined (a refusal part, or
+            a ``refusal`` stop reason), else ``None``.
+        filtered: the provider's content filter stopped the answer.
     """
 
     text: str = ""
@@ -38,6 +41,8 @@ class Answer:
     usage: Usage | None = None
     service_tier: object = None
     response_id: str | None = None
+    refusal: str | None = None
+    filtered: bool = False
 
 
 class StreamTap(Protocol):

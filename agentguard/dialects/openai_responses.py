@@ -148,24 +148,32 @@ def response_answer(payload: Mapping[str, Any]) -> Answer:
     """Read a ``response`` object: its text, function calls, usage, tier and id."""
     texts: list[str] = []
     calls: list[ToolCall] = []
+    refusals: list[str] = []
     for item in payload.get("output") or ():
         if not isinstance(item, dict):
             continue
         kind = item.get("type")
         if kind == "message":
             for part in item.get("content") or ():
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                if not isinstance(part, dict):
+                    continue
+                if part.get("type") == "refusal" and isinstance(part.get("refusal"), str):
+                    refusals.append(part["refusal"])
+                elif isinstance(part.get("text"), str):
                     texts.append(part["text"])
         elif kind == "function_call":
             calls.append(ToolCall(str(item.get("name", "")), str(item.get("arguments", ""))))
     usage = payload.get("usage")
     response_id = payload.get("id")
+    incomplete = payload.get("incomplete_details")
     return Answer(
         text="".join(texts),
         tool_calls=calls,
         usage=Usage.from_openai(usage) if usage else None,
         service_tier=payload.get("service_tier"),
         response_id=response_id if isinstance(response_id, str) else None,
+        refusal=" ".join(refusals) if refusals else None,
+        filtered=isinstance(incomplete, dict) and incomplete.get("reason") == "content_filter",
     )
 
 

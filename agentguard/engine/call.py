@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from agentguard.dialects.openai_chat import OPENAI_CHAT
 
 if TYPE_CHECKING:
-    from agentguard.dialects.base import Dialect
+    from agentguard.dialects.base import Answer, Dialect
     from agentguard.errors import BudgetExceeded
     from agentguard.ledger import Reservation
     from agentguard.parking.classify import Decision, LimitVerdict
@@ -62,8 +62,11 @@ class CallStage(Protocol):
 class Escalator(Protocol):
     """Routing's second half: re-send a failed cheap step one tier up, or find cheaper models."""
 
-    def escalate(self, call: CallContext, payload: dict[str, Any]) -> str | None:
-        """The model to re-send a checkably failed answer to, or ``None`` to keep it."""
+    def escalate(self, call: CallContext, payload: dict[str, Any], answer: Answer) -> str | None:
+        """The model to re-send a checkably failed answer to, or ``None`` to keep it.
+
+        ``payload`` is the response body in the call's dialect, ``answer`` what its dialect
+        read from it."""
         ...
 
     def cheaper_models(self, call: CallContext) -> list[str]:

@@ -184,7 +184,7 @@ class Pipeline:
             reply, payload = sent
             answer = call.dialect.answer(payload)
             if self.escalator is not None and escalations < self.retry.max_retries:
-                target = self.escalator.escalate(call, payload) if call.chat else None
+                target = self.escalator.escalate(call, payload, answer)
                 if target is not None:
                     # The cheap answer failed in a checkable way: pay for it, send it one tier up.
                     yield from self._settle(call, answer, count_step=False)

@@ -46,12 +46,15 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal, NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias
 
 from agentguard.config import RoutingConfig
 from agentguard.errors import AgentGuardError, ConfigError
 from agentguard.routing.features import Classification, Label, StepFeatures, StepOutcome
 from agentguard.routing.learned import LearnedClassifier, ScorerModel, load_model
+
+if TYPE_CHECKING:
+    from agentguard.dialects.base import Answer
 
 __all__ = [
     "CLASSIFIER_REQUEST_OPTIONS",
@@ -79,6 +82,7 @@ __all__ = [
     "StepOutcome",
     "ToolBatchRule",
     "build_classifier",
+    "check_answer_failure",
     "check_step_failure",
     "extract_features",
     "load_model",
@@ -1326,6 +1330,46 @@ def check_step_failure(
         problem = _choice_failure(choice, offered)
         if problem:
             return where + problem
+    return None
+
+
+def check_answer_failure(answer: Answer, tools: Sequence[Any] | None = None) -> str | None:
+    """A checkable failure in any API's answer, as its dialect read it (the Responses API's
+    output items, Anthropic's content blocks), which escalating one tier may fix.
+
+    Checked as for chat completions: a refusal or a content-filter stop, a tool call naming a
+    tool that was not offered or with arguments that are not a JSON object, an empty answer.
+
+    Args:
+        answer: what the response said, read by its dialect.
+        tools: the tools the request offered (any API's shape).
+
+    Returns:
+        What failed, in words, or ``None`` if nothing checkable did.
+    """
+    if answer.refusal is not None:
+        return f"refusal: {' '.join(answer.refusal.split())[:80]}"
+    if answer.filtered:
+        return "refusal: stopped by the content filter"
+    offered = _offered_tool_names(tools)
+    for call in answer.tool_calls:
+        if call.name not in offered:
+            offered_text = ", ".join(sorted(offered)) or "none"
+            return f"tool call names unknown tool {call.name!r} (offered: {offered_text})"
+        if not call.arguments.strip():
+            continue
+        try:
+            parsed = json.loads(call.arguments)
+        except ValueError as exc:
+            return f"invalid JSON arguments for tool {call.name!r}: {exc}"
+        if not isinstance(parsed, dict):
+            kind = type(parsed).__name__
+            return f"invalid tool call arguments for {call.name!r}: JSON {kind}, not an object"
+    text = answer.text
+    if not answer.tool_calls and not text.strip():
+        return "empty answer: no content and no tool calls"
+    if text and len(text) <= _REFUSAL_MAX_CHARS and _REFUSAL.search(text):
+        return f"refusal: {' '.join(text.split())[:80]}"
     return None
 
 

@@ -10,6 +10,7 @@ import openai
 
 from agentguard import SessionParked
 from agentguard.guard import Guard
+from agentguard.sim import Reply, ToolCall
 
 PROMPT = [{"role": "user", "content": "Summarise the quarterly report in three bullet points."}]
 
@@ -74,3 +75,15 @@ def resume_by_daemon(guard: Guard, session_id: str) -> None:
         wait_for_state(guard, session_id, "resumed")
     finally:
         daemon.stop()
+
+
+def broken_json_from(small_model: str) -> Callable[[dict[str, Any]], Reply]:
+    """A sim script: ``small_model`` answers a ``read_file`` call with broken JSON arguments,
+    every other model with a well-formed one (a failure escalation can fix)."""
+
+    def reply(body: dict[str, Any]) -> Reply:
+        if body["model"] == small_model:
+            return Reply(tool_calls=[ToolCall("read_file", '{"path": "a.py"')])
+        return Reply(tool_calls=[ToolCall("read_file", {"path": "a.py"})])
+
+    return reply

@@ -12,6 +12,7 @@ from typing import Any
 
 import openai
 import pytest
+from helpers import broken_json_from
 
 from agentguard import BudgetExceeded, Guard, LimitExceeded, SessionParked, UnmeteredRequest
 from agentguard.sim import Reply, SimServer, ToolCall
@@ -287,12 +288,7 @@ def test_a_response_stored_false_is_not_remembered(
 def test_a_broken_function_call_from_the_small_tier_is_escalated(
     make_guard: Callable[..., Guard],
 ) -> None:
-    def reply(body: dict[str, Any]) -> Reply:
-        if body["model"] == "gpt-4o-mini":
-            return Reply(tool_calls=[ToolCall("read_file", '{"path": "a.py"')])  # broken JSON
-        return Reply(tool_calls=[ToolCall("read_file", {"path": "a.py"})])
-
-    with SimServer(script=reply) as sim:
+    with SimServer(script=broken_json_from("gpt-4o-mini")) as sim:
         guard = make_guard(
             routing={"tiers": {"small": "gpt-4o-mini", "large": "gpt-4o"}},
             budgets=BUDGET,

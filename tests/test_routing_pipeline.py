@@ -8,9 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 import openai
+import pytest
+from helpers import broken_json_from
 
 from agentguard.guard import Guard
-from agentguard.sim import Reply, SimServer, ToolCall
+from agentguard.sim import SimServer
 
 TIERS = {"small": "gpt-4o-mini", "large": "gpt-4o"}
 # The pipeline's mechanics (tiers, ceiling, pressure, escalation) are tested with the
@@ -99,22 +101,22 @@ def test_budget_pressure_caps_the_tier(sim: SimServer, make_guard: Callable[...,
     assert models_sent(sim)[-1] == "gpt-4o-mini"
 
 
+@pytest.mark.parametrize("max_tokens", [None, 200], ids=["output-cap-set", "callers-own-cap"])
 def test_a_failed_cheap_step_is_escalated_and_counted_as_a_retry(
-    make_guard: Callable[..., Guard],
+    make_guard: Callable[..., Guard], max_tokens: int | None
 ) -> None:
-    def reply(body: dict[str, Any]) -> Reply:
-        if body["model"] == "gpt-4o-mini":
-            return Reply(tool_calls=[ToolCall("read_file", '{"path": "a.py"')])  # broken JSON
-        return Reply(tool_calls=[ToolCall("read_file", {"path": "a.py"})])
-
-    with SimServer(script=reply) as sim:
+    # With the caller's own cap, escalating to the caller's model makes the body equal to what
+    # the caller sent: that attempt must carry the caller's model, not the rewrite before it.
+    with SimServer(script=broken_json_from("gpt-4o-mini")) as sim:
         guard = make_guard(routing=ROUTING)
         client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-test"))
+        cap = {} if max_tokens is None else {"max_tokens": max_tokens}
         with guard.session() as session:
             response = client.chat.completions.create(
                 model="gpt-4o",
                 messages=[{"role": "user", "content": "Read a.py and summarise it briefly."}],
                 tools=TOOLS,
+                **cap,
             )
     assert models_sent(sim) == ["gpt-4o-mini", "gpt-4o"]
     assert response.model == "gpt-4o"
@@ -169,27 +171,3 @@ def test_summarize_strategy_replaces_dropped_turns_with_a_small_model_summary(
     assert len(main["messages"]) < len(messages)
     assert any("Simulated answer" in str(m.get("content")) for m in main["messages"])  # the summary
     assert session.iterations == 2  # the summary call is counted and paid for
-
-
-def test_an_escalation_back_to_the_callers_own_request_sends_it_unrewritten(
-    make_guard: Callable[..., Guard],
-) -> None:
-    # The caller caps the output itself, so escalating to its own model makes the body equal
-    # to what it sent: the attempt must carry that model, not the rewrite before it.
-    def reply(body: dict[str, Any]) -> Reply:
-        if body["model"] == "gpt-4o-mini":
-            return Reply(tool_calls=[ToolCall("read_file", '{"path": "a.py"')])  # broken JSON
-        return Reply(tool_calls=[ToolCall("read_file", {"path": "a.py"})])
-
-    with SimServer(script=reply) as sim:
-        guard = make_guard(routing=ROUTING)
-        client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-test"))
-        with guard.session():
-            response = client.chat.completions.create(
-                model="gpt-4o",
-                messages=[{"role": "user", "content": "Read a.py and summarise it briefly."}],
-                tools=TOOLS,
-                max_tokens=200,
-            )
-    assert models_sent(sim) == ["gpt-4o-mini", "gpt-4o"]
-    assert response.model == "gpt-4o"

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from agentguard.limits import ToolCall
     from agentguard.pricing import Pricer, Usage
     from agentguard.tokens import TokenCounter
+    from agentguard.trimming.view import HistoryView
     from agentguard.worst_case import Bound
 
 __all__ = ["Answer", "Dialect", "StreamTap"]
@@ -76,6 +77,11 @@ class Dialect(Protocol):
 
     def matches(self, method: str, path: str) -> bool:
         """Whether an HTTP request is a call in this dialect."""
+        ...
+
+    @property
+    def trim_view(self) -> HistoryView:
+        """How trimming reads the request's history and writes the trimmed one back."""
         ...
 
     def messages(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from agentguard.worst_case import bound_request, output_cap, refuse_unbounded
 if TYPE_CHECKING:
     from agentguard.pricing import Pricer
     from agentguard.tokens import TokenCounter
+    from agentguard.trimming.view import HistoryView
     from agentguard.worst_case import Bound
 
 __all__ = ["OPENAI_CHAT", "OpenAIChat", "OpenAIChatTap"]
@@ -31,6 +32,12 @@ class OpenAIChat:
 
     def matches(self, method: str, path: str) -> bool:
         return method == "POST" and path.rstrip("/").endswith("/chat/completions")
+
+    @property
+    def trim_view(self) -> HistoryView:
+        from agentguard.trimming.chat import CHAT_VIEW
+
+        return CHAT_VIEW
 
     def messages(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
         messages = body.get("messages")

@@ -30,6 +30,7 @@ from agentguard.worst_case import bound_request
 if TYPE_CHECKING:
     from agentguard.pricing import Pricer
     from agentguard.tokens import TokenCounter
+    from agentguard.trimming.view import HistoryView
     from agentguard.worst_case import Bound
 
 __all__ = ["OPENAI_RESPONSES", "OpenAIResponses", "OpenAIResponsesTap"]
@@ -51,6 +52,12 @@ class OpenAIResponses:
         # Not /responses/{id}, /responses/{id}/cancel or /responses/input_tokens: those are
         # reads, cancellations and the free token count.
         return method == "POST" and path.rstrip("/").endswith(_ENDPOINT)
+
+    @property
+    def trim_view(self) -> HistoryView:
+        from agentguard.dialects.responses_history import RESPONSES_HISTORY
+
+        return RESPONSES_HISTORY
 
     def messages(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
         messages = input_messages(body.get("input"))

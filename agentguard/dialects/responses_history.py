@@ -166,7 +166,7 @@ class ResponsesHistory:
             if offset and source == 0:
                 body["instructions"] = entry["content"]
             else:
-                items.append(dict(entry))
+                items.append(entry if isinstance(entry, dict) else dict(entry))
         if isinstance(body.get("input"), str) and len(items) == 1:
             body["input"] = items[0]["content"]
         else:

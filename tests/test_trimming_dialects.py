@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from agentguard.config import TrimmingConfig
-from agentguard.dialects.anthropic_history import ANTHROPIC_HISTORY, validate_anthropic_messages
+from agentguard.dialects.anthropic_history import validate_anthropic_messages
 from agentguard.dialects.anthropic_messages import ANTHROPIC_MESSAGES
 from agentguard.dialects.openai_responses import OPENAI_RESPONSES
-from agentguard.dialects.responses_history import RESPONSES_HISTORY, validate_input_items
+from agentguard.dialects.responses_history import validate_input_items
 from agentguard.errors import ContextTooLarge
 from agentguard.tokens import TokenCounter
 from agentguard.trimming import Trimmer, TrimState
@@ -31,6 +31,8 @@ from agentguard.trimming import Trimmer, TrimState
 GPT = "gpt-4o"
 CLAUDE = "claude-sonnet-4-6"
 COUNTER = TokenCounter()  # shared: its cache keeps the property tests fast
+RESPONSES_HISTORY = OPENAI_RESPONSES.trim_view
+ANTHROPIC_HISTORY = ANTHROPIC_MESSAGES.trim_view
 
 Item = dict[str, Any]
 CUT_MARKER = re.compile(r"\[agentguard: (\d+) tokens cut from the middle of this message")

@@ -24,21 +24,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from agentguard.dialects.anthropic_messages import (
-    _MESSAGE_FRAMING_TOKENS,
-    _chat_view,
-    _image_sources,
-    cache_writes,
-    claude_image_tokens,
-    tools_tokens,
-)
 from agentguard.tokens import message_digest
 from agentguard.trimming.chat import NOTE_ROLE
 
 if TYPE_CHECKING:
+    from agentguard.dialects.responses_history import CountingDialect
     from agentguard.tokens import TokenCounter
 
-__all__ = ["ANTHROPIC_HISTORY", "AnthropicHistory", "validate_anthropic_messages"]
+__all__ = ["AnthropicHistory", "validate_anthropic_messages"]
 
 _SYSTEM = -1
 """The origin of the system entry (messages are numbered from 0)."""
@@ -201,7 +194,17 @@ def validate_anthropic_messages(entries: Sequence[Mapping[str, Any]]) -> None:
 
 
 class AnthropicHistory:
-    """The :class:`~agentguard.trimming.view.HistoryView` of ``POST /v1/messages``."""
+    """The :class:`~agentguard.trimming.view.HistoryView` of ``POST /v1/messages``.
+
+    Args:
+        dialect: the Messages dialect, whose counting (the calibrated Claude estimate, the
+            message framing, images by Anthropic's formula) each entry is counted with.
+    """
+
+    __slots__ = ("dialect",)
+
+    def __init__(self, dialect: CountingDialect) -> None:
+        self.dialect = dialect
 
     # -- the body ----------------------------------------------------------------------------
 
@@ -278,7 +281,8 @@ class AnthropicHistory:
         return {**entry, "content": [block]}
 
     def caches_prefix(self, body: Mapping[str, Any]) -> bool:
-        return cache_writes(body) != "none"  # Claude caches only at the breakpoints asked for
+        # Claude caches only at the breakpoints a request asks for.
+        return any(True for _mark in _cache_controls(dict(body)))
 
     # -- counting ----------------------------------------------------------------------------
 
@@ -290,21 +294,19 @@ class AnthropicHistory:
         *,
         digests: Sequence[bytes] | None = None,
     ) -> list[int]:
-        # As the dialect counts a request: each message's chat view, its framing, its images.
-        counts = []
-        for entry in entries:
-            body = _as_body(entry)
-            tokens = sum(counter.message_counts(list(_chat_view(body, with_images=False)), model))
-            if entry.get("role") != "system":
-                tokens += _MESSAGE_FRAMING_TOKENS
-            tokens += sum(claude_image_tokens(source) for source in _image_sources(body))
-            counts.append(tokens)
-        return counts
+        # As the dialect counts a request holding the entry alone: its chat view, the
+        # message's framing, its images.
+        framing = counter.request_overhead(model)
+        return [
+            self.dialect.count_input(_as_body(entry), model, counter) - framing for entry in entries
+        ]
 
     def overhead(
         self, model: str, counter: TokenCounter, tools: Sequence[Mapping[str, Any]] | None
     ) -> int:
-        return counter.request_overhead(model) + tools_tokens(list(tools or ()), model, counter)
+        return self.dialect.count_input(
+            {"messages": [], "tools": list(tools or ())}, model, counter
+        )
 
     def digest(self, entry: Mapping[str, Any]) -> bytes:
         return message_digest(_without_cache_control(entry))
@@ -392,11 +394,4 @@ class AnthropicHistory:
         return {"role": NOTE_ROLE, "content": text}
 
     def as_chat(self, entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        return [
-            message
-            for entry in entries
-            for message in _chat_view(_as_body(entry), with_images=False)
-        ]
-
-
-ANTHROPIC_HISTORY = AnthropicHistory()
+        return [message for entry in entries for message in self.dialect.messages(_as_body(entry))]

@@ -32,6 +32,7 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from agentguard.dialects.anthropic_history import AnthropicHistory
 from agentguard.dialects.base import Answer
 from agentguard.dialects.sse import SseReader
 from agentguard.errors import UnmeteredRequest
@@ -50,7 +51,6 @@ __all__ = [
     "AnthropicMessages",
     "AnthropicMessagesTap",
     "claude_image_tokens",
-    "tools_tokens",
 ]
 
 _ENDPOINT = "/v1/messages"
@@ -97,11 +97,12 @@ class AnthropicMessages:
         # Not /v1/messages/count_tokens (free) nor /v1/messages/batches (not metered).
         return method == "POST" and path.rstrip("/").endswith(_ENDPOINT)
 
+    def __init__(self) -> None:
+        self._trim_view = AnthropicHistory(self)
+
     @property
     def trim_view(self) -> HistoryView:
-        from agentguard.dialects.anthropic_history import ANTHROPIC_HISTORY
-
-        return ANTHROPIC_HISTORY
+        return self._trim_view
 
     def messages(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
         return list(_chat_view(body, with_images=True))
@@ -109,7 +110,11 @@ class AnthropicMessages:
     def count_input(self, body: Mapping[str, Any], model: str, counter: TokenCounter) -> int:
         tokens = counter.count_messages(list(_chat_view(body, with_images=False)), model)
         tokens += _MESSAGE_FRAMING_TOKENS * len(_list(body.get("messages")))
-        tokens += tools_tokens(_list(body.get("tools")), model, counter)
+        tools = _list(body.get("tools"))
+        if tools:
+            tokens += counter.count_tools(tools, model) + _tool_prompt_tokens(model)
+            built_in = sum(1 for tool in tools if _built_in_client_tool(tool))
+            tokens += built_in * _BUILT_IN_CLIENT_TOOL_TOKENS
         return tokens + sum(claude_image_tokens(source) for source in _image_sources(body))
 
     def output_cap(self, body: Mapping[str, Any]) -> int | None:
@@ -343,19 +348,6 @@ def _assistant(blocks: list[Any]) -> dict[str, Any]:
     if calls:
         message["tool_calls"] = calls
     return message
-
-
-def tools_tokens(tools: list[Any], model: str, counter: TokenCounter) -> int:
-    """The input tokens of a request's tool definitions, with the system prompt the API adds
-    when tools are offered (0 for none)."""
-    if not tools:
-        return 0
-    built_in = sum(1 for tool in tools if _built_in_client_tool(tool))
-    return (
-        counter.count_tools(tools, model)
-        + _tool_prompt_tokens(model)
-        + built_in * _BUILT_IN_CLIENT_TOOL_TOKENS
-    )
 
 
 def _tool_prompt_tokens(model: str) -> int:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentguard.dialects.base import Answer
 from agentguard.dialects.openai_chat import openai_error_message
+from agentguard.dialects.responses_history import ResponsesHistory
 from agentguard.dialects.sse import SseReader
 from agentguard.errors import UnmeteredRequest
 from agentguard.limits import ToolCall
@@ -53,11 +54,12 @@ class OpenAIResponses:
         # reads, cancellations and the free token count.
         return method == "POST" and path.rstrip("/").endswith(_ENDPOINT)
 
+    def __init__(self) -> None:
+        self._trim_view = ResponsesHistory(self)
+
     @property
     def trim_view(self) -> HistoryView:
-        from agentguard.dialects.responses_history import RESPONSES_HISTORY
-
-        return RESPONSES_HISTORY
+        return self._trim_view
 
     def messages(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
         messages = input_messages(body.get("input"))

@@ -16,16 +16,15 @@ the provider keeps and the guard cannot see or cut: it is not trimmed.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from agentguard.dialects.openai_responses import function_tools, input_messages
 from agentguard.tokens import message_digest
 from agentguard.trimming.chat import NOTE_ROLE
 
 if TYPE_CHECKING:
     from agentguard.tokens import TokenCounter
 
-__all__ = ["RESPONSES_HISTORY", "ResponsesHistory", "validate_input_items"]
+__all__ = ["CountingDialect", "ResponsesHistory", "validate_input_items"]
 
 _PROMPT_ROLES = frozenset({"system", "developer"})
 _ELIDABLE_OUTPUTS = frozenset(
@@ -133,8 +132,25 @@ def _is_reply(item: Mapping[str, Any]) -> bool:
     return kind is not None and not _is_output(kind)
 
 
+class CountingDialect(Protocol):
+    """What a history view asks of its dialect: its own counting and chat reading."""
+
+    def count_input(self, body: Mapping[str, Any], model: str, counter: TokenCounter) -> int: ...
+
+    def messages(self, body: Mapping[str, Any]) -> list[dict[str, Any]]: ...
+
+
 class ResponsesHistory:
-    """The :class:`~agentguard.trimming.view.HistoryView` of ``POST /responses``."""
+    """The :class:`~agentguard.trimming.view.HistoryView` of ``POST /responses``.
+
+    Args:
+        dialect: the Responses dialect, whose counting each entry is counted with.
+    """
+
+    __slots__ = ("dialect",)
+
+    def __init__(self, dialect: CountingDialect) -> None:
+        self.dialect = dialect
 
     # -- the body ----------------------------------------------------------------------------
 
@@ -185,18 +201,18 @@ class ResponsesHistory:
         *,
         digests: Sequence[bytes] | None = None,
     ) -> list[int]:
-        # Each item as the chat message(s) the dialect counts it as; calls made together
+        # Each item as the dialect counts a request holding it alone; calls made together
         # count a little more apart than as one message, which errs high.
+        framing = counter.request_overhead(model)
         return [
-            sum(counter.message_counts(input_messages([dict(entry)]), model)) for entry in entries
+            self.dialect.count_input({"input": [entry]}, model, counter) - framing
+            for entry in entries
         ]
 
     def overhead(
         self, model: str, counter: TokenCounter, tools: Sequence[Mapping[str, Any]] | None
     ) -> int:
-        return counter.request_overhead(model) + counter.count_tools(
-            function_tools(list(tools or ())), model
-        )
+        return self.dialect.count_input({"input": [], "tools": list(tools or ())}, model, counter)
 
     def digest(self, entry: Mapping[str, Any]) -> bytes:
         return message_digest(entry)
@@ -298,7 +314,4 @@ class ResponsesHistory:
         return {"role": NOTE_ROLE, "content": text}
 
     def as_chat(self, entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        return input_messages([dict(entry) for entry in entries])
-
-
-RESPONSES_HISTORY = ResponsesHistory()
+        return self.dialect.messages({"input": [dict(entry) for entry in entries]})

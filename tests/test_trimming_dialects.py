@@ -62,6 +62,10 @@ def text(count: int, seed: int) -> str:
     return CORPUS[STARTS[start] : STARTS[start + count]].rstrip()
 
 
+BUDGETS = st.integers(0, 1000).map(lambda k: int(2000 * 16 ** (k / 1000)))
+"""Targets from 2k to 32k tokens, log-uniform: as many tight ones as loose ones."""
+
+
 def output_words() -> st.SearchStrategy[int]:
     return st.one_of(st.integers(10, 400), st.integers(400, 6000))
 
@@ -281,7 +285,7 @@ TRIMMER_OPTIONS = st.fixed_dictionaries(
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(body=responses_requests(), budget=st.integers(2000, 32_000), options=TRIMMER_OPTIONS)
+@given(body=responses_requests(), budget=BUDGETS, options=TRIMMER_OPTIONS)
 def test_responses_input_always_fits_when_the_must_keep_part_does(
     body: dict[str, Any], budget: int, options: dict[str, Any]
 ) -> None:
@@ -325,7 +329,7 @@ def wire(items: list[Item]) -> list[str]:
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     body=responses_requests(),
-    budget=st.integers(2000, 32_000),
+    budget=BUDGETS,
     strategy=st.sampled_from(["elide", "window", "summarize"]),
 )
 def test_responses_trimmer_keeps_the_sent_prefix_as_a_session_grows(
@@ -528,7 +532,7 @@ def check_anthropic(body: dict[str, Any], sent: dict[str, Any], result: Any, bud
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(body=anthropic_requests(), budget=st.integers(2000, 32_000), options=TRIMMER_OPTIONS)
+@given(body=anthropic_requests(), budget=BUDGETS, options=TRIMMER_OPTIONS)
 def test_anthropic_messages_always_fit_when_the_must_keep_part_does(
     body: dict[str, Any], budget: int, options: dict[str, Any]
 ) -> None:
@@ -560,7 +564,7 @@ def test_anthropic_messages_always_fit_when_the_must_keep_part_does(
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     body=anthropic_requests(),
-    budget=st.integers(2000, 32_000),
+    budget=BUDGETS,
     strategy=st.sampled_from(["elide", "window", "summarize"]),
 )
 def test_anthropic_trimmer_keeps_the_sent_prefix_as_a_session_grows(

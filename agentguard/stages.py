@@ -196,10 +196,13 @@ def _guarded_ask(
 
 
 class TrimStage:
-    """Fits the call's messages into the context budget, cache-stably across a session.
+    """Fits the call's history into the context budget, cache-stably across a session.
 
-    The room is ``trimming.max_context_tokens`` (or 90% of the model's context window when
-    the price data knows it) minus the output the call may generate.
+    The call's dialect says what its history is (:attr:`~agentguard.dialects.Dialect.
+    trim_view`): chat messages, Responses ``input`` items, Anthropic messages; the trimmer
+    plans the same way for each. The room is ``trimming.max_context_tokens`` (or 90% of the
+    model's context window when the price data knows it) minus the output the call may
+    generate.
     """
 
     __slots__ = ("config", "counter", "nested_calls", "pricer", "reads_budget", "trimmer")
@@ -232,8 +235,7 @@ class TrimStage:
             if window is None:
                 return None
             limit = int(window * 0.9)
-        requested = call.body.get("max_completion_tokens") or call.body.get("max_tokens")
-        output = requested if isinstance(requested, int) and requested > 0 else 0
+        output = call.dialect.output_cap(call.body) or 0
         return max(1, limit - output)
 
     def _cached_input_ratio(self, model: str) -> float | None:
@@ -248,8 +250,12 @@ class TrimStage:
         return min(float(price.cached_input / price.input), 1.0)
 
     def prepare(self, call: CallContext) -> None:
-        if not self.config.enabled or not call.chat or not call.messages or _classifying.get():
+        if not self.config.enabled or _classifying.get():
             return
+        view = call.dialect.trim_view
+        entries = view.read(call.body)
+        if not entries:
+            return  # nothing the guard can trim (a continued response, say)
         room = self._room(call)
         if room is None:
             return
@@ -259,27 +265,32 @@ class TrimStage:
         state = (
             TrimState.model_validate(session.state.trim_state) if session.state.trim_state else None
         )
+        model = call.model
         if state is None:
-            tokens = self.counter.count_messages(call.messages, call.model)
+            overhead = self.counter.request_overhead(model)
+            entry_tokens = sum(view.counts(entries, model, self.counter)) + overhead
+            tokens = entry_tokens - overhead + view.overhead(model, self.counter, call.tools)
             if tokens <= room:
                 # Fits and nothing was cut before: nothing to keep stable yet. The count is
                 # kept so pricing does not count the same messages again.
-                call.notes["message_tokens"] = (call.model, call.messages, tokens)
+                call.notes["message_tokens"] = (model, entries, entry_tokens)
                 return
+        cached = self._cached_input_ratio(model) if view.caches_prefix(call.body) else None
         result = self.trimmer.fit(
-            call.messages,
-            model=call.model,
+            entries,
+            model=model,
             max_tokens=room,
             state=state,
             tools=call.tools,
             session_id=session.id,
-            cached_input_ratio=self._cached_input_ratio(call.model),
+            cached_input_ratio=cached,
+            view=view,
         )
         with session.lock:
             session.state.trim_state = result.state.model_dump(mode="json")
         call.notes["trim"] = result
         if result.trimmed:
-            call.body["messages"] = result.messages
+            view.write(call.body, result.messages, result.sources)
             if result.retrimmed or logger.enabled("debug"):
                 logger.info(
                     "trim",

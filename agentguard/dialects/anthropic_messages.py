@@ -32,6 +32,7 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from agentguard.dialects.anthropic_history import AnthropicHistory
 from agentguard.dialects.base import Answer
 from agentguard.dialects.sse import SseReader
 from agentguard.errors import UnmeteredRequest
@@ -43,6 +44,7 @@ from agentguard.pricing.worst_case import Bound
 if TYPE_CHECKING:
     from agentguard.pricing import CacheWrites, Pricer
     from agentguard.tokens import TokenCounter
+    from agentguard.trimming.view import HistoryView
 
 __all__ = [
     "ANTHROPIC_MESSAGES",
@@ -94,6 +96,13 @@ class AnthropicMessages:
     def matches(self, method: str, path: str) -> bool:
         # Not /v1/messages/count_tokens (free) nor /v1/messages/batches (not metered).
         return method == "POST" and path.rstrip("/").endswith(_ENDPOINT)
+
+    def __init__(self) -> None:
+        self._trim_view = AnthropicHistory(self)
+
+    @property
+    def trim_view(self) -> HistoryView:
+        return self._trim_view
 
     def messages(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
         return list(_chat_view(body, with_images=True))

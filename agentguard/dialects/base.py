@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from agentguard.pricing import Pricer, Usage
     from agentguard.pricing.worst_case import Bound
     from agentguard.tokens import TokenCounter
+    from agentguard.trimming.view import HistoryView
 
 __all__ = ["Answer", "Dialect", "StreamTap"]
 
@@ -81,6 +82,11 @@ class Dialect(Protocol):
 
     def matches(self, method: str, path: str) -> bool:
         """Whether an HTTP request is a call in this dialect."""
+        ...
+
+    @property
+    def trim_view(self) -> HistoryView:
+        """How trimming reads the request's history and writes the trimmed one back."""
         ...
 
     def messages(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from agentguard.pricing import Pricer
     from agentguard.pricing.worst_case import Bound
     from agentguard.tokens import TokenCounter
+    from agentguard.trimming.view import HistoryView
 
 __all__ = ["OPENAI_CHAT", "OpenAIChat", "OpenAIChatTap"]
 
@@ -31,6 +32,12 @@ class OpenAIChat:
 
     def matches(self, method: str, path: str) -> bool:
         return method == "POST" and path.rstrip("/").endswith("/chat/completions")
+
+    @property
+    def trim_view(self) -> HistoryView:
+        from agentguard.trimming.chat import CHAT_VIEW
+
+        return CHAT_VIEW
 
     def messages(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
         messages = body.get("messages")

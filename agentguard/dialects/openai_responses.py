@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentguard.dialects.base import Answer
 from agentguard.dialects.openai_chat import openai_error_message
+from agentguard.dialects.responses_history import ResponsesHistory
 from agentguard.dialects.sse import SseReader
 from agentguard.errors import UnmeteredRequest
 from agentguard.limits import ToolCall
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from agentguard.pricing import Pricer
     from agentguard.pricing.worst_case import Bound
     from agentguard.tokens import TokenCounter
+    from agentguard.trimming.view import HistoryView
 
 __all__ = ["OPENAI_RESPONSES", "OpenAIResponses", "OpenAIResponsesTap"]
 
@@ -51,6 +53,13 @@ class OpenAIResponses:
         # Not /responses/{id}, /responses/{id}/cancel or /responses/input_tokens: those are
         # reads, cancellations and the free token count.
         return method == "POST" and path.rstrip("/").endswith(_ENDPOINT)
+
+    def __init__(self) -> None:
+        self._trim_view = ResponsesHistory(self)
+
+    @property
+    def trim_view(self) -> HistoryView:
+        return self._trim_view
 
     def messages(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
         messages = input_messages(body.get("input"))

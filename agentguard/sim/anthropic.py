@@ -122,6 +122,52 @@ def _result_text(content: Any) -> str:
     ) or json.dumps(content)
 
 
+def _tool_use_ids(message: Any) -> list[str]:
+    if not isinstance(message, dict) or message.get("role") != "assistant":
+        return []
+    return [
+        str(block.get("id", ""))
+        for block in _blocks(message.get("content"))
+        if isinstance(block, dict) and block.get("type") == "tool_use"
+    ]
+
+
+def _check_tool_pairing(messages: list[Any]) -> None:
+    """Reject, with the provider's messages, a ``tool_use`` not answered by a ``tool_result``
+    at the start of the next message, and a ``tool_result`` whose ``tool_use`` is not in the
+    message before it."""
+    for index, message in enumerate(messages):
+        uses = _tool_use_ids(messages[index - 1]) if index else []
+        blocks = _blocks(message.get("content")) if isinstance(message, dict) else []
+        answered: set[str] = set()
+        for number, block in enumerate(blocks):
+            if not (isinstance(block, dict) and block.get("type") == "tool_result"):
+                continue
+            call_id = str(block.get("tool_use_id", ""))
+            # Results open the message: one after another block is no answer either.
+            if call_id not in uses or len(answered) != number:
+                raise _invalid(
+                    f"messages.{index}.content.{number}: unexpected `tool_use_id` found in "
+                    f"`tool_result` blocks: {call_id}. Each `tool_result` block must have a "
+                    "corresponding `tool_use` block in the previous message."
+                )
+            answered.add(call_id)
+        missing = [call_id for call_id in uses if call_id not in answered]
+        if missing:
+            raise _invalid(
+                f"messages.{index - 1}: `tool_use` ids were found without `tool_result` blocks "
+                f"immediately after: {', '.join(missing)}. Each `tool_use` block must have a "
+                "corresponding `tool_result` block in the next message."
+            )
+    trailing = _tool_use_ids(messages[-1]) if messages else []
+    if trailing:
+        raise _invalid(
+            f"messages.{len(messages) - 1}: `tool_use` ids were found without `tool_result` "
+            f"blocks immediately after: {', '.join(trailing)}. Each `tool_use` block must have a "
+            "corresponding `tool_result` block in the next message."
+        )
+
+
 class AnthropicDialect(Dialect):
     """The Messages API, with its own prompt-cache simulation.
 
@@ -227,6 +273,7 @@ class AnthropicDialect(Dialect):
             blocks = _blocks(system)
             messages.append({"role": "system", "content": self._text_parts(blocks)})
             self._mark(blocks, len(messages), breakpoints)
+        _check_tool_pairing(raw_messages)
         for index, message in enumerate(raw_messages):
             if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
                 raise _invalid(f"messages.{index}.role: Input should be 'user' or 'assistant'")

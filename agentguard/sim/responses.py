@@ -119,6 +119,65 @@ def input_messages(items: Any) -> list[dict[str, Any]]:
     return messages
 
 
+_CALLS = ("function_call", "custom_tool_call")
+_OUTPUTS = ("function_call_output", "custom_tool_call_output")
+
+
+def check_pairing(earlier: list[dict[str, Any]], items: Any) -> None:
+    """Reject, as the provider does, an output whose call is neither in ``input`` before it nor
+    in the continued conversation, a call in ``input`` whose output it lacks, and a reasoning
+    item not followed by the model's item it belongs to.
+
+    Raises:
+        DialectError: 400, naming the call or item.
+    """
+    if not isinstance(items, list):
+        return
+    made = {
+        str(call.get("id"))
+        for message in earlier
+        for call in message.get("tool_calls") or ()
+        if isinstance(call, dict)
+    }
+    answered: set[str] = set()
+    awaiting: list[str] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type", "message")
+        call_id = str(item.get("call_id", ""))
+        if kind in _CALLS:
+            made.add(call_id)
+            awaiting.append(call_id)
+        elif kind in _OUTPUTS:
+            if call_id not in made:
+                raise _invalid(
+                    f"No tool call found for function call output with call_id {call_id}.",
+                    "input",
+                )
+            answered.add(call_id)
+        elif kind == "reasoning":
+            following = items[index + 1] if index + 1 < len(items) else None
+            if not _model_item(following):
+                raise _invalid(
+                    f"Item '{item.get('id', '')}' of type 'reasoning' was provided without its "
+                    "required following item.",
+                    "input",
+                )
+    for call_id in awaiting:
+        if call_id not in answered:
+            raise _invalid(f"No tool output found for function call {call_id}.", "input")
+
+
+def _model_item(item: Any) -> bool:
+    if not isinstance(item, dict):
+        return False
+    kind = item.get("type", "message")
+    if kind == "message":
+        return item.get("role") == "assistant"
+    return isinstance(kind, str) and not kind.endswith("_output")
+
+
 def chat_tools(tools: Any) -> list[dict[str, Any]] | None:
     """Responses function tools (flat) as chat tools, for counting; other tools kept as is."""
     if not isinstance(tools, list) or not tools:
@@ -202,6 +261,7 @@ class ResponsesDialect(Dialect):
                     "previous_response_not_found",
                 )
             earlier = found
+        check_pairing(earlier, body["input"])
         conversation = [*earlier, *input_messages(body["input"])]
         messages = list(conversation)
         instructions = body.get("instructions")

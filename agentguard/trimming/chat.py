@@ -4,7 +4,12 @@ the planner reads a history through (another wire format can bring its own view)
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from agentguard.tokens import message_digest
+
+if TYPE_CHECKING:
+    from agentguard.tokens import TokenCounter
 
 __all__ = ["CHAT_VIEW", "NOTE_ROLE", "ChatView", "validate_messages"]
 
@@ -118,6 +123,18 @@ def _check_content(index: int, role: str, content: Any, *, required: bool) -> No
             raise ValueError(f"messages[{index}].content[{number}] is not a typed content part")
 
 
+def content_text(content: Any) -> str:
+    """A chat content's text: the string, or its parts' texts one per line."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(part.get("text", "")) if isinstance(part, Mapping) else str(part)
+            for part in content
+        )
+    return "" if content is None else str(content)
+
+
 class ChatView:
     """What trimming needs to know about the OpenAI chat wire format, in one place.
 
@@ -127,6 +144,45 @@ class ChatView:
     """
 
     prompt_roles = frozenset({"system", "developer"})
+
+    def read(self, body: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+        messages = body.get("messages")
+        return messages if isinstance(messages, list) else None
+
+    def write(
+        self,
+        body: dict[str, Any],
+        entries: Sequence[Mapping[str, Any]],
+        sources: Sequence[int | None],
+    ) -> None:
+        body["messages"] = list(entries)
+
+    def caches_prefix(self, body: Mapping[str, Any]) -> bool:
+        return True  # OpenAI caches every long enough prefix by itself
+
+    def counts(
+        self,
+        entries: Sequence[Mapping[str, Any]],
+        model: str,
+        counter: TokenCounter,
+        *,
+        digests: Sequence[bytes] | None = None,
+    ) -> list[int]:
+        return counter.message_counts(entries, model, digests=digests)
+
+    def overhead(
+        self, model: str, counter: TokenCounter, tools: Sequence[Mapping[str, Any]] | None
+    ) -> int:
+        return counter.request_overhead(model) + counter.count_tools(tools, model)
+
+    def digest(self, entry: Mapping[str, Any]) -> bytes:
+        return message_digest(entry)
+
+    def as_chat(self, entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        return [dict(entry) for entry in entries]
+
+    def output_text(self, entry: Mapping[str, Any]) -> str:
+        return content_text(entry.get("content"))
 
     def validate(self, messages: Sequence[Mapping[str, Any]]) -> None:
         """Raise ``ValueError`` unless the messages form a valid request (see

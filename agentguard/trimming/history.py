@@ -7,11 +7,14 @@ import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentguard.errors import ContextTooLarge
-from agentguard.tokens import TokenCounter, _as_mapping, message_digest
-from agentguard.trimming.chat import CHAT_VIEW, ChatView
+from agentguard.tokens import TokenCounter, _as_mapping
+from agentguard.trimming.chat import CHAT_VIEW
+
+if TYPE_CHECKING:
+    from agentguard.trimming.view import HistoryView
 
 ELIDED_HEAD_MAX_TOKENS = 200
 """At most this much of an elided tool output is kept (and at most a quarter of
@@ -64,22 +67,22 @@ class Cut:
         )
 
 
+@dataclass(slots=True)
+class Assembled:
+    """A trimmed request: its messages, their digests, where each came from (the index of
+    the message it was made from; ``None`` for the note) and its tokens."""
+
+    messages: list[dict[str, Any]]
+    digests: list[bytes]
+    sources: list[int | None]
+    tokens: int
+
+
 def combined_digest(digests: Sequence[bytes]) -> str:
     hasher = hashlib.blake2b(digest_size=16)
     for digest in digests:
         hasher.update(digest)
     return hasher.hexdigest()
-
-
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            str(part.get("text", "")) if isinstance(part, Mapping) else str(part)
-            for part in content
-        )
-    return "" if content is None else str(content)
 
 
 def drop_note(count: int) -> str:
@@ -129,7 +132,7 @@ class History:
         keep_last_turns: int,
         tool_output_max_tokens: int,
         tools: Sequence[Mapping[str, Any]] | None,
-        view: ChatView = CHAT_VIEW,
+        view: HistoryView = CHAT_VIEW,
     ) -> None:
         self.messages: list[dict[str, Any]] = [
             message if isinstance(message, dict) else dict(_as_mapping(message))
@@ -142,9 +145,9 @@ class History:
         self.head_tokens = min(ELIDED_HEAD_MAX_TOKENS, tool_output_max_tokens // 4)
         self._heads: dict[tuple[int, int], str] = {}
         self._elisions: dict[int, tuple[int, int]] = {}
-        self.digests = [message_digest(message) for message in self.messages]
-        self.counts = counter.message_counts(self.messages, model, digests=self.digests)
-        self.overhead = counter.request_overhead(model) + counter.count_tools(tools, model)
+        self.digests = [view.digest(message) for message in self.messages]
+        self.counts = view.counts(self.messages, model, counter, digests=self.digests)
+        self.overhead = view.overhead(model, counter, tools)
         self.total = self.overhead + sum(self.counts)
         self.tool_names = view.tool_names(self.messages)
         self._layout(max(keep_last_turns, 1))
@@ -203,7 +206,7 @@ class History:
         key = (index, head_tokens)
         head = self._heads.get(key)
         if head is None:
-            text = _content_text(self.messages[index].get("content"))
+            text = self.view.output_text(self.messages[index])
             head = self.counter.truncate_text(text, head_tokens, self.model)
             # End on a line break when one is near the end, so the kept head reads cleanly.
             cut = head.rfind("\n")
@@ -270,7 +273,7 @@ class History:
             kept = max(kept - max(size - allowed, 1), 0)
 
     def count(self, message: Mapping[str, Any]) -> int:
-        return self.counter.message_counts([message], self.model)[0]
+        return self.view.counts([message], self.model, self.counter)[0]
 
     def cache_break_even(self, cached_input_ratio: float) -> int:
         """The largest trimmed request that costs no more than the untrimmed one, with caching.
@@ -506,35 +509,33 @@ class History:
 
     # -- assembly -----------------------------------------------------------------------------
 
-    def assemble(
-        self, cut: Cut, note: str | None, head_tokens: int
-    ) -> tuple[list[dict[str, Any]], list[bytes], int]:
-        """The trimmed messages, their digests and their tokens (request overhead included)."""
-        out: list[dict[str, Any]] = []
-        digests: list[bytes] = []
-        tokens = self.overhead
+    def assemble(self, cut: Cut, note: str | None, head_tokens: int) -> Assembled:
+        """The trimmed messages, their digests, their tokens (request overhead included) and
+        where each came from."""
+        out = Assembled([], [], [], self.overhead)
 
-        def add(message: dict[str, Any]) -> None:
-            nonlocal tokens
-            out.append(message)
-            digests.append(message_digest(message))
-            tokens += self.count(message)
+        def add(message: dict[str, Any], source: int | None) -> None:
+            out.messages.append(message)
+            out.digests.append(self.view.digest(message))
+            out.sources.append(source)
+            out.tokens += self.count(message)
 
         for index, message in enumerate(self.messages):
             if index == cut.drop_start and cut.drop_end > cut.drop_start and note is not None:
-                add(self.note_message(note))
+                add(self.note_message(note), None)
             if cut.drops(index):
                 continue
             if index in cut.truncated:
-                add(self.truncated_message(index, *cut.truncated[index]))
+                add(self.truncated_message(index, *cut.truncated[index]), index)
             elif index in cut.elided:
                 head = self.elision_head(index, head_tokens)
-                add(self.elided_message(index, cut.elided[index], head))
+                add(self.elided_message(index, cut.elided[index], head), index)
             else:
-                out.append(message)
-                digests.append(self.digests[index])
-                tokens += self.counts[index]
-        return out, digests, tokens
+                out.messages.append(message)
+                out.digests.append(self.digests[index])
+                out.sources.append(index)
+                out.tokens += self.counts[index]
+        return out
 
 
 def drop_note_tokens(history: History) -> Callable[[int], int]:

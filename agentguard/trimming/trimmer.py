@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentguard.config import TrimmingConfig
 from agentguard.tokens import TokenCounter, default_counter
-from agentguard.trimming.chat import CHAT_VIEW, ChatView
+from agentguard.trimming.chat import CHAT_VIEW
 from agentguard.trimming.history import (
     Cut,
     History,
@@ -22,6 +22,9 @@ from agentguard.trimming.history import (
     drop_note_tokens,
     summary_note,
 )
+
+if TYPE_CHECKING:
+    from agentguard.trimming.view import HistoryView
 
 __all__ = ["Summarizer", "TrimResult", "TrimState", "Trimmer", "trim_messages"]
 
@@ -82,6 +85,8 @@ class TrimResult:
             byte (a provider prompt cache can serve it).
         retrimmed: a new cut was made in this call (the previous one no longer fit).
         state: pass it to the next call of the same session.
+        sources: for each of ``messages``, the index of the message it was made from
+            (``None`` for the note that stands in for dropped messages).
     """
 
     messages: list[dict[str, Any]]
@@ -93,6 +98,7 @@ class TrimResult:
     retrimmed: bool
     state: TrimState
     truncated_messages: int = 0
+    sources: list[int | None] = field(default_factory=list)
 
     @property
     def trimmed(self) -> bool:
@@ -170,8 +176,7 @@ def trim_messages(
     if cut.empty:
         return list(history.messages)
     note = drop_note(cut.dropped) if cut.dropped and cut.noted else None
-    out, _digests, _tokens = history.assemble(cut, note, history.head_tokens)
-    return out
+    return history.assemble(cut, note, history.head_tokens).messages
 
 
 class Trimmer:
@@ -199,7 +204,8 @@ class Trimmer:
         counter: the token counter (default: the process-wide one).
         summarizer: for ``strategy="summarize"``: turns the dropped messages into a text.
         summary_max_tokens: a longer summary is cut to this.
-        view: how to read the wire format's messages (OpenAI chat messages by default).
+        view: how to read the wire format's history (OpenAI chat messages by default; each
+            call may name its own).
     """
 
     def __init__(
@@ -209,7 +215,7 @@ class Trimmer:
         *,
         summarizer: Summarizer | None = None,
         summary_max_tokens: int = 1024,
-        view: ChatView = CHAT_VIEW,
+        view: HistoryView = CHAT_VIEW,
     ) -> None:
         self.config = config or TrimmingConfig()
         self.counter = counter or default_counter()
@@ -227,6 +233,7 @@ class Trimmer:
         tools: Sequence[Mapping[str, Any]] | None = None,
         session_id: str | None = None,
         cached_input_ratio: float | None = None,
+        view: HistoryView | None = None,
     ) -> TrimResult:
         """Fit one request of a session into ``max_tokens``.
 
@@ -243,6 +250,8 @@ class Trimmer:
                 turns can) that this call costs no more than the untrimmed request would with
                 its prefix in the provider's prompt cache: a new cut is sent uncached after the
                 system prompt and the task, so a cheap cache makes it worth cutting further.
+            view: how to read ``messages`` (default: the trimmer's view); the entries of a
+                Responses or Anthropic request come from their dialect's view.
 
         Returns:
             The trimmed request and what was done; ``result.state`` goes to the next call.
@@ -259,7 +268,7 @@ class Trimmer:
             keep_last_turns=config.keep_last_turns,
             tool_output_max_tokens=config.tool_output_max_tokens,
             tools=tools,
-            view=self.view,
+            view=view or self.view,
         )
         limit = max_tokens if max_tokens is not None else config.max_context_tokens
         previous = state or TrimState()
@@ -275,7 +284,7 @@ class Trimmer:
                 result = self._result(
                     history, cut, note, previous, retrimmed=False, head_tokens=previous.head_tokens
                 )
-                if result.tokens_after <= limit and self._is_valid(result.messages):
+                if result.tokens_after <= limit and self._is_valid(history, result.messages):
                     return result
         elif history.total <= limit:
             return self._result(history, Cut(), None, previous, retrimmed=False)
@@ -336,9 +345,9 @@ class Trimmer:
             return uncut
         return history.truncate(uncut, target, limit, lambda _dropped: actual)
 
-    def _is_valid(self, messages: Sequence[Mapping[str, Any]]) -> bool:
+    def _is_valid(self, history: History, messages: Sequence[Mapping[str, Any]]) -> bool:
         try:
-            self.view.validate(messages)
+            history.view.validate(messages)
         except ValueError:
             return False
         return True
@@ -368,7 +377,7 @@ class Trimmer:
             return previous.note, span_digest
         assert self.summarizer is not None
         try:
-            summary = self.summarizer([dict(history.messages[i]) for i in span])
+            summary = self.summarizer(history.view.as_chat([history.messages[i] for i in span]))
         except Exception as exc:
             # A failing summarizer must not fail the model call; the plain note is always valid.
             _log.warning(
@@ -393,7 +402,8 @@ class Trimmer:
     ) -> TrimResult:
         if head_tokens is None:
             head_tokens = history.head_tokens
-        out, digests, tokens = history.assemble(cut, note, head_tokens)
+        assembled = history.assemble(cut, note, head_tokens)
+        out, digests = assembled.messages, assembled.digests
         prefix_reused = (
             previous.output_length > 0
             and len(digests) >= previous.output_length
@@ -422,11 +432,12 @@ class Trimmer:
         return TrimResult(
             messages=out,
             tokens_before=history.total,
-            tokens_after=tokens,
+            tokens_after=assembled.tokens,
             elided_tool_outputs=len(cut.elided),
             dropped_messages=cut.dropped if cut.drop_end > cut.drop_start else 0,
             truncated_messages=len(cut.truncated),
             prefix_reused=prefix_reused,
             retrimmed=retrimmed,
             state=state,
+            sources=assembled.sources,
         )

@@ -37,7 +37,7 @@ from agentguard.engine.actions import (
     Sleep,
     TransportFailure,
 )
-from agentguard.engine.call import CallContext, CallStage, Escalator, LimitHandler
+from agentguard.engine.call import CallContext, CallStage, Escalator, Fallbacks, LimitHandler
 from agentguard.engine.drivers import Effects
 from agentguard.engine.wire import json_object
 from agentguard.errors import (
@@ -101,6 +101,7 @@ class Pipeline:
         default_max_output_tokens: output reserved for calls that set no ``max_tokens``.
         enforce_output_cap: set that cap on the request too, so the reservation is a real bound.
         wait_inline_max_s: a ``retry-after`` up to this long is slept and retried in-process.
+        fallbacks: where a call whose model fails goes next (``None``: nowhere).
     """
 
     def __init__(
@@ -120,6 +121,7 @@ class Pipeline:
         escalator: Escalator | None = None,
         contexts: ResponseContexts | None = None,
         observers: list[Callable[[CallContext], None]] | None = None,
+        fallbacks: Fallbacks | None = None,
     ) -> None:
         self.limits = limits
         self.retry = retry
@@ -134,6 +136,7 @@ class Pipeline:
         self.budget_policy = budget_policy or (lambda key: "raise")
         self.escalator = escalator
         self.observers = observers if observers is not None else []
+        self.fallbacks = fallbacks
         self.effects = Effects(ledger, limit_handler, contexts)
         """What the drivers perform the store's actions with."""
 
@@ -222,6 +225,8 @@ class Pipeline:
         retries = 0
         while True:
             yield from self._hold_for_attempt(call)
+            answered: Reply | None = None
+            sent_at = time.perf_counter()
             try:
                 # Top-level keys are replaced, never mutated, so this compares little.
                 reply = yield Send(call.body, call.body != call.original_body)
@@ -233,7 +238,10 @@ class Pipeline:
                     # reserves its own worst case.
                     yield from self._charge_unknown(call, exc.kind)
             else:
+                answered = reply
                 if reply.status < 400:
+                    if self.fallbacks is not None:
+                        self._answered(call, sent_at, reply.streaming)
                     if reply.streaming:
                         tap = call.dialect.tap(strip_usage=call.strip_usage_chunk)
                         return Outcome(
@@ -266,6 +274,11 @@ class Pipeline:
                             raise self._handler().parked_error(record)
                     self._count_failure(call, error)
                     return Outcome(reply, {"x-should-retry": "false"})
+            if self.fallbacks is not None:
+                switched = yield from self._fall_back(call, failure, answered, retries)
+                if switched:
+                    retries = 0
+                    continue
             if self.retry.should_retry(failure, retries):
                 retries += 1
                 delay = self.retry.delay(retries, failure.retry_after_s)
@@ -277,6 +290,47 @@ class Pipeline:
                 raise self._retries_exhausted(call, failure, error, retries)
             assert isinstance(error, _HTTPFailure)
             return Outcome(error.reply, {"x-should-retry": "false"})
+
+    def _fall_back(
+        self, call: CallContext, failure: Failure, reply: Reply | None, retries: int
+    ) -> Generator[Action, Any, bool]:
+        """Send a failed call to the next model of its chain, priced and reserved first:
+        at once when the model is overloaded or gone, after the last retry when the failure
+        was transient. ``False`` when the call stays where it is."""
+        fallbacks = self.fallbacks
+        assert fallbacks is not None
+        at_once = fallbacks.switch_reason(reply) if reply is not None else None
+        if not failure.transient and at_once is None:
+            return False
+        fallbacks.failed(call.model)
+        if at_once is None and self.retry.should_retry(failure, retries):
+            return False
+        target = fallbacks.next_model(call)
+        if target is None:
+            return False
+        if at_once is not None:
+            reason = at_once
+        elif failure.kind == "status":
+            reason = f"HTTP {failure.status} after {retries} retries"
+        else:
+            reason = f"{failure.kind} after {retries} retries"
+        # An error answer was not billed: its hold goes back. A timed-out attempt was charged
+        # at its worst case already and holds nothing.
+        yield from self._release(call)
+        fallbacks.switched(call, target, reason)
+        self._measure(call)
+        yield from self._reserve(call, retry=True)
+        return True
+
+    def _answered(self, call: CallContext, sent_at: float, streaming: bool) -> None:
+        """Tell the fallbacks a model answered, and how fast."""
+        assert self.fallbacks is not None
+        first_byte = time.perf_counter() - sent_at
+        self.fallbacks.answered(
+            call.model, first_byte_s=first_byte, total_s=None if streaming else first_byte
+        )
+        if streaming:
+            call.notes["stream_timing"] = (sent_at, first_byte)
 
     # Stages ------------------------------------------------------------------------------------
 
@@ -536,6 +590,11 @@ class Pipeline:
         self._count_failure(call, error)
 
     def _finish_stream(self, call: CallContext, tap: StreamTap) -> Generator[Action, Any, None]:
+        timing = call.notes.get("stream_timing")
+        if self.fallbacks is not None and timing is not None:
+            self.fallbacks.finished(
+                call.model, first_byte_s=timing[1], total_s=time.perf_counter() - timing[0]
+            )
         answer = tap.answer()
         if answer.usage is None and not tap.done:
             # Cut before the end without usage: what the provider generated is unknown.

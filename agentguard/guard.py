@@ -31,6 +31,7 @@ from agentguard.transport import flavour_for_client, flavour_of_openai, transpor
 
 if TYPE_CHECKING:
     from agentguard.budget_history import WindowSpend
+    from agentguard.health import Latency
     from agentguard.pricing import Pricer
     from agentguard.routing import RouteDecision
     from agentguard.tokens import TokenCounter
@@ -176,6 +177,13 @@ class Guard:
             samples=routing.latency_samples,
         )
         return FallbackStage(routing, health, self.pricer)
+
+    def model_latency(self, model: str) -> Latency | None:
+        """``model``'s recent latency in this process (median and 95th percentile of the time
+        to the first byte and to the end of its answers), or ``None`` when it has not answered
+        yet or ``routing.fallbacks`` and ``routing.equivalents`` are empty (nothing is
+        measured then)."""
+        return self.fallbacks.health.latency(model) if self.fallbacks is not None else None
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] | None = None) -> Guard:

@@ -295,3 +295,35 @@ def test_processes_on_one_store_skip_a_model_another_put_in_cooldown(
         finally:
             fleet.stdin.close()
             fleet.wait(timeout=60)
+
+
+# -- latency -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefer", ["latency", "cost"])
+def test_the_preferred_model_of_a_tier_serves_it_and_no_other_tier_does(
+    sim: SimServer, store: str, prefer: str
+) -> None:
+    guard = guard_for(
+        store,
+        tiers={"small": "gpt-4o-mini", "large": "gpt-4o"},
+        equivalents={"small": ["gpt-4.1-nano"]},
+        prefer=prefer,
+    )
+    # The cheaper model of the small tier is the slow one; the large tier is the fastest.
+    sim.model_latency_s["gpt-4.1-nano"] = 1.0
+    with guard.session(budget_key="team"):
+        for _ in range(5):
+            call("chat", guard, sim, "gpt-4o-mini", max_retries=0)
+    sent = models_sent(sim)
+    if prefer == "latency":
+        # Each model is measured once, then the faster one keeps the tier.
+        assert sent == ["gpt-4o-mini", "gpt-4.1-nano", "gpt-4o-mini", "gpt-4o-mini", "gpt-4o-mini"]
+        slow, fast = guard.model_latency("gpt-4.1-nano"), guard.model_latency("gpt-4o-mini")
+        assert slow is not None and fast is not None
+        assert slow.samples == 1 and fast.samples == 4
+        assert slow.total_p95 >= 1.0 and slow.first_byte_p50 >= 1.0
+    else:
+        assert sent == ["gpt-4.1-nano"] * 5  # the cheapest by list price
+    billed, spent = judge(sim, guard)
+    assert billed == spent

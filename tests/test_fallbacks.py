@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import anthropic
 import openai
 import pytest
+import structlog
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
 from structlog.testing import capture_logs
@@ -27,6 +30,18 @@ from agentguard.sim import SimServer
 
 KEY = "sk-fallback-test-0001"
 HELLO = [{"role": "user", "content": "Say hello."}]
+
+
+@contextmanager
+def captured() -> Iterator[list[dict[str, Any]]]:
+    """The events logged in the block. structlog counts as configured once anything
+    configured it, and agentguard then logs through it: set it back to unconfigured after,
+    so later tests' log handlers see agentguard's events again."""
+    try:
+        with capture_logs() as events:
+            yield events
+    finally:
+        structlog.reset_defaults()
 
 
 def guard_for(store_url: str, *, limit: str = "1", **routing: Any) -> Guard:
@@ -82,7 +97,7 @@ def test_a_model_that_keeps_failing_falls_back_after_its_retries(
 ) -> None:
     guard = guard_for(store, fallbacks={"gpt-4o": ["gpt-4.1", "gpt-4o-mini"]}, max_retries=2)
     sim.fail_model("gpt-4o", status=503)
-    with capture_logs() as events, guard.session(budget_key="team") as session:
+    with captured() as events, guard.session(budget_key="team") as session:
         answer = call("chat", guard, sim, "gpt-4o", max_retries=0)
     assert isinstance(answer, ChatCompletion) and answer.model == "gpt-4.1"
     assert models_sent(sim) == ["gpt-4o"] * 3 + ["gpt-4.1"]
@@ -107,7 +122,7 @@ def test_an_overloaded_or_missing_model_falls_back_at_once_keeping_the_callers_t
     )
     guard = guard_for(store, fallbacks={first: [second]}, max_retries=3)
     sim.fail_model(first, status=status)
-    with capture_logs() as events, guard.session(budget_key="team") as session:
+    with captured() as events, guard.session(budget_key="team") as session:
         answer = call(api, guard, sim, first, max_retries=0)
     expected = {"chat": ChatCompletion, "responses": Response, "anthropic": anthropic.types.Message}
     assert type(answer) is expected[api]
@@ -214,7 +229,7 @@ def test_a_model_in_cooldown_is_skipped_then_probed(sim: SimServer, store: str) 
         cooldown="2s",
     )
     sim.fail_model("gpt-4o", status=503)
-    with capture_logs() as events, guard.session(budget_key="team") as session:
+    with captured() as events, guard.session(budget_key="team") as session:
         call("chat", guard, sim, "gpt-4o", max_retries=0)  # three failures: a cooldown
         sim.clear()
         skipped = call("chat", guard, sim, "gpt-4o", max_retries=0)
@@ -327,3 +342,161 @@ def test_the_preferred_model_of_a_tier_serves_it_and_no_other_tier_does(
         assert sent == ["gpt-4.1-nano"] * 5  # the cheapest by list price
     billed, spent = judge(sim, guard)
     assert billed == spent
+
+
+def test_a_call_falling_back_to_the_callers_own_model_sends_that_model(
+    sim: SimServer, store: str
+) -> None:
+    """The caller asked for gpt-4o-mini; the tier's cheaper equal model served first, failed,
+    and the call went back to the model the caller's own request names."""
+    guard = guard_for(
+        store,
+        tiers={"small": "gpt-4o-mini", "large": "gpt-4o"},
+        equivalents={"small": ["gpt-4.1-nano"]},
+    )
+    sim.fail_model("gpt-4.1-nano", status=529)
+    with guard.session(budget_key="team") as session:
+        answer = call("chat", guard, sim, "gpt-4o-mini", max_retries=0)
+    assert models_sent(sim) == ["gpt-4.1-nano", "gpt-4o-mini"]
+    assert answer.model == "gpt-4o-mini" and session.fallbacks == 1
+    billed, spent = judge(sim, guard)
+    assert billed == spent > 0
+
+
+# -- outcomes ----------------------------------------------------------------------------------
+
+TIERS = {"small": "gpt-4o-mini", "large": "gpt-4o"}
+EASY = [
+    "What's the capital of New Zealand?",
+    'Classify the sentiment of this review as positive or negative: "Love it."',
+    "Convert these durations to seconds: 1h 30m, 45m, 90s",
+]
+HARD = [
+    "Prove that there are infinitely many primes p such that p + 2 is not prime, and derive a "
+    "bound on their density. Show every step of the argument.",
+    "Our job scheduler fires the same job twice every few days. We run two replicas behind a "
+    "leader election. Find the race condition and design a fix across scheduler/lease.py, "
+    "scheduler/worker.py and scheduler/store.py.",
+]
+TOOL_STEP = [
+    {"role": "user", "content": "Read the config."},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "read", "arguments": "{}"}}
+        ],
+    },
+    {"role": "tool", "tool_call_id": "c1", "content": "x = 1"},
+]
+
+
+def record_traffic(
+    sim: SimServer, store: str, log: Path, failing: str
+) -> tuple[Guard, list[dict[str, Any]]]:
+    """Routed steps written as JSON lines: the small model answers ``failing`` with nothing
+    (escalated), fails once with 529 (a fallback), and one step is parked by a 429."""
+    from agentguard import SessionParked, configure_logging
+    from agentguard.sim import Reply
+
+    def answer(body: dict[str, Any]) -> Reply:
+        said = str(body["messages"][-1].get("content"))
+        return Reply(content="") if body["model"] == TIERS["small"] and said == failing else Reply()
+
+    sim.script.reply_fn = answer
+    guard = guard_for(
+        store,
+        tiers=TIERS,
+        classifier="learned",
+        fallbacks={"small": ["gpt-4.1-mini"]},
+    )
+    client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key=KEY, max_retries=0))
+
+    def step(messages: list[dict[str, Any]]) -> None:
+        with guard.session(budget_key="team"):
+            client.chat.completions.create(model=TIERS["large"], messages=messages, max_tokens=20)
+
+    with log.open("w", encoding="utf-8") as stream:
+        configure_logging("info", json_lines=True, stream=stream)
+        try:
+            for text in [*EASY, *EASY, *HARD]:
+                step([{"role": "user", "content": text}])
+            step(TOOL_STEP)
+            sim.fail_model(TIERS["small"], status=529, n=1)
+            step([{"role": "user", "content": EASY[0]}])
+            sim.rate_limit_next(retry_after=3600)
+            with pytest.raises(SessionParked):
+                step([{"role": "user", "content": EASY[0]}])
+        finally:
+            import logging
+
+            logger = logging.getLogger("agentguard")
+            for handler in list(logger.handlers):
+                if getattr(handler, "_agentguard", False):
+                    logger.removeHandler(handler)
+            logger.setLevel(logging.NOTSET)
+    from typer.testing import CliRunner
+
+    from agentguard.cli import app
+
+    result = CliRunner().invoke(app, ["route", "report", "--events", str(log), "--json"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    return guard, json.loads(result.stdout)
+
+
+def test_route_report_and_calibrate_read_recorded_outcomes(
+    sim: SimServer, store: str, tmp_path: Path
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from agentguard.cli import app
+
+    probe = guard_for(store, tiers=TIERS, classifier="learned")
+    scores = {
+        t: probe.route(model=TIERS["large"], messages=[{"role": "user", "content": t}])
+        for t in EASY
+    }
+    assert all(d.model == TIERS["small"] for d in scores.values())
+    # The cheap step the small model fails is the hardest of them: the one calibration moves up.
+    failing = max(EASY, key=lambda t: scores[t].score or 0.0)
+    log = tmp_path / "events.jsonl"
+    guard, rows = record_traffic(sim, store, log, failing)
+    billed, spent = judge(sim, guard)
+    assert billed == spent > 0
+    by = {(row["tier"], row["kind"]): row for row in rows}
+    small = by[("small", "first_step")]
+    assert (small["steps"], small["escalated"], small["fell_back"], small["parked"]) == (8, 2, 1, 1)
+    assert small["escalation_rate"] == 0.25 and small["failed"] == 0
+    assert by[("large", "first_step")]["steps"] == 2
+    assert by[("large", "first_step")]["escalated"] == 0
+    assert by[("small", "tool_result")]["steps"] == 1
+
+    runner = CliRunner()
+    text = runner.invoke(app, ["route", "report", "--events", str(log)])
+    assert text.exit_code == 0 and "escalated" in text.stdout and "2 (25%)" in text.stdout
+
+    calibrated = runner.invoke(
+        app,
+        ["route", "calibrate", "--target-escalation-rate", "0", "--events", str(log), "--json"],
+    )
+    assert calibrated.exit_code == 0, calibrated.output
+    result = json.loads(calibrated.stdout)
+    assert result["escalation_rate"] == 0 and result["events"] == 11
+    # Put in the config, the threshold sends the step the small model failed up a tier, and
+    # keeps the others cheap.
+    tuned = guard_for(store, tiers=TIERS, classifier="learned", threshold=result["threshold"])
+    for text_ in EASY:
+        chosen = tuned.route(model=TIERS["large"], messages=[{"role": "user", "content": text_}])
+        assert chosen.model == (TIERS["large"] if text_ == failing else TIERS["small"])
+
+    # The target can come from the config instead of the command line.
+    config = tmp_path / "agentguard.toml"
+    config.write_text("[routing]\ntarget_escalation_rate = 0.0\n")
+    from_config = runner.invoke(
+        app, ["route", "calibrate", "--events", str(log), "--config", str(config), "--json"]
+    )
+    assert from_config.exit_code == 0 and json.loads(from_config.stdout) == result

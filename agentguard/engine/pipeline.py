@@ -153,6 +153,16 @@ class Pipeline:
             dialect=dialect,
             original_body=dict(body),
         )
+        try:
+            outcome = yield from self._run(call)
+        except BaseException:
+            _record_outcome(call, "parked" if call.notes.get("parked") else "failed")
+            raise
+        _record_outcome(call, "failed" if outcome.reply.status >= 400 else "ok")
+        return outcome
+
+    def _run(self, call: CallContext) -> Generator[Action, Any, Outcome]:
+        session, body, dialect = call.session, call.body, call.dialect
         if session.parked_record is not None and self.limit_handler is not None:
             raise self.limit_handler.parked_error(session.parked_record)
         # The caller's model must have a price even when routing replaces it: a misspelt model
@@ -187,11 +197,14 @@ class Pipeline:
             reply, payload = sent
             answer = call.dialect.answer(payload)
             if self.escalator is not None and escalations < self.retry.max_retries:
+                decided = call.notes.get("route")
                 target = self.escalator.escalate(call, payload) if call.chat else None
                 if target is not None:
+                    call.notes.setdefault("first_route", decided)
                     # The cheap answer failed in a checkable way: pay for it, send it one tier up.
                     yield from self._settle(call, answer, count_step=False)
                     escalations += 1
+                    call.notes["escalations"] = escalations
                     with session.lock:
                         session.state.retries += 1
                         session.state.last_outcome = "escalated"
@@ -227,9 +240,14 @@ class Pipeline:
             yield from self._hold_for_attempt(call)
             answered: Reply | None = None
             sent_at = time.perf_counter()
+            # Top-level keys are replaced, never mutated, so this compares little. Once a
+            # rewritten body went out, the caller's request object carries it: every later
+            # attempt is sent as written (a step escalated back to the caller's own model
+            # would otherwise go out with the earlier model).
+            rewritten = call.notes.get("rewritten", False) or call.body != call.original_body
+            call.notes["rewritten"] = rewritten
             try:
-                # Top-level keys are replaced, never mutated, so this compares little.
-                reply = yield Send(call.body, call.body != call.original_body)
+                reply = yield Send(call.body, rewritten)
             except TransportFailure as exc:
                 failure = Failure(exc.kind, message=str(exc.error))
                 error: BaseException = exc.error
@@ -268,6 +286,7 @@ class Pipeline:
                         continue
                     yield from self._release(call)
                     if decision.action in ("park", "fail"):
+                        call.notes["parked"] = decision.action == "park"
                         record = yield Park(call, limit=verdict, failed=decision.action == "fail")
                         if decision.action == "park":
                             call.session.parked_record = record
@@ -450,6 +469,7 @@ class Pipeline:
                 and exc.fits_empty_window
                 and exc.resets_at is not None
             ):
+                call.notes["parked"] = True
                 record = yield Park(call, budget=exc)
                 session.parked_record = record
                 raise self.limit_handler.parked_error(record) from exc
@@ -673,6 +693,27 @@ class Pipeline:
                 observed=exc.observed,
             )
             raise
+
+
+def _record_outcome(call: CallContext, result: str) -> None:
+    """Log how a routed call ended (``route_outcome``): what ``agentguard route report`` and
+    ``route calibrate`` read."""
+    decision = call.notes.get("first_route") or call.notes.get("route")
+    if decision is None:
+        return
+    from agentguard.routing.outcomes import outcome_fields
+
+    logger.info(
+        "route_outcome",
+        session_id=call.session.id,
+        **outcome_fields(
+            decision,
+            final_model=call.model,
+            result=result,
+            escalations=call.notes.get("escalations", 0),
+            fallbacks=call.notes.get("fallbacks", 0),
+        ),
+    )
 
 
 class _HTTPFailure(AgentGuardError):

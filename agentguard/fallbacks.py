@@ -88,7 +88,9 @@ class FallbackStage:
         self.config = config
         self.health = health
         self.pricer = pricer
-        self.nested_calls = False
+        # Choosing may read the store (cooldowns shared by other processes): an async driver
+        # runs it off its event loop unless the store is a local SQLite file.
+        self.nested_calls = health.reads_network_store
         self.reads_budget = False
         self._tier_models: dict[str, list[str]] = {}
         """Each tier's model with its equivalents, by any of those models."""
@@ -183,17 +185,18 @@ class FallbackStage:
             requested_model=call.requested_model,
         )
 
-    def failed(self, model: str) -> None:
-        """Count a failed attempt of ``model`` toward its cooldown."""
-        self.health.failed(model)
+    def report(self, model: str, *, failed: bool) -> None:
+        """Count a failed attempt of ``model`` toward its cooldown, or end the cooldown a
+        successful probe of it was testing."""
+        if failed:
+            self.health.failed(model)
+        else:
+            self.health.succeeded(model)
 
-    def answered(self, model: str, *, first_byte_s: float, total_s: float | None) -> None:
-        """An attempt of ``model`` was answered: its latency, and the end of a cooldown it
-        was probing. ``total_s`` is ``None`` for a stream still running."""
-        self.health.succeeded(model)
-        if total_s is not None:
-            self.health.observe(model, first_byte_s=first_byte_s, total_s=total_s)
+    def on_probation(self, model: str) -> bool:
+        """Whether ``model`` is cooling down or being probed (an answer from it is news)."""
+        return self.health.on_probation(model)
 
-    def finished(self, model: str, *, first_byte_s: float, total_s: float) -> None:
-        """A stream of ``model`` ended: its latency."""
+    def observe(self, model: str, *, first_byte_s: float, total_s: float) -> None:
+        """Record how long an answer of ``model`` took."""
         self.health.observe(model, first_byte_s=first_byte_s, total_s=total_s)

@@ -129,6 +129,16 @@ class ModelHealth:
             return False
         return self._claim_probe(model, now)
 
+    @property
+    def reads_network_store(self) -> bool:
+        """Whether checking a model may wait on a database server (not a local file)."""
+        return self._store is not None and not self._store.is_sqlite
+
+    def on_probation(self, model: str) -> bool:
+        """Whether ``model`` is cooling down or being probed, as this process last saw it."""
+        row = self._rows.get(model)
+        return row is not None and row.cooling_until_ms != 0
+
     def cooling(self) -> dict[str, float]:
         """The models in cooldown (or being probed), with the time their cooldown ends
         (seconds since the epoch)."""

@@ -88,16 +88,17 @@ class Fallbacks(Protocol):
         """Put ``model`` on the call, counted and logged as a fallback."""
         ...
 
-    def failed(self, model: str) -> None:
-        """An attempt of ``model`` failed in a way that counts toward a cooldown."""
+    def report(self, model: str, *, failed: bool) -> None:
+        """An attempt of ``model`` failed in a way that counts toward a cooldown, or (not
+        ``failed``) a model being probed answered (may write to the store)."""
         ...
 
-    def answered(self, model: str, *, first_byte_s: float, total_s: float | None) -> None:
-        """An attempt of ``model`` was answered (``total_s`` ``None``: a stream goes on)."""
+    def on_probation(self, model: str) -> bool:
+        """Whether an answer from ``model`` ends a cooldown (to be reported); in memory."""
         ...
 
-    def finished(self, model: str, *, first_byte_s: float, total_s: float) -> None:
-        """A stream of ``model`` ended."""
+    def observe(self, model: str, *, first_byte_s: float, total_s: float) -> None:
+        """An answer of ``model`` took this long (to its first byte, to its end); in memory."""
         ...
 
 

@@ -31,6 +31,7 @@ from agentguard.engine.actions import (
     RecallContext,
     Release,
     Reply,
+    ReportHealth,
     Reserve,
     Send,
     Settle,
@@ -137,7 +138,7 @@ class Pipeline:
         self.escalator = escalator
         self.observers = observers if observers is not None else []
         self.fallbacks = fallbacks
-        self.effects = Effects(ledger, limit_handler, contexts)
+        self.effects = Effects(ledger, limit_handler, contexts, fallbacks)
         """What the drivers perform the store's actions with."""
 
     # The engine ------------------------------------------------------------------------------
@@ -259,7 +260,7 @@ class Pipeline:
                 answered = reply
                 if reply.status < 400:
                     if self.fallbacks is not None:
-                        self._answered(call, sent_at, reply.streaming)
+                        yield from self._answered(call, sent_at, reply.streaming)
                     if reply.streaming:
                         tap = call.dialect.tap(strip_usage=call.strip_usage_chunk)
                         return Outcome(
@@ -321,7 +322,7 @@ class Pipeline:
         at_once = fallbacks.switch_reason(reply) if reply is not None else None
         if not failure.transient and at_once is None:
             return False
-        fallbacks.failed(call.model)
+        yield ReportHealth(call.model, failed=True)
         if at_once is None and self.retry.should_retry(failure, retries):
             return False
         target = fallbacks.next_model(call)
@@ -341,15 +342,20 @@ class Pipeline:
         yield from self._reserve(call, retry=True)
         return True
 
-    def _answered(self, call: CallContext, sent_at: float, streaming: bool) -> None:
-        """Tell the fallbacks a model answered, and how fast."""
-        assert self.fallbacks is not None
+    def _answered(
+        self, call: CallContext, sent_at: float, streaming: bool
+    ) -> Generator[Action, Any, None]:
+        """Tell the fallbacks a model answered, and how fast (a stream's end is timed when it
+        ends)."""
+        fallbacks = self.fallbacks
+        assert fallbacks is not None
         first_byte = time.perf_counter() - sent_at
-        self.fallbacks.answered(
-            call.model, first_byte_s=first_byte, total_s=None if streaming else first_byte
-        )
         if streaming:
             call.notes["stream_timing"] = (sent_at, first_byte)
+        else:
+            fallbacks.observe(call.model, first_byte_s=first_byte, total_s=first_byte)
+        if fallbacks.on_probation(call.model):
+            yield ReportHealth(call.model, failed=False)
 
     # Stages ------------------------------------------------------------------------------------
 
@@ -612,7 +618,7 @@ class Pipeline:
     def _finish_stream(self, call: CallContext, tap: StreamTap) -> Generator[Action, Any, None]:
         timing = call.notes.get("stream_timing")
         if self.fallbacks is not None and timing is not None:
-            self.fallbacks.finished(
+            self.fallbacks.observe(
                 call.model, first_byte_s=timing[1], total_s=time.perf_counter() - timing[0]
             )
         answer = tap.answer()

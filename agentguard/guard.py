@@ -528,9 +528,9 @@ class Guard:
                     first = (model, provider)
                 elif provider != first[1]:
                     raise ConfigError(
-                        f"{field}: {model!r} is a {provider} model and {first[0]!r} a "
-                        f"{first[1]} one; a chain stays within one provider's API (a call "
-                        f"goes to the API its client speaks), so name models of one provider",
+                        f"{field}: {model!r} is a model of {provider} and {first[0]!r} one "
+                        f"of {first[1]}; a chain stays within one provider's API (a call goes "
+                        f"to the API its client speaks), so name models of one provider",
                         field=field,
                         expected=f"models of one provider ({first[1]})",
                     )

@@ -258,6 +258,41 @@ class RoutingConfig(_Section):
     """Re-send a failed cheap step one tier up."""
     force_model: str | None = None
     """Pin every call to this model."""
+    fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+    """Ordered alternatives per model or tier name (``{"gpt-4o" = ["gpt-4.1", "gpt-4o-mini"],
+    large = ["gpt-4.1"]}``; a tier name stands for its model, in keys and in chains). A call
+    whose model answers 529 (overloaded), 404 (model not found) or says the model is gone is
+    sent to the next model of its chain at once; after a timeout or 5xx, once
+    ``limits.max_retries`` retries have failed. Each model of a chain is priced when the
+    config loads and reserved before it is sent. A chain stays within one provider's API:
+    a chain that names models of another provider is refused when the guard is built."""
+    cooldown_failures: PositiveInt = 3
+    """A model whose calls fail (5xx, 529, 404, timeouts) this many times within
+    ``cooldown_window`` is skipped for ``cooldown`` by calls that have another model to go
+    to (a fallback chain, or a same-tier model in ``equivalents``): in this process at once,
+    and in every process on the same store."""
+    cooldown_window: Duration = "1m"
+    """The window in which ``cooldown_failures`` failures put a model in cooldown."""
+    cooldown: Duration = "30s"
+    """How long a model in cooldown is skipped. After it, one call (in the whole fleet)
+    probes the model: an answer ends the cooldown, a failure starts another."""
+    equivalents: dict[str, list[str]] = Field(default_factory=dict)
+    """Other models that may serve a tier in place of its model (``{small =
+    ["gpt-4.1-mini"]}``); ``prefer`` chooses among them. Never used across tiers."""
+    prefer: Literal["cost", "latency"] = "cost"
+    """Among a tier's model and its ``equivalents``: ``cost`` sends a step to the cheapest
+    (by list price per token), ``latency`` to the one answering fastest lately (the 95th
+    percentile of its last ``latency_samples`` total times in this process; a model not yet
+    measured is tried first). Latency never moves a step to another tier."""
+    latency_samples: Annotated[int, Field(ge=5, le=10000)] = 100
+    """How many of its latest calls each model's latency percentiles are kept over."""
+    target_large_share: Annotated[float, Field(ge=0, le=1)] | None = None
+    """The share of routed steps ``agentguard route calibrate`` aims to send to the larger
+    tier (when no ``--target-*`` option is given). Nothing recalibrates at run time: the
+    command prints a threshold to put in ``threshold``."""
+    target_escalation_rate: Annotated[float, Field(ge=0, le=1)] | None = None
+    """The share of cheap steps ``agentguard route calibrate`` aims to see escalated, from
+    recorded ``route_outcome`` events (when no ``--target-*`` option is given)."""
 
     @model_validator(mode="after")
     def _check_pressure_tiers(self) -> RoutingConfig:
@@ -268,6 +303,36 @@ class RoutingConfig(_Section):
                     f"tiers {list(self.tiers)}"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _check_chains(self) -> RoutingConfig:
+        for source, chain in self.fallbacks.items():
+            start = self.tiers.get(source, source)
+            models = [self.tiers.get(model, model) for model in chain]
+            if not chain or any(not model for model in models):
+                raise ValueError(f"fallbacks.{source}: a chain names one or more models")
+            if start in models or len(set(models)) != len(models):
+                raise ValueError(
+                    f"fallbacks.{source}: a chain names each model once, and not the model "
+                    f"it starts from (got {chain})"
+                )
+        for tier in self.equivalents:
+            if tier not in self.tiers:
+                raise ValueError(
+                    f"equivalents.{tier}: {tier!r} is not one of the tiers {list(self.tiers)}"
+                )
+        return self
+
+    def chain_for(self, model: str) -> list[str]:
+        """The fallback models of ``model`` (its own chain, else its tier's), tier names
+        resolved to their models."""
+        chain = self.fallbacks.get(model)
+        if chain is None:
+            for tier, tier_model in self.tiers.items():
+                if tier_model == model and tier in self.fallbacks:
+                    chain = self.fallbacks[tier]
+                    break
+        return [self.tiers.get(name, name) for name in chain or ()]
 
 
 class TrimmingConfig(_Section):

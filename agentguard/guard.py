@@ -12,6 +12,7 @@ from agentguard.config import GuardConfig, agentguard_home
 from agentguard.dialects import dialect_named
 from agentguard.engine import CallContext, CallStage, Pipeline
 from agentguard.errors import ConfigError, PricingError
+from agentguard.fallbacks import FallbackStage
 from agentguard.files import tighten_home
 from agentguard.ledger import BudgetLine, BudgetStatus, Ledger
 from agentguard.ledger.budgets import DEFAULT_BUDGET_KEY, Budgets
@@ -30,6 +31,7 @@ from agentguard.store import Store, open_store
 from agentguard.transport import flavour_for_client, flavour_of_openai, transports
 
 if TYPE_CHECKING:
+    from agentguard.health import Latency
     from agentguard.ledger.history import WindowSpend
     from agentguard.pricing import Pricer
     from agentguard.routing import RouteDecision
@@ -114,6 +116,11 @@ class Guard:
             else None,
         )
         self.stages.append(self.router_stage)
+        self.fallbacks = self._fallback_stage()
+        """Fallback chains, cooldowns and the choice among a tier's equal models (``None``
+        when ``routing.fallbacks`` and ``routing.equivalents`` are empty)."""
+        if self.fallbacks is not None:
+            self.stages.append(self.fallbacks)
         if self.config.trimming.enabled:
             summarize = self.config.trimming.strategy == "summarize"
             self.stages.append(
@@ -154,7 +161,31 @@ class Guard:
             escalator=self.router_stage,
             contexts=ResponseContexts(self.store),
             observers=self.observers,
+            fallbacks=self.fallbacks,
         )
+
+    def _fallback_stage(self) -> FallbackStage | None:
+        routing = self.config.routing
+        if not routing.fallbacks and not routing.equivalents:
+            return None
+        from agentguard.config import parse_duration
+        from agentguard.health import ModelHealth
+
+        health = ModelHealth(
+            self.store,
+            failures=routing.cooldown_failures,
+            window_s=parse_duration(routing.cooldown_window).total_seconds(),
+            cooldown_s=parse_duration(routing.cooldown).total_seconds(),
+            samples=routing.latency_samples,
+        )
+        return FallbackStage(routing, health, self.pricer)
+
+    def model_latency(self, model: str) -> Latency | None:
+        """``model``'s recent latency in this process (median and 95th percentile of the time
+        to the first byte and to the end of its answers), or ``None`` when it has not answered
+        yet or ``routing.fallbacks`` and ``routing.equivalents`` are empty (nothing is
+        measured then)."""
+        return self.fallbacks.health.latency(model) if self.fallbacks is not None else None
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] | None = None) -> Guard:
@@ -448,6 +479,12 @@ class Guard:
             named.append(("routing.force_model", self.config.routing.force_model))
         if self.config.trimming.summary_model is not None:
             named.append(("trimming.summary_model", self.config.trimming.summary_model))
+        routing = self.config.routing
+        for source in routing.fallbacks:
+            named.append((f"routing.fallbacks.{source}", routing.tiers.get(source, source)))
+            named.extend((f"routing.fallbacks.{source}", m) for m in routing.chain_for(source))
+        for tier, models in routing.equivalents.items():
+            named.extend((f"routing.equivalents.{tier}", model) for model in models)
         for field, model in named:
             try:
                 self.pricer.price(model)
@@ -458,6 +495,42 @@ class Guard:
                     field=field,
                     expected="a model the price data knows, or one priced in [pricing.overrides]",
                 ) from None
+        self._check_one_provider_per_chain()
+
+    def _check_one_provider_per_chain(self) -> None:
+        """Refuse a fallback chain (or a tier's equivalents) that crosses providers: a call
+        is sent to the API its client speaks, and another provider's model is not served
+        there.
+
+        Raises:
+            ConfigError: the chain names models of two providers; the message names the
+                field and both models.
+        """
+        routing = self.config.routing
+        groups = [
+            (f"routing.fallbacks.{source}", [routing.tiers.get(source, source), *chain])
+            for source, chain in ((s, routing.chain_for(s)) for s in routing.fallbacks)
+        ]
+        groups += [
+            (f"routing.equivalents.{tier}", [routing.tiers[tier], *models])
+            for tier, models in routing.equivalents.items()
+        ]
+        for field, models in groups:
+            first: tuple[str, str] | None = None
+            for model in models:
+                provider = self.pricer.price(model).provider
+                if provider is None:
+                    continue  # priced by an override: it runs where the caller sends it
+                if first is None:
+                    first = (model, provider)
+                elif provider != first[1]:
+                    raise ConfigError(
+                        f"{field}: {model!r} is a model of {provider} and {first[0]!r} one "
+                        f"of {first[1]}; a chain stays within one provider's API (a call goes "
+                        f"to the API its client speaks), so name models of one provider",
+                        field=field,
+                        expected=f"models of one provider ({first[1]})",
+                    )
 
     def budget_lines_for(self, session: Session) -> tuple[BudgetLine, ...]:
         """The ledger lines calls in ``session`` draw on: its budget key's window and, with

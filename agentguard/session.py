@@ -49,6 +49,9 @@ class SessionState(BaseModel):
     consecutive_failures: int = 0
     retries: int = 0
     """Retries of failed attempts, over the whole session."""
+    fallbacks: int = 0
+    """Calls moved to another model of their fallback chain (a model failed, was overloaded
+    or gone, or was cooling down), over the whole session."""
     spent_usd: Decimal = Decimal(0)
     """Settled spend of this session and its children."""
     input_tokens: int = 0
@@ -130,6 +133,11 @@ class Session:
     @property
     def tool_calls(self) -> int:
         return self.state.tool_calls
+
+    @property
+    def fallbacks(self) -> int:
+        """Calls of this session moved to another model of their fallback chain."""
+        return self.state.fallbacks
 
     @property
     def spent_usd(self) -> Decimal:

@@ -31,9 +31,10 @@ from agentguard.files import private_dir, private_file
 
 __all__ = ["SCHEMA_VERSION", "Store", "metadata", "open_store"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """2: budget holds are kept per key (``agentguard_budget_keys``), holds charged by a sweep are
-kept for reconciliation, and SQLite keeps one store clock."""
+kept for reconciliation, and SQLite keeps one store clock. 3: the billed size of responses.
+4: model cooldowns (``agentguard_model_health``)."""
 
 metadata = sa.MetaData()
 
@@ -120,6 +121,18 @@ response_contexts = sa.Table(
 )
 """The billed size of each response the guard settled: what a later call naming it as its
 ``previous_response_id`` is billed again as input."""
+
+model_health = sa.Table(
+    "agentguard_model_health",
+    metadata,
+    sa.Column("model", sa.String(255), primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("window_start_ms", sa.BigInteger, nullable=False),
+    sa.Column("cooling_until_ms", sa.BigInteger, nullable=False),
+    sa.Column("probe_until_ms", sa.BigInteger, nullable=False),
+)
+"""Failing models, shared by every process: recent failures, and the cooldown (and its
+half-open probe) that makes every process skip a model that keeps failing."""
 
 parked_sessions = sa.Table(
     "agentguard_parked_sessions",
@@ -381,7 +394,7 @@ class Store:
             if row is None:
                 connection.execute(schema_info.insert().values(id=1, version=SCHEMA_VERSION))
             elif row.version < SCHEMA_VERSION:
-                # Versions 1 and 2 lacked only tables, which create_all just made.
+                # Versions 1 to 3 lacked only tables, which create_all just made.
                 connection.execute(schema_info.update().values(version=SCHEMA_VERSION))
             elif row.version > SCHEMA_VERSION:
                 raise StoreError(

@@ -438,3 +438,58 @@ def test_sim_serves_tool_calls_and_prints_its_banner_once(tmp_path: Path) -> Non
         assert (banner + out + err).count("agentguard sim") == 1
     code, output = invoke("sim", "--script", str(tmp_path / "missing.json"))
     assert code == 2 and "expected 'coding' or a JSON file" in output
+
+
+def test_route_report_and_calibrate_fail_clearly(tmp_path: Path) -> None:
+    missing = runner.invoke(app, ["route", "report", "--events", str(tmp_path / "none.jsonl")])
+    assert (
+        missing.exit_code == 2 and "--events" in missing.output and "cannot read" in missing.output
+    )
+    events = tmp_path / "events.jsonl"
+    events.write_text(
+        json.dumps(
+            {
+                "event": "route_outcome",
+                "tier": "large",
+                "kind": "first_step",
+                "score": 0.9,
+                "cheap": False,
+                "escalations": 0,
+                "fallbacks": 0,
+                "result": "ok",
+            }
+        )
+        + "\n"
+    )
+    empty = runner.invoke(app, ["route", "report", "--events", str(tmp_path / "x")])
+    assert empty.exit_code == 2
+    both = runner.invoke(
+        app,
+        [
+            "route",
+            "calibrate",
+            "--events",
+            str(events),
+            "--target-large-share",
+            "0.3",
+            "--target-escalation-rate",
+            "0.1",
+        ],
+    )
+    assert both.exit_code == 2 and "not both" in both.output
+    no_target = runner.invoke(
+        app, ["route", "calibrate", "--events", str(events), "--config", str(tmp_path / "none")]
+    )
+    assert no_target.exit_code == 2 and "--config" in no_target.output
+    config = tmp_path / "agentguard.toml"
+    config.write_text("[routing]\n")
+    untargeted = runner.invoke(
+        app, ["route", "calibrate", "--events", str(events), "--config", str(config)]
+    )
+    assert untargeted.exit_code == 2 and "routing.target_escalation_rate" in untargeted.output
+    no_cheap = runner.invoke(
+        app, ["route", "calibrate", "--events", str(events), "--target-escalation-rate", "0.1"]
+    )
+    assert no_cheap.exit_code == 2 and "no scored cheap steps" in no_cheap.output
+    report = runner.invoke(app, ["route", "report", "--events", str(events)])
+    assert report.exit_code == 0 and "large" in report.stdout and "first_step" in report.stdout

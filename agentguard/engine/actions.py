@@ -21,6 +21,7 @@ action                 asks for                                         answered
 :class:`ReadBudget`    the share of the session's budgets still free    ``float`` or ``None``
 :class:`Prepare`       a stage that may make a nested model call (an    ``None``
                        LLM classifier, a summary) run on the call
+:class:`ReportHealth`  a model's attempt failed, or its probe answered  ``None``
 =====================  ===============================================  ========================
 """
 
@@ -51,6 +52,7 @@ __all__ = [
     "RecallContext",
     "Release",
     "Reply",
+    "ReportHealth",
     "Reserve",
     "Send",
     "Settle",
@@ -151,6 +153,16 @@ class Prepare:
     call: CallContext
 
 
+@dataclass(frozen=True, slots=True)
+class ReportHealth:
+    """Record that an attempt of ``model`` failed (``failed``), or that a model whose
+    cooldown was being probed answered: kept in the store, so every process on it skips a
+    model in cooldown."""
+
+    model: str
+    failed: bool
+
+
 Action = (
     Send
     | Sleep
@@ -163,6 +175,7 @@ Action = (
     | KeepContext
     | ReadBudget
     | Prepare
+    | ReportHealth
 )
 
 

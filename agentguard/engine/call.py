@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from agentguard.pricing.worst_case import Bound
     from agentguard.session import Session
 
-__all__ = ["CallContext", "CallStage", "Escalator", "LimitHandler", "Reply"]
+__all__ = ["CallContext", "CallStage", "Escalator", "Fallbacks", "LimitHandler", "Reply"]
 
 
 @dataclass(slots=True)
@@ -71,6 +71,37 @@ class Escalator(Protocol):
 
     def cheaper_models(self, call: CallContext) -> list[str]:
         """Models below the call's, cheapest last, to try when the budget cannot fit it."""
+        ...
+
+
+class Fallbacks(Protocol):
+    """Where a call goes when its model fails, and what the engine tells of each attempt
+    (the fallback stage)."""
+
+    def switch_reason(self, reply: Reply) -> str | None:
+        """Why an error answer moves the call to its next model at once (``overloaded``,
+        ``model_not_found``, ``model_gone``), or ``None`` to retry as usual."""
+        ...
+
+    def next_model(self, call: CallContext) -> str | None:
+        """The next model of the call's chain to try, or ``None`` when none is left."""
+        ...
+
+    def switched(self, call: CallContext, model: str, reason: str) -> None:
+        """Put ``model`` on the call, counted and logged as a fallback."""
+        ...
+
+    def report(self, model: str, *, failed: bool) -> None:
+        """An attempt of ``model`` failed in a way that counts toward a cooldown, or (not
+        ``failed``) a model being probed answered (may write to the store)."""
+        ...
+
+    def on_probation(self, model: str) -> bool:
+        """Whether an answer from ``model`` ends a cooldown (to be reported); in memory."""
+        ...
+
+    def observe(self, model: str, *, first_byte_s: float, total_s: float) -> None:
+        """An answer of ``model`` took this long (to its first byte, to its end); in memory."""
         ...
 
 

@@ -23,6 +23,7 @@ from agentguard.engine.actions import (
     RecallContext,
     Release,
     Reply,
+    ReportHealth,
     Reserve,
     Send,
     Settle,
@@ -30,7 +31,7 @@ from agentguard.engine.actions import (
 )
 
 if TYPE_CHECKING:
-    from agentguard.engine.call import LimitHandler
+    from agentguard.engine.call import Fallbacks, LimitHandler
     from agentguard.ledger import Ledger
     from agentguard.ledger.response_contexts import ResponseContexts
 
@@ -47,6 +48,7 @@ class Effects:
         ledger: the budget ledger.
         parker: what parks sessions (``None``: parking is off, and nothing asks to park).
         contexts: the billed sizes of earlier responses (``None``: none are kept).
+        fallbacks: the models' health record (``None``: nothing asks to report to it).
     """
 
     def __init__(
@@ -54,10 +56,12 @@ class Effects:
         ledger: Ledger,
         parker: LimitHandler | None = None,
         contexts: ResponseContexts | None = None,
+        fallbacks: Fallbacks | None = None,
     ) -> None:
         self.ledger = ledger
         self.parker = parker
         self.contexts = contexts
+        self.fallbacks = fallbacks
 
     def perform(self, action: Action) -> Any:
         """Do one store action and return its result (its exception propagates)."""
@@ -86,6 +90,10 @@ class Effects:
             return min(fractions) if fractions else None
         if isinstance(action, Prepare):
             action.stage.prepare(action.call)
+            return None
+        if isinstance(action, ReportHealth):
+            if self.fallbacks is not None:
+                self.fallbacks.report(action.model, failed=action.failed)
             return None
         if isinstance(action, KeepContext):
             if self.contexts is not None:

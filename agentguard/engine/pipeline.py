@@ -31,13 +31,14 @@ from agentguard.engine.actions import (
     RecallContext,
     Release,
     Reply,
+    ReportHealth,
     Reserve,
     Send,
     Settle,
     Sleep,
     TransportFailure,
 )
-from agentguard.engine.call import CallContext, CallStage, Escalator, LimitHandler
+from agentguard.engine.call import CallContext, CallStage, Escalator, Fallbacks, LimitHandler
 from agentguard.engine.drivers import Effects
 from agentguard.engine.wire import json_object
 from agentguard.errors import (
@@ -101,6 +102,7 @@ class Pipeline:
         default_max_output_tokens: output reserved for calls that set no ``max_tokens``.
         enforce_output_cap: set that cap on the request too, so the reservation is a real bound.
         wait_inline_max_s: a ``retry-after`` up to this long is slept and retried in-process.
+        fallbacks: where a call whose model fails goes next (``None``: nowhere).
     """
 
     def __init__(
@@ -120,6 +122,7 @@ class Pipeline:
         escalator: Escalator | None = None,
         contexts: ResponseContexts | None = None,
         observers: list[Callable[[CallContext], None]] | None = None,
+        fallbacks: Fallbacks | None = None,
     ) -> None:
         self.limits = limits
         self.retry = retry
@@ -134,7 +137,8 @@ class Pipeline:
         self.budget_policy = budget_policy or (lambda key: "raise")
         self.escalator = escalator
         self.observers = observers if observers is not None else []
-        self.effects = Effects(ledger, limit_handler, contexts)
+        self.fallbacks = fallbacks
+        self.effects = Effects(ledger, limit_handler, contexts, fallbacks)
         """What the drivers perform the store's actions with."""
 
     # The engine ------------------------------------------------------------------------------
@@ -150,6 +154,16 @@ class Pipeline:
             dialect=dialect,
             original_body=dict(body),
         )
+        try:
+            outcome = yield from self._run(call)
+        except BaseException:
+            _record_outcome(call, "parked" if call.notes.get("parked") else "failed")
+            raise
+        _record_outcome(call, "failed" if outcome.reply.status >= 400 else "ok")
+        return outcome
+
+    def _run(self, call: CallContext) -> Generator[Action, Any, Outcome]:
+        session, body, dialect = call.session, call.body, call.dialect
         if session.parked_record is not None and self.limit_handler is not None:
             raise self.limit_handler.parked_error(session.parked_record)
         # The caller's model must have a price even when routing replaces it: a misspelt model
@@ -184,11 +198,14 @@ class Pipeline:
             reply, payload = sent
             answer = call.dialect.answer(payload)
             if self.escalator is not None and escalations < self.retry.max_retries:
+                decided = call.notes.get("route")
                 target = self.escalator.escalate(call, payload, answer)
                 if target is not None:
+                    call.notes.setdefault("first_route", decided)
                     # The cheap answer failed in a checkable way: pay for it, send it one tier up.
                     yield from self._settle(call, answer, count_step=False)
                     escalations += 1
+                    call.notes["escalations"] = escalations
                     with session.lock:
                         session.state.retries += 1
                         session.state.last_outcome = "escalated"
@@ -222,9 +239,16 @@ class Pipeline:
         retries = 0
         while True:
             yield from self._hold_for_attempt(call)
+            answered: Reply | None = None
+            sent_at = time.perf_counter()
+            # Top-level keys are replaced, never mutated, so this compares little. Once a
+            # rewritten body went out, the caller's request object carries it: every later
+            # attempt is sent as written (a step escalated back to the caller's own model
+            # would otherwise go out with the earlier model).
+            rewritten = call.notes.get("rewritten", False) or call.body != call.original_body
+            call.notes["rewritten"] = rewritten
             try:
-                # Top-level keys are replaced, never mutated, so this compares little.
-                reply = yield Send(call.body, call.body != call.original_body)
+                reply = yield Send(call.body, rewritten)
             except TransportFailure as exc:
                 failure = Failure(exc.kind, message=str(exc.error))
                 error: BaseException = exc.error
@@ -233,7 +257,10 @@ class Pipeline:
                     # reserves its own worst case.
                     yield from self._charge_unknown(call, exc.kind)
             else:
+                answered = reply
                 if reply.status < 400:
+                    if self.fallbacks is not None:
+                        yield from self._answered(call, sent_at, reply.streaming)
                     if reply.streaming:
                         tap = call.dialect.tap(strip_usage=call.strip_usage_chunk)
                         return Outcome(
@@ -260,12 +287,18 @@ class Pipeline:
                         continue
                     yield from self._release(call)
                     if decision.action in ("park", "fail"):
+                        call.notes["parked"] = decision.action == "park"
                         record = yield Park(call, limit=verdict, failed=decision.action == "fail")
                         if decision.action == "park":
                             call.session.parked_record = record
                             raise self._handler().parked_error(record)
                     self._count_failure(call, error)
                     return Outcome(reply, {"x-should-retry": "false"})
+            if self.fallbacks is not None:
+                switched = yield from self._fall_back(call, failure, answered, retries)
+                if switched:
+                    retries = 0
+                    continue
             if self.retry.should_retry(failure, retries):
                 retries += 1
                 delay = self.retry.delay(retries, failure.retry_after_s)
@@ -277,6 +310,52 @@ class Pipeline:
                 raise self._retries_exhausted(call, failure, error, retries)
             assert isinstance(error, _HTTPFailure)
             return Outcome(error.reply, {"x-should-retry": "false"})
+
+    def _fall_back(
+        self, call: CallContext, failure: Failure, reply: Reply | None, retries: int
+    ) -> Generator[Action, Any, bool]:
+        """Send a failed call to the next model of its chain, priced and reserved first:
+        at once when the model is overloaded or gone, after the last retry when the failure
+        was transient. ``False`` when the call stays where it is."""
+        fallbacks = self.fallbacks
+        assert fallbacks is not None
+        at_once = fallbacks.switch_reason(reply) if reply is not None else None
+        if not failure.transient and at_once is None:
+            return False
+        yield ReportHealth(call.model, failed=True)
+        if at_once is None and self.retry.should_retry(failure, retries):
+            return False
+        target = fallbacks.next_model(call)
+        if target is None:
+            return False
+        if at_once is not None:
+            reason = at_once
+        elif failure.kind == "status":
+            reason = f"HTTP {failure.status} after {retries} retries"
+        else:
+            reason = f"{failure.kind} after {retries} retries"
+        # An error answer was not billed: its hold goes back. A timed-out attempt was charged
+        # at its worst case already and holds nothing.
+        yield from self._release(call)
+        fallbacks.switched(call, target, reason)
+        self._measure(call)
+        yield from self._reserve(call, retry=True)
+        return True
+
+    def _answered(
+        self, call: CallContext, sent_at: float, streaming: bool
+    ) -> Generator[Action, Any, None]:
+        """Tell the fallbacks a model answered, and how fast (a stream's end is timed when it
+        ends)."""
+        fallbacks = self.fallbacks
+        assert fallbacks is not None
+        first_byte = time.perf_counter() - sent_at
+        if streaming:
+            call.notes["stream_timing"] = (sent_at, first_byte)
+        else:
+            fallbacks.observe(call.model, first_byte_s=first_byte, total_s=first_byte)
+        if fallbacks.on_probation(call.model):
+            yield ReportHealth(call.model, failed=False)
 
     # Stages ------------------------------------------------------------------------------------
 
@@ -396,6 +475,7 @@ class Pipeline:
                 and exc.fits_empty_window
                 and exc.resets_at is not None
             ):
+                call.notes["parked"] = True
                 record = yield Park(call, budget=exc)
                 session.parked_record = record
                 raise self.limit_handler.parked_error(record) from exc
@@ -536,6 +616,11 @@ class Pipeline:
         self._count_failure(call, error)
 
     def _finish_stream(self, call: CallContext, tap: StreamTap) -> Generator[Action, Any, None]:
+        timing = call.notes.get("stream_timing")
+        if self.fallbacks is not None and timing is not None:
+            self.fallbacks.observe(
+                call.model, first_byte_s=timing[1], total_s=time.perf_counter() - timing[0]
+            )
         answer = tap.answer()
         if answer.usage is None and not tap.done:
             # Cut before the end without usage: what the provider generated is unknown.
@@ -614,6 +699,27 @@ class Pipeline:
                 observed=exc.observed,
             )
             raise
+
+
+def _record_outcome(call: CallContext, result: str) -> None:
+    """Log how a routed call ended (``route_outcome``): what ``agentguard route report`` and
+    ``route calibrate`` read."""
+    decision = call.notes.get("first_route") or call.notes.get("route")
+    if decision is None:
+        return
+    from agentguard.routing.outcomes import outcome_fields
+
+    logger.info(
+        "route_outcome",
+        session_id=call.session.id,
+        **outcome_fields(
+            decision,
+            final_model=call.model,
+            result=result,
+            escalations=call.notes.get("escalations", 0),
+            fallbacks=call.notes.get("fallbacks", 0),
+        ),
+    )
 
 
 class _HTTPFailure(AgentGuardError):

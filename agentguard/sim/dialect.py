@@ -159,7 +159,7 @@ def serve_dialect(
             return
     model = body.get("model", "") if isinstance(body, dict) else ""
     cut: CutStream | None = None
-    fault = sim._faults.pop()
+    fault = sim._model_fault(model) or sim._faults.pop()
     if isinstance(fault, HTTPError):
         _send_error(sim, handler, dialect.fault(fault, str(model)), started)
         return

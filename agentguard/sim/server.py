@@ -148,6 +148,11 @@ class SimServer:
         self.anthropic_api = AnthropicDialect(self.engine.counter)
         self.models: tuple[str, ...] = DEFAULT_MODELS
         self._faults = FaultQueue()
+        self._model_faults: dict[str, list[Any]] = {}
+        """Model name -> [the HTTP error its requests get, how many more (``None``: all)]."""
+        self.model_latency_s: dict[str, float] = {}
+        """A delay before every answer of one model, on top of ``latency_s`` (model name ->
+        seconds): a slow model among fast ones."""
         self._answering = 0
         self._bill_lock = threading.Condition()
         self._requests: list[RecordedRequest] = []
@@ -383,6 +388,57 @@ class SimServer:
         )
         self.inject(fault, n)
 
+    def fail_model(
+        self,
+        model: str,
+        *,
+        status: int = 500,
+        n: int | None = None,
+        body: Mapping[str, Any] | str | bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Answer requests for one model with an HTTP error (on every API the sim speaks):
+        a provider whose model is down (5xx), overloaded (529) or gone (404), while its other
+        models answer. Checked before the queued faults, which it leaves alone.
+
+        Args:
+            model: the model name, as requests send it.
+            status: the HTTP status.
+            n: how many requests fail (``None``: every one until :meth:`heal_model`).
+            body: the body; the API's usual error for the status when None.
+            headers: extra response headers.
+        """
+        if n is not None and n < 0:
+            raise ValueError(f"n must be >= 0 or None, not {n}")
+        with self._requests_lock:
+            self._model_faults[model] = [HTTPError(status, body, dict(headers or {})), n]
+
+    def heal_model(self, model: str) -> None:
+        """Let requests for ``model`` be answered again (undoes :meth:`fail_model`)."""
+        with self._requests_lock:
+            self._model_faults.pop(model, None)
+
+    def _model_fault(self, model: object) -> HTTPError | None:
+        """Wait out the model's own latency; its injected error, if it has one."""
+        if not isinstance(model, str):
+            return None
+        delay = self.model_latency_s.get(model, 0.0)
+        if delay > 0:
+            self._stopping.wait(delay)
+        if not self._model_faults:
+            return None
+        with self._requests_lock:
+            entry = self._model_faults.get(model)
+            if entry is None:
+                return None
+            fault, left = entry
+            if left is not None:
+                if left <= 1:
+                    del self._model_faults[model]
+                else:
+                    entry[1] = left - 1
+            return fault  # type: ignore[no-any-return]
+
     @property
     def pending_faults(self) -> int:
         """How many injected faults are still queued."""
@@ -469,7 +525,7 @@ class SimServer:
                 return
         model = body.get("model", "") if isinstance(body, dict) else ""
         cut: CutStream | None = None
-        fault = self._faults.pop()
+        fault = self._model_fault(model) or self._faults.pop()
         if isinstance(fault, HTTPError):
             self._send_json(
                 handler, fault.status, fault.body_for(str(model)), started, fault.headers

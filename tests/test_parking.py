@@ -18,7 +18,7 @@ from helpers import PROMPT, run_until_parked
 from agentguard import ParkedSession, SessionParked
 from agentguard.guard import Guard
 from agentguard.parking import classify_limit_error, json_schema
-from agentguard.parking.classify import reset_after
+from agentguard.parking.classify import LimitVerdict, decide_limit, reset_after
 from agentguard.parking.store import UnknownSession
 from agentguard.sim import GatewayKey, SimGateway, SimServer
 
@@ -373,3 +373,46 @@ def test_a_gateway_budget_without_a_reset_resumes_after_its_configured_window(
     with other.session("gw-2"), pytest.raises(SessionParked):
         client.chat.completions.create(model="gpt-4o-mini", messages=PROMPT)
     assert other.parked.get("gw-2").reason.reset_source == "parking.window_hours"
+
+
+@pytest.mark.parametrize(
+    ("kind", "wait_s", "retries_done", "parking", "records", "expected"),
+    [
+        ("rate_limit", 5.0, 0, True, True, ("wait", 5.0)),
+        ("rate_limit", 5.0, 2, True, True, ("park", 0.0)),  # no retry left: park
+        ("rate_limit", 600.0, 0, True, True, ("park", 0.0)),  # longer than the inline wait
+        ("rate_limit", None, 0, True, True, ("park", 0.0)),  # no reset said: park
+        ("rate_limit", 600.0, 0, False, True, ("hand_back", 0.0)),  # parking off
+        ("rate_limit", 600.0, 0, True, False, ("hand_back", 0.0)),  # nowhere to record
+        ("rate_limit", 5.0, 0, False, False, ("wait", 5.0)),  # a short wait needs no store
+        ("quota_exhausted", 5.0, 0, True, True, ("fail", 0.0)),  # waiting never fixes quota
+        ("quota_exhausted", 5.0, 0, False, False, ("wait", 5.0)),
+    ],
+)
+def test_one_rule_decides_every_limit_error(
+    kind: str,
+    wait_s: float | None,
+    retries_done: int,
+    parking: bool,
+    records: bool,
+    expected: tuple[str, float],
+) -> None:
+    verdict = LimitVerdict(
+        kind=kind,  # type: ignore[arg-type]
+        status=429,
+        error_type=None,
+        error_code=None,
+        message="limit",
+        wait_s=wait_s,
+        reset_source=None,
+        headers={},
+    )
+    decision = decide_limit(
+        verdict,
+        retries_done=retries_done,
+        max_retries=2,
+        wait_inline_max_s=30.0,
+        parking=parking,
+        records=records,
+    )
+    assert (decision.action, decision.wait_s) == expected

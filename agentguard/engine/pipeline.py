@@ -548,12 +548,16 @@ class Pipeline:
     def _decide(self, verdict: LimitVerdict, retries: int) -> Decision:
         if self.limit_handler is not None:
             return self.limit_handler.decide(verdict, retries, self.retry.max_retries)
-        from agentguard.parking.classify import Decision
+        from agentguard.parking.classify import decide_limit
 
-        wait = verdict.wait_s
-        if wait is not None and wait <= self.wait_inline_max_s and retries < self.retry.max_retries:
-            return Decision("wait", min(wait, self.retry.max_retry_after_s))
-        return Decision("hand_back")
+        return decide_limit(
+            verdict,
+            retries_done=retries,
+            max_retries=self.retry.max_retries,
+            wait_inline_max_s=self.wait_inline_max_s,
+            parking=False,
+            records=False,
+        )
 
     def _failure_of(self, reply: Reply, dialect: Dialect) -> Failure:
         waited = parse_retry_after(reply.headers)

@@ -104,6 +104,36 @@ class Decision:
     wait_s: float = 0.0
 
 
+def decide_limit(
+    verdict: LimitVerdict,
+    *,
+    retries_done: int,
+    max_retries: int,
+    wait_inline_max_s: float,
+    parking: bool,
+    records: bool,
+) -> Decision:
+    """The one rule for a limit error: a reset within ``wait_inline_max_s`` (while retries
+    are left) is waited for in-process; otherwise the session parks, or, with parking off,
+    the caller gets the provider's error. An exhausted quota never resets by waiting: with
+    ``records`` (a parking store is wired) it is recorded as failed.
+
+    Args:
+        verdict: what the limit error is.
+        retries_done: retries of this call so far.
+        max_retries: the retry policy's cap.
+        wait_inline_max_s: the longest reset waited for in-process.
+        parking: parking is on (``parking.enabled``).
+        records: a parking store is wired, so a failed record can be written.
+    """
+    if verdict.kind == "quota_exhausted" and records:
+        return Decision("fail")
+    wait = verdict.wait_s
+    if wait is not None and wait <= wait_inline_max_s and retries_done < max_retries:
+        return Decision("wait", wait)
+    return Decision("park" if parking and records else "hand_back")
+
+
 @dataclass(frozen=True, slots=True)
 class LimitVerdict:
     """What a limit error is and when it should be tried again."""

@@ -19,7 +19,13 @@ from pydantic import ValidationError
 
 from agentguard.errors import AgentGuardError, BudgetExceeded, SessionParked
 from agentguard.log import logger
-from agentguard.parking.classify import Decision, LimitVerdict, classify_limit_error, resume_time
+from agentguard.parking.classify import (
+    Decision,
+    LimitVerdict,
+    classify_limit_error,
+    decide_limit,
+    resume_time,
+)
 from agentguard.parking.record import ParkedSession, ParkReason
 from agentguard.parking.store import ParkedStore, active_claim
 from agentguard.redact import redact_text
@@ -63,19 +69,15 @@ class Parker:
         return classify_limit_error(reply.status, reply.headers, reply.body, self.config.rules)
 
     def decide(self, verdict: LimitVerdict, retries_done: int, max_retries: int) -> Decision:
-        """Wait in-process, park, or fail."""
-        if verdict.kind == "quota_exhausted":
-            return Decision("fail")
-        wait = verdict.wait_s
-        if (
-            wait is not None
-            and wait <= self.config.wait_inline_max_s
-            and retries_done < max_retries
-        ):
-            return Decision("wait", wait)
-        if not self.config.enabled:
-            return Decision("hand_back")
-        return Decision("park")
+        """Wait in-process, park, or fail (:func:`~agentguard.parking.classify.decide_limit`)."""
+        return decide_limit(
+            verdict,
+            retries_done=retries_done,
+            max_retries=max_retries,
+            wait_inline_max_s=self.config.wait_inline_max_s,
+            parking=self.config.enabled,
+            records=True,
+        )
 
     # -- writing records (I/O: the pipeline runs these through its driver) ----------------------
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agentguard.parking.record import validate_session_id
+
 if TYPE_CHECKING:
     from agentguard.ledger import BudgetLine
     from agentguard.ledger.budgets import Budgets
@@ -86,11 +88,8 @@ class Session:
         parent_id: str | None = None,
         root_id: str | None = None,
     ) -> None:
-        if session_id is not None and not _valid_id(session_id):
-            raise ValueError(
-                f"session id {session_id!r} is not valid: use 1-200 characters of letters, "
-                "digits and ._:@- (it names files and database rows)"
-            )
+        if session_id is not None:
+            validate_session_id(session_id)
         if budget_key is not None:
             budgets.check_key(budget_key)
         self.budgets = budgets
@@ -229,12 +228,3 @@ def _restore(variable: ContextVar[Session | None], token: Token[Session | None])
     except (ValueError, RuntimeError):
         previous = token.old_value
         variable.set(None if previous is Token.MISSING else previous)
-
-
-def _valid_id(value: str) -> bool:
-    return (
-        0 < len(value) <= 200
-        and value not in {".", ".."}
-        and all(ch.isalnum() or ch in "._:@-" for ch in value)
-        and value.isascii()
-    )

@@ -15,7 +15,7 @@ from agentguard.ledger import BudgetLine
 from agentguard.session import SessionState
 
 
-@pytest.mark.parametrize("bad", ["", "a/b", "..", "x" * 201, "naïve", "has space"])
+@pytest.mark.parametrize("bad", ["", "a/b", "..", "x" * 201, "naïve", "has space", "trailing\n"])
 def test_a_session_id_that_could_name_a_path_is_refused(
     make_guard: Callable[..., Guard], bad: str
 ) -> None:

@@ -30,17 +30,23 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 ParkState = Literal["parked", "resuming", "resumed", "failed", "dropped"]
-_SESSION_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,200}$")
+_SESSION_ID = re.compile(r"[A-Za-z0-9._:@-]{1,200}")
 _FORBIDDEN_KEYS = frozenset(
     {"api_key", "apikey", "authorization", "proxy-authorization", "x-api-key", "api-key", "cookie"}
 )
 
 
 def validate_session_id(value: str) -> str:
-    """Session ids name files and rows: 1-200 of ``A-Z a-z 0-9 . _ : @ -``, not ``.``/``..``."""
-    if not _SESSION_ID.match(value) or value in {".", ".."}:
+    """The one rule for session ids, which name files and database rows: 1-200 of
+    ``A-Z a-z 0-9 . _ : @ -``, not ``.`` or ``..``.
+
+    Raises:
+        ValueError: ``value`` breaks the rule; the message says what the rule is.
+    """
+    if not isinstance(value, str) or not _SESSION_ID.fullmatch(value) or value in {".", ".."}:
         raise ValueError(
-            f"session id {value[:80]!r} is not 1-200 characters of letters, digits and ._:@-"
+            f"session id {str(value)[:80]!r} is not valid: use 1-200 characters of letters, "
+            "digits and ._:@- (it names files and database rows)"
         )
     return value
 

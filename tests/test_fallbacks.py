@@ -541,3 +541,12 @@ def test_route_report_and_calibrate_read_recorded_outcomes(
         app, ["route", "calibrate", "--events", str(log), "--config", str(config), "--json"]
     )
     assert from_config.exit_code == 0 and json.loads(from_config.stdout) == result
+
+
+def test_a_tiers_equivalents_cannot_name_another_tiers_model(store: str) -> None:
+    with pytest.raises(ConfigError, match=r"equivalents\.small: 'gpt-4o' is the model of another"):
+        guard_for(
+            store,
+            tiers={"small": "gpt-4o-mini", "large": "gpt-4o"},
+            equivalents={"small": ["gpt-4o"]},
+        )

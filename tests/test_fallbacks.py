@@ -249,6 +249,28 @@ def test_a_model_in_cooldown_is_skipped_then_probed(sim: SimServer, store: str) 
     assert billed == spent
 
 
+async def test_an_async_client_shares_cooldowns_through_the_store(store_url: str) -> None:
+    """Through the async driver (which hands the cooldown reads and writes to a worker thread
+    on PostgreSQL), failures are counted and a cooling model skipped on both stores."""
+    guard = guard_for(
+        store_url, fallbacks={"gpt-4o": ["gpt-4.1"]}, max_retries=1, cooldown_failures=2
+    )
+    with SimServer() as sim:
+        sim.fail_model("gpt-4o", status=503)
+        client = guard.wrap(openai.AsyncOpenAI(base_url=sim.base_url, api_key=KEY, max_retries=0))
+        async with guard.session(budget_key="team") as session:
+            first = await client.chat.completions.create(
+                model="gpt-4o", max_tokens=10, messages=HELLO
+            )
+            second = await client.chat.completions.create(
+                model="gpt-4o", max_tokens=10, messages=HELLO
+            )
+        assert first.model == second.model == "gpt-4.1" and session.fallbacks == 2
+        assert models_sent(sim) == ["gpt-4o", "gpt-4o", "gpt-4.1", "gpt-4.1"]
+        billed, spent = judge(sim, guard)
+    assert billed == spent > 0
+
+
 FLEET = textwrap.dedent(
     """
     import os, sys, tempfile, openai

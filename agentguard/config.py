@@ -316,10 +316,17 @@ class RoutingConfig(_Section):
                     f"fallbacks.{source}: a chain names each model once, and not the model "
                     f"it starts from (got {chain})"
                 )
-        for tier in self.equivalents:
+        for tier, models in self.equivalents.items():
             if tier not in self.tiers:
                 raise ValueError(
                     f"equivalents.{tier}: {tier!r} is not one of the tiers {list(self.tiers)}"
+                )
+            others = {m for m in self.tiers.values() if m != self.tiers[tier]}
+            crossing = [model for model in models if model in others]
+            if crossing:
+                raise ValueError(
+                    f"equivalents.{tier}: {crossing[0]!r} is the model of another tier; a "
+                    f"tier's equivalents are models of the same tier only"
                 )
         return self
 

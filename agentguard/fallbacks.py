@@ -153,8 +153,13 @@ class FallbackStage:
     def next_model(self, call: CallContext) -> str | None:
         """The next model of the call's chain it has not tried and that is not cooling down,
         or ``None``."""
-        start = call.notes.get("chain_start", call.model)
-        tried: list[str] = call.notes.setdefault("tried", [start])
+        tried: list[str] = call.notes.setdefault("tried", [])
+        if call.model not in tried:
+            # Escalated or downgraded since it last moved: the model it is on now has its own
+            # chain (the models already tried stay skipped).
+            call.notes["chain_start"] = call.model
+            tried.append(call.model)
+        start = call.notes["chain_start"]
         chain = self.config.chain_for(start)
         if not chain and start in self._tier_models:
             chain = [m for m in self._tier_models[start] if m != start]

@@ -71,12 +71,14 @@ def _percentile(ordered: list[float], share: float) -> float:
 
 
 class _Samples:
-    __slots__ = ("first_byte", "lock", "total")
+    __slots__ = ("first_byte", "lock", "summary", "total")
 
     def __init__(self, size: int) -> None:
         self.first_byte: deque[float] = deque(maxlen=size)
         self.total: deque[float] = deque(maxlen=size)
         self.lock = threading.Lock()
+        self.summary: Latency | None = None
+        """The percentiles, until the next sample (read far more often than written)."""
 
 
 class ModelHealth:
@@ -301,6 +303,7 @@ class ModelHealth:
         with samples.lock:
             samples.first_byte.append(first_byte_s)
             samples.total.append(total_s)
+            samples.summary = None
 
     def latency(self, model: str) -> Latency | None:
         """``model``'s recent latency in this process, or ``None`` before its first answer."""
@@ -308,14 +311,15 @@ class ModelHealth:
         if samples is None:
             return None
         with samples.lock:
+            if samples.summary is not None or not samples.total:
+                return samples.summary
             first = sorted(samples.first_byte)
             total = sorted(samples.total)
-        if not total:
-            return None
-        return Latency(
-            samples=len(total),
-            first_byte_p50=_percentile(first, 0.5),
-            first_byte_p95=_percentile(first, 0.95),
-            total_p50=_percentile(total, 0.5),
-            total_p95=_percentile(total, 0.95),
-        )
+            samples.summary = Latency(
+                samples=len(total),
+                first_byte_p50=_percentile(first, 0.5),
+                first_byte_p95=_percentile(first, 0.95),
+                total_p50=_percentile(total, 0.5),
+                total_p95=_percentile(total, 0.95),
+            )
+            return samples.summary

@@ -249,6 +249,28 @@ def test_a_model_in_cooldown_is_skipped_then_probed(sim: SimServer, store: str) 
     assert billed == spent
 
 
+async def test_an_async_client_shares_cooldowns_through_the_store(store_url: str) -> None:
+    """Through the async driver (which hands the cooldown reads and writes to a worker thread
+    on PostgreSQL), failures are counted and a cooling model skipped on both stores."""
+    guard = guard_for(
+        store_url, fallbacks={"gpt-4o": ["gpt-4.1"]}, max_retries=1, cooldown_failures=2
+    )
+    with SimServer() as sim:
+        sim.fail_model("gpt-4o", status=503)
+        client = guard.wrap(openai.AsyncOpenAI(base_url=sim.base_url, api_key=KEY, max_retries=0))
+        async with guard.session(budget_key="team") as session:
+            first = await client.chat.completions.create(
+                model="gpt-4o", max_tokens=10, messages=HELLO
+            )
+            second = await client.chat.completions.create(
+                model="gpt-4o", max_tokens=10, messages=HELLO
+            )
+        assert first.model == second.model == "gpt-4.1" and session.fallbacks == 2
+        assert models_sent(sim) == ["gpt-4o", "gpt-4o", "gpt-4.1", "gpt-4.1"]
+        billed, spent = judge(sim, guard)
+    assert billed == spent > 0
+
+
 FLEET = textwrap.dedent(
     """
     import os, sys, tempfile, openai
@@ -278,6 +300,7 @@ FLEET = textwrap.dedent(
             print(",".join(run(store, int(line))), flush=True)
             os._exit(0)
         os.waitpid(child, 0)
+    os._exit(0)  # nothing of its own to tidy up
     """
 )
 
@@ -361,6 +384,46 @@ def test_a_call_falling_back_to_the_callers_own_model_sends_that_model(
     assert answer.model == "gpt-4o-mini" and session.fallbacks == 1
     billed, spent = judge(sim, guard)
     assert billed == spent > 0
+
+
+def test_an_escalated_step_falls_back_along_the_chain_of_the_model_it_went_to(
+    sim: SimServer, store: str
+) -> None:
+    from agentguard.sim import Reply
+
+    sim.script.reply_fn = lambda body: Reply(content="" if body["model"] == "gpt-4o-mini" else None)
+    guard = guard_for(
+        store,
+        tiers={"small": "gpt-4o-mini", "large": "gpt-4o"},
+        classifier="learned",
+        fallbacks={"small": ["gpt-4.1-mini"], "large": ["gpt-4.1"]},
+    )
+    sim.fail_model("gpt-4o", status=529)
+    client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key=KEY, max_retries=0))
+    with guard.session(budget_key="team") as session:
+        answer = client.chat.completions.create(
+            model="gpt-4o", max_tokens=30, messages=[{"role": "user", "content": EASY[0]}]
+        )
+    assert models_sent(sim) == ["gpt-4o-mini", "gpt-4o", "gpt-4.1"]
+    assert answer.model == "gpt-4.1" and session.fallbacks == 1
+    billed, spent = judge(sim, guard)
+    assert billed == spent > 0
+
+
+def test_the_sim_fails_a_model_a_number_of_times_then_answers(sim: SimServer) -> None:
+    client = openai.OpenAI(base_url=sim.base_url, api_key=KEY, max_retries=0)
+    sim.fail_model("gpt-4o", status=529, n=2)
+    for _ in range(2):
+        with pytest.raises(openai.APIStatusError) as caught:
+            client.chat.completions.create(model="gpt-4o", max_tokens=5, messages=HELLO)
+        assert caught.value.status_code == 529
+    other = client.chat.completions.create(model="gpt-4o-mini", max_tokens=5, messages=HELLO)
+    assert other.model == "gpt-4o-mini"
+    assert client.chat.completions.create(model="gpt-4o", max_tokens=5, messages=HELLO).model
+    sim.fail_model("gpt-4o", status=404)
+    sim.heal_model("gpt-4o")
+    assert client.chat.completions.create(model="gpt-4o", max_tokens=5, messages=HELLO).model
+    assert sim.billed_calls() == 3  # the errors were not billed
 
 
 # -- outcomes ----------------------------------------------------------------------------------
@@ -500,3 +563,12 @@ def test_route_report_and_calibrate_read_recorded_outcomes(
         app, ["route", "calibrate", "--events", str(log), "--config", str(config), "--json"]
     )
     assert from_config.exit_code == 0 and json.loads(from_config.stdout) == result
+
+
+def test_a_tiers_equivalents_cannot_name_another_tiers_model(store: str) -> None:
+    with pytest.raises(ConfigError, match=r"equivalents\.small: 'gpt-4o' is the model of another"):
+        guard_for(
+            store,
+            tiers={"small": "gpt-4o-mini", "large": "gpt-4o"},
+            equivalents={"small": ["gpt-4o"]},
+        )

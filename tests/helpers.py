@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import openai
+import structlog
+from structlog.testing import capture_logs
 
 from agentguard import SessionParked
 from agentguard.guard import Guard
@@ -87,3 +90,15 @@ def broken_json_from(small_model: str) -> Callable[[dict[str, Any]], Reply]:
         return Reply(tool_calls=[ToolCall("read_file", {"path": "a.py"})])
 
     return reply
+
+
+@contextmanager
+def captured() -> Iterator[list[dict[str, Any]]]:
+    """The events logged in the block. structlog counts as configured once anything
+    configured it, and agentguard then logs through it: set it back to unconfigured after,
+    so later tests' log handlers see agentguard's events again."""
+    try:
+        with capture_logs() as events:
+            yield events
+    finally:
+        structlog.reset_defaults()

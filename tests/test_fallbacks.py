@@ -9,8 +9,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,10 +16,9 @@ from typing import Any
 import anthropic
 import openai
 import pytest
-import structlog
+from helpers import captured
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
-from structlog.testing import capture_logs
 
 from agentguard import BudgetExceeded, ConfigError, RetryLimitExceeded
 from agentguard.config import GuardConfig
@@ -30,18 +27,6 @@ from agentguard.sim import SimServer
 
 KEY = "sk-fallback-test-0001"
 HELLO = [{"role": "user", "content": "Say hello."}]
-
-
-@contextmanager
-def captured() -> Iterator[list[dict[str, Any]]]:
-    """The events logged in the block. structlog counts as configured once anything
-    configured it, and agentguard then logs through it: set it back to unconfigured after,
-    so later tests' log handlers see agentguard's events again."""
-    try:
-        with capture_logs() as events:
-            yield events
-    finally:
-        structlog.reset_defaults()
 
 
 def guard_for(store_url: str, *, limit: str = "1", **routing: Any) -> Guard:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import quicktok
-from structlog.testing import capture_logs
+from helpers import captured
 
 from agentguard import tokens
 from agentguard.tokens import (
@@ -329,7 +329,7 @@ def test_broken_encoding_falls_back_and_logs_once(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(quicktok, "get_encoding", broken)
     counter = TokenCounter()
     text = "x" * 300
-    with capture_logs() as logs:
+    with captured() as logs:
         assert counter.count_text(text, "qwen3-32b") >= 100
         assert counter.count_messages([{"role": "user", "content": text}], "qwen3-32b") > 100
         assert counter.truncate_text(text, 10, "qwen3-32b") == "x" * 30

@@ -12,7 +12,6 @@ from agentguard.config import GuardConfig, agentguard_home
 from agentguard.dialects import dialect_named
 from agentguard.engine import CallContext, CallStage, Pipeline
 from agentguard.errors import ConfigError, PricingError
-from agentguard.fallbacks import FallbackStage
 from agentguard.files import tighten_home
 from agentguard.ledger import BudgetLine, BudgetStatus, Ledger
 from agentguard.ledger.budgets import DEFAULT_BUDGET_KEY, Budgets
@@ -25,16 +24,18 @@ from agentguard.parking.record import ParkedSession
 from agentguard.parking.resume import ParkedSessions, Resumer
 from agentguard.parking.store import ParkedStore
 from agentguard.retrying import RetryPolicy
+from agentguard.routing.fallbacks import FallbackStage
+from agentguard.routing.stage import RouteStage
 from agentguard.session import Session, SessionState
-from agentguard.stages import RouteStage, TrimStage
 from agentguard.store import Store, open_store
 from agentguard.transport import flavour_for_client, flavour_of_openai, transports
+from agentguard.trimming.stage import TrimStage
 
 if TYPE_CHECKING:
-    from agentguard.health import Latency
     from agentguard.ledger.history import WindowSpend
     from agentguard.pricing import Pricer
     from agentguard.routing import RouteDecision
+    from agentguard.routing.health import Latency
     from agentguard.tokens import TokenCounter
 
 __all__ = ["Guard"]
@@ -169,7 +170,7 @@ class Guard:
         if not routing.fallbacks and not routing.equivalents:
             return None
         from agentguard.config import parse_duration
-        from agentguard.health import ModelHealth
+        from agentguard.routing.health import ModelHealth
 
         health = ModelHealth(
             self.store,

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from agentguard.routing import extract_features  # noqa: E402
 from agentguard.routing.learned import step_vector  # noqa: E402
-from agentguard.stages import new_input  # noqa: E402
+from agentguard.routing.stage import new_input  # noqa: E402
 
 csv.field_size_limit(1 << 24)
 
@@ -318,7 +318,7 @@ def load_benchmarks(location: Path) -> tuple[dict[str, list[Row]], dict[str, str
 
 def estimate_tokens(messages: Sequence[dict[str, Any]], tools: Sequence[Any] | None) -> int:
     """Input tokens the router is given for a step, as the pipeline counts them: the new input
-    (messages after the last assistant turn; see ``agentguard.stages.new_input``), estimated as
+    (messages after the last assistant turn; see ``agentguard.routing.stage.new_input``), estimated as
     characters / 4."""
     chars = 0
     for message in new_input(list(messages)):

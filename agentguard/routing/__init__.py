@@ -3,7 +3,7 @@
 This is the pipeline's ``route`` stage. It is pure: no I/O, no clock, no global state, so the
 guard can call it before every model call (a fraction of a millisecond with the default
 learned classifier) and tests can call it directly. ``guard.route()`` and the pipeline reach
-it through one path (:meth:`agentguard.stages.RouteStage.decide_step`), so they decide alike.
+it through one path (:meth:`agentguard.routing.stage.RouteStage.decide_step`), so they decide alike.
 
 How a call is routed (:meth:`Router.decide`)::
 

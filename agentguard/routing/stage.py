@@ -1,34 +1,32 @@
-"""The request-rewriting stages of the pipeline: routing, then trimming.
+"""Routing as a pipeline stage: picks each call's model by the step's complexity and the
+budget's pressure, and escalates a checkably failed cheap answer.
 
-Each adapts a pure policy (:mod:`agentguard.routing`, :mod:`agentguard.trimming`) to the
-pipeline's :class:`~agentguard.engine.CallContext`: it reads the call and the session,
-replaces top-level keys of the request body (never mutating the caller's objects), and leaves
-what it decided in ``call.notes`` for logs and the demo.
+It adapts the pure policy of :mod:`agentguard.routing` to the pipeline's
+:class:`~agentguard.engine.CallContext`: it reads the call and the session, replaces top-level
+keys of the request body (never mutating the caller's objects), and leaves what it decided in
+``call.notes`` for logs and the demo.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from agentguard.engine.nested import in_nested_call, nested_call
 from agentguard.log import logger
 
 if TYPE_CHECKING:
-    from agentguard.config import RoutingConfig, TrimmingConfig
+    from agentguard.config import RoutingConfig
     from agentguard.dialects.base import Answer
     from agentguard.engine.call import CallContext
-    from agentguard.pricing import Pricer
     from agentguard.routing import RouteDecision
     from agentguard.session import Session
     from agentguard.tokens import TokenCounter
 
-__all__ = ["RouteStage", "TrimStage"]
+__all__ = ["RouteStage", "new_input"]
 
 _UNREAD = object()
 """The budget share left was not read by the caller."""
-
-_classifying: ContextVar[bool] = ContextVar("agentguard_classifying", default=False)
 
 
 class RouteStage:
@@ -64,7 +62,7 @@ class RouteStage:
         self.config = config
         self.counter = counter
         self.remaining_fraction = remaining_fraction
-        self.router = Router(config, ask=_guarded_ask(ask) if ask else None)
+        self.router = Router(config, ask=nested_call(ask) if ask else None)
         routes = bool(config.tiers or config.force_model)
         self.nested_calls = routes and ask is not None
         self.reads_budget = routes and bool(config.pressure)
@@ -130,7 +128,7 @@ class RouteStage:
         )
 
     def prepare(self, call: CallContext) -> None:
-        if _classifying.get() or not (
+        if in_nested_call() or not (
             self.config.tiers or self.config.force_model or call.session.force_model
         ):
             return
@@ -178,130 +176,3 @@ def new_input(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if messages[index].get("role") == "assistant":
             return messages[index + 1 :]
     return [m for m in messages if m.get("role") not in ("system", "developer")]
-
-
-def _guarded_ask(
-    ask: Callable[[list[dict[str, Any]]], str],
-) -> Callable[[list[dict[str, Any]]], str]:
-    """The classifier's own call must not be routed (or classified) itself."""
-
-    def guarded(messages: list[dict[str, Any]]) -> str:
-        token = _classifying.set(True)
-        try:
-            return ask(messages)
-        finally:
-            _classifying.reset(token)
-
-    return guarded
-
-
-class TrimStage:
-    """Fits the call's history into the context budget, cache-stably across a session.
-
-    The call's dialect says what its history is (:attr:`~agentguard.dialects.Dialect.
-    trim_view`): chat messages, Responses ``input`` items, Anthropic messages; the trimmer
-    plans the same way for each. The room is ``trimming.max_context_tokens`` (or 90% of the
-    model's context window when the price data knows it) minus the output the call may
-    generate.
-    """
-
-    __slots__ = ("config", "counter", "nested_calls", "pricer", "reads_budget", "trimmer")
-
-    def __init__(
-        self,
-        config: TrimmingConfig,
-        counter: TokenCounter,
-        pricer: Pricer,
-        summarizer: Callable[[list[dict[str, Any]]], str] | None = None,
-    ) -> None:
-        from agentguard.trimming import Trimmer
-
-        self.config = config
-        self.counter = counter
-        self.pricer = pricer
-        self.nested_calls = summarizer is not None
-        self.reads_budget = False
-        self.trimmer = Trimmer(
-            config, counter, summarizer=_guarded_ask(summarizer) if summarizer else None
-        )
-
-    def _room(self, call: CallContext) -> int | None:
-        limit = self.config.max_context_tokens
-        if limit is None:
-            try:
-                window = self.pricer.price(call.model).context_window
-            except Exception:
-                return None
-            if window is None:
-                return None
-            limit = int(window * 0.9)
-        output = call.dialect.output_cap(call.body) or 0
-        return max(1, limit - output)
-
-    def _cached_input_ratio(self, model: str) -> float | None:
-        if not self.config.cache_aware:
-            return None
-        try:
-            price = self.pricer.price(model)
-        except Exception:
-            return None  # unpriced models are refused later, by pricing
-        if price.input <= 0:
-            return None
-        return min(float(price.cached_input / price.input), 1.0)
-
-    def prepare(self, call: CallContext) -> None:
-        if not self.config.enabled or _classifying.get():
-            return
-        view = call.dialect.trim_view
-        entries = view.read(call.body)
-        if not entries:
-            return  # nothing the guard can trim (a continued response, say)
-        room = self._room(call)
-        if room is None:
-            return
-        session = call.session
-        from agentguard.trimming import TrimState
-
-        state = (
-            TrimState.model_validate(session.state.trim_state) if session.state.trim_state else None
-        )
-        model = call.model
-        if state is None:
-            overhead = self.counter.request_overhead(model)
-            entry_tokens = sum(view.counts(entries, model, self.counter)) + overhead
-            tokens = entry_tokens - overhead + view.overhead(model, self.counter, call.tools)
-            if tokens <= room:
-                # Fits and nothing was cut before: nothing to keep stable yet. The count is
-                # kept so pricing does not count the same messages again.
-                call.notes["message_tokens"] = (model, entries, entry_tokens)
-                return
-        cached = self._cached_input_ratio(model) if view.caches_prefix(call.body) else None
-        result = self.trimmer.fit(
-            entries,
-            model=model,
-            max_tokens=room,
-            state=state,
-            tools=call.tools,
-            session_id=session.id,
-            cached_input_ratio=cached,
-            view=view,
-        )
-        with session.lock:
-            session.state.trim_state = result.state.model_dump(mode="json")
-        call.notes["trim"] = result
-        if result.trimmed:
-            view.write(call.body, result.messages, result.sources)
-            if result.retrimmed or logger.enabled("debug"):
-                logger.info(
-                    "trim",
-                    session_id=session.id,
-                    model=call.model,
-                    tokens_before=result.tokens_before,
-                    tokens_after=result.tokens_after,
-                    room=room,
-                    elided_tool_outputs=result.elided_tool_outputs,
-                    dropped_messages=result.dropped_messages,
-                    truncated_messages=result.truncated_messages,
-                    retrimmed=result.retrimmed,
-                    prefix_reused=result.prefix_reused,
-                )

@@ -5,7 +5,7 @@ Before a call (:meth:`FallbackStage.prepare`, after routing, before trimming):
 
 - among a tier's model and its ``routing.equivalents``, ``routing.prefer`` picks the cheapest
   (``cost``) or the fastest lately (``latency``); never a model of another tier;
-- a model in cooldown (:mod:`agentguard.health`) is stepped over to the next available model
+- a model in cooldown (:mod:`agentguard.routing.health`) is stepped over to the next available model
   of its chain (a ``fallback`` event with reason ``cooldown``).
 
 When an attempt fails (:meth:`FallbackStage.switch_reason`, :meth:`FallbackStage.next_model`,
@@ -27,8 +27,8 @@ from agentguard.log import logger
 if TYPE_CHECKING:
     from agentguard.config import RoutingConfig
     from agentguard.engine.call import CallContext, Reply
-    from agentguard.health import ModelHealth
     from agentguard.pricing import Pricer
+    from agentguard.routing.health import ModelHealth
 
 __all__ = ["FallbackStage", "switch_reason"]
 

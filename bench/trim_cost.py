@@ -384,7 +384,7 @@ def main() -> None:
         path = RESULTS if args.api == "chat" else RESULTS.with_name(f"trim_cost_{args.api}.json")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {RESULTS.relative_to(ROOT)}")
+        print(f"wrote {path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

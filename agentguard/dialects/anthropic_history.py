@@ -28,7 +28,7 @@ from agentguard.tokens import message_digest
 from agentguard.trimming.chat import NOTE_ROLE
 
 if TYPE_CHECKING:
-    from agentguard.dialects.responses_history import CountingDialect
+    from agentguard.dialects.base import Dialect
     from agentguard.tokens import TokenCounter
 
 __all__ = ["AnthropicHistory", "validate_anthropic_messages"]
@@ -203,7 +203,7 @@ class AnthropicHistory:
 
     __slots__ = ("dialect",)
 
-    def __init__(self, dialect: CountingDialect) -> None:
+    def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
 
     # -- the body ----------------------------------------------------------------------------

@@ -467,7 +467,7 @@ def anthropic_requests(draw: st.DrawFn) -> dict[str, Any]:
             }
         ]
     messages: list[Item] = [{"role": "user", "content": text(draw(st.integers(1, 400)), seed + 7)}]
-    for step in range(draw(st.integers(0, 10))):
+    for step in range(draw(st.integers(0, 14))):
         kind = draw(st.sampled_from(["tools", "tools", "tools", "reply"]))
         if kind == "reply" or messages[-1]["role"] == "assistant":
             if messages[-1]["role"] == "assistant":
@@ -539,7 +539,7 @@ def check_anthropic(body: dict[str, Any], sent: dict[str, Any], result: Any, bud
             assert any(message is original for original in originals)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=anthropic_requests(), budget=BUDGETS, options=TRIMMER_OPTIONS)
 def test_anthropic_messages_always_fit_when_the_must_keep_part_does(
     body: dict[str, Any], budget: int, options: dict[str, Any]
@@ -569,7 +569,7 @@ def test_anthropic_messages_always_fit_when_the_must_keep_part_does(
     check_anthropic(body, sent, result, budget)
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     body=anthropic_requests(),
     budget=BUDGETS,

@@ -219,7 +219,8 @@ class AnthropicHistory:
         sources: Sequence[int | None],
     ) -> None:
         found = _entries(body)
-        assert found is not None, "write() follows a read() of the same body"
+        if found is None:
+            raise ValueError("messages: write() needs the body read() read")
         originals, origins = found
         messages_in: list[dict[str, Any]] = body["messages"]
         kept = {source for source in sources if source is not None}

@@ -18,8 +18,13 @@ Sessions: a ~1-4k-token system prompt, a task, then 20-60 steps of an assistant 
 1-3 parallel tool calls whose outputs are 10-6,000 words (log-uniform), and now and then a
 follow-up from the user. Every request is checked to be valid and to fit the room.
 
-Run: ``python bench/trim_cost.py`` (``--sessions``, ``--seed``). Writes
-``bench/results/trim_cost.json``.
+With ``--api responses`` the same sessions are sent as the Responses API's ``instructions``
+and ``input`` items (a reply's text as an assistant message item, each call a
+``function_call``, each result a ``function_call_output``) and trimmed through that dialect's
+history view; the provider bills the conversation they amount to.
+
+Run: ``python bench/trim_cost.py`` (``--sessions``, ``--seed``, ``--api chat|responses``).
+Writes ``bench/results/trim_cost.json`` (``trim_cost_responses.json`` for the Responses API).
 """
 
 from __future__ import annotations
@@ -39,13 +44,17 @@ sys.path.insert(0, str(ROOT))
 from _machine import machine_info  # noqa: E402
 
 from agentguard.config import TrimmingConfig  # noqa: E402
+from agentguard.dialects.openai_responses import OPENAI_RESPONSES  # noqa: E402
 from agentguard.pricing import Usage, default_pricer  # noqa: E402
+from agentguard.sim.responses import input_messages as provider_messages  # noqa: E402
 from agentguard.sim.tokens import PrefixCache  # noqa: E402
 from agentguard.sim.tokens import TokenCounter as ProviderCounter  # noqa: E402
 from agentguard.tokens import TokenCounter  # noqa: E402
 from agentguard.trimming import Trimmer, TrimState, validate_messages  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "trim_cost.json"
+API = "chat"
+"""The wire API the sessions speak (``--api``)."""
 MODELS = ("gpt-4o", "gpt-4.1", "gpt-5")  # cached input at 50%, 25% and 10% of the input price
 ROOMS = (16_000, 32_000)
 WORDS = [
@@ -161,10 +170,82 @@ def session(rng: random.Random, corpus: Corpus) -> list[list[Message]]:
     return steps
 
 
+def as_items(messages: list[Message]) -> list[Message]:
+    """Chat messages as Responses ``input`` items."""
+    items: list[Message] = []
+    for message in messages:
+        if message["role"] == "tool":
+            items.append(
+                {
+                    "type": "function_call_output",
+                    "call_id": message["tool_call_id"],
+                    "output": message["content"],
+                }
+            )
+            continue
+        if message["role"] != "assistant":
+            items.append({"role": message["role"], "content": message["content"]})
+            continue
+        if message.get("content"):
+            part = {"type": "output_text", "text": message["content"], "annotations": []}
+            items.append({"type": "message", "role": "assistant", "content": [part]})
+        for call in message.get("tool_calls") or ():
+            function = call["function"]
+            items.append(
+                {
+                    "type": "function_call",
+                    "call_id": call["id"],
+                    "name": function["name"],
+                    "arguments": function["arguments"],
+                }
+            )
+    return items
+
+
+def responses_requests(
+    steps: list[list[Message]], room: int | None, counter: TokenCounter, ratio: float | None
+) -> list[tuple[list[Message], Message]]:
+    """:func:`requests` through the Responses API: the chat conversation each trimmed
+    Responses request amounts to (as the provider reads it), and the reply it gets."""
+    view = OPENAI_RESPONSES.trim_view
+    trimmer = Trimmer(TrimmingConfig(max_context_tokens=room), counter)
+    system, *rest = steps[0]
+    items = as_items(rest)
+    state: TrimState | None = None
+    tools = [{"type": "function", **tool["function"]} for tool in TOOLS]
+    calls = []
+    for step in steps[1:]:
+        body: dict[str, Any] = {"instructions": system["content"], "input": list(items)}
+        if room is not None:
+            entries = view.read(body)
+            assert entries is not None
+            result = trimmer.fit(
+                entries,
+                model="gpt-4o",
+                state=state,
+                tools=tools,
+                cached_input_ratio=ratio,
+                view=view,
+            )
+            state = result.state
+            view.write(body, result.messages, result.sources)
+            if OPENAI_RESPONSES.count_input({**body, "tools": tools}, "gpt-4o", counter) > room:
+                raise AssertionError("a trimmed request does not fit its room")
+        view.validate(body["input"])
+        sent = [{"role": "developer", "content": body["instructions"]}]
+        sent += provider_messages(body["input"])
+        validate_messages(sent)
+        calls.append((sent, step[0]))
+        items += as_items(step)
+    return calls
+
+
 def requests(
     steps: list[list[Message]], room: int | None, counter: TokenCounter, ratio: float | None
 ) -> list[tuple[list[Message], Message]]:
     """Each call's request (trimmed or not) and the reply it gets."""
+    if API == "responses":
+        return responses_requests(steps, room, counter, ratio)
     trimmer = Trimmer(TrimmingConfig(max_context_tokens=room), counter)
     history: list[Message] = list(steps[0])
     state: TrimState | None = None
@@ -209,7 +290,10 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=30)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--no-write", action="store_true", help="don't write the results file")
+    parser.add_argument("--api", choices=["chat", "responses"], default="chat")
     args = parser.parse_args()
+    global API
+    API = args.api
 
     started = time.perf_counter()
     rng = random.Random(args.seed)
@@ -267,6 +351,7 @@ def main() -> None:
         )
     result = {
         "benchmark": "trim_cost",
+        "api": args.api,
         "sessions": args.sessions,
         "seed": args.seed,
         "session_final_tokens": {
@@ -296,9 +381,10 @@ def main() -> None:
     print("sessions' final size (tokens):", result["session_final_tokens"])
     print("target met:", result["target_met"], f"({result['seconds']} s)")
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {RESULTS.relative_to(ROOT)}")
+        path = RESULTS if args.api == "chat" else RESULTS.with_name(f"trim_cost_{args.api}.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -381,6 +381,14 @@ def test_a_reasoning_item_stays_with_the_call_it_precedes() -> None:
     assert sent["input"][-1] is items[-1]
 
 
+def test_a_string_input_too_long_is_cut_and_stays_a_string() -> None:
+    body = {"model": GPT, "instructions": "Be brief.", "input": text(6000, 5)}
+    sent, result = fit_responses(body, Trimmer(TrimmingConfig(), COUNTER), 2000)
+    assert isinstance(sent["input"], str) and CUT_MARKER.search(sent["input"])
+    assert sent["instructions"] == "Be brief." and result.truncated_messages == 1
+    assert responses_tokens(sent) <= 2000
+
+
 def test_a_continued_response_is_not_trimmed() -> None:
     body = {
         "model": GPT,
@@ -459,7 +467,7 @@ def anthropic_requests(draw: st.DrawFn) -> dict[str, Any]:
             }
         ]
     messages: list[Item] = [{"role": "user", "content": text(draw(st.integers(1, 400)), seed + 7)}]
-    for step in range(draw(st.integers(0, 10))):
+    for step in range(draw(st.integers(0, 14))):
         kind = draw(st.sampled_from(["tools", "tools", "tools", "reply"]))
         if kind == "reply" or messages[-1]["role"] == "assistant":
             if messages[-1]["role"] == "assistant":
@@ -531,7 +539,7 @@ def check_anthropic(body: dict[str, Any], sent: dict[str, Any], result: Any, bud
             assert any(message is original for original in originals)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=anthropic_requests(), budget=BUDGETS, options=TRIMMER_OPTIONS)
 def test_anthropic_messages_always_fit_when_the_must_keep_part_does(
     body: dict[str, Any], budget: int, options: dict[str, Any]
@@ -561,7 +569,7 @@ def test_anthropic_messages_always_fit_when_the_must_keep_part_does(
     check_anthropic(body, sent, result, budget)
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     body=anthropic_requests(),
     budget=BUDGETS,
@@ -653,6 +661,30 @@ def test_a_moving_breakpoint_does_not_force_a_new_cut() -> None:
         retrims += result.retrimmed
         state, previous = result.state, sent["messages"]
     assert retrims >= 2 and reused >= 10
+
+
+def test_an_elided_tool_result_keeps_its_fields() -> None:
+    history = long_anthropic_session(12)
+    result_block = history[2]["content"][0]
+    history[2] = {
+        "role": "user",
+        "content": [
+            {**result_block, "is_error": True, "cache_control": {"type": "ephemeral"}},
+            *history[2]["content"][1:],
+        ],
+    }
+    body = {"model": CLAUDE, "max_tokens": 100, "messages": history}
+    trimmer = Trimmer(TrimmingConfig(keep_last_turns=12, tool_output_max_tokens=200), COUNTER)
+    sent, result = fit_anthropic(body, trimmer, 14_000)
+    assert not result.dropped_messages and result.elided_tool_outputs
+    elided = sent["messages"][2]["content"][0]
+    assert {k: v for k, v in elided.items() if k != "content"} == {
+        k: v for k, v in history[2]["content"][0].items() if k != "content"
+    }
+    assert ELIDED_MARKER.search(elided["content"])
+    assert elided["content"].startswith(result_block["content"][:100])
+    assert sent["messages"][2]["content"][1] is history[2]["content"][1]  # its sibling, as given
+    validate_anthropic_messages(sent["messages"])
 
 
 def test_a_dropped_breakpoint_moves_to_the_note() -> None:

@@ -28,7 +28,7 @@ from agentguard.tokens import message_digest
 from agentguard.trimming.chat import NOTE_ROLE
 
 if TYPE_CHECKING:
-    from agentguard.dialects.responses_history import CountingDialect
+    from agentguard.dialects.base import Dialect
     from agentguard.tokens import TokenCounter
 
 __all__ = ["AnthropicHistory", "validate_anthropic_messages"]
@@ -203,7 +203,7 @@ class AnthropicHistory:
 
     __slots__ = ("dialect",)
 
-    def __init__(self, dialect: CountingDialect) -> None:
+    def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
 
     # -- the body ----------------------------------------------------------------------------
@@ -219,7 +219,8 @@ class AnthropicHistory:
         sources: Sequence[int | None],
     ) -> None:
         found = _entries(body)
-        assert found is not None, "write() follows a read() of the same body"
+        if found is None:
+            raise ValueError("messages: write() needs the body read() read")
         originals, origins = found
         messages_in: list[dict[str, Any]] = body["messages"]
         kept = {source for source in sources if source is not None}

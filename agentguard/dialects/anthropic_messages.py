@@ -93,12 +93,12 @@ class AnthropicMessages:
     endpoint = _ENDPOINT
     cap_field = "max_tokens"
 
+    def __init__(self) -> None:
+        self._trim_view = AnthropicHistory(self)
+
     def matches(self, method: str, path: str) -> bool:
         # Not /v1/messages/count_tokens (free) nor /v1/messages/batches (not metered).
         return method == "POST" and path.rstrip("/").endswith(_ENDPOINT)
-
-    def __init__(self) -> None:
-        self._trim_view = AnthropicHistory(self)
 
     @property
     def trim_view(self) -> HistoryView:

@@ -49,13 +49,13 @@ class OpenAIResponses:
     endpoint = _ENDPOINT
     cap_field = "max_output_tokens"
 
+    def __init__(self) -> None:
+        self._trim_view = ResponsesHistory(self)
+
     def matches(self, method: str, path: str) -> bool:
         # Not /responses/{id}, /responses/{id}/cancel or /responses/input_tokens: those are
         # reads, cancellations and the free token count.
         return method == "POST" and path.rstrip("/").endswith(_ENDPOINT)
-
-    def __init__(self) -> None:
-        self._trim_view = ResponsesHistory(self)
 
     @property
     def trim_view(self) -> HistoryView:

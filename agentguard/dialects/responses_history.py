@@ -16,15 +16,16 @@ the provider keeps and the guard cannot see or cut: it is not trimmed.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from agentguard.tokens import message_digest
 from agentguard.trimming.chat import NOTE_ROLE
 
 if TYPE_CHECKING:
+    from agentguard.dialects.base import Dialect
     from agentguard.tokens import TokenCounter
 
-__all__ = ["CountingDialect", "ResponsesHistory", "validate_input_items"]
+__all__ = ["ResponsesHistory", "validate_input_items"]
 
 _PROMPT_ROLES = frozenset({"system", "developer"})
 _ELIDABLE_OUTPUTS = frozenset(
@@ -132,14 +133,6 @@ def _is_reply(item: Mapping[str, Any]) -> bool:
     return kind is not None and not _is_output(kind)
 
 
-class CountingDialect(Protocol):
-    """What a history view asks of its dialect: its own counting and chat reading."""
-
-    def count_input(self, body: Mapping[str, Any], model: str, counter: TokenCounter) -> int: ...
-
-    def messages(self, body: Mapping[str, Any]) -> list[dict[str, Any]]: ...
-
-
 class ResponsesHistory:
     """The :class:`~agentguard.trimming.view.HistoryView` of ``POST /responses``.
 
@@ -149,7 +142,7 @@ class ResponsesHistory:
 
     __slots__ = ("dialect",)
 
-    def __init__(self, dialect: CountingDialect) -> None:
+    def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
 
     # -- the body ----------------------------------------------------------------------------

@@ -8,9 +8,11 @@ breakpoint (tools, then system, then messages, at message granularity here) is w
 first use and read on later ones, with the write split by the breakpoint's ``ttl`` into
 ``cache_creation.ephemeral_5m_input_tokens`` and ``ephemeral_1h_input_tokens``. As on the
 provider, ``input_tokens`` counts only the input that was neither read from nor written to the
-cache. Errors have Anthropic's shape (``{"type": "error", "error": {...}}``), and a 429 carries
-``retry-after`` and ``anthropic-ratelimit-*-reset`` (RFC 3339) headers. Token counts use an
-OpenAI tokenizer: Claude's is not public, and the sim needs only to be self-consistent.
+cache. A ``tool_use`` not answered by a ``tool_result`` opening the next message, and a
+``tool_result`` whose ``tool_use`` is not in the message before it, are answered with the
+provider's 400. Errors have Anthropic's shape (``{"type": "error", "error": {...}}``), and a
+429 carries ``retry-after`` and ``anthropic-ratelimit-*-reset`` (RFC 3339) headers. Token counts
+use an OpenAI tokenizer: Claude's is not public, and the sim needs only to be self-consistent.
 """
 
 from __future__ import annotations

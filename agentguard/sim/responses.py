@@ -5,7 +5,9 @@ output items), ``max_output_tokens`` and ``previous_response_id`` are honoured. 
 every response it gives, as the provider does with ``store``: a request naming a previous
 response is answered, and billed, as if it carried that whole earlier conversation again.
 Streams send the provider's named events (``response.created`` ... ``response.completed``),
-each with its ``sequence_number``. Errors keep OpenAI's error shape.
+each with its ``sequence_number``. Errors keep OpenAI's error shape; as the provider does, an
+output whose call is missing, a call without its output and a reasoning item without the item
+it belongs to are answered with a 400.
 """
 
 from __future__ import annotations

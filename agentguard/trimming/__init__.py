@@ -40,14 +40,24 @@ re-applies the very same cut (same elisions, same dropped span, same note, byte 
 following, longer requests while they fit, so consecutive requests share their prefix and the
 provider's prompt cache stays warm. The cut lives in a small :class:`TrimState`, which is stored
 with the session.
+
+Every wire API is trimmed by this one planner. It reads a history only through a
+:class:`HistoryView` (:mod:`agentguard.trimming.view`), which each dialect brings: chat
+messages (:class:`ChatView`), the Responses API's ``input`` items with ``instructions`` as the
+prompt, Anthropic's messages with each ``tool_result`` block as an entry of its own. "Message"
+above means such an entry; the view says which entries are prompts, the task, replies and tool
+outputs, which belong together, how each is counted, and how the trimmed entries go back
+into the request body.
 """
 
 from agentguard.trimming.chat import NOTE_ROLE, ChatView, validate_messages
 from agentguard.trimming.trimmer import Summarizer, Trimmer, TrimResult, TrimState, trim_messages
+from agentguard.trimming.view import HistoryView
 
 __all__ = [
     "NOTE_ROLE",
     "ChatView",
+    "HistoryView",
     "Summarizer",
     "TrimResult",
     "TrimState",

@@ -124,6 +124,7 @@ class TrimStage:
                     "trim",
                     session_id=session.id,
                     model=call.model,
+                    api=call.dialect.name,
                     tokens_before=result.tokens_before,
                     tokens_after=result.tokens_after,
                     room=room,

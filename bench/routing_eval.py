@@ -7,8 +7,12 @@ see ``routing_train.py``). Writes ``bench/results/routing_eval.json``.
 contamination lists applied). For each, the learned scorer is scored
 
 - *cross-validated*: 5 folds over all training rows (the three benchmarks, the agent ``dev``
-  steps and their translations); every prompt is scored by a model that was not trained on it;
-- *leave-one-benchmark-out*: trained on the other two benchmarks and the agent training rows;
+  steps and their translations), nested: each test fold is scored with the training recipe
+  chosen on the other folds alone (``routing_corpus.cross_validate``); every prompt is scored by
+  a model that was not trained on it; with the spread of APGR per test fold and over prompts
+  resampled with replacement;
+- *leave-one-benchmark-out*: the shipped recipe trained on the other two benchmarks and the
+  agent training rows;
 
 against random routing (mean of 200 draws), prompt length alone (longer goes up) and the
 older heuristic classifier. Metrics: APGR (area under the performance-gap-recovered curve

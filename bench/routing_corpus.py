@@ -26,7 +26,6 @@ import json
 import math
 import subprocess
 import sys
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +49,8 @@ AGENT_STEPS = ROOT / "bench" / "data" / "routing_steps.jsonl"
 AGENT_TRANSLATIONS = ROOT / "bench" / "data" / "routing_steps_translated_train.jsonl"
 TEST_PERCENT = 30
 OOF_CACHE = ROOT / "bench" / ".cache" / "routing_oof.json"
+# Fold scores per recipe (a rerun with the same rows and recipe reads them instead of refitting).
+CV_CACHE = ROOT / "bench" / ".cache" / "routing_cv"
 FOLDS = 5
 BENCHMARKS = ("mt_bench", "gsm8k", "mmlu")
 # Each source's share of the training weight: MMLU alone has 14k rows and would drown the rest.
@@ -78,6 +79,8 @@ class Row:
         weak: quality of the weak model's answer.
         task_class: the agent step's task class (``""`` for benchmarks).
         split: ``dev`` or ``test`` for agent steps (``dev`` for benchmarks).
+        turn: 2 for an MT-Bench follow-up row (a training row only; see
+            :func:`load_mt_bench`), else 1.
         vector: the scorer's feature vector (filled by :func:`vectorise`).
     """
 
@@ -90,6 +93,7 @@ class Row:
     weak: float = 0.0
     task_class: str = ""
     split: str = "dev"
+    turn: int = 1
     vector: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -206,24 +210,34 @@ def load_gsm8k(files: RouteLLMFiles) -> list[Row]:
     return rows
 
 
-def load_mt_bench(files: RouteLLMFiles) -> list[Row]:
+def load_mt_bench(files: RouteLLMFiles) -> tuple[list[Row], list[Row]]:
+    """MT-Bench's questions as RouteLLM evaluates them, and their follow-up turns.
+
+    RouteLLM routes a question on its first turn and scores the routed model by the mean of
+    its two turns' judge scores: one row per question (``mt_bench-<id>``). The second turn is
+    returned apart (``mt_bench-<id>@turn2``: the first turn, a placeholder answer and the
+    follow-up, quality = the turn-2 judge scores) as a training row only; the ``@`` puts it in
+    its question's cross-validation fold, so no question is scored by a model that saw either
+    of its turns.
+    """
     base = "routellm/evals/mt_bench/"
     contaminated = {
         r["eval_prompt"] for r in _jsonl(files.read(base + "contaminated_prompts.jsonl"))
     }
-    scores: dict[tuple[int, str], list[float]] = {}
+    scores: dict[tuple[int, str, int], float] = {}
     for record in _jsonl(files.read(base + "judgements.jsonl")):
-        scores.setdefault((record["question_id"], record["model"]), []).append(
-            float(record["score"])
+        scores[(record["question_id"], record["model"], int(record["turn"]))] = float(
+            record["score"]
         )
     rows: list[Row] = []
+    follow_ups: list[Row] = []
     for question in _jsonl(files.read(base + "question.jsonl")):
         turns = question["turns"]
         if turns[0] in contaminated or turns[1] in contaminated:
             continue
         qid = question["question_id"]
-        strong = sum(scores[(qid, STRONG)]) / len(scores[(qid, STRONG)])
-        weak = sum(scores[(qid, WEAK)]) / len(scores[(qid, WEAK)])
+        strong = (scores[(qid, STRONG, 1)] + scores[(qid, STRONG, 2)]) / 2
+        weak = (scores[(qid, WEAK, 1)] + scores[(qid, WEAK, 2)]) / 2
         # RouteLLM routes MT-Bench on the first turn only.
         rows.append(
             Row(
@@ -237,7 +251,25 @@ def load_mt_bench(files: RouteLLMFiles) -> list[Row]:
                 question["category"],
             )
         )
-    return rows
+        strong_2, weak_2 = scores[(qid, STRONG, 2)], scores[(qid, WEAK, 2)]
+        follow_ups.append(
+            Row(
+                f"mt_bench-{qid}@turn2",
+                "mt_bench",
+                [
+                    *_user(turns[0]),
+                    {"role": "assistant", "content": "(answer)"},
+                    *_user(turns[1]),
+                ],
+                None,
+                int(strong_2 > weak_2),
+                strong_2,
+                weak_2,
+                question["category"],
+                turn=2,
+            )
+        )
+    return rows, follow_ups
 
 
 def split_of(step_id: str) -> str:
@@ -302,18 +334,36 @@ def load_agent_translations(steps: Sequence[Row], path: Path = AGENT_TRANSLATION
     return rows
 
 
-def training_rows(location: Path) -> tuple[dict[str, list[Row]], list[Row], dict[str, str]]:
-    """The benchmarks, the agent training rows (``dev`` steps and their translations) and the
-    benchmark files' hashes."""
-    benchmarks, hashes = load_benchmarks(location)
-    dev = [r for r in load_agent_steps() if r.split == "dev"]
-    return benchmarks, dev + load_agent_translations(dev), hashes
+@dataclass
+class Corpus:
+    """Everything the scorer is trained and evaluated on.
+
+    Attributes:
+        benchmarks: RouteLLM's benchmarks as RouteLLM evaluates them, by name.
+        follow_ups: MT-Bench's second turns (training rows for recipes that use them).
+        agent: the agent ``dev`` steps and their translations.
+        hashes: sha256 of every RouteLLM file read.
+    """
+
+    benchmarks: dict[str, list[Row]]
+    follow_ups: list[Row]
+    agent: list[Row]
+    hashes: dict[str, str]
+
+    @property
+    def rows(self) -> list[Row]:
+        """All rows, benchmarks first."""
+        return [r for b in self.benchmarks.values() for r in b] + self.follow_ups + self.agent
 
 
-def load_benchmarks(location: Path) -> tuple[dict[str, list[Row]], dict[str, str]]:
+def training_rows(location: Path) -> Corpus:
+    """The benchmarks, MT-Bench's follow-up turns, the agent training rows (``dev`` steps and
+    their translations) and the benchmark files' hashes."""
     files = RouteLLMFiles(location)
-    data = {"mt_bench": load_mt_bench(files), "gsm8k": load_gsm8k(files), "mmlu": load_mmlu(files)}
-    return data, files.hashes
+    mt_bench, follow_ups = load_mt_bench(files)
+    benchmarks = {"mt_bench": mt_bench, "gsm8k": load_gsm8k(files), "mmlu": load_mmlu(files)}
+    dev = [r for r in load_agent_steps() if r.split == "dev"]
+    return Corpus(benchmarks, follow_ups, dev + load_agent_translations(dev), files.hashes)
 
 
 def estimate_tokens(messages: Sequence[dict[str, Any]], tools: Sequence[Any] | None) -> int:
@@ -344,6 +394,84 @@ def sha256_file(path: Path) -> str:
 # --------------------------------------------------------------------------- training
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How the training rows become targets and weights.
+
+    Attributes:
+        name: how the manifest and the results name it.
+        follow_ups: train on MT-Bench's second turns too.
+        soft_mt_bench: MT-Bench rows get a soft target, ``sigmoid(judge-score gap)``, and
+            weight 1 each (a tie is 0.5), instead of "the strong model did better" weighted by
+            the gap.
+        source_share: each source's share of the training weight.
+        tie_weight: weight of a benchmark row where both models did as well.
+        l2: the L2 penalty.
+    """
+
+    name: str
+    follow_ups: bool = False
+    soft_mt_bench: bool = False
+    source_share: tuple[tuple[str, float], ...] = tuple(SOURCE_SHARE.items())
+    tie_weight: float = TIE_WEIGHT
+    l2: float = 3e-4
+
+
+# The recipes the trainer chooses among, by cross-validation inside its training rows (nested:
+# the choice for a test fold never sees that fold). A first set (MT-Bench's follow-up turns as
+# training rows, soft MT-Bench targets, MT-Bench's share raised to 0.35) never beat the plain
+# recipe inside the training folds and is kept here for the record, not run.
+RECIPES = (Recipe("gap_weighted"),)
+EARLIER_RECIPES = (
+    Recipe("gap_weighted_l2_1e-3", l2=1e-3),
+    Recipe("gap_weighted_l2_1e-4", l2=1e-4),
+    Recipe("gap_weighted_ties_0.1", tie_weight=0.1),
+    Recipe("gap_weighted_follow_ups", follow_ups=True),
+    Recipe("soft_follow_ups", follow_ups=True, soft_mt_bench=True),
+    Recipe(
+        "gap_weighted_follow_ups_mt_bench_0.35",
+        follow_ups=True,
+        source_share=(("agent", 0.35), ("mt_bench", 0.35), ("gsm8k", 0.15), ("mmlu", 0.15)),
+    ),
+)
+
+
+def recipe_named(name: str) -> Recipe:
+    """The recipe called ``name``."""
+    for recipe in (*RECIPES, *EARLIER_RECIPES):
+        if recipe.name == name:
+            return recipe
+    raise SystemExit(f"unknown training recipe {name!r}; known: {[r.name for r in RECIPES]}")
+
+
+def targets_and_weights(rows: Sequence[Row], recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's target (0..1) and training weight under ``recipe``.
+
+    Each source gets its share of the weight; within a benchmark, rows weigh the quality gap
+    between the two models (``TIE_WEIGHT`` for a tie) unless MT-Bench's targets are soft; hard
+    agent steps weigh ``HARD_STEP_WEIGHT``, easy ones 1.
+    """
+    targets = np.zeros(len(rows))
+    raw = np.zeros(len(rows))
+    for i, r in enumerate(rows):
+        gap = r.strong - r.weak
+        if r.source == "agent":
+            targets[i], raw[i] = r.label, HARD_STEP_WEIGHT if r.label else 1.0
+        elif r.source == "mt_bench" and recipe.soft_mt_bench:
+            targets[i], raw[i] = 1.0 / (1.0 + math.exp(-gap)), 1.0
+        else:
+            targets[i], raw[i] = r.label, abs(gap) or recipe.tie_weight
+    sources = np.array([r.source for r in rows])
+    share = dict(recipe.source_share)
+    present = {s: share[s] for s in set(sources.tolist())}
+    total = sum(present.values())
+    weights = np.zeros(len(rows))
+    for source, part in present.items():
+        mask = sources == source
+        weights[mask] = raw[mask] * (part / total) / raw[mask].sum()
+    return targets, weights
+
+
 @dataclass
 class Fitted:
     """A trained logistic regression over named features."""
@@ -351,87 +479,97 @@ class Fitted:
     bias: float
     weights: dict[str, float]
 
-    def log_odds(self, vector: dict[str, float]) -> float:
-        get = self.weights.get
-        return self.bias + sum(get(k, 0.0) * v for k, v in vector.items())
 
-    def scores(self, rows: Sequence[Row]) -> np.ndarray:
-        z = np.array([self.log_odds(r.vector) for r in rows])
-        return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+class Design:
+    """The rows' sparse feature matrix, built once; any subset of rows can be fitted and any
+    scored without rebuilding it.
 
+    Args:
+        rows: vectorised rows.
+    """
 
-def sample_weights(rows: Sequence[Row]) -> np.ndarray:
-    """Each source gets its ``SOURCE_SHARE`` of the weight; within a benchmark, rows weigh the
-    quality gap between the two models (``TIE_WEIGHT`` for a tie); hard agent steps weigh
-    ``HARD_STEP_WEIGHT``, easy ones 1."""
-    raw = np.array(
-        [
-            (abs(r.strong - r.weak) or TIE_WEIGHT)
-            if r.source != "agent"
-            else (HARD_STEP_WEIGHT if r.label else 1.0)
-            for r in rows
-        ]
-    )
-    sources = np.array([r.source for r in rows])
-    present = {s: SOURCE_SHARE[s] for s in set(sources.tolist())}
-    total = sum(present.values())
-    weights = np.zeros(len(rows))
-    for source, share in present.items():
-        mask = sources == source
-        weights[mask] = raw[mask] * (share / total) / raw[mask].sum() * len(rows)
-    return weights
+    def __init__(self, rows: Sequence[Row]) -> None:
+        self.rows = list(rows)
+        self.names = sorted({k for r in rows for k in r.vector})
+        index = {name: i for i, name in enumerate(self.names)}
+        self.lengths = np.fromiter((len(r.vector) for r in rows), np.int64, len(rows))
+        nnz = int(self.lengths.sum())
+        self.col = np.fromiter((index[k] for r in rows for k in r.vector), np.int64, nnz)
+        self.val = np.fromiter((v for r in rows for v in r.vector.values()), np.float32, nnz)
+        self.structural = np.array([name.startswith("s:") for name in self.names])
+        self.position = {r.id: i for i, r in enumerate(rows)}
 
+    def _slice(self, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Columns, values and (local) row numbers of the chosen rows' entries."""
+        mask = np.zeros(len(self.rows), dtype=bool)
+        mask[chosen] = True
+        entries = np.repeat(mask, self.lengths)
+        row_of = np.repeat(np.arange(len(chosen)), self.lengths[np.sort(chosen)])
+        return self.col[entries], self.val[entries], row_of
 
-def fit(
-    rows: Sequence[Row],
-    *,
-    l2: float = 3e-4,
-    iterations: int = 400,
-    rate: float = 0.05,
-    min_df: int = 2,
-) -> Fitted:
-    """Fit the weighted L2 logistic regression on ``rows`` (vectorised)."""
-    df: Counter[str] = Counter()
-    for row in rows:
-        df.update(row.vector.keys())
-    names = sorted(k for k, c in df.items() if c >= min_df or k.startswith("s:"))
-    index = {name: i for i, name in enumerate(names)}
-    cols: list[int] = []
-    vals: list[float] = []
-    lengths: list[int] = []
-    for row in rows:
-        kept = [(index[k], v) for k, v in row.vector.items() if k in index]
-        lengths.append(len(kept))
-        cols.extend(c for c, _ in kept)
-        vals.extend(v for _, v in kept)
-    col = np.array(cols, dtype=np.int64)
-    val = np.array(vals, dtype=np.float64)
-    length = np.array(lengths, dtype=np.int64)
-    row_of = np.repeat(np.arange(len(rows)), length)
-    y = np.array([r.label for r in rows], dtype=np.float64)
-    sw = sample_weights(rows)
-    sw = sw / sw.sum()
-    w = np.zeros(len(names))
-    b = 0.0
-    m_w = np.zeros_like(w)
-    v_w = np.zeros_like(w)
-    m_b = v_b = 0.0
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
-    for step in range(1, iterations + 1):
-        z = np.bincount(row_of, weights=val * w[col], minlength=len(rows)) + b
-        p = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
-        r = (p - y) * sw
-        g_w = np.bincount(col, weights=val * r[row_of], minlength=len(names)) + l2 * w
-        g_b = float(r.sum())
-        m_w = beta1 * m_w + (1 - beta1) * g_w
-        v_w = beta2 * v_w + (1 - beta2) * g_w * g_w
-        m_b = beta1 * m_b + (1 - beta1) * g_b
-        v_b = beta2 * v_b + (1 - beta2) * g_b * g_b
-        correction1 = 1 - beta1**step
-        correction2 = 1 - beta2**step
-        w -= rate * (m_w / correction1) / (np.sqrt(v_w / correction2) + eps)
-        b -= rate * (m_b / correction1) / (math.sqrt(v_b / correction2) + eps)
-    return Fitted(float(b), {name: float(w[i]) for i, name in enumerate(names)})
+    def fit(
+        self,
+        chosen: np.ndarray,
+        recipe: Recipe,
+        *,
+        iterations: int = 400,
+        rate: float = 0.05,
+        min_df: int = 2,
+    ) -> tuple[float, np.ndarray]:
+        """Fit the weighted L2 logistic regression on the ``chosen`` rows (full-batch Adam);
+        returns the bias and a weight per feature name (0 for features not kept)."""
+        chosen = np.sort(chosen)
+        col, val, row_of = self._slice(chosen)
+        present, df = np.unique(col, return_counts=True)
+        kept = present[(df >= min_df) | self.structural[present]]
+        local = np.full(len(self.names), -1, dtype=np.int64)
+        local[kept] = np.arange(len(kept))
+        col = local[col]
+        keep = col >= 0
+        col, val, row_of = col[keep], val[keep], row_of[keep]
+        row_starts = np.searchsorted(row_of, np.arange(len(chosen)))
+        order = np.argsort(col, kind="stable")
+        col_sorted, val_sorted, row_sorted = col[order], val[order], row_of[order]
+        col_starts = np.searchsorted(col_sorted, np.arange(len(kept)))
+        y, sw = targets_and_weights([self.rows[i] for i in chosen], recipe)
+        sw = sw / sw.sum()
+        w = np.zeros(len(kept))
+        b = 0.0
+        m_w = np.zeros_like(w)
+        v_w = np.zeros_like(w)
+        m_b = v_b = 0.0
+        beta1, beta2, eps = 0.9, 0.999, 1e-8
+        for step in range(1, iterations + 1):
+            z = np.add.reduceat(val * w.astype(np.float32)[col], row_starts) + b
+            p = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+            r = ((p - y) * sw).astype(np.float32)
+            g_w = np.add.reduceat(val_sorted * r[row_sorted], col_starts) + recipe.l2 * w
+            g_b = float(r.sum())
+            m_w = beta1 * m_w + (1 - beta1) * g_w
+            v_w = beta2 * v_w + (1 - beta2) * g_w * g_w
+            m_b = beta1 * m_b + (1 - beta1) * g_b
+            v_b = beta2 * v_b + (1 - beta2) * g_b * g_b
+            correction1 = 1 - beta1**step
+            correction2 = 1 - beta2**step
+            w -= rate * (m_w / correction1) / (np.sqrt(v_w / correction2) + eps)
+            b -= rate * (m_b / correction1) / (math.sqrt(v_b / correction2) + eps)
+        weights = np.zeros(len(self.names))
+        weights[kept] = w
+        return float(b), weights
+
+    def scores(self, chosen: np.ndarray, bias: float, weights: np.ndarray) -> np.ndarray:
+        """The fitted model's probability for each of the ``chosen`` rows, in their order."""
+        order = np.argsort(chosen, kind="stable")
+        col, val, row_of = self._slice(chosen)
+        z = np.bincount(row_of, weights=val * weights[col], minlength=len(chosen)) + bias
+        result = np.empty(len(chosen))
+        result[order] = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+        return result
+
+    def named(self, bias: float, weights: np.ndarray) -> Fitted:
+        """The fitted model with its weights by feature name (zeros left out)."""
+        nonzero = np.nonzero(weights)[0]
+        return Fitted(bias, {self.names[i]: float(weights[i]) for i in nonzero})
 
 
 def prune(model: Fitted, keep: int, min_abs: float = 1e-3) -> Fitted:
@@ -447,6 +585,141 @@ def fold_of(row_id: str, folds: int) -> int:
     original's, so no fold is scored on a step whose translation it was trained on."""
     base = row_id.partition("@")[0]
     return int(hashlib.sha256(("fold:" + base).encode()).hexdigest(), 16) % folds
+
+
+# --------------------------------------------------------------------------- cross-validation
+
+
+def selection_score(rows: Sequence[Row], scores: dict[str, float]) -> float:
+    """What the trainer maximises when it chooses a recipe: the mean APGR over the benchmarks,
+    on the benchmark rows (first turns) that have a score."""
+    areas = []
+    for name in BENCHMARKS:
+        chosen = [r for r in rows if r.source == name and r.turn == 1 and r.id in scores]
+        if chosen:
+            curve = pgr_curve(
+                np.array([scores[r.id] for r in chosen]),
+                np.array([r.strong for r in chosen]),
+                np.array([r.weak for r in chosen]),
+            )
+            areas.append(apgr(curve))
+    return float(np.mean(areas))
+
+
+@dataclass
+class CrossValidation:
+    """Nested cross-validation of the whole training procedure (choose a recipe, then fit).
+
+    For each test fold the recipe is chosen by cross-validation over the other folds only
+    (inner fold ``j`` scored by a model fitted without folds ``k`` and ``j``), then the fold is
+    scored by that recipe fitted on the other folds: no row's score, nor the choice of recipe
+    behind it, ever saw the row.
+
+    Attributes:
+        recipe: the recipe chosen for the shipped model (by plain k-fold over all rows).
+        scores: every row's nested out-of-fold score (follow-up rows left out).
+        plain: per recipe, every row's plain out-of-fold score.
+        chosen_per_fold: the recipe each test fold was scored with.
+        inner: per test fold, each recipe's selection score on the other folds.
+        overall: each recipe's selection score on the plain out-of-fold scores.
+    """
+
+    recipe: str
+    scores: dict[str, float]
+    plain: dict[str, dict[str, float]]
+    chosen_per_fold: list[str]
+    inner: list[dict[str, float]]
+    overall: dict[str, float]
+
+
+def cross_validate(
+    design: Design, recipes: Sequence[Recipe], folds: int, log: Any = print
+) -> CrossValidation:
+    """Run the nested cross-validation (``15`` fits per recipe for 5 folds)."""
+    rows = design.rows
+    ids = [r.id for r in rows]
+    fold = np.array([fold_of(r.id, folds) for r in rows])
+    plain: dict[str, dict[str, float]] = {}
+    paired: dict[str, dict[tuple[int, int], dict[str, float]]] = {}
+    fingerprint = hashlib.sha256(
+        json.dumps([folds, [(r.id, r.label, r.strong, r.weak) for r in rows]]).encode()
+    ).hexdigest()
+    for recipe in recipes:
+        stored = (
+            CV_CACHE / f"{hashlib.sha256((repr(recipe) + fingerprint).encode()).hexdigest()}.json"
+        )
+        if stored.exists():
+            saved = json.loads(stored.read_text())
+            plain[recipe.name] = saved["plain"]
+            paired[recipe.name] = {
+                (int(key.split(",")[0]), int(key.split(",")[1])): value
+                for key, value in saved["paired"].items()
+            }
+            log(f"  {recipe.name}: fold scores from {stored.relative_to(ROOT)}")
+            continue
+        usable = np.array([recipe.follow_ups or r.turn == 1 for r in rows])
+        plain[recipe.name] = {}
+        paired[recipe.name] = {}
+        for k in range(folds):
+            held = np.nonzero(fold == k)[0]
+            bias, weights = design.fit(np.nonzero(usable & (fold != k))[0], recipe)
+            plain[recipe.name].update(
+                zip(
+                    (ids[i] for i in held), design.scores(held, bias, weights).tolist(), strict=True
+                )
+            )
+            log(f"  {recipe.name}: fold {k} fitted")
+        for k in range(folds):
+            for j in range(k + 1, folds):
+                train = np.nonzero(usable & (fold != k) & (fold != j))[0]
+                bias, weights = design.fit(train, recipe)
+                for test, other in ((j, k), (k, j)):
+                    held = np.nonzero(fold == test)[0]
+                    paired[recipe.name][(other, test)] = dict(
+                        zip(
+                            (ids[i] for i in held),
+                            design.scores(held, bias, weights).tolist(),
+                            strict=True,
+                        )
+                    )
+            log(f"  {recipe.name}: inner folds of test fold {k} fitted")
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        stored.write_text(
+            json.dumps(
+                {
+                    "plain": plain[recipe.name],
+                    "paired": {f"{k},{j}": v for (k, j), v in paired[recipe.name].items()},
+                }
+            )
+        )
+    names = [recipe.name for recipe in recipes]
+    inner: list[dict[str, float]] = []
+    chosen: list[str] = []
+    nested: dict[str, float] = {}
+    for k in range(folds):
+        criteria = {}
+        for name in names:
+            pooled: dict[str, float] = {}
+            for j in range(folds):
+                if j != k:
+                    pooled.update(paired[name][(k, j)])
+            criteria[name] = selection_score(rows, pooled)
+        inner.append(criteria)
+        # Ties go to the earlier (simpler) recipe.
+        best = max(names, key=lambda name: (criteria[name], -names.index(name)))
+        chosen.append(best)
+        nested.update({rid: plain[best][rid] for rid, f in zip(ids, fold, strict=True) if f == k})
+    overall = {name: selection_score(rows, plain[name]) for name in names}
+    final = max(names, key=lambda name: (overall[name], -names.index(name)))
+    turn_one = {r.id for r in rows if r.turn == 1}
+    return CrossValidation(
+        recipe=final,
+        scores={k: v for k, v in nested.items() if k in turn_one},
+        plain={name: {k: v for k, v in s.items() if k in turn_one} for name, s in plain.items()},
+        chosen_per_fold=chosen,
+        inner=inner,
+        overall=overall,
+    )
 
 
 # --------------------------------------------------------------------------- metrics

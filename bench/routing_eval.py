@@ -7,8 +7,12 @@ see ``routing_train.py``). Writes ``bench/results/routing_eval.json``.
 contamination lists applied). For each, the learned scorer is scored
 
 - *cross-validated*: 5 folds over all training rows (the three benchmarks, the agent ``dev``
-  steps and their translations); every prompt is scored by a model that was not trained on it;
-- *leave-one-benchmark-out*: trained on the other two benchmarks and the agent training rows;
+  steps and their translations), nested: each test fold is scored with the training recipe
+  chosen on the other folds alone (``routing_corpus.cross_validate``); every prompt is scored by
+  a model that was not trained on it; with the spread of APGR per test fold and over prompts
+  resampled with replacement;
+- *leave-one-benchmark-out*: the shipped recipe trained on the other two benchmarks and the
+  agent training rows;
 
 against random routing (mean of 200 draws), prompt length alone (longer goes up) and the
 older heuristic classifier. Metrics: APGR (area under the performance-gap-recovered curve
@@ -276,8 +280,8 @@ def saved_at_quality(scores: np.ndarray, strong: np.ndarray, weak: np.ndarray) -
     return 1.0 - float(reached[0]) / len(strong)
 
 
-def cached_cross_scores(folds: int) -> dict[str, float] | None:
-    """The out-of-fold scores ``routing_train.py`` computed for the shipped weights, if the
+def cached_cross_validation(folds: int) -> dict[str, Any] | None:
+    """The nested cross-validation ``routing_train.py`` ran for the shipped weights, if the
     cache is there and belongs to them (same weights file, same folds)."""
     if not corpus.OOF_CACHE.exists():
         return None
@@ -285,41 +289,110 @@ def cached_cross_scores(folds: int) -> dict[str, float] | None:
     weights = ROOT / "agentguard" / "routing" / "weights.json"
     if cache.get("weights_sha256") != corpus.sha256_file(weights) or cache.get("folds") != folds:
         return None
-    return {k: float(v) for k, v in cache["scores"].items()}
+    return dict(cache)
 
 
-def routellm_section(location: Path, folds: int, threshold: float, refit: bool) -> dict[str, Any]:
-    benchmarks, agent_rows, hashes = corpus.training_rows(location)
-    rows = [r for b in benchmarks.values() for r in b] + agent_rows
+def apgr_of(rows: list[corpus.Row], scores: np.ndarray) -> float:
+    strong = np.array([r.strong for r in rows])
+    weak = np.array([r.weak for r in rows])
+    return corpus.apgr(corpus.pgr_curve(scores, strong, weak))
+
+
+def spread(
+    rows: list[corpus.Row], learned: np.ndarray, length: np.ndarray, folds: int, draws: int = 500
+) -> dict[str, Any]:
+    """How much the cross-validated APGR moves: per test fold (each fold's prompts ranked by the
+    model that did not see them), and over prompts resampled with replacement (a 95% interval,
+    and how often the scorer beats length alone on the same resample)."""
+    fold = np.array([corpus.fold_of(r.id, folds) for r in rows])
+    per_fold = [
+        apgr_of([r for r, f in zip(rows, fold, strict=True) if f == k], learned[fold == k])
+        for k in range(folds)
+    ]
+    strong = np.array([r.strong for r in rows])
+    weak = np.array([r.weak for r in rows])
+    rng = np.random.default_rng(5)
+    areas, wins = [], 0
+    for _ in range(draws):
+        pick = rng.integers(0, len(rows), len(rows))
+        if strong[pick].sum() == weak[pick].sum():
+            continue
+        area = corpus.apgr(corpus.pgr_curve(learned[pick], strong[pick], weak[pick]))
+        baseline = corpus.apgr(corpus.pgr_curve(length[pick], strong[pick], weak[pick]))
+        areas.append(area)
+        wins += area > baseline
+    return {
+        "per_fold_apgr": [round(a, 4) for a in per_fold],
+        "per_fold_mean": round(float(np.mean(per_fold)), 4),
+        "per_fold_sd": round(float(np.std(per_fold, ddof=1)), 4),
+        "bootstrap_95pct": [round(float(np.percentile(areas, q)), 4) for q in (2.5, 97.5)],
+        "bootstrap_sd": round(float(np.std(areas, ddof=1)), 4),
+        "bootstrap_share_above_length_only": round(wins / len(areas), 3),
+    }
+
+
+def routellm_section(
+    location: Path, folds: int, threshold: float, recipe_name: str, refit: bool
+) -> dict[str, Any]:
+    data = corpus.training_rows(location)
+    benchmarks, agent_rows = data.benchmarks, data.agent
+    rows = data.rows
     corpus.vectorise(rows)
-    cached = None if refit else cached_cross_scores(folds)
-    cross: dict[str, float] = cached or {}
-    if cached is None:
-        for fold in range(folds):
-            train = [r for r in rows if corpus.fold_of(r.id, folds) != fold]
-            held = [r for r in rows if corpus.fold_of(r.id, folds) == fold]
-            model = corpus.fit(train)
-            cross.update(zip((r.id for r in held), model.scores(held), strict=True))
+    design = corpus.Design(rows)
+    cache = None if refit else cached_cross_validation(folds)
+    if cache is None:
+        cv = corpus.cross_validate(design, corpus.RECIPES, folds)
+        cache = {
+            "recipe": cv.recipe,
+            "scores": cv.scores,
+            "plain": cv.plain,
+            "chosen_per_fold": cv.chosen_per_fold,
+            "inner": cv.inner,
+            "overall": cv.overall,
+        }
+    cross: dict[str, float] = cache["scores"]
+    recipe = corpus.recipe_named(recipe_name)
     section: dict[str, Any] = {
         "source": {
             "repository": corpus.ROUTELLM_REPO,
             "commit": corpus.ROUTELLM_COMMIT,
             "licence": "Apache-2.0",
-            "files_sha256": dict(sorted(hashes.items())),
+            "files_sha256": dict(sorted(data.hashes.items())),
         },
         "threshold": threshold,
         "folds": folds,
-        "cross_validated_scores": "from routing_train.py's run (same folds, same rows)"
-        if cached
-        else "refitted here",
+        "cross_validated_scores": (
+            "from routing_train.py's run (same folds, same rows)" if not refit else "refitted here"
+        )
+        + "; nested: each test fold is scored with the recipe chosen on the other folds",
+        "recipe_shipped": recipe.name,
+        "recipe_chosen_per_test_fold": cache["chosen_per_fold"],
+        "recipe_selection_score_per_test_fold": [
+            {name: round(v, 4) for name, v in inner.items()} for inner in cache["inner"]
+        ],
+        "recipes_plain_cross_validated_apgr": {
+            name: {
+                bench: round(apgr_of(bench_rows, np.array([scores[r.id] for r in bench_rows])), 4)
+                for bench, bench_rows in benchmarks.items()
+            }
+            for name, scores in cache["plain"].items()
+        },
         "benchmarks": {},
     }
     for name, bench_rows in benchmarks.items():
-        others = [r for r in rows if r.source != name]
-        held_out = corpus.fit(others).scores(bench_rows)
+        others = np.array(
+            [
+                i
+                for i, r in enumerate(rows)
+                if r.source != name and (recipe.follow_ups or r.turn == 1)
+            ]
+        )
+        chosen = np.array([design.position[r.id] for r in bench_rows])
+        held_out = design.scores(chosen, *design.fit(others, recipe))
         learned = np.array([cross[r.id] for r in bench_rows])
-        cv = benchmark_metrics(bench_rows, learned, threshold, None)
-        share = cv["strong_share_at_threshold"]
+        length = np.array([text_length(r) for r in bench_rows])
+        cv_metrics = benchmark_metrics(bench_rows, learned, threshold, None)
+        share = cv_metrics["strong_share_at_threshold"]
         strong = np.array([r.strong for r in bench_rows])
         weak = np.array([r.weak for r in bench_rows])
         rng = np.random.default_rng(11)
@@ -330,11 +403,10 @@ def routellm_section(location: Path, folds: int, threshold: float, refit: bool) 
             "prompts": len(bench_rows),
             "strong_quality": round(float(strong.mean()), 4),
             "weak_quality": round(float(weak.mean()), 4),
-            "learned_cross_validated": cv,
+            "learned_cross_validated": cv_metrics,
+            "learned_cross_validated_spread": spread(bench_rows, learned, length, folds),
             "learned_leave_benchmark_out": benchmark_metrics(bench_rows, held_out, threshold, None),
-            "length_only": benchmark_metrics(
-                bench_rows, np.array([text_length(r) for r in bench_rows]), None, share
-            ),
+            "length_only": benchmark_metrics(bench_rows, length, None, share),
             "heuristic": benchmark_metrics(
                 bench_rows, np.array([heuristic_score(r) for r in bench_rows]), None, share
             ),
@@ -504,7 +576,11 @@ def main() -> None:
     }
     if args.routellm:
         report["routellm"] = routellm_section(
-            args.routellm, args.folds, model.threshold, args.refit
+            args.routellm,
+            args.folds,
+            model.threshold,
+            str(model.manifest.get("recipe", corpus.RECIPES[0].name)),
+            args.refit,
         )
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -552,6 +628,15 @@ def print_report(report: dict[str, Any]) -> None:
                 print(
                     f"{bench:10} {router:28} {r['apgr']:6.3f} {r['calls_saved_at_95pct_quality']:9.1%} {pgr:8.3f}"
                 )
+            s = result["learned_cross_validated_spread"]
+            print(
+                f"{bench:10} {'  per fold / bootstrap':28} {s['per_fold_mean']:.3f} ± "
+                f"{s['per_fold_sd']:.3f}; 95% {s['bootstrap_95pct']}; above length in "
+                f"{s['bootstrap_share_above_length_only']:.0%} of resamples"
+            )
+        print(f"recipe per test fold: {section['recipe_chosen_per_test_fold']}")
+        for name, areas in section["recipes_plain_cross_validated_apgr"].items():
+            print(f"  plain k-fold (not nested) {name}: {areas}")
         for lang, r in section.get("translated_dev_steps_out_of_fold", {}).items():
             print(
                 f"translated dev steps, cross-validated, {lang}: accuracy {r['accuracy']:.1%}, "

@@ -12,6 +12,15 @@ evaluation files, the ``dev`` split of ``bench/data/routing_steps.jsonl`` (the `
 split is never fitted or tuned on) and hand translations of 55 of those ``dev`` steps
 (``bench/data/routing_steps_translated_train.jsonl``).
 
+MT-Bench's second turns (RouteLLM's per-turn judge scores) can be training rows too; whether
+they are, how MT-Bench rows are labelled and how much weight each source gets is a *recipe*
+(``routing_corpus.RECIPES``, fixed before any was scored). The recipe is chosen by
+cross-validation inside the training rows: the shipped one has the best mean APGR over the three
+benchmarks out-of-fold (5-fold over all training rows). The cross-validated scores
+``routing_eval.py`` reports are nested: each test fold is scored with the recipe chosen on the
+other four folds alone (``routing_corpus.cross_validate``), so neither a score nor the recipe
+behind it saw the prompt. A question's two turns always share a fold.
+
 The default threshold is chosen on out-of-fold scores of the agent ``dev`` steps (k-fold, the
 scorer never scores a step it was trained on): the highest accuracy with at most 10% of hard
 steps sent to the small tier.
@@ -56,17 +65,6 @@ def choose_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, dic
     return best[0], best[2]
 
 
-def out_of_fold(rows: list[corpus.Row], folds: int) -> dict[str, float]:
-    """Scores of every row from a model that did not see it (``folds``-fold)."""
-    scores: dict[str, float] = {}
-    for fold in range(folds):
-        train = [r for r in rows if corpus.fold_of(r.id, folds) != fold]
-        held = [r for r in rows if corpus.fold_of(r.id, folds) == fold]
-        model = corpus.fit(train)
-        scores.update(zip((r.id for r in held), model.scores(held), strict=True))
-    return scores
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--routellm", type=Path, required=True, help="RouteLLM checkout or git dir")
@@ -74,17 +72,22 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.monotonic()
-    benchmarks, agent_rows, hashes = corpus.training_rows(args.routellm)
+    data = corpus.training_rows(args.routellm)
+    benchmarks, agent_rows, hashes = data.benchmarks, data.agent, data.hashes
     # The threshold is chosen on the English dev steps (the translations are their copies).
     agent = [r for r in agent_rows if "@" not in r.id]
-    rows = [r for rows in benchmarks.values() for r in rows] + agent_rows
+    rows = data.rows
     corpus.vectorise(rows)
-
-    oof = out_of_fold(rows, FOLDS)
+    design = corpus.Design(rows)
+    print(f"{len(rows)} rows, {len(design.names)} features; nested {FOLDS}-fold over recipes")
+    cv = corpus.cross_validate(design, corpus.RECIPES, FOLDS)
+    recipe = corpus.recipe_named(cv.recipe)
+    oof = cv.plain[recipe.name]
     threshold, at_threshold = choose_threshold(
         np.array([oof[r.id] for r in agent]), np.array([r.label for r in agent])
     )
-    final = corpus.prune(corpus.fit(rows), KEEP_WEIGHTS)
+    usable = np.array([i for i, r in enumerate(rows) if recipe.follow_ups or r.turn == 1])
+    final = corpus.prune(design.named(*design.fit(usable, recipe)), KEEP_WEIGHTS)
     manifest = {
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "trainer": "bench/routing_train.py",
@@ -97,8 +100,10 @@ def main() -> None:
                 "licence": "Apache-2.0",
                 "files_sha256": dict(sorted(hashes.items())),
                 "rows": {name: len(b) for name, b in benchmarks.items()},
+                "mt_bench_follow_up_rows": len(data.follow_ups) if recipe.follow_ups else 0,
                 "label": "strong model (gpt-4-1106-preview) did better than the weak one "
-                "(Mixtral-8x7B-Instruct)",
+                "(Mixtral-8x7B-Instruct)"
+                + (", soft on MT-Bench: sigmoid(judge-score gap)" if recipe.soft_mt_bench else ""),
             },
             "agent_steps": {
                 "file": str(corpus.AGENT_STEPS.relative_to(corpus.ROOT)),
@@ -115,8 +120,15 @@ def main() -> None:
                 "label": "the original dev step's",
             },
         },
-        "source_share": corpus.SOURCE_SHARE,
-        "tie_weight": corpus.TIE_WEIGHT,
+        "recipe": recipe.name,
+        "recipe_choice": {
+            "rule": "highest mean APGR over the three benchmarks, out-of-fold "
+            f"({FOLDS}-fold over all training rows)",
+            "candidates": {name: round(v, 4) for name, v in cv.overall.items()},
+        },
+        "source_share": dict(recipe.source_share),
+        "tie_weight": recipe.tie_weight,
+        "l2": recipe.l2,
         "hard_step_weight": corpus.HARD_STEP_WEIGHT,
         "threshold_choice": {
             "rule": f"best out-of-fold accuracy on agent dev steps with hard->small <= "
@@ -140,7 +152,12 @@ def main() -> None:
             {
                 "weights_sha256": corpus.sha256_file(args.out),
                 "folds": FOLDS,
-                "scores": {k: float(v) for k, v in oof.items()},
+                "recipe": cv.recipe,
+                "scores": cv.scores,
+                "plain": cv.plain,
+                "chosen_per_fold": cv.chosen_per_fold,
+                "inner": cv.inner,
+                "overall": cv.overall,
             }
         )
     )

@@ -80,6 +80,13 @@ def test_the_shipped_model_is_small_and_says_where_it_came_from() -> None:
     assert model.manifest["sources"]["agent_steps"]["split_used"] == "dev"
 
 
+def test_the_shipped_recipe_is_the_one_its_cross_validation_preferred() -> None:
+    manifest = load_model().manifest
+    candidates = manifest["recipe_choice"]["candidates"]
+    assert candidates and all(0.5 < score < 1 for score in candidates.values())
+    assert manifest["recipe"] == max(candidates, key=candidates.__getitem__)
+
+
 def test_learned_is_built_when_configured() -> None:
     router = Router(RoutingConfig(tiers=TIERS, classifier="learned"))
     assert isinstance(router.classifier, LearnedClassifier)

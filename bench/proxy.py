@@ -15,8 +15,11 @@ name its ``litellm`` command with ``--litellm`` or ``AGENTGUARD_BENCH_LITELLM`` 
 other two.
 
 Run: .venv/bin/python bench/proxy.py [--calls 1200] [--litellm-calls 240] [--rounds 4]
-     [--litellm PATH | --no-litellm]
-Writes bench/results/proxy.json.
+     [--litellm PATH | --no-litellm] [--upstream sim|fast]
+Writes bench/results/proxy.json (``--upstream fast``: proxy_fast_upstream.json). The simulated
+provider is a thread-per-connection server that spends ~0.3-0.6 ms of CPU per call on this
+2-core machine; ``--upstream fast`` answers a canned completion for a fraction of that, so the
+proxy's own throughput shows.
 """
 
 from __future__ import annotations
@@ -109,6 +112,100 @@ def serve_proxy(port: int, sim_url: str, home: str) -> None:
         serve(guard, "127.0.0.1", port)
     finally:
         guard.close()
+
+
+FAST_ANSWER = json.dumps(
+    {
+        "id": "chatcmpl-fast",
+        "object": "chat.completion",
+        "created": 1,
+        "model": MODEL,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello there!"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 24, "completion_tokens": 4, "total_tokens": 28},
+    }
+).encode()
+FAST_STREAM = (
+    b"".join(
+        b"data: " + json.dumps(chunk).encode() + b"\n\n"
+        for chunk in (
+            {
+                "id": "chatcmpl-fast",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": MODEL,
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hello"}}],
+            },
+            {
+                "id": "chatcmpl-fast",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": MODEL,
+                "choices": [{"index": 0, "delta": {"content": " there!"}, "finish_reason": "stop"}],
+            },
+            {
+                "id": "chatcmpl-fast",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": MODEL,
+                "choices": [],
+                "usage": {"prompt_tokens": 24, "completion_tokens": 4, "total_tokens": 28},
+            },
+        )
+    )
+    + b"data: [DONE]\n\n"
+)
+
+
+def serve_fast_upstream(port: int) -> None:
+    """A canned provider on asyncio and httptools: one fixed chat completion (streamed when
+    asked), its usage reported, keep-alive; so that the upstream's own cost does not hide the
+    proxy's."""
+    import httptools
+    import uvloop
+
+    class Answering(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.parser = httptools.HttpRequestParser(self)
+            self.body: list[bytes] = []
+            self.transport: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.parser.feed_data(data)
+
+        def on_body(self, body: bytes) -> None:
+            self.body.append(body)
+
+        def on_message_complete(self) -> None:
+            stream = b'"stream":true' in b"".join(self.body).replace(b" ", b"")
+            self.body.clear()
+            if stream:
+                head = b"content-type: text/event-stream\r\n"
+                payload = FAST_STREAM
+            else:
+                head = b"content-type: application/json\r\n"
+                payload = FAST_ANSWER
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\n"
+                + head
+                + b"content-length: %d\r\n\r\n" % len(payload)
+                + payload
+            )
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(Answering, "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
+
+    uvloop.run(main())
 
 
 def litellm_command(named: str | None) -> Path | None:
@@ -273,11 +370,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--litellm", help="the litellm command (or its environment)")
     parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
+    parser.add_argument(
+        "--upstream",
+        choices=("sim", "fast"),
+        default="sim",
+        help="the provider: agentguard's simulated one, or a canned answer on asyncio (fast)",
+    )
     parser.add_argument("--serve-proxy", nargs=3, metavar=("PORT", "SIM_URL", "HOME"))
+    parser.add_argument("--serve-fast-upstream", type=int, metavar="PORT")
     args = parser.parse_args()
     if args.serve_proxy:
         port, sim_url, home = args.serve_proxy
         serve_proxy(int(port), sim_url, home)
+        return
+    if args.serve_fast_upstream:
+        serve_fast_upstream(args.serve_fast_upstream)
         return
     litellm = None if args.no_litellm else litellm_command(args.litellm)
     if litellm is None and not args.no_litellm:
@@ -290,11 +397,13 @@ def main() -> None:
     environment = {**os.environ, "AGENTGUARD_HOME": home}
     sim_port, proxy_port, litellm_port = free_port(), free_port(), free_port()
     sim_url = f"http://127.0.0.1:{sim_port}/v1"
+    upstream_command = (
+        [sys.executable, "-m", "agentguard.cli", "sim", "--port", str(sim_port)]
+        if args.upstream == "sim"
+        else [sys.executable, __file__, "--serve-fast-upstream", str(sim_port)]
+    )
     sim = subprocess.Popen(
-        [sys.executable, "-m", "agentguard.cli", "sim", "--port", str(sim_port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=environment,
+        upstream_command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment
     )
     proxy = subprocess.Popen(
         [sys.executable, __file__, "--serve-proxy", str(proxy_port), sim_url, home],
@@ -340,7 +449,12 @@ def main() -> None:
     result = {
         "benchmark": "proxy",
         "interleaved": True,
-        "provider": "agentguard sim in its own process, loopback HTTP/1.1 keep-alive",
+        "provider": (
+            "agentguard sim in its own process, loopback HTTP/1.1 keep-alive"
+            if args.upstream == "sim"
+            else "a canned answer (asyncio, uvloop, httptools) in its own process, loopback "
+            "HTTP/1.1 keep-alive"
+        ),
         "agentguard": "agentguard proxy in its own process (uvicorn + httptools + uvloop, its own "
         "HTTP/1.1 upstream client), budget on (one key, 1-day window), SQLite ledger, a session "
         "per client",
@@ -358,7 +472,8 @@ def main() -> None:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "proxy.json").write_text(json.dumps(result, indent=2) + "\n")
+    name = "proxy.json" if args.upstream == "sim" else "proxy_fast_upstream.json"
+    (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

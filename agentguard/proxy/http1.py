@@ -315,6 +315,12 @@ class Http1Response:
         else:
             connection.close()
 
+    @property
+    def complete(self) -> bool:
+        """Whether the whole body has arrived (what :meth:`chunks` has yet to hand on is the
+        rest of it)."""
+        return self._reading.complete
+
     def forwarded_headers(self) -> list[tuple[str, str]]:
         """The response headers to hand the client (hop-by-hop headers left out)."""
         return [(k, v) for k, v in self.header_list if k not in HOP_HEADERS]

@@ -5,7 +5,10 @@ The plugin parks a failed run by dropping a record in ``parking.dir/inbox``; whe
 due, this resumer writes a resume ticket to ``parking.dir/outbox/<ticket>.json`` and waits for
 the plugin's answer in ``parking.dir/acks/<ticket>.json``:
 
-- ``resumed``: the same OpenClaw session continued and finished; the record is ``resumed``.
+- ``resumed``: the same OpenClaw session continued and finished; the record is ``resumed``,
+  and so are the sessions ``agentguard proxy`` refused in the run that parked it (the plugin
+  names them in ``metadata.proxy_sessions``): OpenClaw's model calls through the proxy are
+  parked there too, and they go on with this session.
 - ``rate_limited``: the continued run hit a limit again; the record is parked again with
   ``attempts + 1`` (``failed`` past ``parking.max_attempts``).
 - ``error``: something else went wrong; the resume is retried later, within the attempt cap.
@@ -34,6 +37,8 @@ if TYPE_CHECKING:
 __all__ = ["OpenClawResumer", "write_private_json"]
 
 TICKET_VERSION = 1
+MAX_PROXY_SESSIONS = 16
+"""Proxy sessions one OpenClaw record may hand on (the plugin keeps as many)."""
 
 
 def write_private_json(path: Path, payload: dict[str, Any]) -> None:
@@ -100,10 +105,35 @@ class OpenClawResumer:
         ack_path.unlink(missing_ok=True)
         status = ack.get("status")
         if status == "resumed":
+            self._resume_proxy_sessions(parked)
             return {"status": "resumed", "message": str(ack.get("message", ""))[:2000]}
         if status == "rate_limited":
             self._repark(parked, ack)
         raise RuntimeError(f"the OpenClaw plugin reported {status!r}: {ack.get('message', '')}")
+
+    def _resume_proxy_sessions(self, parked: ParkedSession) -> None:
+        """Mark resumed the ``agentguard proxy`` sessions the plugin's record names: the proxy
+        derives a session from a conversation's opening, which OpenClaw changes between the
+        run the proxy refused and the one that resumes it, so the proxy cannot tell by itself."""
+        named = parked.metadata.get("proxy_sessions")
+        if not isinstance(named, list):
+            return
+        session_key = parked.metadata.get("session_key", parked.session_id)
+        note = f"resumed with OpenClaw session {session_key}"
+
+        def change(current: ParkedSession | None) -> ParkedSession | None:
+            if current is None or current.state != "parked" or current.resumer != "proxy":
+                return None
+            current.resume_at = None
+            current.transition("resumed", note)
+            return current
+
+        store = self.guard.parker.store
+        for session_id in named[:MAX_PROXY_SESSIONS]:
+            if not (isinstance(session_id, str) and session_id.startswith("proxy-")):
+                continue
+            if store.update(session_id, change) is not None:
+                logger.info("resume", session_id=session_id, openclaw_session=session_key)
 
     @staticmethod
     def _read_ack(path: Path) -> dict[str, Any]:

@@ -482,6 +482,9 @@ class ProxyApp:
 
         headers = response.forwarded_headers() + list(outcome.extra_headers.items())
         client_gone = False
+        # The last piece, held when the upstream's answer is whole, goes out with the end of
+        # the response: one write to the client instead of two.
+        last = b""
         try:
             await send(
                 {
@@ -494,11 +497,11 @@ class ProxyApp:
                 out = tap.feed(chunk)
                 if tap.done:
                     await finish()
-                if out:
+                if response.complete:
+                    last += out
+                elif out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
-            rest = tap.flush()
-            if rest:
-                await send({"type": "http.response.body", "body": rest, "more_body": True})
+            last += tap.flush()
         except OSError:
             client_gone = True
         except TransportFailure as exc:
@@ -511,7 +514,7 @@ class ProxyApp:
             response.close()
             await finish()
         if not client_gone:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send({"type": "http.response.body", "body": last, "more_body": False})
         return outcome.reply.status
 
     # -- legacy and pass-through ---------------------------------------------------------------

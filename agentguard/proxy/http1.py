@@ -1,5 +1,10 @@
 """A lean HTTP/1.1 client for the proxy's upstream calls: pooled keep-alive connections, each
-request written in one piece, responses parsed by ``httptools``.
+request written in one piece, responses parsed by ``httptools`` as the bytes arrive.
+
+Each connection is an ``asyncio`` protocol rather than a stream pair: what arrives goes straight
+to the parser, and the waiting coroutine is woken by a future with a timer, not a task per read
+(``asyncio.wait_for``); that took the client's CPU per call from 0.15 to 0.11 ms with 8
+concurrent calls on this machine.
 
 It does what the proxy needs and no more (no redirects, cookies, proxies or decompression: the
 proxy asks for identity encoding). Against a local upstream it spent a fifth of the CPU per call
@@ -45,41 +50,148 @@ MAX_IDLE_S = 4.0
 """An idle connection is not reused after this long: servers close idle keep-alive connections
 (uvicorn after 5 s), and a request sent on one the server is closing fails after it may have
 left, which the engine must then charge."""
+MAX_BUFFERED = 1 << 20
+"""Bytes of a streamed body held for a reader slower than the upstream before the connection
+stops reading (memory per connection stays bounded)."""
 
 
-class _Connection:
-    __slots__ = ("idle_since", "origin", "reader", "writer")
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection: an ``asyncio`` protocol that feeds what arrives straight to
+    the current response's parser (no stream buffer, no task per read) and wakes the one
+    coroutine waiting on it."""
 
-    def __init__(
-        self, origin: _Origin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    __slots__ = (
+        "closed",
+        "error",
+        "idle_since",
+        "loop",
+        "origin",
+        "parser",
+        "paused",
+        "reading",
+        "transport",
+        "waiter",
+    )
+
+    def __init__(self, origin: _Origin, loop: asyncio.AbstractEventLoop) -> None:
         self.origin = origin
-        self.reader = reader
-        self.writer = writer
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.reading: _Reading | None = None
+        self.parser: httptools.HttpResponseParser | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.closed = False
+        self.error: BaseException | None = None
+        self.paused = False
         self.idle_since = 0.0
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a stream transport here
+
+    def data_received(self, data: bytes) -> None:
+        reading, parser = self.reading, self.parser
+        if reading is None or parser is None:
+            # Bytes nobody asked for (on an idle connection): it cannot be trusted again.
+            self.close()
+            return
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.error = exc
+            self.close()
+        if reading.buffered > MAX_BUFFERED and not self.paused and self.transport is not None:
+            # A reader slower than the upstream: stop reading until it catches up.
+            self.transport.pause_reading()
+            self.paused = True
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.closed = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.error is None:
+            self.error = exc
+        self._wake()
+
+    # -- used by the client --------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, timeout_s: float) -> None:
+        """Wait until something arrives or the connection ends.
+
+        Raises:
+            TimeoutError: nothing happened within ``timeout_s``.
+        """
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        self.waiter = waiter
+        timer = self.loop.call_later(timeout_s, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self.waiter = None
+
+    def start(self, reading: _Reading) -> httptools.HttpResponseParser:
+        """Make ``reading`` the response this connection's bytes belong to."""
+        parser = httptools.HttpResponseParser(reading)
+        reading.parser = parser
+        self.reading = reading
+        self.parser = parser
+        return parser
+
+    def taken(self) -> None:
+        """The reader took the buffered chunks: read on if reading was paused."""
+        if self.paused and self.transport is not None and not self.closed:
+            self.paused = False
+            self.transport.resume_reading()
 
     @property
     def usable(self) -> bool:
         """Whether an idle connection can take another request (the server has not closed it,
         and it has not idled long enough that the server may be closing it)."""
-        if self.reader.at_eof() or self.writer.is_closing():
+        if self.closed or self.transport is None or self.transport.is_closing():
             return False
         return time.monotonic() - self.idle_since < MAX_IDLE_S
 
     def close(self) -> None:
-        self.writer.close()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class _Reading:
     """The ``httptools`` callbacks of one response."""
 
-    __slots__ = ("chunks", "complete", "headers", "headers_complete", "keep_alive", "parser")
+    __slots__ = (
+        "buffered",
+        "chunks",
+        "complete",
+        "headers",
+        "headers_complete",
+        "keep_alive",
+        "parser",
+    )
 
     def __init__(self) -> None:
         self.headers: list[tuple[str, str]] = []
         self.headers_complete = False
         self.keep_alive = False
         self.chunks: list[bytes] = []
+        self.buffered = 0
         self.complete = False
         self.parser: httptools.HttpResponseParser | None = None
 
@@ -94,6 +206,7 @@ class _Reading:
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
+        self.buffered += len(body)
 
     def on_message_complete(self) -> None:
         self.complete = True
@@ -152,6 +265,9 @@ class Http1Response:
             if reading.chunks:
                 ready = b"".join(reading.chunks)
                 reading.chunks.clear()
+                reading.buffered = 0
+                if self._connection is not None:
+                    self._connection.taken()
                 yield ready
             if reading.complete:
                 self._release()
@@ -167,28 +283,25 @@ class Http1Response:
     async def _feed(self) -> None:
         connection = self._connection
         assert connection is not None, "the response was closed"
-        try:
-            data = await asyncio.wait_for(
-                connection.reader.read(65536), self._client.read_timeout_s
-            )
-        except TimeoutError as exc:
+        if not connection.closed:
+            try:
+                await connection.wait(self._client.read_timeout_s)
+            except TimeoutError as exc:
+                self.close()
+                raise TransportFailure("timeout", exc) from exc
+        if self._reading.chunks or self._reading.complete:
+            return
+        if connection.closed:
             self.close()
-            raise TransportFailure("timeout", exc) from exc
-        except OSError as exc:
-            self.close()
-            raise TransportFailure("connection", exc) from exc
-        if not data:
-            self.close()
-            if self._reading.headers_complete and self._until_close():
+            error = connection.error
+            if isinstance(error, httptools.HttpParserError):
+                raise TransportFailure("connection", error) from error
+            if error is None and self._reading.headers_complete and self._until_close():
                 self._reading.complete = True  # a body delimited by the connection's end
                 return
-            error = ConnectionResetError("the upstream closed the connection mid-response")
+            if error is None:
+                error = ConnectionResetError("the upstream closed the connection mid-response")
             raise TransportFailure("connection", error)
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self.close()
-            raise TransportFailure("connection", exc) from exc
 
     def _until_close(self) -> bool:
         return "content-length" not in self.headers and "transfer-encoding" not in self.headers
@@ -201,6 +314,12 @@ class Http1Response:
             self._client.give_back(connection)
         else:
             connection.close()
+
+    @property
+    def complete(self) -> bool:
+        """Whether the whole body has arrived (what :meth:`chunks` has yet to hand on is the
+        rest of it)."""
+        return self._reading.complete
 
     def forwarded_headers(self) -> list[tuple[str, str]]:
         """The response headers to hand the client (hop-by-hop headers left out)."""
@@ -266,15 +385,16 @@ class Http1Client:
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         connection = await self._connection(origin)
         reading = _Reading()
-        parser = httptools.HttpResponseParser(reading)
-        reading.parser = parser
+        parser = connection.start(reading)
         try:
-            connection.writer.write(head + payload)
+            assert connection.transport is not None
+            connection.transport.write(head + payload)
             while not reading.headers_complete:
-                data = await asyncio.wait_for(connection.reader.read(65536), self.read_timeout_s)
-                if not data:
-                    raise ConnectionResetError("the upstream closed the connection")
-                parser.feed_data(data)
+                if connection.closed:
+                    raise connection.error or ConnectionResetError(
+                        "the upstream closed the connection"
+                    )
+                await connection.wait(self.read_timeout_s)
         except TimeoutError as exc:
             connection.close()
             raise TransportFailure("timeout", exc) from exc
@@ -302,10 +422,15 @@ class Http1Client:
                 self._tls = ssl.create_default_context()
                 self._tls.set_alpn_protocols(["http/1.1"])
             tls = self._tls
+        loop = asyncio.get_running_loop()
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(
-                    host, port, ssl=tls, server_hostname=host if tls else None, limit=2**20
+            _, connection = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _Connection(origin, loop),
+                    host,
+                    port,
+                    ssl=tls,
+                    server_hostname=host if tls else None,
                 ),
                 self.connect_timeout_s,
             )
@@ -313,11 +438,13 @@ class Http1Client:
             raise TransportFailure("timeout", exc, sent=False) from exc
         except OSError as exc:
             raise TransportFailure("connection", exc, sent=False) from exc
-        return _Connection(origin, reader, writer)
+        return connection
 
     def give_back(self, connection: _Connection) -> None:
         """Keep a connection whose response was read whole, for the next request."""
         idle = self._idle.setdefault(connection.origin, [])
+        connection.reading = connection.parser = None
+        connection.taken()
         connection.idle_since = time.monotonic()
         if len(idle) >= MAX_IDLE_PER_ORIGIN or not connection.usable:
             connection.close()

@@ -50,9 +50,11 @@ def wait_http(url: str, timeout_s: float) -> None:
 
 
 def write_openclaw_config(args: argparse.Namespace) -> None:
-    """The gateway's openclaw.json: loopback with token auth, and the sim as a custom provider
-    (two models on one budget key, the second as fallback: with a fallback configured, OpenClaw
-    fails over instead of waiting out a retry-after longer than 60 s in the run)."""
+    """The gateway's openclaw.json: loopback with token auth, and ``agentguard proxy`` (in front
+    of the sim) as a custom provider: two models on one budget, the second as fallback (with a
+    fallback configured, OpenClaw fails over instead of waiting out a retry-after longer than
+    60 s in the run). Both are priced as gpt-4o-mini, so the fallback's call fits the budget's
+    limit and is refused for the spent window like the first, not as too large for any."""
 
     def model(model_id: str) -> dict[str, Any]:
         return {
@@ -62,7 +64,8 @@ def write_openclaw_config(args: argparse.Namespace) -> None:
             "input": ["text"],
             "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0},
             "contextWindow": 128000,
-            "maxTokens": 4096,
+            # The output cap OpenClaw asks for: the proxy reserves it before each call.
+            "maxTokens": args.max_tokens,
         }
 
     config = {
@@ -79,13 +82,13 @@ def write_openclaw_config(args: argparse.Namespace) -> None:
                     "baseUrl": args.sim_url,
                     "apiKey": args.key,
                     "api": "openai-completions",
-                    "models": [model("gpt-4o-mini"), model("gpt-4o")],
+                    "models": [model("gpt-4o-mini"), model(FALLBACK_MODEL)],
                 }
             },
         },
         "agents": {
             "defaults": {
-                "model": {"primary": "sim/gpt-4o-mini", "fallbacks": ["sim/gpt-4o"]},
+                "model": {"primary": "sim/gpt-4o-mini", "fallbacks": [f"sim/{FALLBACK_MODEL}"]},
                 # No runs of OpenClaw's own on the test's budget key: a heartbeat turn that
                 # spent the reset window first would make the resume wait another window.
                 "heartbeat": {"every": "0m"},
@@ -94,6 +97,9 @@ def write_openclaw_config(args: argparse.Namespace) -> None:
         "session": {"notifyOnCreate": False},
     }
     Path(args.path).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
+FALLBACK_MODEL = "gpt-4o-mini-2024-07-18"
 
 
 def patch_plugin_entry(args: argparse.Namespace) -> None:
@@ -167,6 +173,27 @@ def wait_record(args: argparse.Namespace) -> None:
         print(json.dumps(record, indent=2))
     if args.save:
         Path(args.save).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def proxy_records(args: argparse.Namespace) -> None:
+    """Wait until some record of ``agentguard proxy`` is in ``--state``; print their ids.
+
+    The proxy records each session it refuses, and derives a session from the conversation's
+    opening: OpenClaw names the model in its system prompt, so each model it tries (the
+    primary, then the fallback) is a session of its own there."""
+    deadline = time.monotonic() + args.timeout
+    while True:
+        records = [r for r in parked_records(args.agentguard) if r["framework"] == "proxy"]
+        found = [r["session_id"] for r in records if r["state"] == args.state]
+        if found:
+            left = [r["session_id"] for r in records if r["state"] == args.none_left]
+            if left:
+                raise SystemExit(f"records of agentguard proxy still {args.none_left}: {left}")
+            print(" ".join(found))
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no record of agentguard proxy {args.state} in {args.timeout:.0f}s")
+        time.sleep(args.interval)
 
 
 def check_parked(args: argparse.Namespace) -> None:
@@ -251,6 +278,7 @@ def main(argv: list[str]) -> None:
     for name in ("--path", "--token", "--sim-url", "--key"):
         openclaw.add_argument(name, required=True)
     openclaw.add_argument("--gateway-port", type=int, required=True)
+    openclaw.add_argument("--max-tokens", type=int, default=4096)
     patch = commands.add_parser("patch-plugin-entry")
     patch.add_argument("--path", required=True)
     patch.add_argument("--parking-dir", required=True)
@@ -264,6 +292,12 @@ def main(argv: list[str]) -> None:
     wait.add_argument("--interval", type=float, default=1.0)
     wait.add_argument("--show", action="store_true")
     wait.add_argument("--save")
+    proxy = commands.add_parser("proxy-records")
+    proxy.add_argument("--agentguard", required=True)
+    proxy.add_argument("--state", required=True)
+    proxy.add_argument("--timeout", type=float, default=30)
+    proxy.add_argument("--interval", type=float, default=0.5)
+    proxy.add_argument("--none-left", help="fail if a record of the proxy is still in this state")
     parked = commands.add_parser("check-parked")
     for name in ("--record", "--session-key", "--message"):
         parked.add_argument(name, required=True)
@@ -282,6 +316,8 @@ def main(argv: list[str]) -> None:
         patch_plugin_entry(args)
     elif args.command == "wait-record":
         wait_record(args)
+    elif args.command == "proxy-records":
+        proxy_records(args)
     elif args.command == "check-parked":
         check_parked(args)
     elif args.command == "check-transcript":

@@ -2,14 +2,19 @@
 # End-to-end test of the agentguard OpenClaw plugin against a real OpenClaw gateway.
 #
 # Installs Node 24 and OpenClaw from npm (cached in $AGENTGUARD_E2E_CACHE, default
-# /tmp/agentguard-e2e), serves agentguard's simulated provider as a budget gateway on loopback,
-# runs an OpenClaw gateway with the plugin linked and the sim as its model provider, and the
-# agentguard daemon on the same parking directory. Then:
-#   1. a first message spends the gateway key's budget for the window;
-#   2. a second message is refused (429, "resets in Ns"): OpenClaw gives up, the plugin parks
-#      the session in agentguard's inbox, and `agentguard parked list` shows it (openclaw);
+# /tmp/agentguard-e2e), serves agentguard's simulated provider on loopback with `agentguard
+# proxy` in front of it (a dollar budget in rolling windows), runs an OpenClaw gateway with the
+# plugin linked and the proxy as its model provider (`baseUrl`), and the agentguard daemon on the
+# same parking directory. Then:
+#   1. a first message goes through the proxy and spends the budget for the window;
+#   2. a second message is refused by the proxy (429, budget_exceeded, "resets at ..."): the
+#      proxy records the sessions it refused parked (one per model OpenClaw tried); OpenClaw
+#      gives up, the plugin parks the OpenClaw session in agentguard's inbox, naming the proxy's
+#      sessions, and `agentguard parked list` shows them all;
 #   3. when the window resets, the daemon hands the plugin a resume ticket, the plugin continues
-#      the same session, and the record ends `resumed` with the answer in the session transcript.
+#      the same session through the proxy, the OpenClaw record ends `resumed` with the answer in
+#      the session transcript, and the proxy's records of the sessions it refused (named in the
+#      plugin's record) end `resumed` with it.
 # Exit code 0 only when all of that happened. Every wait is bounded; every process started here
 # is stopped at the end. KEEP_E2E_DIR=1 keeps the work directory (logs, configs) for a look.
 set -euo pipefail
@@ -105,7 +110,7 @@ cleanup() {
         kill -KILL -- "-$pid" 2>/dev/null || true
     done
     if [ "$status" != 0 ]; then
-        for log in sim daemon gateway; do
+        for log in sim proxy daemon gateway; do
             [ -f "$WORK/$log.log" ] || continue
             echo "---- last lines of $log.log" >&2
             tail -n 40 "$WORK/$log.log" >&2
@@ -123,20 +128,20 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-read -r SIM_PORT GATEWAY_PORT <<<"$("$PYTHON" "$HERE/helper.py" free-ports 2)"
+read -r SIM_PORT PROXY_PORT GATEWAY_PORT <<<"$("$PYTHON" "$HERE/helper.py" free-ports 3)"
 KEY="sk-agentguard-e2e-$RANDOM$RANDOM"
 TOKEN="e2e-token-$RANDOM$RANDOM$RANDOM"
 SESSION_KEY="agent:main:agentguard-e2e-$RANDOM"
 SESSION_ID="$SESSION_KEY" # already made of safe characters
 
-# -- agentguard's simulated provider, as a budget gateway ------------------------------------------
-# One answer to OpenClaw's ~13k-token prompt costs ~$0.002 at gpt-4o-mini prices: the first
-# message is admitted and spends the key's $0.0005 for the window; the next is refused.
-start sim "$WORK/sim.log" "$AGENTGUARD" sim --port "$SIM_PORT" --gateway-key "$KEY" \
-    --limit-usd 0.0005 --window-s "$WINDOW_S" --verbose
+# -- agentguard's simulated provider --------------------------------------------------------------
+start sim "$WORK/sim.log" "$AGENTGUARD" sim --port "$SIM_PORT" --verbose
 "$PYTHON" "$HERE/helper.py" wait-http "http://127.0.0.1:$SIM_PORT/v1/models" --timeout 30
 
-# -- agentguard: config and daemon -------------------------------------------------------------------
+# -- agentguard: config, proxy and daemon -----------------------------------------------------------
+# OpenClaw's ~13k-token prompt with a 256-token output cap reserves ~$0.002 at gpt-4o-mini
+# prices: the first message fits the $0.003 limit and spends ~$0.002 of it; the next cannot fit
+# until that spend rolls out of the window, WINDOW_S after it happened.
 cat >"$AGENTGUARD_CONFIG" <<EOF
 [store]
 url = "sqlite:///$AGENTGUARD_HOME/agentguard.db"
@@ -145,18 +150,30 @@ url = "sqlite:///$AGENTGUARD_HOME/agentguard.db"
 dir = "$PARKING"
 max_attempts = 3
 
+[proxy]
+openai_base_url = "http://127.0.0.1:$SIM_PORT/v1"
+budget_key = "openclaw-proxy"
+
+[[budgets]]
+key = "openclaw-proxy"
+limit_usd = 0.003
+window = "${WINDOW_S}s"
+window_mode = "rolling"
+
 # The key the plugin files its records under (budgetKey): sessions resumed from them run
 # under it, so it must be configured; without limit_usd its spend is only recorded.
 [[budgets]]
 key = "openclaw-e2e"
 EOF
 "$AGENTGUARD" store upgrade >/dev/null
+start proxy "$WORK/proxy.log" "$AGENTGUARD" proxy --port "$PROXY_PORT" --log-level info
+"$PYTHON" "$HERE/helper.py" wait-http "http://127.0.0.1:$PROXY_PORT/healthz" --timeout 60
 
 # -- OpenClaw: config, the plugin linked, the gateway -------------------------------------------------
-step "writing $OPENCLAW_CONFIG_PATH (sim at :$SIM_PORT, gateway at :$GATEWAY_PORT, token auth)"
+step "writing $OPENCLAW_CONFIG_PATH (proxy at :$PROXY_PORT, gateway at :$GATEWAY_PORT, token auth)"
 "$PYTHON" "$HERE/helper.py" openclaw-config --path "$OPENCLAW_CONFIG_PATH" \
-    --gateway-port "$GATEWAY_PORT" --token "$TOKEN" --key "$KEY" \
-    --sim-url "http://127.0.0.1:$SIM_PORT/v1"
+    --gateway-port "$GATEWAY_PORT" --token "$TOKEN" --key "$KEY" --max-tokens 256 \
+    --sim-url "http://127.0.0.1:$PROXY_PORT/v1"
 # The openclaw CLI as this test runs it: its own HOME, state, config, gateway port and token.
 OC="$WORK/openclaw-cli"
 cat >"$OC" <<EOF
@@ -191,7 +208,7 @@ start daemon "$WORK/daemon.log" "$AGENTGUARD" daemon --poll 0.5 --log-level info
 # -- 1. a message that spends the budget --------------------------------------------------------------
 FIRST="What is the capital of France?"
 SECOND="Now summarise the history of Paris in one paragraph."
-step "message 1 to $SESSION_KEY: spends the gateway key's budget for the window"
+step "message 1 to $SESSION_KEY: spends the proxy's budget for the window"
 timeout 180 "$OC" agent --session-key "$SESSION_KEY" --message "$FIRST" --json --timeout 120 \
     >"$WORK/agent1.json" 2>"$WORK/agent1.err" || {
     cat "$WORK/agent1.err" >&2
@@ -201,10 +218,10 @@ grep -q '"status": "ok"' "$WORK/agent1.json" || fail "the first message did not 
 step "message 1 answered"
 
 # -- 2. a message the gateway refuses: the run fails, the plugin parks it ---------------------------
-step "message 2: the gateway refuses it (429); OpenClaw gives up, the plugin parks the session"
+step "message 2: the proxy refuses it (429); OpenClaw gives up, the plugin parks the session"
 if timeout 180 "$OC" agent --session-key "$SESSION_KEY" --message "$SECOND" --json --timeout 120 \
     >"$WORK/agent2.json" 2>"$WORK/agent2.err"; then
-    fail "the second message was answered; it should have hit the gateway budget: $(head -c 600 "$WORK/agent2.json")"
+    fail "the second message was answered; it should have hit the proxy's budget: $(head -c 600 "$WORK/agent2.json")"
 fi
 sed -n 's/.*"message": "\(.\{0,220\}\).*/   openclaw: \1/p' "$WORK/agent2.json" | head -n 1
 "$PYTHON" "$HERE/helper.py" wait-record --agentguard "$AGENTGUARD" --session-id "$SESSION_ID" \
@@ -212,6 +229,8 @@ sed -n 's/.*"message": "\(.\{0,220\}\).*/   openclaw: \1/p' "$WORK/agent2.json" 
     --save "$WORK/parked.json"
 "$PYTHON" "$HERE/helper.py" check-parked --record "$WORK/parked.json" \
     --session-key "$SESSION_KEY" --message "$SECOND"
+PROXY_PARKED=$("$PYTHON" "$HERE/helper.py" proxy-records --agentguard "$AGENTGUARD" --state parked)
+step "the proxy recorded the sessions it refused parked too (one per model OpenClaw tried): $PROXY_PARKED"
 step "agentguard parked list --json:"
 "$AGENTGUARD" parked list --json | sed 's/^/   /'
 
@@ -230,6 +249,11 @@ timeout 60 "$OC" gateway call chat.history --json \
 }
 "$PYTHON" "$HERE/helper.py" check-transcript --history "$WORK/history.json" \
     --record "$WORK/resumed.json" --session-key "$SESSION_KEY" --message "$SECOND"
-grep -c '"POST /v1/chat/completions" 429' "$WORK/sim.log" | sed 's/^/   sim: 429 refusals: /'
+PROXY_RESUMED=$("$PYTHON" "$HERE/helper.py" proxy-records --agentguard "$AGENTGUARD" \
+    --state resumed --none-left parked)
+step "the proxy's records went on with the OpenClaw session (resumed): $PROXY_RESUMED"
 grep -c '"POST /v1/chat/completions" 200' "$WORK/sim.log" | sed 's/^/   sim: answers: /'
-step "the session was parked on the gateway budget and resumed in the same OpenClaw session"
+"$PYTHON" -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())' \
+    "http://127.0.0.1:$PROXY_PORT/metrics" | grep -E '^agentguard_proxy_(calls|refusals)_total' |
+    sed 's/^/   proxy: /'
+step "the session was parked on the proxy's budget and resumed in the same OpenClaw session"

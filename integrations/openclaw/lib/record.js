@@ -85,6 +85,7 @@ export function isoUtc(date) {
  * @property {string | null} provider - the provider the last attempt went to.
  * @property {string | null} model - the model the last attempt asked for.
  * @property {string | null} userText - the last user message, when the plugin could see it.
+ * @property {string[]} [proxySessions] - sessions `agentguard proxy` refused in the run.
  */
 
 /**
@@ -137,6 +138,8 @@ export function buildParkedRecord(run, verdict, config, now = new Date()) {
       agent_id: run.agentId ?? null,
       openclaw_session_id: run.sessionId ?? null,
       provider: run.provider ?? null,
+      // agentguard marks these resumed too when this session is resumed.
+      proxy_sessions: run.proxySessions ?? [],
     },
     reason,
     state,

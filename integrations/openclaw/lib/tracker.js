@@ -38,8 +38,29 @@ const MAX_SEEN = 4000;
  * @property {string | null} userText - the last user message (from `agent_end`).
  * @property {object | null} attemptError - the last attempt's provider error (from `agent_end`).
  * @property {object | null} observation - the last attempt's failure (from lifecycle events).
+ * @property {string[]} proxySessions - sessions `agentguard proxy` refused in this run's
+ *   attempts, as its errors name them (one per model tried).
  * @property {Terminal | null} terminal
  */
+
+// How `agentguard proxy` names a session it derived itself, in the error of a refusal.
+const PROXY_SESSION = /for session '(proxy-[0-9a-f]{24})'/g;
+const MAX_PROXY_SESSIONS = 16;
+
+/**
+ * Remember the `agentguard proxy` sessions an error names, so that the parked record hands
+ * them to agentguard: they are resumed with this OpenClaw session.
+ *
+ * @param {RunInfo} info
+ * @param {string} text
+ */
+export function noteProxySessions(info, text) {
+  for (const match of text.matchAll(PROXY_SESSION)) {
+    if (!info.proxySessions.includes(match[1]) && info.proxySessions.length < MAX_PROXY_SESSIONS) {
+      info.proxySessions.push(match[1]);
+    }
+  }
+}
 
 /** Runs seen through `agent_end` and lifecycle events, and how each ended. */
 export class RunTracker {
@@ -68,6 +89,7 @@ export class RunTracker {
         model: null,
         userText: null,
         attemptError: null,
+        proxySessions: [],
         observation: null,
         terminal: null,
       };
@@ -124,6 +146,7 @@ export class RunTracker {
             : String(assistant.errorCode),
         message: String(assistant.errorMessage ?? event?.error ?? ""),
       };
+      noteProxySessions(info, info.attemptError.message);
     } else if (event?.success === false && event?.error) {
       info.attemptError = {
         status: statusOf(null, event.error),
@@ -131,6 +154,7 @@ export class RunTracker {
         errorCode: null,
         message: String(event.error),
       };
+      noteProxySessions(info, info.attemptError.message);
     } else {
       info.attemptError = null;
     }
@@ -168,12 +192,14 @@ export class RunTracker {
         model: observation.model ?? null,
         provider: observation.provider ?? null,
       };
+      noteProxySessions(info, info.observation.message);
     }
     if (phase !== "end" && phase !== "error") return null;
     if (info.terminal) return null;
     let outcome = "ok";
     if (data.aborted === true) outcome = "aborted";
     else if (phase === "error" || data.stopReason === "error") outcome = "failed";
+    if (data.error) noteProxySessions(info, String(data.error));
     info.terminal = {
       outcome,
       error: data.error ? String(data.error) : null,

@@ -106,6 +106,7 @@ describe("buildParkedRecord", () => {
         agent_id: "main",
         openclaw_session_id: "290e036d",
         provider: "sim",
+        proxy_sessions: [],
       },
       reason: {
         kind: "budget_window",

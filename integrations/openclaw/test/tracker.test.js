@@ -148,6 +148,47 @@ describe("detecting a run that really failed on a limit (recorded OpenClaw runs)
     assert.deepEqual(written, []);
   });
 
+  test("the sessions agentguard proxy refused in each attempt are handed on in the record", () => {
+    const { tracker, written } = setup();
+    const refusal = (session) =>
+      `429 budget 'team' exceeded for session '${session}': limit $0.003 per 75s window ` +
+      "(rolling), spent $0.002, this call needs up to $0.0022; resets at 2026-11-25T08:01:05+00:00";
+    const primary = "proxy-07e992d1d1dc92a0269d5f26";
+    const fallback = "proxy-8a57d49fb488e4176aed67e0";
+    for (const [seq, session, model] of [
+      [1, primary, "gpt-4o-mini"],
+      [2, fallback, "gpt-4o-mini-2024-07-18"],
+    ]) {
+      tracker.noteAgentEnd(
+        {
+          messages: [
+            { role: "user", content: "Summarise it." },
+            { role: "assistant", model, stopReason: "error", errorMessage: refusal(session) },
+          ],
+          success: true,
+        },
+        { runId: "r7", sessionKey: "agent:main:p" },
+      );
+      tracker.noteAgentEvent({
+        runId: "r7",
+        sessionKey: "agent:main:p",
+        stream: "lifecycle",
+        seq,
+        data: { phase: "finishing", error: refusal(session) },
+      });
+    }
+    tracker.noteAgentEvent({
+      runId: "r7",
+      sessionKey: "agent:main:p",
+      stream: "lifecycle",
+      seq: 3,
+      data: { phase: "error", error: `All models failed (2): ${refusal(primary)}` },
+    });
+    assert.equal(written.length, 1);
+    const record = JSON.parse(fs.readFileSync(written[0], "utf8"));
+    assert.deepEqual(record.metadata.proxy_sessions, [primary, fallback]);
+  });
+
   test("waitTerminal resolves when the run ends, or null on timeout", async () => {
     const tracker = new RunTracker();
     const waiting = tracker.waitTerminal("1ff4211d", 1000);

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 __all__ = ["OPENAI_CHAT", "OpenAIChat", "OpenAIChatTap"]
 
+_CHAT_VIEW: list[HistoryView | None] = [None]
+"""The chat history view, imported on first use (trimming imports this module)."""
+
 _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 
 
@@ -35,9 +38,12 @@ class OpenAIChat:
 
     @property
     def trim_view(self) -> HistoryView:
-        from agentguard.trimming.chat import CHAT_VIEW
+        view = _CHAT_VIEW[0]
+        if view is None:
+            from agentguard.trimming.chat import CHAT_VIEW
 
-        return CHAT_VIEW
+            view = _CHAT_VIEW[0] = CHAT_VIEW
+        return view
 
     def messages(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
         messages = body.get("messages")

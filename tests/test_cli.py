@@ -493,3 +493,20 @@ def test_route_report_and_calibrate_fail_clearly(tmp_path: Path) -> None:
     assert no_cheap.exit_code == 2 and "no scored cheap steps" in no_cheap.output
     report = runner.invoke(app, ["route", "report", "--events", str(events)])
     assert report.exit_code == 0 and "large" in report.stdout and "first_step" in report.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "event"),
+    [
+        (["route", "report"], {"event": "route_outcome", "tier": "small", "score": 1.7}),
+        (["route", "calibrate", "--target-large-share", "0.3"], {"event": "route", "score": "x"}),
+    ],
+)
+def test_a_bad_score_in_the_log_names_its_line(
+    tmp_path: Path, command: list[str], event: dict[str, object]
+) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_text("not json\n" + json.dumps({"event": "other"}) + "\n" + json.dumps(event))
+    result = runner.invoke(app, [*command, "--events", str(events)])
+    assert result.exit_code == 2
+    assert "line 3" in result.output and "is not in 0..1" in result.output

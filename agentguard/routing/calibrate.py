@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +59,16 @@ def read_route_scores(lines: Iterable[str], source: str = "events") -> list[floa
         ValueError: a ``route`` event's score is not a number between 0 and 1 (names the line).
     """
     scores: list[float] = []
+    for number, event in logged_events(lines, "route"):
+        score = event_score(event, "route", source, number)
+        if score is not None:
+            scores.append(score)
+    return scores
+
+
+def logged_events(lines: Iterable[str], name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The events called ``name`` in a JSON-lines log, with their line numbers (other lines,
+    and lines that are not JSON objects, are skipped: a log holds more than agentguard's)."""
     for number, line in enumerate(lines, 1):
         line = line.strip()
         if not line.startswith("{"):
@@ -67,15 +77,22 @@ def read_route_scores(lines: Iterable[str], source: str = "events") -> list[floa
             event = json.loads(line)
         except ValueError:
             continue
-        if not isinstance(event, dict) or event.get("event") != "route":
-            continue
-        score = event.get("score")
-        if score is None:
-            continue
-        if not isinstance(score, int | float) or isinstance(score, bool) or not 0 <= score <= 1:
-            raise ValueError(f"{source} line {number}: route event score {score!r} is not in 0..1")
-        scores.append(float(score))
-    return scores
+        if isinstance(event, dict) and event.get("event") == name:
+            yield number, event
+
+
+def event_score(event: dict[str, Any], name: str, source: str, number: int) -> float | None:
+    """An event's ``score``, or ``None`` when it has none.
+
+    Raises:
+        ValueError: the score is not a number between 0 and 1 (names the source and line).
+    """
+    score = event.get("score")
+    if score is None:
+        return None
+    if not isinstance(score, int | float) or isinstance(score, bool) or not 0 <= score <= 1:
+        raise ValueError(f"{source} line {number}: {name} event score {score!r} is not in 0..1")
+    return float(score)
 
 
 def calibrate_threshold(scores: Sequence[float], target_large_share: float) -> Calibration:

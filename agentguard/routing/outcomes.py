@@ -15,11 +15,12 @@ the printed value in the config.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from agentguard.routing.calibrate import event_score, logged_events
 
 if TYPE_CHECKING:
     from agentguard.routing import RouteDecision
@@ -97,28 +98,13 @@ def read_outcomes(lines: Iterable[str], source: str = "events") -> list[Outcome]
         ValueError: an outcome event's score is not a number between 0 and 1 (names the line).
     """
     found: list[Outcome] = []
-    for number, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(event, dict) or event.get("event") != "route_outcome":
-            continue
-        score = event.get("score")
-        if score is not None and (
-            not isinstance(score, int | float) or isinstance(score, bool) or not 0 <= score <= 1
-        ):
-            raise ValueError(
-                f"{source} line {number}: route_outcome score {score!r} is not in 0..1"
-            )
+    for number, event in logged_events(lines, "route_outcome"):
+        score = event_score(event, "route_outcome", source, number)
         found.append(
             Outcome(
                 tier=str(event.get("tier")),
                 kind=str(event.get("kind")),
-                score=None if score is None else float(score),
+                score=score,
                 cheap=bool(event.get("cheap")),
                 escalated=_count(event.get("escalations")) > 0,
                 fell_back=_count(event.get("fallbacks")) > 0,

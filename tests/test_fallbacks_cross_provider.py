@@ -16,7 +16,7 @@ import pytest
 from helpers import captured
 from openai.types.chat import ChatCompletion
 
-from agentguard import ConfigError, RetryLimitExceeded
+from agentguard import BudgetExceeded, ConfigError, RetryLimitExceeded
 from agentguard.config import GuardConfig
 from agentguard.dialects.translate import translate_request, untranslatable
 from agentguard.guard import Guard
@@ -45,22 +45,27 @@ def upstream_key(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def guard_for(
-    tmp_path: Path, sim: SimServer, fallbacks: dict[str, list[str]], **extra: Any
+    tmp_path: Path,
+    sim: SimServer,
+    fallbacks: dict[str, list[str]],
+    *,
+    limit: str = "1",
+    providers: dict[str, Any] | None = None,
+    **sections: Any,
 ) -> Guard:
-    providers = extra.pop(
-        "providers",
-        {
+    if providers is None:
+        providers = {
             "openai": {"base_url": sim.base_url, "api_key_env": KEY_ENV},
             "anthropic": {"base_url": sim.url, "api_key_env": KEY_ENV},
-        },
-    )
+        }
     return Guard(
         GuardConfig.from_mapping(
             {
                 "store": {"url": f"sqlite:///{tmp_path / 'store.db'}"},
-                "budgets": [{"key": "team", "limit_usd": "1", "window": "1d"}],
+                "budgets": [{"key": "team", "limit_usd": limit, "window": "1d"}],
                 "limits": {"max_retries": 1, "backoff_initial_s": 0.01, "backoff_max_s": 0.02},
-                "routing": {"fallbacks": fallbacks, "providers": providers, **extra},
+                "routing": {"fallbacks": fallbacks, "providers": providers},
+                **sections,
             },
             env={},
         )
@@ -395,3 +400,85 @@ def test_a_chat_history_with_tool_results_becomes_alternating_messages() -> None
         "tool_result",
         "text",
     ]
+
+
+def test_a_chain_crosses_over_and_back_to_the_callers_own_provider(
+    sim: SimServer, tmp_path: Path, upstream_key: str
+) -> None:
+    guard = guard_for(tmp_path, sim, {"claude-sonnet-4-6": ["gpt-4.1", "claude-haiku-4-5"]})
+    sim.fail_model("claude-sonnet-4-6", status=529)
+    sim.fail_model("gpt-4.1", status=404)
+    claude = guard.wrap(anthropic.Anthropic(base_url=sim.url, api_key=CALLER_KEY, max_retries=0))
+    with captured() as events, guard.session(budget_key="team") as session:
+        message = claude.messages.create(model="claude-sonnet-4-6", max_tokens=30, messages=HELLO)
+    assert isinstance(message, anthropic.types.Message) and message.model == "claude-haiku-4-5"
+    assert posts(sim) == [
+        ("/v1/messages", "claude-sonnet-4-6"),
+        ("/v1/chat/completions", "gpt-4.1"),
+        ("/v1/messages", "claude-haiku-4-5"),
+    ]
+    back = sim.requests[-1].body or {}
+    assert back["messages"] == HELLO and back["max_tokens"] == 30  # the caller's own request
+    reasons = [(e["model"], e["reason"]) for e in events if e["event"] == "fallback"]
+    assert reasons == [("gpt-4.1", "overloaded"), ("claude-haiku-4-5", "model_not_found")]
+    assert session.fallbacks == 2
+    billed, spent = settle(sim, guard)
+    assert_exact(billed, spent)
+    assert sim.billed_usd(CALLER_KEY) == billed  # answered on the caller's own upstream
+
+
+def test_a_crossing_fallback_the_budget_cannot_cover_is_never_sent(
+    sim: SimServer, tmp_path: Path, upstream_key: str
+) -> None:
+    # Room for a gpt-4o-mini call's worst case, not for a claude-sonnet-4-6 one.
+    guard = guard_for(tmp_path, sim, {"gpt-4o-mini": ["claude-sonnet-4-6"]}, limit="0.0002")
+    sim.fail_model("gpt-4o-mini", status=529)
+    client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key=CALLER_KEY, max_retries=0))
+    with guard.session(budget_key="team"), pytest.raises(BudgetExceeded):
+        client.chat.completions.create(model="gpt-4o-mini", max_tokens=30, messages=HELLO)
+    assert posts(sim) == [("/v1/chat/completions", "gpt-4o-mini")]
+    billed, spent = settle(sim, guard)
+    assert billed == spent == 0
+
+
+def test_a_responses_api_call_does_not_cross_to_a_claude_model(
+    sim: SimServer, tmp_path: Path, upstream_key: str
+) -> None:
+    guard = guard_for(tmp_path, sim, {"gpt-4o": ["claude-haiku-4-5", "gpt-4.1"]})
+    sim.fail_model("gpt-4o", status=529)
+    client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key=CALLER_KEY, max_retries=0))
+    with captured() as events, guard.session(budget_key="team"):
+        answer = client.responses.create(model="gpt-4o", max_output_tokens=30, input="Hi.")
+    assert answer.model == "gpt-4.1"
+    skipped = [e for e in events if e["event"] == "fallback_skipped"]
+    assert [e["model"] for e in skipped] == ["claude-haiku-4-5"]
+    assert "openai_responses" in skipped[0]["reason"]
+
+
+def test_the_proxy_crosses_providers_too(sim: SimServer, tmp_path: Path, upstream_key: str) -> None:
+    from agentguard.proxy import ProxyServer
+
+    guard = guard_for(
+        tmp_path,
+        sim,
+        {"claude-sonnet-4-6": ["gpt-4.1"]},
+        proxy={"openai_base_url": sim.base_url, "anthropic_base_url": sim.url},
+    )
+    sim.fail_model("claude-sonnet-4-6", status=529)
+    server = ProxyServer(guard)
+    server.start()
+    try:
+        claude = anthropic.Anthropic(
+            base_url=server.base_url,
+            api_key=CALLER_KEY,
+            max_retries=0,
+            default_headers={"x-agentguard-budget-key": "team"},
+        )
+        message = claude.messages.create(model="claude-sonnet-4-6", max_tokens=30, messages=HELLO)
+    finally:
+        server.stop()
+    assert isinstance(message, anthropic.types.Message) and message.model == "gpt-4.1"
+    assert message.content[0].type == "text"
+    billed, spent = settle(sim, guard)
+    assert_exact(billed, spent)
+    assert sim.billed_usd(UPSTREAM_KEY) == billed

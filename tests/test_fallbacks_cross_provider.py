@@ -482,3 +482,23 @@ def test_the_proxy_crosses_providers_too(sim: SimServer, tmp_path: Path, upstrea
     billed, spent = settle(sim, guard)
     assert_exact(billed, spent)
     assert sim.billed_usd(UPSTREAM_KEY) == billed
+
+
+def test_a_model_in_cooldown_is_stepped_over_to_the_other_provider_before_sending(
+    sim: SimServer, tmp_path: Path, upstream_key: str
+) -> None:
+    # The default cooldown: 3 failures within a minute.
+    guard = guard_for(tmp_path, sim, {"claude-sonnet-4-6": ["gpt-4.1"]})
+    sim.fail_model("claude-sonnet-4-6", status=529)
+    claude = guard.wrap(anthropic.Anthropic(base_url=sim.url, api_key=CALLER_KEY, max_retries=0))
+    with captured() as events, guard.session(budget_key="team") as session:
+        for _ in range(3):
+            claude.messages.create(model="claude-sonnet-4-6", max_tokens=20, messages=HELLO)
+        sim.clear()
+        message = claude.messages.create(model="claude-sonnet-4-6", max_tokens=20, messages=HELLO)
+    assert isinstance(message, anthropic.types.Message) and message.model == "gpt-4.1"
+    assert posts(sim) == [("/v1/chat/completions", "gpt-4.1")]
+    assert [e["reason"] for e in events if e["event"] == "fallback"][-1] == "cooldown"
+    assert session.fallbacks == 4
+    billed, spent = settle(sim, guard)
+    assert_exact(billed, spent)

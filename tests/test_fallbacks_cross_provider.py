@@ -16,7 +16,7 @@ import pytest
 from helpers import captured
 from openai.types.chat import ChatCompletion
 
-from agentguard import BudgetExceeded, ConfigError, RetryLimitExceeded
+from agentguard import BudgetExceeded, ConfigError
 from agentguard.config import GuardConfig
 from agentguard.dialects.translate import translate_request, untranslatable
 from agentguard.guard import Guard
@@ -288,9 +288,8 @@ def test_a_key_in_place_of_a_variable_name_is_refused_without_echoing_it(
             {"system": [{"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}}]},
             "cache_control",
         ),
-        ({"stream": True}, "streamed"),
     ],
-    ids=["thinking", "top_k", "cache_control", "stream"],
+    ids=["thinking", "top_k", "cache_control"],
 )
 def test_an_untranslatable_request_skips_the_other_providers_model(
     sim: SimServer, tmp_path: Path, upstream_key: str, options: dict[str, Any], reason: str
@@ -300,12 +299,7 @@ def test_an_untranslatable_request_skips_the_other_providers_model(
     claude = guard.wrap(anthropic.Anthropic(base_url=sim.url, api_key=CALLER_KEY, max_retries=0))
     with captured() as events, guard.session(budget_key="team") as session:
         request = {"model": "claude-sonnet-4-6", "max_tokens": 2000, "messages": HELLO, **options}
-        if options.get("stream"):
-            del request["stream"]
-            with claude.messages.stream(**request) as stream:
-                message = stream.get_final_message()
-        else:
-            message = claude.messages.create(**request)
+        message = claude.messages.create(**request)
     # gpt-4.1 was skipped, the next model of the chain (the caller's own provider) answered.
     assert message.model == "claude-haiku-4-5"
     assert posts(sim) == [
@@ -320,26 +314,81 @@ def test_an_untranslatable_request_skips_the_other_providers_model(
     assert_exact(billed, spent)
 
 
-def test_a_streamed_call_with_no_model_left_gets_its_own_models_error(
-    sim: SimServer, tmp_path: Path, upstream_key: str
+@pytest.mark.parametrize("tools", [False, True], ids=["text", "tool_use"])
+def test_an_anthropic_stream_falls_back_to_an_openai_model_as_anthropic_events(
+    sim: SimServer, tmp_path: Path, upstream_key: str, tools: bool
 ) -> None:
+    if tools:
+        sim.script = as_script([Reply(tool_calls=[ToolCall("get_weather", {"city": "Oslo"})])])
     guard = guard_for(tmp_path, sim, {"claude-sonnet-4-6": ["gpt-4.1"]})
     sim.fail_model("claude-sonnet-4-6", status=529)
     claude = guard.wrap(anthropic.Anthropic(base_url=sim.url, api_key=CALLER_KEY, max_retries=0))
+    extra: dict[str, Any] = {"tools": [WEATHER_TOOL]} if tools else {}
     with (
-        captured() as events,
-        guard.session(budget_key="team"),
-        pytest.raises(RetryLimitExceeded) as caught,
-        claude.messages.stream(model="claude-sonnet-4-6", max_tokens=20, messages=HELLO) as stream,
+        guard.session(budget_key="team") as session,
+        claude.messages.stream(
+            model="claude-sonnet-4-6", max_tokens=40, messages=HELLO, **extra
+        ) as stream,
     ):
-        stream.get_final_message()
-    # What the chain's last model said, after its retries: its 529.
-    assert isinstance(caught.value, anthropic.AnthropicError)
-    assert "HTTP 529" in str(caught.value)
-    assert posts(sim) == [("/v1/messages", "claude-sonnet-4-6")] * 2
-    assert [e["model"] for e in events if e["event"] == "fallback_skipped"] == ["gpt-4.1"]
+        text = "".join(stream.text_stream)
+        message = stream.get_final_message()
+    assert message.model == "gpt-4.1"
+    assert message.usage.input_tokens > 0 and message.usage.output_tokens > 0
+    if tools:
+        assert message.stop_reason == "tool_use" and text == ""
+        assert [(b.type, b.name, b.input) for b in message.content if b.type == "tool_use"] == [
+            ("tool_use", "get_weather", {"city": "Oslo"})
+        ]
+    else:
+        assert message.stop_reason == "end_turn" and text.startswith("Simulated answer")
+        assert message.content[0].type == "text" and message.content[0].text == text
+    assert (sim.requests[-1].body or {})["stream"] is True
+    assert session.fallbacks == 1
     billed, spent = settle(sim, guard)
-    assert billed == spent == 0
+    assert_exact(billed, spent)
+    # What the caller was told it used is what the other provider billed for.
+    assert sim.billed_calls(UPSTREAM_KEY) == 1
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+async def test_an_openai_chat_stream_falls_back_to_a_claude_model_as_chat_chunks(
+    sim: SimServer, tmp_path: Path, upstream_key: str, flavour: str
+) -> None:
+    sim.script = as_script(["Hello from the fallback.", "unused"])
+    guard = guard_for(tmp_path, sim, {"gpt-4o": ["claude-haiku-4-5"]})
+    sim.fail_model("gpt-4o", status=529)
+    request: dict[str, Any] = {"model": "gpt-4o", "max_tokens": 40, "messages": HELLO}
+    with guard.session(budget_key="team") as session:
+        if flavour == "sync":
+            client = guard.wrap(
+                openai.OpenAI(base_url=sim.base_url, api_key=CALLER_KEY, max_retries=0)
+            )
+            chunks = list(
+                client.chat.completions.create(
+                    **request, stream=True, stream_options={"include_usage": True}
+                )
+            )
+        else:
+            aclient = guard.wrap(
+                openai.AsyncOpenAI(base_url=sim.base_url, api_key=CALLER_KEY, max_retries=0)
+            )
+            stream = await aclient.chat.completions.create(**request, stream=True)
+            chunks = [chunk async for chunk in stream]
+    assert {chunk.model for chunk in chunks} == {"claude-haiku-4-5"}
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello from the fallback."
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert finishes == ["stop"]
+    usage = [c.usage for c in chunks if c.usage is not None]
+    if flavour == "sync":  # asked for: the last chunk carries the usage
+        assert len(usage) == 1 and usage[0].completion_tokens > 0 and not chunks[-1].choices
+    else:
+        assert usage == []
+    assert session.fallbacks == 1
+    billed, spent = settle(sim, guard)
+    assert_exact(billed, spent)
 
 
 @pytest.mark.parametrize(
@@ -455,7 +504,10 @@ def test_a_responses_api_call_does_not_cross_to_a_claude_model(
     assert "openai_responses" in skipped[0]["reason"]
 
 
-def test_the_proxy_crosses_providers_too(sim: SimServer, tmp_path: Path, upstream_key: str) -> None:
+@pytest.mark.parametrize("streamed", [False, True], ids=["plain", "stream"])
+def test_the_proxy_crosses_providers_too(
+    sim: SimServer, tmp_path: Path, upstream_key: str, streamed: bool
+) -> None:
     from agentguard.proxy import ProxyServer
 
     guard = guard_for(
@@ -474,7 +526,16 @@ def test_the_proxy_crosses_providers_too(sim: SimServer, tmp_path: Path, upstrea
             max_retries=0,
             default_headers={"x-agentguard-budget-key": "team"},
         )
-        message = claude.messages.create(model="claude-sonnet-4-6", max_tokens=30, messages=HELLO)
+        request: dict[str, Any] = {
+            "model": "claude-sonnet-4-6",
+            "max_tokens": 30,
+            "messages": HELLO,
+        }
+        if streamed:
+            with claude.messages.stream(**request) as stream:
+                message = stream.get_final_message()
+        else:
+            message = claude.messages.create(**request)
     finally:
         server.stop()
     assert isinstance(message, anthropic.types.Message) and message.model == "gpt-4.1"

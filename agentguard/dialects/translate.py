@@ -4,9 +4,10 @@ Completions, for a fallback chain that crosses providers.
 Only what both APIs express the same way is translated: text, base64 and URL images, tool
 definitions, tool calls and their results, the system prompt, ``max_tokens``, stop sequences,
 ``temperature`` and ``top_p``, the tool choice. Anything else (extended thinking, prompt
-caching, server tools, structured output, ``n > 1``, streams...) makes :func:`untranslatable`
+caching, server tools, structured output, ``n > 1``...) makes :func:`untranslatable`
 say why, and the fallback skips the model: never a silent mistranslation.
 
+Streams are translated as they pass by :mod:`agentguard.dialects.translate_stream`.
 Everything here is pure: dictionaries in, dictionaries out.
 """
 
@@ -61,6 +62,7 @@ _CHAT_KEYS = frozenset(
         "user",
         "n",
         "stream",
+        "stream_options",
         "response_format",
     }
 )
@@ -158,7 +160,6 @@ def _refuse(condition: object, what: str) -> None:
 def _anthropic_to_chat(body: Mapping[str, Any], model: str) -> dict[str, Any]:
     extra = sorted(set(body) - _ANTHROPIC_KEYS)
     _refuse(extra, f"the request sets {', '.join(extra)[:80]}, which Chat Completions lacks")
-    _refuse(body.get("stream"), "a streamed call is not translated")
     _refuse(_has_cache_control(body), "prompt caching (cache_control) has no Chat equivalent")
     messages: list[dict[str, Any]] = []
     system = body.get("system")
@@ -175,6 +176,8 @@ def _anthropic_to_chat(body: Mapping[str, Any], model: str) -> dict[str, Any]:
         else:
             messages.extend(_user_to_chat(blocks))
     out: dict[str, Any] = {"model": model, "messages": messages}
+    if body.get("stream"):
+        out["stream"] = True  # the engine asks for the usage chunk it settles from
     cap = body.get("max_tokens")
     if isinstance(cap, int):
         field = "max_completion_tokens" if model.startswith(_REASONING_PREFIXES) else "max_tokens"
@@ -316,7 +319,6 @@ def _choice_to_chat(choice: Mapping[str, Any]) -> dict[str, Any]:
 def _chat_to_anthropic(body: Mapping[str, Any], model: str) -> dict[str, Any]:
     extra = sorted(set(body) - _CHAT_KEYS)
     _refuse(extra, f"the request sets {', '.join(extra)[:80]}, which the Messages API lacks")
-    _refuse(body.get("stream"), "a streamed call is not translated")
     _refuse(body.get("n") not in (None, 1), "n > 1 (several choices) has no Messages equivalent")
     format_ = body.get("response_format")
     _refuse(
@@ -347,6 +349,8 @@ def _chat_to_anthropic(body: Mapping[str, Any], model: str) -> dict[str, Any]:
     cap = body.get("max_completion_tokens") or body.get("max_tokens")
     _refuse(not isinstance(cap, int), "no max_tokens, which the Messages API requires")
     out: dict[str, Any] = {"model": model, "max_tokens": cap, "messages": messages}
+    if body.get("stream"):
+        out["stream"] = True  # every Messages stream reports its usage
     if system:
         out["system"] = "\n\n".join(system)
     temperature = body.get("temperature")

@@ -263,7 +263,7 @@ class Pipeline:
                     if self.fallbacks is not None:
                         yield from self._answered(call, sent_at, reply.streaming)
                     if reply.streaming:
-                        tap = call.dialect.tap(strip_usage=call.strip_usage_chunk)
+                        tap = _stream_tap(call)
                         return Outcome(
                             reply, tap=tap, finish=lambda tap: self._finish_stream(call, tap)
                         )
@@ -726,6 +726,17 @@ def _record_outcome(call: CallContext, result: str) -> None:
             fallbacks=call.notes.get("fallbacks", 0),
         ),
     )
+
+
+def _stream_tap(call: CallContext) -> StreamTap:
+    """The reader of a successful stream: the call's dialect's, or, for a stream of another
+    provider's model, one that hands on the caller's own API's events."""
+    home = call.notes.get("home")
+    if home is None or "upstream" not in call.notes:
+        return call.dialect.tap(strip_usage=call.strip_usage_chunk)
+    from agentguard.dialects.translate_stream import translated_tap
+
+    return translated_tap(call.dialect.name, home[0].name, call.original_body)
 
 
 def _homeward(call: CallContext, outcome: Outcome) -> Outcome:

@@ -388,7 +388,9 @@ class ProxyApp:
                 if found is None:
                     missing = RuntimeError(f"{crossing.api_key_env} is not set")
                     raise TransportFailure("connection", missing, sent=False)
-                response = await self.upstream.send("POST", crossing.url, found, data, stream=False)
+                response = await self.upstream.send(
+                    "POST", crossing.url, found, data, stream=stream
+                )
                 last["response"] = response
                 return Reply(response.status, response.headers, response.body)
             response = await self.upstream.send("POST", url, headers, data, stream=stream)

@@ -53,11 +53,7 @@ class Upstream:
         key = (environ if environ is not None else os.environ).get(self.api_key_env)
         if not key:
             return None
-        headers = {
-            "content-type": "application/json",
-            "accept": "application/json",
-            "accept-encoding": "identity",
-        }
+        headers = {"content-type": "application/json", "accept-encoding": "identity"}
         if self.provider == "anthropic":
             headers["x-api-key"] = key
             headers["anthropic-version"] = _ANTHROPIC_VERSION

@@ -18,7 +18,7 @@ from openai.types.chat import ChatCompletion
 
 from agentguard import BudgetExceeded, ConfigError
 from agentguard.config import GuardConfig
-from agentguard.dialects.translate import translate_request, untranslatable
+from agentguard.dialects.translate import translate_reply, translate_request, untranslatable
 from agentguard.guard import Guard
 from agentguard.sim import SimServer
 from agentguard.sim.script import Reply, ToolCall, as_script
@@ -563,3 +563,63 @@ def test_a_model_in_cooldown_is_stepped_over_to_the_other_provider_before_sendin
     assert session.fallbacks == 4
     billed, spent = settle(sim, guard)
     assert_exact(billed, spent)
+
+
+async def test_an_async_anthropic_client_falls_back_across_providers(
+    sim: SimServer, tmp_path: Path, upstream_key: str
+) -> None:
+    guard = guard_for(tmp_path, sim, {"claude-sonnet-4-6": ["gpt-4.1"]})
+    sim.fail_model("claude-sonnet-4-6", status=529)
+    claude = guard.wrap(
+        anthropic.AsyncAnthropic(base_url=sim.url, api_key=CALLER_KEY, max_retries=0)
+    )
+    async with guard.session(budget_key="team") as session:
+        message = await claude.messages.create(
+            model="claude-sonnet-4-6", max_tokens=30, messages=HELLO
+        )
+    assert isinstance(message, anthropic.types.Message) and message.model == "gpt-4.1"
+    assert session.fallbacks == 1
+    billed, spent = settle(sim, guard)
+    assert_exact(billed, spent)
+
+
+@pytest.mark.parametrize(
+    ("finish", "stop"),
+    [("stop", "end_turn"), ("length", "max_tokens"), ("tool_calls", "tool_use")],
+)
+def test_a_chat_answer_reads_as_a_message(finish: str, stop: str) -> None:
+    chat = {
+        "id": "c1",
+        "model": "gpt-4.1",
+        "choices": [{"index": 0, "message": {"content": "hi"}, "finish_reason": finish}],
+        "usage": {
+            "prompt_tokens": 10,
+            "completion_tokens": 3,
+            "prompt_tokens_details": {"cached_tokens": 4},
+        },
+    }
+    out = json.loads(
+        translate_reply(200, json.dumps(chat).encode(), "openai_chat", "anthropic_messages")
+    )
+    assert out["stop_reason"] == stop and out["content"] == [{"type": "text", "text": "hi"}]
+    assert out["usage"]["input_tokens"] == 6 and out["usage"]["cache_read_input_tokens"] == 4
+    message = anthropic.types.Message.model_validate(out)
+    assert message.usage.output_tokens == 3
+
+
+def test_a_claude_refusal_reads_as_a_chat_refusal() -> None:
+    answer = {
+        "id": "m1",
+        "model": "claude-haiku-4-5",
+        "content": [{"type": "text", "text": "I can't help with that."}],
+        "stop_reason": "refusal",
+        "usage": {"input_tokens": 5, "output_tokens": 6},
+    }
+    out = json.loads(
+        translate_reply(200, json.dumps(answer).encode(), "anthropic_messages", "openai_chat")
+    )
+    completion = ChatCompletion.model_validate(out)
+    assert completion.choices[0].finish_reason == "content_filter"
+    assert completion.choices[0].message.refusal == "I can't help with that."
+    assert completion.choices[0].message.content is None
+    assert completion.usage is not None and completion.usage.prompt_tokens == 5

@@ -623,3 +623,22 @@ def test_a_claude_refusal_reads_as_a_chat_refusal() -> None:
     assert completion.choices[0].message.refusal == "I can't help with that."
     assert completion.choices[0].message.content is None
     assert completion.usage is not None and completion.usage.prompt_tokens == 5
+
+
+def test_a_chat_call_without_max_tokens_crosses_with_the_guards_output_cap(
+    sim: SimServer, tmp_path: Path, upstream_key: str
+) -> None:
+    guard = guard_for(
+        tmp_path,
+        sim,
+        {"gpt-4o": ["claude-haiku-4-5"]},
+        limits={"max_retries": 1, "default_max_output_tokens": 300},
+    )
+    sim.fail_model("gpt-4o", status=529)
+    client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key=CALLER_KEY, max_retries=0))
+    with guard.session(budget_key="team"):
+        answer = client.chat.completions.create(model="gpt-4o", messages=HELLO)
+    assert answer.model == "claude-haiku-4-5"
+    assert (sim.requests[-1].body or {})["max_tokens"] == 300  # the Messages API requires one
+    billed, spent = settle(sim, guard)
+    assert_exact(billed, spent)

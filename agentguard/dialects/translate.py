@@ -346,9 +346,11 @@ def _chat_to_anthropic(body: Mapping[str, Any], model: str) -> dict[str, Any]:
             _append(messages, "user", _user_to_anthropic(message.get("content")))
         else:
             raise Untranslatable(f"a {role!s:.20} message has no Messages equivalent")
+    out: dict[str, Any] = {"model": model, "messages": messages}
     cap = body.get("max_completion_tokens") or body.get("max_tokens")
-    _refuse(not isinstance(cap, int), "no max_tokens, which the Messages API requires")
-    out: dict[str, Any] = {"model": model, "max_tokens": cap, "messages": messages}
+    if isinstance(cap, int):
+        # Without one, the engine's output cap sets it (limits.enforce_output_cap).
+        out["max_tokens"] = cap
     if body.get("stream"):
         out["stream"] = True  # every Messages stream reports its usage
     if system:

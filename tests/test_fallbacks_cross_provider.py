@@ -642,3 +642,24 @@ def test_a_chat_call_without_max_tokens_crosses_with_the_guards_output_cap(
     assert (sim.requests[-1].body or {})["max_tokens"] == 300  # the Messages API requires one
     billed, spent = settle(sim, guard)
     assert_exact(billed, spent)
+
+
+def test_a_crossed_stream_cut_short_is_charged_at_its_worst_case(
+    sim: SimServer, tmp_path: Path, upstream_key: str
+) -> None:
+    guard = guard_for(tmp_path, sim, {"claude-sonnet-4-6": ["gpt-4.1"]})
+    sim.fail_model("claude-sonnet-4-6", status=529)
+    sim.cut_stream_next(1, after_chunks=2)  # the fallback's stream
+    claude = guard.wrap(anthropic.Anthropic(base_url=sim.url, api_key=CALLER_KEY, max_retries=0))
+    with guard.session(budget_key="team") as session:
+        try:
+            with claude.messages.stream(
+                model="claude-sonnet-4-6", max_tokens=40, messages=HELLO
+            ) as stream:
+                for _ in stream:
+                    pass
+        except Exception:  # the SDK may or may not notice the cut; the money must
+            pass
+    billed, spent = settle(sim, guard)
+    assert sim.billed_calls(UPSTREAM_KEY) == 1
+    assert 0 < billed < spent == session.spent_usd  # charged, never released

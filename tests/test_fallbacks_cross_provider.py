@@ -663,3 +663,31 @@ def test_a_crossed_stream_cut_short_is_charged_at_its_worst_case(
     billed, spent = settle(sim, guard)
     assert sim.billed_calls(UPSTREAM_KEY) == 1
     assert 0 < billed < spent == session.spent_usd  # charged, never released
+
+
+def test_a_chat_stream_with_a_tool_call_crosses_to_a_claude_model(
+    sim: SimServer, tmp_path: Path, upstream_key: str
+) -> None:
+    sim.script = as_script([Reply(tool_calls=[ToolCall("lookup", {"q": "cats"})])])
+    guard = guard_for(tmp_path, sim, {"gpt-4o": ["claude-haiku-4-5"]})
+    sim.fail_model("gpt-4o", status=529)
+    client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key=CALLER_KEY, max_retries=0))
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+    with (
+        guard.session(budget_key="team") as session,
+        client.chat.completions.stream(
+            model="gpt-4o", max_tokens=40, messages=HELLO, tools=[tool]
+        ) as stream,
+    ):
+        for _ in stream:
+            pass
+        final = stream.get_final_completion()
+    assert final.model == "claude-haiku-4-5"
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls is not None
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "lookup" and json.loads(call.function.arguments) == {"q": "cats"}
+    assert call.id.startswith("toolu_")  # the Messages answer's tool_use id, passed on
+    assert session.state.tool_calls == 1
+    billed, spent = settle(sim, guard)
+    assert_exact(billed, spent)

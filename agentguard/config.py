@@ -229,6 +229,39 @@ class BudgetConfig(_Section):
         return parse_duration(self.window)
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class ProviderConfig(_Section):
+    """Where another provider's models are served, for fallback chains that cross providers
+    (``[routing.providers.openai]``, ``[routing.providers.anthropic]``)."""
+
+    base_url: str | None = None
+    """The API's base URL, as its SDK takes it (``https://api.openai.com/v1``,
+    ``https://api.anthropic.com``; the default)."""
+    api_key_env: str | None = None
+    """The *name* of the environment variable that holds the key (default
+    ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY``); the key itself never goes in the config."""
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http:// or https:// URL, not {value[:40]!r}")
+        return value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _check_env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            # Never echo it: a value that is not a variable name may be the key itself.
+            raise ValueError(
+                "api_key_env names the environment variable holding the key (letters, digits "
+                "and _), never the key itself"
+            )
+        return value
+
+
 class RoutingConfig(_Section):
     """Per-step model choice."""
 
@@ -264,8 +297,8 @@ class RoutingConfig(_Section):
     whose model answers 529 (overloaded), 404 (model not found) or says the model is gone is
     sent to the next model of its chain at once; after a timeout or 5xx, once
     ``limits.max_retries`` retries have failed. Each model of a chain is priced when the
-    config loads and reserved before it is sent. A chain stays within one provider's API:
-    a chain that names models of another provider is refused when the guard is built."""
+    config loads and reserved before it is sent. A chain may cross to another provider's
+    models only when ``providers`` says where that provider is served."""
     cooldown_failures: PositiveInt = 3
     """A model whose calls fail (5xx, 529, 404, timeouts) this many times within
     ``cooldown_window`` is skipped for ``cooldown`` by calls that have another model to go
@@ -286,6 +319,10 @@ class RoutingConfig(_Section):
     measured is tried first). Latency never moves a step to another tier."""
     latency_samples: Annotated[int, Field(ge=5, le=10000)] = 100
     """How many of its latest calls each model's latency percentiles are kept over."""
+    providers: dict[Literal["openai", "anthropic"], ProviderConfig] = Field(default_factory=dict)
+    """By provider (``openai``, ``anthropic``): a fallback chain may name a model of a
+    provider other than the caller's only when that provider is listed here (the request is
+    translated into its API and sent with the key from ``api_key_env``)."""
     target_large_share: Annotated[float, Field(ge=0, le=1)] | None = None
     """The share of routed steps ``agentguard route calibrate`` aims to send to the larger
     tier (when no ``--target-*`` option is given). Nothing recalibrates at run time: the
@@ -733,8 +770,9 @@ def _config_error(
         else:
             expected = _without_prefix(error["msg"])
             # Our own validators already quote the bad value; say it once. A URL may hold a
-            # password: never echoed.
-            quoted = isinstance(got, dict) or repr(got) in expected or location[-1:] == ("url",)
+            # password, a misused api_key_env the key itself: never echoed.
+            secret = location[-1:] in (("url",), ("api_key_env",))
+            quoted = isinstance(got, dict) or repr(got) in expected or secret
             got_text = "" if quoted else f" (got {got!r})"
         problems.append(f"{origin}: {field}: {expected}{got_text}")
         if first_field is None:

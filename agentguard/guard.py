@@ -179,7 +179,9 @@ class Guard:
             cooldown_s=parse_duration(routing.cooldown).total_seconds(),
             samples=routing.latency_samples,
         )
-        return FallbackStage(routing, health, self.pricer)
+        from agentguard.routing.providers import upstreams_from
+
+        return FallbackStage(routing, health, self.pricer, upstreams_from(routing.providers))
 
     def model_latency(self, model: str) -> Latency | None:
         """``model``'s recent latency in this process (median and 95th percentile of the time
@@ -499,24 +501,24 @@ class Guard:
         self._check_one_provider_per_chain()
 
     def _check_one_provider_per_chain(self) -> None:
-        """Refuse a fallback chain (or a tier's equivalents) that crosses providers: a call
-        is sent to the API its client speaks, and another provider's model is not served
-        there.
+        """Refuse a fallback chain that crosses to a provider ``routing.providers`` does not
+        configure (a call is sent to the API its client speaks, and another provider's model
+        is not served there), and a tier's equivalents that cross providers at all.
 
         Raises:
             ConfigError: the chain names models of two providers; the message names the
-                field and both models.
+                field, both models and what to set.
         """
         routing = self.config.routing
         groups = [
-            (f"routing.fallbacks.{source}", [routing.tiers.get(source, source), *chain])
+            (f"routing.fallbacks.{source}", [routing.tiers.get(source, source), *chain], True)
             for source, chain in ((s, routing.chain_for(s)) for s in routing.fallbacks)
         ]
         groups += [
-            (f"routing.equivalents.{tier}", [routing.tiers[tier], *models])
+            (f"routing.equivalents.{tier}", [routing.tiers[tier], *models], False)
             for tier, models in routing.equivalents.items()
         ]
-        for field, models in groups:
+        for field, models, may_cross in groups:
             first: tuple[str, str] | None = None
             for model in models:
                 provider = self.pricer.price(model).provider
@@ -525,12 +527,20 @@ class Guard:
                 if first is None:
                     first = (model, provider)
                 elif provider != first[1]:
+                    if may_cross and provider in routing.providers:
+                        continue
+                    fix = (
+                        f"set [routing.providers.{provider}] (base_url, api_key_env) so the "
+                        f"call can be translated and sent there, or name models of one provider"
+                        if may_cross and provider in ("openai", "anthropic")
+                        else "name models of one provider"
+                    )
                     raise ConfigError(
                         f"{field}: {model!r} is a model of {provider} and {first[0]!r} one "
-                        f"of {first[1]}; a chain stays within one provider's API (a call goes "
-                        f"to the API its client speaks), so name models of one provider",
+                        f"of {first[1]}; a call goes to the API its client speaks: {fix}",
                         field=field,
-                        expected=f"models of one provider ({first[1]})",
+                        expected=f"models of one provider ({first[1]}), or "
+                        f"routing.providers.{provider}",
                     )
 
     def budget_lines_for(self, session: Session) -> tuple[BudgetLine, ...]:

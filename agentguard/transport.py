@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from agentguard.config import GuardConfig
     from agentguard.engine.pipeline import Pipeline
     from agentguard.pricing import Pricer
+    from agentguard.routing.providers import Upstream
     from agentguard.store import Store
     from agentguard.tokens import TokenCounter
 
@@ -166,6 +167,24 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
         request.stream = httpx.ByteStream(content)
         return request
 
+    def upstream_request(request: Any, body: dict[str, Any], upstream: Upstream) -> Any:
+        """The request for another provider's API (a fallback that crossed providers): its
+        own endpoint and key, the caller's timeouts."""
+        headers = upstream.headers()
+        if headers is None:
+            missing = RuntimeError(
+                f"the environment variable {upstream.api_key_env} (routing.providers."
+                f"{upstream.provider}.api_key_env) is not set"
+            )
+            raise TransportFailure("connection", missing, sent=False)
+        return httpx.Request(
+            "POST",
+            upstream.url,
+            headers=headers,
+            content=encode_body(body),
+            extensions=dict(request.extensions),
+        )
+
     # Failures that prove the request never left: nothing can have been billed.
     not_sent = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
@@ -269,6 +288,12 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
                     logger.warning("settle_failed", error=str(exc))
 
     def build_response(request: Any, outcome: Outcome, response: Any, stream: Any) -> Any:
+        if outcome.translated:
+            # Answered in another provider's API and translated: the caller's SDK reads this.
+            reply = outcome.reply
+            return httpx.Response(
+                reply.status, headers=dict(reply.headers), content=reply.body, request=request
+            )
         if stream is None:
             # The body was read (and decoded) already; the response object can go back as is.
             for name, value in outcome.extra_headers.items():
@@ -328,11 +353,15 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
                 return self._send_raw(request)
             last: dict[str, Any] = {}
 
-            def send(new_body: dict[str, Any], modified: bool) -> Reply:
+            def send(
+                new_body: dict[str, Any], modified: bool, upstream: Upstream | None = None
+            ) -> Reply:
                 try:
-                    response = self._send_raw(
-                        with_body(request, new_body if modified else None, original)
-                    )
+                    if upstream is not None:
+                        outgoing = upstream_request(request, new_body, upstream)
+                    else:
+                        outgoing = with_body(request, new_body if modified else None, original)
+                    response = self._send_raw(outgoing)
                 except Exception as exc:
                     failure = failure_of(exc)
                     if failure is None:
@@ -473,11 +502,15 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
                 return await self._send_raw(request)
             last: dict[str, Any] = {}
 
-            async def send(new_body: dict[str, Any], modified: bool) -> Reply:
+            async def send(
+                new_body: dict[str, Any], modified: bool, upstream: Upstream | None = None
+            ) -> Reply:
                 try:
-                    response = await self._send_raw(
-                        with_body(request, new_body if modified else None, original)
-                    )
+                    if upstream is not None:
+                        outgoing = upstream_request(request, new_body, upstream)
+                    else:
+                        outgoing = with_body(request, new_body if modified else None, original)
+                    response = await self._send_raw(outgoing)
                 except Exception as exc:
                     failure = failure_of(exc)
                     if failure is None:

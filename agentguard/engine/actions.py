@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from agentguard.errors import BudgetExceeded
     from agentguard.ledger import BudgetLine, Reservation
     from agentguard.parking.classify import LimitVerdict
+    from agentguard.routing.providers import Upstream
 
 __all__ = [
     "Action",
@@ -69,6 +70,9 @@ class Send:
     body: dict[str, Any]
     modified: bool = True
     """Whether the body differs from the caller's request (if not, it is sent as it came)."""
+    upstream: Upstream | None = None
+    """Another provider's API to send the body to (a fallback that crossed providers), in
+    place of the caller's own endpoint."""
 
 
 @dataclass(slots=True)
@@ -203,3 +207,6 @@ class Outcome:
     """For a successful stream: the parser the stream's bytes flow through."""
     finish: Callable[[StreamTap], Generator[Action, Any, None]] | None = None
     """For a successful stream: the engine's settlement, driven when the stream ends."""
+    translated: bool = False
+    """The reply's body was translated from another provider's API: the response is built
+    from it, not from the upstream's."""

@@ -153,6 +153,13 @@ class CallContext:
         return str(self.body.get("model", ""))
 
     @property
+    def caller_dialect(self) -> Dialect:
+        """The API the caller speaks (``original_body``'s): :attr:`dialect` unless a fallback
+        crossed to another provider's API."""
+        home = self.notes.get("home")
+        return home[0] if home is not None else self.dialect  # type: ignore[no-any-return]
+
+    @property
     def messages(self) -> list[dict[str, Any]]:
         """The conversation, chat-shaped (the dialect's view of its input)."""
         return self.dialect.messages(self.body)

@@ -37,8 +37,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Effects", "drive_async", "drive_sync"]
 
-SendFn = Callable[[dict[str, Any], bool], Reply]
-AsyncSendFn = Callable[[dict[str, Any], bool], Awaitable[Reply]]
+SendFn = Callable[..., Reply]
+"""``send(body, modified)``, or ``send(body, modified, upstream)`` for another provider."""
+AsyncSendFn = Callable[..., Awaitable[Reply]]
 
 
 class Effects:
@@ -125,7 +126,10 @@ def drive_sync(
         try:
             if isinstance(action, Send):
                 assert send is not None, "a finished stream's settlement sends nothing"
-                value = send(action.body, action.modified)
+                if action.upstream is None:
+                    value = send(action.body, action.modified)
+                else:
+                    value = send(action.body, action.modified, action.upstream)
             elif isinstance(action, Sleep):
                 time.sleep(action.seconds)
             else:
@@ -155,7 +159,10 @@ async def drive_async(
         try:
             if isinstance(action, Send):
                 assert send is not None, "a finished stream's settlement sends nothing"
-                value = await send(action.body, action.modified)
+                if action.upstream is None:
+                    value = await send(action.body, action.modified)
+                else:
+                    value = await send(action.body, action.modified, action.upstream)
             elif isinstance(action, Sleep):
                 await asyncio.sleep(action.seconds)
             else:

@@ -194,10 +194,11 @@ class Pipeline:
             yield from self._reserve(call)
             sent = yield from self._send(call)
             if isinstance(sent, Outcome):
-                return sent
+                return _homeward(call, sent)
             reply, payload = sent
             answer = call.dialect.answer(payload)
-            if self.escalator is not None and escalations < self.retry.max_retries:
+            crossed = "upstream" in call.notes  # on another provider's model: not escalated
+            if self.escalator is not None and escalations < self.retry.max_retries and not crossed:
                 decided = call.notes.get("route")
                 target = self.escalator.escalate(call, payload, answer)
                 if target is not None:
@@ -212,7 +213,7 @@ class Pipeline:
                     call.body["model"] = target
                     continue
             yield from self._settle(call, answer)
-            return Outcome(reply)
+            return _homeward(call, Outcome(reply))
 
     def _carry(self, call: CallContext, previous: str) -> Generator[Action, Any, None]:
         """Add the earlier conversation a call continues to its input: the provider bills
@@ -248,7 +249,7 @@ class Pipeline:
             rewritten = call.notes.get("rewritten", False) or call.body != call.original_body
             call.notes["rewritten"] = rewritten
             try:
-                reply = yield Send(call.body, rewritten)
+                reply = yield Send(call.body, rewritten, call.notes.get("upstream"))
             except TransportFailure as exc:
                 failure = Failure(exc.kind, message=str(exc.error))
                 error: BaseException = exc.error
@@ -262,7 +263,7 @@ class Pipeline:
                     if self.fallbacks is not None:
                         yield from self._answered(call, sent_at, reply.streaming)
                     if reply.streaming:
-                        tap = call.dialect.tap(strip_usage=call.strip_usage_chunk)
+                        tap = _stream_tap(call)
                         return Outcome(
                             reply, tap=tap, finish=lambda tap: self._finish_stream(call, tap)
                         )
@@ -437,7 +438,8 @@ class Pipeline:
             call.reservation = yield Reserve(lines, call.worst_case_usd, session.id)
         except BudgetExceeded as exc:
             policy = self.budget_policy(exc.key)
-            if policy == "downgrade" and self.escalator is not None:
+            crossed = "upstream" in call.notes  # the cheaper models are the caller's API's
+            if policy == "downgrade" and self.escalator is not None and not crossed:
                 for model in self.escalator.cheaper_models(call):
                     call.body["model"] = model
                     self._measure(call)
@@ -724,6 +726,37 @@ def _record_outcome(call: CallContext, result: str) -> None:
             fallbacks=call.notes.get("fallbacks", 0),
         ),
     )
+
+
+def _stream_tap(call: CallContext) -> StreamTap:
+    """The reader of a successful stream: the call's dialect's, or, for a stream of another
+    provider's model, one that hands on the caller's own API's events."""
+    home = call.notes.get("home")
+    if home is None or "upstream" not in call.notes:
+        return call.dialect.tap(strip_usage=call.strip_usage_chunk)
+    from agentguard.dialects.translate_stream import translated_tap
+
+    return translated_tap(call.dialect.name, home[0].name, call.original_body)
+
+
+def _homeward(call: CallContext, outcome: Outcome) -> Outcome:
+    """The outcome of a call answered by another provider's model, translated back into the
+    caller's own API (an answer, or the error handed back); any other outcome as it is."""
+    home = call.notes.get("home")
+    if home is None or "upstream" not in call.notes or outcome.reply.body is None:
+        return outcome
+    from agentguard.dialects.translate import Untranslatable, translate_reply
+
+    reply = outcome.reply
+    try:
+        body = translate_reply(reply.status, reply.body, call.dialect.name, home[0].name)
+        status = reply.status
+    except Untranslatable as exc:
+        logger.warning("fallback_untranslatable", session_id=call.session.id, reason=str(exc))
+        status = 502
+        body = translate_reply(status, None, call.dialect.name, home[0].name)
+    headers = {"content-type": "application/json", **outcome.extra_headers}
+    return Outcome(Reply(status, headers, body), outcome.extra_headers, translated=True)
 
 
 class _HTTPFailure(AgentGuardError):

@@ -118,7 +118,7 @@ class Parker:
             reason,
             None if failed else resume_at,
             failed=failed,
-            dialect=call.dialect.name,
+            dialect=call.caller_dialect.name,
         )
 
     def gateway_reset(self, url: str | None, now: datetime) -> tuple[float, str] | None:
@@ -151,7 +151,7 @@ class Parker:
             reason,
             error.resets_at,
             failed=False,
-            dialect=call.dialect.name,
+            dialect=call.caller_dialect.name,
         )
 
     def park_session(

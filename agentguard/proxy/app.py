@@ -44,6 +44,7 @@ from agentguard.proxy.upstream import HOP_HEADERS, Upstream, UpstreamResponse
 if TYPE_CHECKING:
     from agentguard.guard import Guard
     from agentguard.parking.record import ParkedSession
+    from agentguard.routing.providers import Upstream as ProviderUpstream
     from agentguard.session import Session
 
 __all__ = ["ProxyApp"]
@@ -376,9 +377,22 @@ class ProxyApp:
         model = str(body.get("model", ""))
         last: dict[str, UpstreamResponse] = {}
 
-        async def send_attempt(new_body: dict[str, Any], modified: bool) -> Reply:
+        async def send_attempt(
+            new_body: dict[str, Any], modified: bool, crossing: ProviderUpstream | None = None
+        ) -> Reply:
             data = encode_body(new_body) if modified else raw
             stream = dialect.streaming(new_body)
+            if crossing is not None:
+                # A fallback to another provider's model: its own endpoint and key.
+                found = crossing.headers()
+                if found is None:
+                    missing = RuntimeError(f"{crossing.api_key_env} is not set")
+                    raise TransportFailure("connection", missing, sent=False)
+                response = await self.upstream.send(
+                    "POST", crossing.url, found, data, stream=stream
+                )
+                last["response"] = response
+                return Reply(response.status, response.headers, response.body)
             response = await self.upstream.send("POST", url, headers, data, stream=stream)
             last["response"] = response
             return Reply(response.status, response.headers, response.body)

@@ -13,6 +13,12 @@ asked by the engine): a 529 *overloaded*, a 404 *model not found* or an error sa
 is gone moves the call to the next model of its chain at once; a timeout or a 5xx does once
 the retry policy has given up on the model. The engine prices and reserves the next model
 before it sends it.
+
+A chain may cross to another provider's model when ``routing.providers`` says where it is
+served: the call becomes a call in that provider's API (its request translated by
+:mod:`agentguard.dialects.translate`, sent to the :class:`~agentguard.routing.providers.Upstream`
+in ``call.notes["upstream"]``), and the engine translates the answer back. A request that
+cannot be translated faithfully skips that model (a ``fallback_skipped`` event says why).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 import json
 import re
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agentguard.log import logger
 
@@ -29,6 +35,7 @@ if TYPE_CHECKING:
     from agentguard.engine.call import CallContext, Reply
     from agentguard.pricing import Pricer
     from agentguard.routing.health import ModelHealth
+    from agentguard.routing.providers import Upstream
 
 __all__ = ["FallbackStage", "switch_reason"]
 
@@ -82,10 +89,26 @@ class FallbackStage:
         pricer: prices, for ``prefer = "cost"``.
     """
 
-    __slots__ = ("_tier_models", "config", "health", "nested_calls", "pricer", "reads_budget")
+    __slots__ = (
+        "_tier_models",
+        "config",
+        "health",
+        "nested_calls",
+        "pricer",
+        "reads_budget",
+        "upstreams",
+    )
 
-    def __init__(self, config: RoutingConfig, health: ModelHealth, pricer: Pricer) -> None:
+    def __init__(
+        self,
+        config: RoutingConfig,
+        health: ModelHealth,
+        pricer: Pricer,
+        upstreams: dict[str, Upstream] | None = None,
+    ) -> None:
         self.config = config
+        self.upstreams = upstreams or {}
+        """Other providers' APIs a chain may cross to, by provider."""
         self.health = health
         self.pricer = pricer
         # Choosing may read the store (cooldowns shared by other processes): an async driver
@@ -165,8 +188,64 @@ class FallbackStage:
             chain = [m for m in self._tier_models[start] if m != start]
         for model in chain:
             if model not in tried and self.health.available(model):
-                return model
+                problem = self._crossing_problem(call, model)
+                if problem is None:
+                    return model
+                tried.append(model)
+                logger.info(
+                    "fallback_skipped",
+                    session_id=call.session.id,
+                    model=model,
+                    from_model=call.model,
+                    reason=problem,
+                )
         return None
+
+    def _provider(self, model: str) -> str | None:
+        return self.pricer.price(model).provider
+
+    def _home(self, call: CallContext) -> tuple[Any, dict[str, Any]]:
+        """The call's own API and its request as it stood before it crossed providers."""
+        home = call.notes.get("home")
+        return home if home is not None else (call.dialect, call.body)
+
+    def _crossing_problem(self, call: CallContext, model: str) -> str | None:
+        """Why the call cannot go to ``model`` of another provider (``None``: it can, or
+        ``model`` is served by the caller's own API)."""
+        from agentguard.dialects.translate import untranslatable
+        from agentguard.routing.providers import provider_of_dialect
+
+        dialect, body = self._home(call)
+        provider = self._provider(model)
+        if provider is None or provider == provider_of_dialect(dialect.name):
+            return None
+        upstream = self.upstreams.get(provider)
+        if upstream is None:
+            return f"{model} is a model of {provider}, and routing.providers.{provider} is not set"
+        return untranslatable(body, dialect.name, upstream.dialect)
+
+    def _move(self, call: CallContext, model: str) -> None:
+        """Put ``model`` on the call: in the caller's own API, or, for another provider's
+        model, as a request translated into that provider's API."""
+        from agentguard.dialects import dialect_named
+        from agentguard.dialects.translate import translate_request
+        from agentguard.routing.providers import provider_of_dialect
+
+        dialect, body = self._home(call)
+        provider = self._provider(model)
+        if provider is None or provider == provider_of_dialect(dialect.name):
+            if "home" in call.notes:  # back from another provider
+                call.dialect, call.body = dialect, dict(body)
+                del call.notes["home"], call.notes["upstream"]
+            call.body["model"] = model
+            return
+        upstream = self.upstreams[provider]
+        call.notes.setdefault("home", (dialect, dict(body)))
+        target = dialect_named(upstream.dialect)
+        assert target is not None
+        call.body = translate_request(body, dialect.name, target.name, model)
+        call.dialect = target
+        call.notes["upstream"] = upstream
 
     def switch_reason(self, reply: Reply) -> str | None:
         """Why this error answer moves the call on at once (see :func:`switch_reason`)."""
@@ -175,7 +254,7 @@ class FallbackStage:
     def switched(self, call: CallContext, model: str, reason: str) -> None:
         """Send the call to ``model`` from now on: counted in the session, logged."""
         previous = call.model
-        call.body["model"] = model
+        self._move(call, model)
         call.notes.setdefault("tried", [previous]).append(model)
         call.notes["fallbacks"] = call.notes.get("fallbacks", 0) + 1
         session = call.session

@@ -50,6 +50,7 @@ __all__ = [
     "ANTHROPIC_MESSAGES",
     "AnthropicMessages",
     "AnthropicMessagesTap",
+    "anthropic_error_type",
     "claude_image_tokens",
 ]
 
@@ -209,6 +210,21 @@ class AnthropicMessages:
 
 
 ANTHROPIC_MESSAGES = AnthropicMessages()
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_type(status: int) -> str:
+    """The ``error.type`` Anthropic gives an HTTP status (``api_error`` for any other)."""
+    return _ERROR_TYPES.get(status, "api_error")
 
 
 # -- the request --------------------------------------------------------------------------------

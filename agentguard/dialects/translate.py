@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from agentguard.dialects.anthropic_messages import anthropic_error_type
 from agentguard.redact import redact_text
 
 __all__ = [
@@ -66,28 +67,21 @@ _CHAT_KEYS = frozenset(
         "response_format",
     }
 )
-_CHAT_STOP = {
+CHAT_STOP = {
+    # Anthropic's stop_reason -> chat's finish_reason
     "end_turn": "stop",
     "stop_sequence": "stop",
     "max_tokens": "length",
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
-_ANTHROPIC_STOP = {
+ANTHROPIC_STOP = {
+    # chat's finish_reason -> Anthropic's stop_reason
     "stop": "end_turn",
     "length": "max_tokens",
     "tool_calls": "tool_use",
     "function_call": "tool_use",
     "content_filter": "refusal",
-}
-_ANTHROPIC_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    529: "overloaded_error",
 }
 _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 
@@ -218,6 +212,16 @@ def _texts(blocks: list[Any], where: str) -> str:
     return "".join(parts)
 
 
+def _chat_tool_call(block: Mapping[str, Any]) -> dict[str, Any]:
+    """An Anthropic ``tool_use`` block as a chat ``tool_calls`` entry."""
+    arguments = json.dumps(block.get("input") or {}, separators=(",", ":"))
+    return {
+        "id": str(block.get("id", "")),
+        "type": "function",
+        "function": {"name": str(block.get("name", "")), "arguments": arguments},
+    }
+
+
 def _assistant_to_chat(blocks: list[Any]) -> dict[str, Any]:
     text: list[str] = []
     calls: list[dict[str, Any]] = []
@@ -226,14 +230,7 @@ def _assistant_to_chat(blocks: list[Any]) -> dict[str, Any]:
         if kind == "text":
             text.append(str(block.get("text") or ""))
         elif kind == "tool_use":
-            arguments = json.dumps(block.get("input") or {}, separators=(",", ":"))
-            calls.append(
-                {
-                    "id": str(block.get("id", "")),
-                    "type": "function",
-                    "function": {"name": str(block.get("name", "")), "arguments": arguments},
-                }
-            )
+            calls.append(_chat_tool_call(block))
         else:
             raise Untranslatable(f"an assistant {kind!s:.30} block has no Chat equivalent")
     message: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None}
@@ -493,7 +490,7 @@ def _chat_answer_to_anthropic(payload: Mapping[str, Any]) -> dict[str, Any]:
     choice = _mapping(choices[0] if choices else None)
     message = _mapping(choice.get("message"))
     content: list[dict[str, Any]] = []
-    stop = _ANTHROPIC_STOP.get(str(choice.get("finish_reason")), "end_turn")
+    stop = ANTHROPIC_STOP.get(str(choice.get("finish_reason")), "end_turn")
     text = message.get("content")
     if message.get("refusal"):
         text, stop = message["refusal"], "refusal"
@@ -542,14 +539,7 @@ def _anthropic_answer_to_chat(payload: Mapping[str, Any]) -> dict[str, Any]:
         if kind == "text":
             text.append(str(block.get("text") or ""))
         elif kind == "tool_use":
-            arguments = json.dumps(block.get("input") or {}, separators=(",", ":"))
-            calls.append(
-                {
-                    "id": str(block.get("id", "")),
-                    "type": "function",
-                    "function": {"name": str(block.get("name", "")), "arguments": arguments},
-                }
-            )
+            calls.append(_chat_tool_call(block))
         elif kind not in ("thinking", "redacted_thinking"):
             raise Untranslatable(f"the fallback model answered a {kind!s:.30} block")
     stop = str(payload.get("stop_reason"))
@@ -578,7 +568,7 @@ def _anthropic_answer_to_chat(payload: Mapping[str, Any]) -> dict[str, Any]:
             {
                 "index": 0,
                 "message": message,
-                "finish_reason": _CHAT_STOP.get(stop, "stop"),
+                "finish_reason": CHAT_STOP.get(stop, "stop"),
                 "logprobs": None,
             }
         ],
@@ -600,7 +590,7 @@ def _error_message(payload: object) -> str | None:
 
 def _error(status: int, message: str, target: str) -> bytes:
     if target == ANTHROPIC:
-        kind = _ANTHROPIC_ERROR_TYPES.get(status, "api_error")
+        kind = anthropic_error_type(status)
         payload: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
     else:
         kind = "invalid_request_error" if 400 <= status < 500 else "server_error"

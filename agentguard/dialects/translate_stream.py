@@ -15,27 +15,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from agentguard.dialects.sse import SseReader
+from agentguard.dialects.translate import ANTHROPIC_STOP, CHAT_STOP
 from agentguard.redact import redact_text
 
 if TYPE_CHECKING:
     from agentguard.dialects.base import Answer, StreamTap
 
 __all__ = ["TranslatedTap", "translated_tap"]
-
-_ANTHROPIC_STOP = {
-    "stop": "end_turn",
-    "length": "max_tokens",
-    "tool_calls": "tool_use",
-    "function_call": "tool_use",
-    "content_filter": "refusal",
-}
-_CHAT_STOP = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "max_tokens": "length",
-    "tool_use": "tool_calls",
-    "refusal": "content_filter",
-}
 
 
 def translated_tap(source: str, target: str, caller_request: Mapping[str, Any]) -> TranslatedTap:
@@ -197,7 +183,7 @@ class _ChatToAnthropic(_Converter):
             if function.get("arguments"):
                 self._delta({"type": "input_json_delta", "partial_json": function["arguments"]})
         if choice.get("finish_reason"):
-            self._stop = _ANTHROPIC_STOP.get(str(choice["finish_reason"]), "end_turn")
+            self._stop = ANTHROPIC_STOP.get(str(choice["finish_reason"]), "end_turn")
             self._close_block()
 
     def _open_block(self, kind: str, block: Mapping[str, Any]) -> None:
@@ -268,7 +254,7 @@ class _AnthropicToChat(_Converter):
             self._merge(payload.get("usage"))
             delta = payload.get("delta") if isinstance(payload.get("delta"), Mapping) else {}
             assert isinstance(delta, Mapping)
-            finish = _CHAT_STOP.get(str(delta.get("stop_reason")), "stop")
+            finish = CHAT_STOP.get(str(delta.get("stop_reason")), "stop")
             self._chunk({}, finish)
         elif kind == "message_stop":
             if self._include_usage:

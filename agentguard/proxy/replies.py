@@ -29,6 +29,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from agentguard.dialects.anthropic_messages import anthropic_error_type
 from agentguard.errors import (
     AgentGuardError,
     BudgetExceeded,
@@ -42,16 +43,6 @@ from agentguard.errors import (
 )
 
 __all__ = ["ErrorReply", "error_reply", "refusal"]
-
-_ANTHROPIC_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    502: "api_error",
-}
 
 
 @dataclass(slots=True)
@@ -78,7 +69,7 @@ def refusal(
     if anthropic:
         payload: dict[str, object] = {
             "type": "error",
-            "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message},
+            "error": {"type": anthropic_error_type(status), "message": message},
         }
     else:
         payload = {"error": {"message": message, "type": code, "param": None, "code": code}}

@@ -1036,3 +1036,40 @@ def test_a_summary_shorter_than_planned_leaves_the_last_message_whole() -> None:
         result = trimmer.fit(history, model=MODEL, max_tokens=budget, state=state)
         check_trimmed(history, result.messages, budget)
         state = result.state
+
+
+def test_the_count_trimming_hands_to_pricing_is_the_chat_dialects_own() -> None:
+    # Pricing reuses the trimming stage's count of a chat request instead of counting again:
+    # the two must agree, tools included, or the reserved worst case would be off.
+    from agentguard.dialects.openai_chat import OPENAI_CHAT
+    from agentguard.tokens import TokenCounter
+    from agentguard.trimming.chat import CHAT_VIEW
+
+    counter = TokenCounter()
+    tools = [{"type": "function", "function": {"name": "read", "parameters": {"type": "object"}}}]
+    body = {
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Read a.py " * 50},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "read", "arguments": "{}"},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "print('x')\n" * 40},
+        ],
+        "tools": tools,
+    }
+    for model in ("gpt-4o", "claude-sonnet-4-6", "some-unknown-model"):
+        entries = CHAT_VIEW.read(body)
+        assert entries is not None
+        reused = sum(CHAT_VIEW.counts(entries, model, counter)) + CHAT_VIEW.overhead(
+            model, counter, tools
+        )
+        assert reused == OPENAI_CHAT.count_input(body, model, counter)

@@ -364,17 +364,16 @@ class Pipeline:
         """Count the input, fix the output cap, ask for stream usage, find the price."""
         model = call.model
         dialect = call.dialect
-        counted = call.notes.get("message_tokens")
+        counted = call.notes.get("input_tokens")
         if (
             dialect is OPENAI_CHAT
             and counted is not None
             and counted[0] == model
             and counted[1] is call.messages
         ):
-            # The trimmer counted these messages already.
-            call.input_tokens = counted[2] + (
-                self.counter.count_tools(call.tools, model) if call.tools else 0
-            )
+            # The trimmer counted this request already (messages, framing and tools, as the
+            # chat dialect counts its input).
+            call.input_tokens = counted[2]
         else:
             call.input_tokens = dialect.count_input(call.body, model, self.counter)
         call.input_tokens += call.carried_tokens

@@ -95,13 +95,13 @@ class TrimStage:
         )
         model = call.model
         if state is None:
-            overhead = self.counter.request_overhead(model)
-            entry_tokens = sum(view.counts(entries, model, self.counter)) + overhead
-            tokens = entry_tokens - overhead + view.overhead(model, self.counter, call.tools)
+            tokens = sum(view.counts(entries, model, self.counter)) + view.overhead(
+                model, self.counter, call.tools
+            )
             if tokens <= room:
                 # Fits and nothing was cut before: nothing to keep stable yet. The count is
-                # kept so pricing does not count the same messages again.
-                call.notes["message_tokens"] = (model, entries, entry_tokens)
+                # kept so pricing does not count the same request again.
+                call.notes["input_tokens"] = (model, entries, tokens)
                 return
         cached = self._cached_input_ratio(model) if view.caches_prefix(call.body) else None
         result = self.trimmer.fit(

@@ -382,7 +382,7 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
                 return reply_of(response, content)
 
             session = _session_for(self.guard)
-            url_marker = request_url.set(str(request.url))
+            url_marker = request_url.set(request.url)
             try:
                 pipeline = self.guard.pipeline
                 outcome = drive_sync(pipeline.run(session, body, dialect), send, pipeline.effects)
@@ -531,7 +531,7 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
                 return reply_of(response, content)
 
             session = _session_for(self.guard)
-            url_marker = request_url.set(str(request.url))
+            url_marker = request_url.set(request.url)
             try:
                 pipeline = self.guard.pipeline
                 outcome = await drive_async(

@@ -36,10 +36,21 @@ let through under a budget."""
 
 def dialect_for(method: str, path: str) -> Dialect | None:
     """The dialect of an HTTP request, or ``None`` when no dialect guards it."""
-    for dialect in DIALECTS:
-        if dialect.matches(method, path):
-            return dialect
-    return None
+    key = (method, path)
+    found = _BY_REQUEST.get(key, _UNSEEN)
+    if found is not _UNSEEN:
+        return found  # type: ignore[return-value]
+    found = next((dialect for dialect in DIALECTS if dialect.matches(method, path)), None)
+    if len(_BY_REQUEST) >= _BY_REQUEST_MAX:
+        _BY_REQUEST.clear()  # an agent calls a handful of paths; this bounds a strange one
+    _BY_REQUEST[key] = found
+    return found
+
+
+# Answers of dialect_for by (method, path): asked on every call.
+_UNSEEN = object()
+_BY_REQUEST: dict[tuple[str, str], Dialect | None] = {}
+_BY_REQUEST_MAX = 256
 
 
 def dialect_named(name: str) -> Dialect | None:

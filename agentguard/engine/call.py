@@ -145,6 +145,8 @@ class CallContext:
     carried_tokens: int = 0
     """Input the provider bills again from an earlier response the call continues."""
     strip_usage_chunk: bool = False
+    budgeted: bool = False
+    """Whether a dollar limit applies to the session (read once per call)."""
     notes: dict[str, Any] = field(default_factory=dict)
     """Stage results (route decision, trim result) for logs and the demo."""
 

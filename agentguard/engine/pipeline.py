@@ -83,11 +83,6 @@ def _error_message(reply: Reply, dialect: Dialect = OPENAI_CHAT) -> str:
     return redact_text((reply.body or b"")[:200].decode("utf-8", "replace"))
 
 
-def _budgeted(session: Session) -> bool:
-    """Whether a dollar limit applies to the session's calls."""
-    return any(line.limit_usd is not None for line in session.budget_lines())
-
-
 class Pipeline:
     """The stages of the guard, composed. Built by :class:`~agentguard.Guard`.
 
@@ -129,7 +124,12 @@ class Pipeline:
         self.counter = counter
         self.pricer = pricer
         self.ledger = ledger
-        self.stages = list(stages or [])
+        self.stages = tuple(stages or ())
+        # Fixed with the stages: read on every call.
+        self._reads_budget = any(getattr(stage, "reads_budget", False) for stage in self.stages)
+        self._stage_plan = tuple(
+            (stage, bool(getattr(stage, "nested_calls", False))) for stage in self.stages
+        )
         self.limit_handler = limit_handler
         self.default_max_output_tokens = default_max_output_tokens
         self.enforce_output_cap = enforce_output_cap
@@ -153,6 +153,7 @@ class Pipeline:
             requested_model=str(body.get("model", "")),
             dialect=dialect,
             original_body=dict(body),
+            budgeted=session.budgeted(),
         )
         try:
             outcome = yield from self._run(call)
@@ -169,11 +170,11 @@ class Pipeline:
         # The caller's model must have a price even when routing replaces it: a misspelt model
         # would otherwise be swapped for a tier silently.
         self.pricer.price(call.requested_model)
-        if _budgeted(session):
+        if call.budgeted:
             # Refused before it counts as a call or any stage (a summary) spends for it.
             dialect.refuse_unbounded(
                 body,
-                output_capped=dialect.output_cap(body) is not None or self.enforce_output_cap,
+                output_capped=self.enforce_output_cap or dialect.output_cap(body) is not None,
             )
         previous = dialect.previous_response(body)
         if previous is not None:
@@ -181,10 +182,10 @@ class Pipeline:
         with session.lock:
             self.limits.before_call(session)
             session.state.iterations += 1
-        if any(getattr(stage, "reads_budget", False) for stage in self.stages):
+        if self._reads_budget:
             call.notes["remaining_fraction"] = yield ReadBudget(session.budget_lines())
-        for stage in self.stages:
-            if getattr(stage, "nested_calls", False):
+        for stage, nested in self._stage_plan:
+            if nested:
                 yield Prepare(stage, call)
             else:
                 stage.prepare(call)
@@ -219,7 +220,7 @@ class Pipeline:
         """Add the earlier conversation a call continues to its input: the provider bills
         it again. Under a budget, a response this guard never settled is refused."""
         carried = yield RecallContext(previous)
-        if carried is None and _budgeted(call.session):
+        if carried is None and call.budgeted:
             field = "previous_response_id"
             raise UnmeteredRequest(
                 f"refused before sending: {field}={previous[:60]!r} names a response this guard "
@@ -394,7 +395,7 @@ class Pipeline:
             output_capped=requested is not None or self.enforce_output_cap,
             pricer=self.pricer,
             counter=self.counter,
-            budgeted=_budgeted(call.session),
+            budgeted=call.budgeted,
         )
         call.bound = bound
         call.price = bound.price
@@ -666,15 +667,20 @@ class Pipeline:
             yield KeepContext(answer.response_id, usage.input_tokens + usage.output_tokens)
         if not count_step:
             return
+        state = session.state
         with session.lock:
-            session.state.consecutive_failures = 0
-            session.state.last_outcome = "ok"
-            session.state.tool_calls += len(tool_calls)
-            for tool in tool_calls:
-                signature = tool_call_signature(tool)
-                session.state.tool_signatures[signature] = (
-                    session.state.tool_signatures.get(signature, 0) + 1
-                )
+            # Written only when they change: a state field's assignment is not cheap, and this
+            # runs on every call.
+            if state.consecutive_failures:
+                state.consecutive_failures = 0
+            if state.last_outcome != "ok":
+                state.last_outcome = "ok"
+            if tool_calls:
+                state.tool_calls += len(tool_calls)
+                signatures = state.tool_signatures
+                for tool in tool_calls:
+                    signature = tool_call_signature(tool)
+                    signatures[signature] = signatures.get(signature, 0) + 1
         call.notes["usage"] = usage
         call.notes["cost_usd"] = cost
         call.notes["tool_calls"] = [tool.name for tool in tool_calls]

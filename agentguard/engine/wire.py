@@ -16,8 +16,15 @@ def encode_body(body: dict[str, Any]) -> bytes:
 def json_object(raw: bytes | None) -> dict[str, Any] | None:
     """A body decoded as a JSON object, or ``None`` when it is not one (garbage, a list,
     nothing at all)."""
-    try:
-        value = json.loads(raw or b"")
-    except ValueError:
+    if not raw:
         return None
+    try:
+        # Decoded first: json.loads would sniff the encoding of bytes on every call. A body
+        # that is not UTF-8 (or starts with a byte-order mark) takes the general path.
+        value = json.loads(raw.decode("utf-8"))
+    except ValueError:
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return None
     return value if isinstance(value, dict) else None

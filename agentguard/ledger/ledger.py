@@ -28,6 +28,7 @@ happened).
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
 import secrets
 import threading
@@ -312,6 +313,12 @@ class Ledger:
         self._pending: list[_Settlement] = []
         self._wake = threading.Event()
         self._flusher: threading.Thread | None = None
+        # Whether the flusher waits with no timeout (nothing leased when it last looked): a
+        # new lease must wake it so idle leases are given back.
+        self._flusher_unbounded_wait = True
+        # Reservation ids: random per process (reset in a forked child), then a counter.
+        self._id_prefix = secrets.token_hex(8)
+        self._ids = itertools.count()
         os.register_at_fork(after_in_child=self._after_fork)
         atexit.register(self._flush_at_exit)
 
@@ -356,7 +363,7 @@ class Ledger:
             StoreError: the store failed.
         """
         amount = to_nusd(amount_usd)
-        reservation_id = secrets.token_hex(12)
+        reservation_id = f"{self._id_prefix}{next(self._ids):x}"
         limited = [line for line in lines if line.limit_usd is not None]
         if lease and self.lease_fraction > 0 and limited:
             return self._reserve_leased(tuple(lines), limited, amount, reservation_id, session_id)
@@ -519,7 +526,8 @@ class Ledger:
                 lease.in_flight += 1
                 lease.last_used = now
                 taken.append(lease)
-        self._wake_flusher()  # it gives idle leases back
+        if self._flusher_unbounded_wait:
+            self._wake_flusher()  # it gives idle leases back
         return Reservation(reservation_id, lines, amount, now, leases=tuple(taken))
 
     def _grow_leases(self, short: list[BudgetLine], amount: int, session_id: str | None) -> None:
@@ -751,8 +759,13 @@ class Ledger:
 
     def _flush_loop(self) -> None:
         while True:
+            # Said before looking: a reservation that finds it False made its lease before
+            # the look below, which then sees it.
+            self._flusher_unbounded_wait = True
             busy = self._leases or self._retired
             wait = min(self.lease_idle_s, self.renew_after_s) if busy else None
+            if busy:
+                self._flusher_unbounded_wait = False
             woken = self._wake.wait(timeout=wait)
             if woken:
                 # Coalesce: a busy agent's next reservation usually writes the settlement first.
@@ -775,7 +788,10 @@ class Ledger:
         self._lease_lock = threading.RLock()
         self._held_lock = threading.Lock()
         self._flusher = None
+        self._flusher_unbounded_wait = True
         self._wake = threading.Event()
+        self._id_prefix = secrets.token_hex(8)
+        self._ids = itertools.count()
         self._lock = threading.Lock()
 
     def _flush_at_exit(self) -> None:

@@ -38,8 +38,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Decision", "Parker", "request_url"]
 
-request_url: ContextVar[str | None] = ContextVar("agentguard_request_url", default=None)
-"""The URL of the call being guarded (set by the transport): which gateway refused it."""
+request_url: ContextVar[object | None] = ContextVar("agentguard_request_url", default=None)
+"""The URL of the call being guarded (set by the transport; a string or an ``httpx.URL``,
+made a string only when a refusal needs it): which gateway refused it."""
 
 _LIMIT_STATUSES = frozenset({400, 402, 403, 422, 429})
 # Call parameters a replay must not repeat: they belong to the transport, not the request.
@@ -86,7 +87,8 @@ class Parker:
     ) -> ParkedSession:
         now = datetime.now(UTC)
         if verdict.wait_s is None:
-            gateway = self.gateway_reset(request_url.get(), now)
+            url = request_url.get()
+            gateway = self.gateway_reset(None if url is None else str(url), now)
             if gateway is not None:
                 verdict = replace(verdict, wait_s=gateway[0], reset_source=gateway[1])
         resume_at, source = resume_time(

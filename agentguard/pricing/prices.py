@@ -182,16 +182,17 @@ class ModelPrice:
         price = self.for_input_tokens(usage.input_tokens) if self.tiers else self
         uncached = usage.input_tokens - usage.cached_input_tokens - usage.cache_write_tokens
         visible_output = usage.output_tokens - usage.reasoning_tokens
-        short_writes = usage.cache_write_tokens - usage.cache_write_1h_tokens
-        return (
-            uncached * price.input
-            + usage.cached_input_tokens * price.cached_input
-            + short_writes * price.cache_write
-            + usage.cache_write_1h_tokens * price.cache_write_1h
-            + visible_output * price.output
-            + usage.reasoning_tokens * price.reasoning
-            + price.request
-        )
+        total = uncached * price.input + visible_output * price.output + price.request
+        # The breakdowns are mostly zero: decimal products of zero are skipped (every call).
+        if usage.cached_input_tokens:
+            total += usage.cached_input_tokens * price.cached_input
+        if usage.cache_write_tokens:
+            short_writes = usage.cache_write_tokens - usage.cache_write_1h_tokens
+            total += short_writes * price.cache_write
+            total += usage.cache_write_1h_tokens * price.cache_write_1h
+        if usage.reasoning_tokens:
+            total += usage.reasoning_tokens * price.reasoning
+        return total
 
     def worst_case(
         self, input_tokens: int, max_output_tokens: int, *, cache_writes: CacheWrites = "any"

@@ -139,11 +139,11 @@ class RouteStage:
         logger.info("route", session_id=call.session.id, **decision.log_fields())
 
     def escalate(self, call: CallContext, payload: dict[str, Any], answer: Answer) -> str | None:
-        from agentguard.routing import check_answer_failure, check_step_failure
-
         decision = call.notes.get("route")
         if decision is None or not self.config.escalate:
             return None
+        from agentguard.routing import check_answer_failure, check_step_failure
+
         if call.chat:
             failure = check_step_failure(payload, call.tools)  # every choice, legacy calls too
         else:

@@ -88,13 +88,14 @@ class TrimStage:
         if room is None:
             return
         session = call.session
-        from agentguard.trimming import TrimState
-
-        state = (
-            TrimState.model_validate(session.state.trim_state) if session.state.trim_state else None
-        )
         model = call.model
-        if state is None:
+        saved = session.state.trim_state
+        if saved:
+            from agentguard.trimming import TrimState
+
+            state: TrimState | None = TrimState.model_validate(saved)
+        else:
+            state = None
             tokens = sum(view.counts(entries, model, self.counter)) + view.overhead(
                 model, self.counter, call.tools
             )

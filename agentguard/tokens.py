@@ -331,6 +331,8 @@ class TokenCounter:
         self._calibrations: dict[str, _CalibrationState] = {}
         self._tokenizers: dict[str, _Tokenizer | None] = {}
         self._encodings: dict[str, str | None] = {}
+        # model -> (encoding counted with, exact?): asked several times on every call.
+        self._bases: dict[str, tuple[str, bool]] = {}
 
     # -- model and encoding resolution ------------------------------------------------------
 
@@ -371,6 +373,12 @@ class TokenCounter:
 
     def _basis(self, model: str) -> tuple[str, bool]:
         """The encoding to count ``model`` with, and whether that count is exact for it."""
+        basis = self._bases.get(model)
+        if basis is None:
+            basis = self._bases[model] = self._find_basis(model)
+        return basis
+
+    def _find_basis(self, model: str) -> tuple[str, bool]:
         encoding = self.encoding_for(model)
         exact = encoding is not None
         basis = encoding if encoding is not None else ESTIMATE_ENCODING

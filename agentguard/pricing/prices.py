@@ -41,7 +41,7 @@ import functools
 import math
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from datetime import time as time_of_day
 from decimal import Decimal
@@ -108,6 +108,9 @@ class ModelPrice:
     source: PriceSource
     tier_start: int
     tiers: tuple[ModelPrice, ...]
+    _input_ceilings: dict[str, Decimal] = field(repr=False, compare=False)
+    """The dearest input rate for each kind of cache writes a call can make (worst cases are
+    priced on every call)."""
 
     def __init__(
         self,
@@ -163,6 +166,11 @@ class ModelPrice:
         }
         for name, field_value in fields.items():
             object.__setattr__(self, name, field_value)
+        plain = max(values["input"], values["cached_input"])
+        short = max(plain, values["cache_write"])
+        ceilings = {"none": plain, "5m": short, "1h": max(short, values["cache_write_1h"])}
+        ceilings["any"] = ceilings["1h"]
+        object.__setattr__(self, "_input_ceilings", ceilings)
 
     def for_input_tokens(self, input_tokens: int) -> ModelPrice:
         """The flat price for a call with this many input tokens (cached ones included)."""
@@ -232,13 +240,8 @@ class ModelPrice:
     def _flat_worst_case(
         self, input_tokens: int, max_output_tokens: int, cache_writes: CacheWrites
     ) -> Decimal:
-        rates = [self.input, self.cached_input]
-        if cache_writes != "none":
-            rates.append(self.cache_write)
-        if cache_writes in ("any", "1h"):
-            rates.append(self.cache_write_1h)
         return (
-            input_tokens * max(rates)
+            input_tokens * self._input_ceilings[cache_writes]
             + max_output_tokens * max(self.output, self.reasoning)
             + self.request
         )

@@ -147,6 +147,20 @@ def _session_for(guard: TransportHost) -> Session:
     return guard.session(budget_key=guard.default_budget_key)
 
 
+def _decoded_once(response: Any, payload: dict[str, Any]) -> Callable[..., Any]:
+    """``response.json`` that hands the SDK the answer the engine decoded already (the SDKs
+    read a response's JSON once), then decodes as usual: the body is not parsed twice."""
+    decode = response.json
+    handed: list[dict[str, Any]] = [payload]
+
+    def json(**kwargs: Any) -> Any:
+        if handed and not kwargs:
+            return handed.pop()
+        return decode(**kwargs)
+
+    return json
+
+
 _UNPARSABLE = "the request's body is not a JSON object, so its cost cannot be bounded"
 
 
@@ -298,6 +312,8 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
             # The body was read (and decoded) already; the response object can go back as is.
             for name, value in outcome.extra_headers.items():
                 response.headers[name] = value
+            if outcome.payload is not None:
+                response.json = _decoded_once(response, outcome.payload)
             return response
         headers = _response_headers(response.headers, outcome.extra_headers)
         return httpx.Response(outcome.reply.status, headers=headers, stream=stream, request=request)

@@ -63,6 +63,32 @@ def test_wrap_returns_the_sdk_types_and_counts(
     assert status.reserved_usd == 0
 
 
+def test_the_sdk_reads_the_answer_the_guard_decoded_and_later_reads_are_fresh(
+    sim: SimServer, make_guard: Callable[..., Guard]
+) -> None:
+    guard = make_guard()
+    client = client_for(guard, sim)
+    raw_client = openai.OpenAI(base_url=sim.base_url, api_key="sk-test")
+    with guard.session():
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=MESSAGES, max_tokens=20
+        )
+        first = raw.http_response.json()
+        first["choices"] = "changed by the caller"
+        again = raw.http_response.json()
+        parsed = raw.parse()
+    # The bytes on the wire, decoded by the caller: what every read must equal.
+    assert again == json.loads(raw.http_response.content)
+    assert again["choices"][0]["message"]["content"] == parsed.choices[0].message.content
+    assert parsed.usage is not None and parsed.usage.prompt_tokens > 0
+    # Unwrapped, the same request reads the same shape of answer.
+    plain = raw_client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, max_tokens=20
+    )
+    assert type(plain) is type(parsed)
+    assert plain.choices[0].message.content == parsed.choices[0].message.content
+
+
 def test_the_output_cap_is_added_and_a_callers_is_kept(
     sim: SimServer, make_guard: Callable[..., Guard]
 ) -> None:

@@ -210,3 +210,6 @@ class Outcome:
     translated: bool = False
     """The reply's body was translated from another provider's API: the response is built
     from it, not from the upstream's."""
+    payload: dict[str, Any] | None = None
+    """The answer's body as the engine decoded it (an answer, not an error): the engine is done
+    with it, so the caller's SDK may have it instead of decoding the same bytes again."""

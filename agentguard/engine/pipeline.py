@@ -214,7 +214,7 @@ class Pipeline:
                     call.body["model"] = target
                     continue
             yield from self._settle(call, answer)
-            return _homeward(call, Outcome(reply))
+            return _homeward(call, Outcome(reply, payload=payload))
 
     def _carry(self, call: CallContext, previous: str) -> Generator[Action, Any, None]:
         """Add the earlier conversation a call continues to its input: the provider bills

@@ -216,8 +216,29 @@ def load_model() -> ScorerModel:
         return ScorerModel.from_json(json.load(handle))
 
 
+# How a size bucket (``s:<name>:<log2 bucket>``) reads in a decision's reasons.
+_SIZES = {
+    "lines": "line breaks",
+    "words": "words",
+    "chars": "characters",
+    "numbers": "numbers",
+    "tool_chars": "characters of tool output",
+}
+
+
 def _describe(name: str) -> str:
     kind, _, value = name.partition(":")
+    if kind == "s":
+        size, _, bucket = value.partition(":")
+        if size in _SIZES and bucket.isdigit():
+            if size == "lines" and bucket == "0":
+                return "one-line message"
+            low = (1 << int(bucket)) - 1
+            return f"no {_SIZES[size]}" if low == 0 else f"{low}+ {_SIZES[size]}"
+        if size == "tool_batch":
+            return f"{bucket} tool result{'s' if bucket != '1' else ''}"
+        if size == "files":
+            return f"{bucket} file path{'s' if bucket != '1' else ''}"
     return {
         "w": f"word {value!r}",
         "b": f"words {value!r}",

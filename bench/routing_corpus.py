@@ -437,25 +437,23 @@ class Recipe:
 
 
 # The recipes the trainer chooses among, by cross-validation inside its training rows (nested:
-# the choice for a test fold never sees that fold). A first set (MT-Bench's follow-up turns as
-# training rows, soft MT-Bench targets, MT-Bench's share raised to 0.35, other L2 penalties and
-# tie weights) never beat the plain recipe inside the training folds and is kept here for the
-# record, not run. The second set, fixed before any of it was scored: the dense difficulty
-# markers (``d:``) next to the n-grams; the same with L2 1e-4 and with ties weighted 0.6; and
-# structure and markers alone, with no source's vocabulary. A third set, fixed after the second
-# had been scored (the dense markers with L2 1e-4 led, but its agent threshold fell to 0.39):
-# L2 2e-4, and the vocabulary penalised as before while the structure and markers are
-# penalised ten times less.
-RECIPES = (
-    Recipe("gap_weighted"),
+# the choice for a test fold never sees that fold). The others below were each fixed before
+# they were scored and are kept for the record, not run; with their measured numbers in the
+# README's routing notes. A first set: MT-Bench's follow-up turns as training rows, soft
+# MT-Bench targets, MT-Bench's share raised to 0.35, other L2 penalties and tie weights. A
+# second: the dense difficulty markers (``d:``) next to the n-grams; the same with L2 1e-4 and
+# with ties weighted 0.6; structure and markers alone. A third, fixed after the second had been
+# scored: markers with L2 2e-4, and with structure and markers penalised ten times less than
+# the vocabulary. None met every target with the shipped threshold rule, so the plain recipe
+# stays the one trained.
+RECIPES = (Recipe("gap_weighted"),)
+EARLIER_RECIPES = (
     Recipe("gap_weighted_dense", groups=DENSE_GROUPS),
     Recipe("gap_weighted_dense_l2_1e-4", groups=DENSE_GROUPS, l2=1e-4),
     Recipe("gap_weighted_dense_ties_0.6", groups=DENSE_GROUPS, tie_weight=0.6),
     Recipe("dense_only", groups=DENSE_ONLY_GROUPS),
     Recipe("gap_weighted_dense_l2_2e-4", groups=DENSE_GROUPS, l2=2e-4),
     Recipe("gap_weighted_dense_light_structure", groups=DENSE_GROUPS, l2_dense=3e-5),
-)
-EARLIER_RECIPES = (
     Recipe("gap_weighted_l2_1e-3", l2=1e-3),
     Recipe("gap_weighted_l2_1e-4", l2=1e-4),
     Recipe("gap_weighted_ties_0.1", tie_weight=0.1),

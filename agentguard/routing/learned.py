@@ -23,7 +23,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
@@ -67,7 +67,7 @@ def _bucket(value: int, cap: int) -> int:
     return min(cap, (value + 1).bit_length() - 1)
 
 
-def step_vector(features: StepFeatures) -> dict[str, float]:
+def step_vector(features: StepFeatures, *, markers: bool = True) -> dict[str, float]:
     """The sparse feature vector of a step: feature name -> value.
 
     Groups: ``w:`` words, ``b:`` word pairs and ``c:`` character trigrams of the latest user
@@ -75,6 +75,10 @@ def step_vector(features: StepFeatures) -> dict[str, float]:
     ``t:`` words of the tool results being digested; ``s:`` structure; ``d:`` dense difficulty
     markers of the task (see ``_add_difficulty``). Each n-gram group is scaled to unit length
     so a long text does not outvote a short one.
+
+    Args:
+        features: the step.
+        markers: compute the ``d:`` group (a model without weights for it skips the work).
     """
     vector: dict[str, float] = {}
     text = features.text
@@ -94,7 +98,8 @@ def step_vector(features: StepFeatures) -> dict[str, float]:
     cjk = len(_CJK.findall(text[: _MAX_CHARS * 4]))
     chars = len(text) + (_CJK_CHAR_WEIGHT - 1) * cjk
     _add_structure(vector, features, chars, len(words))
-    _add_difficulty(vector, lowered[:_MAX_CHARS], words, pairs, cjk)
+    if markers:
+        _add_difficulty(vector, lowered[:_MAX_CHARS], words, pairs, cjk)
     return vector
 
 
@@ -218,12 +223,19 @@ class ScorerModel:
         weights: feature name -> log-odds weight.
         threshold: the default decision threshold (set at training time; see ``manifest``).
         manifest: where the training data came from, with hashes, and how it was trained.
+        uses_markers: the model weighs the ``d:`` difficulty markers (set from ``weights``).
     """
 
     bias: float
     weights: Mapping[str, float]
     threshold: float
     manifest: Mapping[str, Any]
+    uses_markers: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "uses_markers", any(name.startswith("d:") for name in self.weights)
+        )
 
     def log_odds(self, vector: Mapping[str, float]) -> float:
         """The model's log-odds for a feature vector."""
@@ -242,7 +254,7 @@ class ScorerModel:
 
     def score(self, features: StepFeatures) -> float:
         """The probability that a step needs the larger model (no session overrides)."""
-        return _sigmoid(self.log_odds(step_vector(features)))
+        return _sigmoid(self.log_odds(step_vector(features, markers=self.uses_markers)))
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ScorerModel:
@@ -356,7 +368,7 @@ class LearnedClassifier:
         """Label one step."""
         from agentguard.routing.features import Classification
 
-        vector = step_vector(features)
+        vector = step_vector(features, markers=self.model.uses_markers)
         get = self.model.weights.get
         # One pass gives both the log-odds and the parts that explain it.
         parts = [(weight * value, name) for name, value in vector.items() if (weight := get(name))]

@@ -268,12 +268,13 @@ class RoutingConfig(_Section):
     tiers: dict[str, str] = Field(default_factory=dict)
     """Tier name to model, cheapest first (``{small = "gpt-4o-mini", large = "gpt-4o"}``).
     Empty turns routing off."""
-    classifier: Literal["heuristic", "learned", "llm", "cascade"] = "heuristic"
-    """How a step's difficulty is judged: ``heuristic`` (offline rules on the request: tool
-    results being digested, code/maths/multi-step signals, input size, position, previous
-    outcome), ``learned`` (the shipped scorer, offline: a logistic regression trained on public
-    routing data and labelled agent steps), ``llm`` (the cheapest tier is asked, a model call of
-    its own, through the guard), or ``cascade`` (the learned scorer, and the small tier asked only
+    classifier: Literal["learned", "heuristic", "llm", "cascade"] = "learned"
+    """How a step's difficulty is judged: ``learned`` (the default: the shipped scorer, offline,
+    a logistic regression trained on public routing data and labelled agent steps; its score is
+    the probability that the step needs the larger model), ``heuristic`` (the older offline
+    rules on the request: tool results being digested, code/maths/multi-step signals, input
+    size, position, previous outcome), ``llm`` (the cheapest tier is asked, a model call of its
+    own, through the guard), or ``cascade`` (the learned scorer, and the small tier asked only
     inside its uncertain band)."""
     threshold: Annotated[float, Field(gt=0, lt=1)] | None = None
     """Score (the probability that a step needs the larger model) from which a step goes up a

@@ -92,7 +92,9 @@ def main() -> None:
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "trainer": "bench/routing_train.py",
         "model": "weighted L2 logistic regression over word, word-pair and character-trigram "
-        "features of the latest user message, tool-output words and step structure",
+        "features of the latest user message, tool-output words and step structure"
+        + (", with dense difficulty markers" if "d:" in recipe.groups else ""),
+        "feature_groups": list(recipe.groups),
         "sources": {
             "routellm": {
                 "repository": corpus.ROUTELLM_REPO,

@@ -74,7 +74,10 @@ def test_the_demo_runs_on_the_other_apis(api: str) -> None:
     assert code == 0, output
     lines = output.splitlines()
     steps = [int(match.group(1)) for line in lines if (match := STEP_LINE.match(line))]
-    assert steps == list(range(1, 13)), output
+    # Each call printed once, in order. The scripted agent picks its next step from the
+    # assistant turns it is sent, so a trim that drops old turns can make it repeat one: the
+    # guarded run may take more calls than the script's 12, never fewer.
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 12, output
     assert any(line.startswith("parked: budget 'demo'") for line in lines), output
     assert any(line.startswith("resumed: demo-task") for line in lines), output
     assert "Answer:" in lines

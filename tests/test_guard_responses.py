@@ -296,7 +296,7 @@ def test_a_broken_function_call_from_the_small_tier_is_escalated(
         client = wrapped(guard, sim)
         with guard.session("escalate", budget_key="work") as session:
             response = client.responses.create(
-                model="gpt-4o", input="Thanks! Now read a.py for me.", tools=TOOLS
+                model="gpt-4o", input="Please read a.py.", tools=TOOLS
             )
         billed = sim.billed_usd()
     assert [r.body["model"] for r in sim.requests if r.body] == ["gpt-4o-mini", "gpt-4o"]

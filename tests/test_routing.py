@@ -33,6 +33,7 @@ from agentguard.routing import (
     build_classifier,
     check_step_failure,
     extract_features,
+    load_model,
 )
 
 SMALL, MEDIUM, LARGE = "gpt-4o-mini", "gpt-4.1-mini", "gpt-4o"
@@ -410,9 +411,12 @@ def test_build_classifier() -> None:
 
 
 def test_router_builds_the_configured_classifier() -> None:
-    assert isinstance(Router(RoutingConfig(tiers=THREE_TIERS)).classifier, HeuristicClassifier)
-    learned = Router(RoutingConfig(tiers=THREE_TIERS, classifier="learned"))
-    assert isinstance(learned.classifier, LearnedClassifier)
+    # The learned scorer is the default; the heuristic stays selectable.
+    default = Router(RoutingConfig(tiers=THREE_TIERS))
+    assert isinstance(default.classifier, LearnedClassifier)
+    assert default.classifier.threshold == load_model().threshold
+    heuristic = Router(RoutingConfig(tiers=THREE_TIERS, classifier="heuristic"))
+    assert isinstance(heuristic.classifier, HeuristicClassifier)
     with pytest.raises(ConfigError):
         Router(RoutingConfig(tiers=THREE_TIERS, classifier="llm"))
     ask = FakeAsk("EASY")

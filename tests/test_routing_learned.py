@@ -405,3 +405,22 @@ def test_calibrate_command_fails_clearly(tmp_path: Path) -> None:
         app, ["route", "calibrate", "--target-large-share", "1.5", "--events", str(empty)]
     )
     assert bad.exit_code == 2 and "target-large-share" in bad.output
+
+
+def test_difficulty_markers_count_only_for_a_model_that_weighs_them() -> None:
+    step = extract_features(
+        user("Calculate 3 + 4, then explain why the total is odd."), None, input_tokens=20
+    )
+    vector = step_vector(step)
+    assert vector["d:math"] > 0 and vector["d:reasoning"] > 0 and vector["d:parts"] > 0
+    assert all(0 < value <= 1 for name, value in vector.items() if name.startswith("d:"))
+    assert not any(name.startswith("d:") for name in step_vector(step, markers=False))
+
+    plain = ScorerModel(0.0, {"w:calculate": 1.0}, 0.5, {})
+    marked = ScorerModel(0.0, {"w:calculate": 1.0, "d:math": 2.0}, 0.5, {})
+    assert not plain.uses_markers and marked.uses_markers
+    assert LearnedClassifier(model=marked)(step).score > LearnedClassifier(model=plain)(step).score
+    # The shipped model weighs no marker: its score is the same with or without them.
+    shipped = load_model()
+    assert not shipped.uses_markers
+    assert shipped.log_odds(vector) == shipped.log_odds(step_vector(step, markers=False))

@@ -23,7 +23,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
@@ -67,23 +67,27 @@ def _bucket(value: int, cap: int) -> int:
     return min(cap, (value + 1).bit_length() - 1)
 
 
-def step_vector(features: StepFeatures) -> dict[str, float]:
+def step_vector(features: StepFeatures, *, markers: bool = True) -> dict[str, float]:
     """The sparse feature vector of a step: feature name -> value.
 
     Groups: ``w:`` words, ``b:`` word pairs and ``c:`` character trigrams of the latest user
     message's head (a CJK character counts as a word, so CJK pairs are character bigrams);
-    ``t:`` words of the tool results being digested; ``s:`` structure. Each n-gram group is
-    scaled to unit length so a long text does not outvote a short one.
+    ``t:`` words of the tool results being digested; ``s:`` structure; ``d:`` dense difficulty
+    markers of the task (see ``_add_difficulty``). Each n-gram group is scaled to unit length
+    so a long text does not outvote a short one.
+
+    Args:
+        features: the step.
+        markers: compute the ``d:`` group (a model without weights for it skips the work).
     """
     vector: dict[str, float] = {}
     text = features.text
     lowered = text[: _MAX_CHARS * 4].lower()
     words = _TOKEN.findall(lowered)[:_MAX_WORDS]
+    pairs = [a + " " + b for a, b in pairwise(words)]
     if words:
-        unique = {"w:" + word for word in words}
-        pairs = {"b:" + a + " " + b for a, b in pairwise(words)}
-        _add_group(vector, unique)
-        _add_group(vector, pairs)
+        _add_group(vector, {"w:" + word for word in words})
+        _add_group(vector, {"b:" + pair for pair in pairs})
     squeezed = " " + " ".join(lowered[:_MAX_CHARS].split()) + " "
     if len(squeezed) > 3:
         grams = {"c:" + squeezed[i : i + 3] for i in range(len(squeezed) - 2)}
@@ -91,8 +95,11 @@ def step_vector(features: StepFeatures) -> dict[str, float]:
     if features.tool_text:
         tool_words = _WORD.findall(features.tool_text[: _MAX_CHARS * 4].lower())[:_MAX_TOOL_WORDS]
         _add_group(vector, {"t:" + word for word in tool_words})
-    chars = len(text) + (_CJK_CHAR_WEIGHT - 1) * len(_CJK.findall(text[: _MAX_CHARS * 4]))
+    cjk = len(_CJK.findall(text[: _MAX_CHARS * 4]))
+    chars = len(text) + (_CJK_CHAR_WEIGHT - 1) * cjk
     _add_structure(vector, features, chars, len(words))
+    if markers:
+        _add_difficulty(vector, lowered[:_MAX_CHARS], words, pairs, cjk)
     return vector
 
 
@@ -134,6 +141,79 @@ def _add_structure(
         vector["s:images"] = 1.0
 
 
+# Markers of what a task demands, read from the head of the latest user message. Each is a
+# dense feature (``d:`` group) that means the same on any benchmark or agent step: maths, code,
+# constraints on the answer, several parts to do, a format to follow, reasoning asked for, a
+# fact looked up. A model trained only on n-grams learns one source's vocabulary; these carry
+# across sources. Words and word pairs are looked up in one table (no pass over the text per
+# marker), symbols are found by one pattern.
+_MARKER_TERMS = {
+    "math": "calculate calculated calculating calculation compute computed computing solve "
+    "solving equation equations probability probabilities integral derivative prove proof sum "
+    "product percent percentage ratio average total remainder divisible prime geometry algebra "
+    "how_many how_much how_long how_far",
+    "code": "def class function return import const var lambda sql python javascript java "
+    "rust regex algorithm implement implementation program programming compile debug bug api "
+    "json array string recursion complexity code script",
+    "constraint": "must exactly only ensure never always each every limit within strictly "
+    "keep avoid without at_least at_most no_more no_less do_not don't",
+    "parts": "then also additionally first firstly second secondly finally afterwards next "
+    "both respectively",
+    "format": "table list bullet bullets format formatted csv markdown yaml sentence sentences "
+    "paragraph paragraphs words poem essay email letter story title outline summary summarize "
+    "summarise rewrite translate rhyme rhyming tone style",
+    "reasoning": "explain explanation why reason reasoning analyze analyse analysis compare "
+    "contrast evaluate evaluation justify derive critique pros cons tradeoff tradeoffs "
+    "implications design plan strategy strategies optimize optimise argue assess infer "
+    "step_by",
+    "lookup": "capital_of stands_for definition_of synonym antonym define",
+}
+_MARKER_OF = {
+    term.replace("_", " "): name for name, terms in _MARKER_TERMS.items() for term in terms.split()
+}
+_LOOKUP_OPENERS = frozenset(
+    ["what", "who", "when", "where", "which", "name", "list", "define", "is", "are", "does", "do"]
+)
+# Symbols: arithmetic between digits and maths signs; code punctuation; list items and
+# questions (each is a part to answer).
+_ARITHMETIC = re.compile(r"\d\s*[-+*/^=×÷]\s*\d")
+_MATH_SIGNS = ("=", "<", ">", "≤", "≥", "√", "∑", "∫", "π", "%")
+_CODE_SIGNS = ("```", "{", "};", "()", "=>", "->", "==", "!=")
+_LIST_ITEM = re.compile(r"(?:^|\n)[ \t]*(?:\d+[.)]|[-*•])\s")
+_SENTENCE_END = re.compile(r"[.!?。！？](?:\s|$)")
+
+
+def _add_difficulty(
+    vector: dict[str, float], text: str, words: list[str], pairs: list[str], cjk: int
+) -> None:
+    """The ``d:`` group: dense, source-independent difficulty markers of the task, each in
+    0..1 (a count of marker hits saturating at 4, and shape: sentences, word length, rare long
+    words, vocabulary variety). ``cjk``: CJK characters in the message."""
+    if not words:
+        return
+    hits = dict.fromkeys(_MARKER_TERMS, 0)
+    marker_of = _MARKER_OF.get
+    for term in (*words, *pairs):
+        if (name := marker_of(term)) is not None:
+            hits[name] += 1
+    hits["math"] += len(_ARITHMETIC.findall(text)) + sum(map(text.count, _MATH_SIGNS))
+    hits["code"] += sum(map(text.count, _CODE_SIGNS))
+    hits["parts"] += len(_LIST_ITEM.findall(text)) + text.count("?")
+    if words[0] in _LOOKUP_OPENERS:
+        hits["lookup"] += 1
+    for name, count in hits.items():
+        if count:
+            vector["d:" + name] = min(count, 4) / 4
+    # Word length means little in a script written a character at a time.
+    if not cjk:
+        vector["d:word_length"] = min(sum(map(len, words)) / len(words), 10) / 10
+        long_words = sum(len(word) >= 10 for word in words)
+        if long_words:
+            vector["d:long_words"] = long_words / len(words)
+    vector["d:sentences"] = min(len(_SENTENCE_END.findall(text)) + 1, 16) / 16
+    vector["d:variety"] = len(set(words)) / len(words)
+
+
 @dataclass(frozen=True, slots=True)
 class ScorerModel:
     """A trained scorer: a bias, weights by feature name, and the threshold it ships with.
@@ -143,12 +223,19 @@ class ScorerModel:
         weights: feature name -> log-odds weight.
         threshold: the default decision threshold (set at training time; see ``manifest``).
         manifest: where the training data came from, with hashes, and how it was trained.
+        uses_markers: the model weighs the ``d:`` difficulty markers (set from ``weights``).
     """
 
     bias: float
     weights: Mapping[str, float]
     threshold: float
     manifest: Mapping[str, Any]
+    uses_markers: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "uses_markers", any(name.startswith("d:") for name in self.weights)
+        )
 
     def log_odds(self, vector: Mapping[str, float]) -> float:
         """The model's log-odds for a feature vector."""
@@ -167,7 +254,7 @@ class ScorerModel:
 
     def score(self, features: StepFeatures) -> float:
         """The probability that a step needs the larger model (no session overrides)."""
-        return _sigmoid(self.log_odds(step_vector(features)))
+        return _sigmoid(self.log_odds(step_vector(features, markers=self.uses_markers)))
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ScorerModel:
@@ -216,8 +303,29 @@ def load_model() -> ScorerModel:
         return ScorerModel.from_json(json.load(handle))
 
 
+# How a size bucket (``s:<name>:<log2 bucket>``) reads in a decision's reasons.
+_SIZES = {
+    "lines": "line breaks",
+    "words": "words",
+    "chars": "characters",
+    "numbers": "numbers",
+    "tool_chars": "characters of tool output",
+}
+
+
 def _describe(name: str) -> str:
     kind, _, value = name.partition(":")
+    if kind == "s":
+        size, _, bucket = value.partition(":")
+        if size in _SIZES and bucket.isdigit():
+            if size == "lines" and bucket == "0":
+                return "one-line message"
+            low = (1 << int(bucket)) - 1
+            return f"no {_SIZES[size]}" if low == 0 else f"{low}+ {_SIZES[size]}"
+        if size == "tool_batch":
+            return f"{bucket} tool result{'s' if bucket != '1' else ''}"
+        if size == "files":
+            return f"{bucket} file path{'s' if bucket != '1' else ''}"
     return {
         "w": f"word {value!r}",
         "b": f"words {value!r}",
@@ -260,7 +368,7 @@ class LearnedClassifier:
         """Label one step."""
         from agentguard.routing.features import Classification
 
-        vector = step_vector(features)
+        vector = step_vector(features, markers=self.model.uses_markers)
         get = self.model.weights.get
         # One pass gives both the log-odds and the parts that explain it.
         parts = [(weight * value, name) for name, value in vector.items() if (weight := get(name))]

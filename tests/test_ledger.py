@@ -4,7 +4,9 @@ concurrency (threads and processes)."""
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 import threading
+import time
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -191,3 +193,28 @@ def test_unlimited_lines_record_spend_without_holding(ledger: Ledger) -> None:
     ledger.release(reservation)  # nothing was held: nothing to give back
     status = ledger.status(line)
     assert (status.spent_usd, status.calls, status.reserved_usd) == (Decimal("0.25"), 1, 0)
+
+
+def test_a_flush_waits_for_what_the_flusher_thread_is_writing(tmp_path: Path) -> None:
+    """``flush``, ``status`` and ``close`` mean "everything settled so far is written", also when
+    the background flusher took the queue a moment earlier and is still writing it: another
+    writer holds the database, so the flusher waits inside its transaction, and the status read
+    meanwhile must wait for it rather than report the settled calls as still held."""
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(Store(f"sqlite:///{path}"), flush_interval_s=0.05, lease_fraction=0.05)
+    line = BudgetLine("racy", Decimal("100"), timedelta(days=1))
+    ledger.status(line)
+    for _ in range(5):
+        reservation = ledger.reserve([line], Decimal("0.01"), lease=True)
+        ledger.settle(reservation, Decimal("0.004"), defer=True)
+    other_writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other_writer.execute("BEGIN IMMEDIATE")
+    time.sleep(0.5)  # the flusher wakes, takes the queue and waits for the write lock
+    threading.Timer(1.0, other_writer.rollback).start()
+    status = ledger.status(line)
+    assert status.spent_usd == Decimal("0.02"), status
+    assert status.in_flight_usd == 0, status
+    ledger.close()
+    status = ledger.status(line)
+    assert status.reserved_usd == 0 and status.spent_usd == Decimal("0.02"), status
+    other_writer.close()

@@ -311,6 +311,9 @@ class Ledger:
         self._lease_lock = threading.RLock()
         self._held_lock = threading.Lock()
         self._pending: list[_Settlement] = []
+        # Held while taken settlements are written: a flush (or a status read, or close) that
+        # finds the queue empty because the flusher thread took it waits for that write.
+        self._flush_lock = threading.RLock()
         self._wake = threading.Event()
         self._flusher: threading.Thread | None = None
         # Whether the flusher waits with no timeout (nothing leased when it last looked): a
@@ -787,6 +790,7 @@ class Ledger:
         self._retired = []
         self._lease_lock = threading.RLock()
         self._held_lock = threading.Lock()
+        self._flush_lock = threading.RLock()
         self._flusher = None
         self._flusher_unbounded_wait = True
         self._wake = threading.Event()
@@ -1036,6 +1040,7 @@ class _Flushing:
 
     def __enter__(self) -> list[_Settlement]:
         ledger = self.ledger
+        ledger._flush_lock.acquire()
         if ledger._pending:
             with ledger._lock:
                 self.pending, ledger._pending = ledger._pending, []
@@ -1044,7 +1049,10 @@ class _Flushing:
         return self.pending
 
     def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
-        if exc_type is not None and self.pending and not isinstance(exc, BudgetExceeded):
-            ledger = self.ledger
-            with ledger._lock:
-                ledger._pending[:0] = self.pending
+        ledger = self.ledger
+        try:
+            if exc_type is not None and self.pending and not isinstance(exc, BudgetExceeded):
+                with ledger._lock:
+                    ledger._pending[:0] = self.pending
+        finally:
+            ledger._flush_lock.release()

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from _machine import machine_info
 
@@ -63,6 +64,70 @@ def import_time(runs: int = 7, first_use: bool = False) -> float:
         )
         samples.append(float(output.stdout))
     return statistics.median(samples)
+
+
+def in_process(guard: Any, batches: int = 40, size: int = 50) -> dict[str, float]:
+    """The guard's own cost per call without a network: the raw SDK and the wrapped one against
+    the same canned answer (``httpx.MockTransport``), alternating batches; best batch of each,
+    in microseconds. Loopback timings include the provider's time, which varies by the hour;
+    this does not."""
+    import httpx
+    import openai
+
+    answer = json.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "gpt-4o-mini",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "Hello there!"},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 20, "completion_tokens": 4, "total_tokens": 24},
+        }
+    ).encode()
+
+    def canned(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=answer, headers={"content-type": "application/json"})
+
+    def client() -> openai.OpenAI:
+        transport = httpx.MockTransport(canned)
+        return openai.OpenAI(
+            base_url="http://provider.invalid/v1",
+            api_key="sk-bench",
+            max_retries=0,
+            http_client=httpx.Client(transport=transport),
+        )
+
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Say hello in one short sentence."},
+    ]
+    clients = {"raw": client(), "guarded": guard.wrap(client())}
+    best = {name: float("inf") for name in clients}
+    with guard.session("bench-in-process", budget_key="default"):
+        for _ in range(200):
+            for sdk in clients.values():
+                sdk.chat.completions.create(model="gpt-4o-mini", messages=messages, max_tokens=16)
+        for _ in range(batches):
+            for name, sdk in clients.items():
+                started = time.perf_counter()
+                for _ in range(size):
+                    sdk.chat.completions.create(
+                        model="gpt-4o-mini", messages=messages, max_tokens=16
+                    )
+                best[name] = min(best[name], (time.perf_counter() - started) / size)
+    raw_us, guarded_us = best["raw"] * 1e6, best["guarded"] * 1e6
+    return {
+        "raw_us": round(raw_us, 1),
+        "guarded_us": round(guarded_us, 1),
+        "overhead_us": round(guarded_us - raw_us, 1),
+        "ratio": round(guarded_us / raw_us, 4),
+    }
 
 
 def main() -> None:
@@ -162,6 +227,7 @@ def main() -> None:
         "median_overhead_ms": round(
             summary["guarded"]["median_ms"] - summary["raw"]["median_ms"], 4
         ),
+        "in_process_best_batch": in_process(guard),
         "import_agentguard_s": round(import_time(), 4),
         "import_agentguard_guard_s": round(import_time(first_use=True), 4),
         "machine": machine_info(),

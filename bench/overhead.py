@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _canned import chat_completion
 from _machine import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -74,22 +75,7 @@ def in_process(guard: Any, batches: int = 40, size: int = 50) -> dict[str, float
     import httpx
     import openai
 
-    answer = json.dumps(
-        {
-            "id": "chatcmpl-bench",
-            "object": "chat.completion",
-            "created": 1,
-            "model": "gpt-4o-mini",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "Hello there!"},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": 20, "completion_tokens": 4, "total_tokens": 24},
-        }
-    ).encode()
+    answer = chat_completion("chatcmpl-bench", "gpt-4o-mini", prompt_tokens=20)
 
     def canned(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=answer, headers={"content-type": "application/json"})

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _canned import chat_completion
 from _machine import machine_info
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,22 +115,7 @@ def serve_proxy(port: int, sim_url: str, home: str) -> None:
         guard.close()
 
 
-FAST_ANSWER = json.dumps(
-    {
-        "id": "chatcmpl-fast",
-        "object": "chat.completion",
-        "created": 1,
-        "model": MODEL,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": "Hello there!"},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {"prompt_tokens": 24, "completion_tokens": 4, "total_tokens": 28},
-    }
-).encode()
+FAST_ANSWER = chat_completion("chatcmpl-fast", MODEL, prompt_tokens=24)
 FAST_STREAM = (
     b"".join(
         b"data: " + json.dumps(chunk).encode() + b"\n\n"

@@ -65,19 +65,6 @@ class SessionState(BaseModel):
     trim_state: dict[str, Any] | None = None
     """The trimmer's memory of its last cut, so the kept prefix stays stable."""
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        # The counters are written on every call: a field goes straight into the instance, as
-        # pydantic itself stores it for a model that neither validates assignment nor is
-        # frozen, without its per-assignment dispatch.
-        if name in _STATE_FIELDS:
-            self.__dict__[name] = value
-            self.__pydantic_fields_set__.add(name)
-        else:
-            super().__setattr__(name, value)
-
-
-_STATE_FIELDS = frozenset(SessionState.model_fields)
-
 
 class Session:
     """One agent run: its id, budget key, counters and parent.

@@ -114,6 +114,7 @@ class Session:
         """Free-form, JSON-serialisable data that integrations keep with a parked session."""
         self.lock = threading.RLock()
         self._budget_lines: tuple[BudgetLine, ...] | None = None
+        self._budgeted: bool | None = None
 
     # -- what callers read -------------------------------------------------------------------
 
@@ -167,7 +168,9 @@ class Session:
 
     def budgeted(self) -> bool:
         """Whether a dollar limit applies to this session's calls."""
-        return any(line.limit_usd is not None for line in self.budget_lines())
+        if self._budgeted is None:
+            self._budgeted = any(line.limit_usd is not None for line in self.budget_lines())
+        return self._budgeted
 
     # -- bookkeeping the pipeline does -------------------------------------------------------
 

@@ -466,11 +466,8 @@ class Ledger:
         """Whether the hold is old enough that a sweep may have charged it (its process
         stalled): then :meth:`confirm` it in the store before its call is sent. In memory."""
         if reservation.leases:
-            now = time.monotonic()
-            return any(
-                lease.swept or now - lease.renewed_at > self.renew_after_s
-                for lease in reservation.leases
-            )
+            oldest = time.monotonic() - self.renew_after_s
+            return any(lease.swept or lease.renewed_at < oldest for lease in reservation.leases)
         return reservation.held and time.monotonic() - reservation.created > self.renew_after_s
 
     def confirm(self, reservation: Reservation) -> bool:

@@ -8,10 +8,11 @@ happened).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_CEILING, Decimal
+from decimal import Decimal
 from typing import Literal
 
 __all__ = [
@@ -30,7 +31,7 @@ _NANO = Decimal("1e9")
 
 def to_nusd(amount: Decimal) -> int:
     """Dollars to integer nano-dollars, rounded up (the ledger errs toward counting more)."""
-    return int((amount * _NANO).to_integral_value(rounding=ROUND_CEILING))
+    return math.ceil(amount * _NANO)
 
 
 def from_nusd(amount: int) -> Decimal:

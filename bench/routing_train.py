@@ -69,6 +69,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--routellm", type=Path, required=True, help="RouteLLM checkout or git dir")
     parser.add_argument("--out", type=Path, default=WEIGHTS_PATH)
+    parser.add_argument(
+        "--candidates",
+        choices=sorted(corpus.CANDIDATE_SETS),
+        default="shipped",
+        help="the recipes to choose among (only 'shipped' reproduces the shipped weights)",
+    )
     args = parser.parse_args()
 
     started = time.monotonic()
@@ -80,7 +86,7 @@ def main() -> None:
     corpus.vectorise(rows)
     design = corpus.Design(rows)
     print(f"{len(rows)} rows, {len(design.names)} features; nested {FOLDS}-fold over recipes")
-    cv = corpus.cross_validate(design, corpus.RECIPES, FOLDS)
+    cv = corpus.cross_validate(design, corpus.CANDIDATE_SETS[args.candidates], FOLDS)
     recipe = corpus.recipe_named(cv.recipe)
     oof = cv.plain[recipe.name]
     threshold, at_threshold = choose_threshold(

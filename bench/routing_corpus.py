@@ -457,7 +457,12 @@ RECIPES = (Recipe("gap_weighted"),)
 # steps' threshold where the savings trace's routine steps go up. Averaging a sharper model's
 # log-odds with the shipped recipe's keeps part of each; weighting the benchmarks more
 # lets them shape the text ranking. The markers with L2 1e-4 are the earlier best on MT-Bench
-# (scored again here as a component). Scored with nested cross-validation over these five.
+# (scored again here as a component). Scored with nested cross-validation over these five
+# (``routing_train.py --candidates fourth``): the trainer's choice, the markers with the
+# benchmarks weighted more, lifts MT-Bench within its noise and moves the default threshold to
+# 0.38, where every call of the savings trace goes to the large model; the blends keep the
+# trace's savings but are not the choice. Nothing from this set is shipped (README, routing
+# notes).
 FOURTH_SET = (
     Recipe("gap_weighted"),
     Recipe("gap_weighted_dense_l2_1e-4", groups=DENSE_GROUPS, l2=1e-4),

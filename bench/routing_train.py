@@ -34,6 +34,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -65,10 +66,43 @@ def choose_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, dic
     return best[0], best[2]
 
 
+def print_cross_validation(cv: corpus.CrossValidation, benchmarks: dict[str, list[Any]]) -> None:
+    """Each candidate's plain out-of-fold APGR per benchmark, and the nested APGR of the whole
+    procedure (the recipe chosen inside each test fold's training folds)."""
+
+    def areas(scores: dict[str, float]) -> str:
+        return " / ".join(
+            f"{corpus.apgr(corpus.pgr_curve(*benchmark_arrays(rows, scores))):.4f}"
+            for rows in benchmarks.values()
+        )
+
+    print(f"APGR {' / '.join(benchmarks)}")
+    for name, scores in cv.plain.items():
+        print(f"  plain {FOLDS}-fold, {name}: {areas(scores)}")
+    print(f"  nested (recipe per test fold: {', '.join(cv.chosen_per_fold)}): {areas(cv.scores)}")
+
+
+def benchmark_arrays(
+    rows: list[Any], scores: dict[str, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A benchmark's scores, strong-model and weak-model quality, in row order."""
+    return (
+        np.array([scores[r.id] for r in rows]),
+        np.array([r.strong for r in rows]),
+        np.array([r.weak for r in rows]),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--routellm", type=Path, required=True, help="RouteLLM checkout or git dir")
     parser.add_argument("--out", type=Path, default=WEIGHTS_PATH)
+    parser.add_argument(
+        "--candidates",
+        choices=sorted(corpus.CANDIDATE_SETS),
+        default="shipped",
+        help="the recipes to choose among (only 'shipped' reproduces the shipped weights)",
+    )
     args = parser.parse_args()
 
     started = time.monotonic()
@@ -80,7 +114,8 @@ def main() -> None:
     corpus.vectorise(rows)
     design = corpus.Design(rows)
     print(f"{len(rows)} rows, {len(design.names)} features; nested {FOLDS}-fold over recipes")
-    cv = corpus.cross_validate(design, corpus.RECIPES, FOLDS)
+    cv = corpus.cross_validate(design, corpus.CANDIDATE_SETS[args.candidates], FOLDS)
+    print_cross_validation(cv, benchmarks)
     recipe = corpus.recipe_named(cv.recipe)
     oof = cv.plain[recipe.name]
     threshold, at_threshold = choose_threshold(

@@ -506,15 +506,24 @@ class TokenCounter:
             digests: their :func:`message_digest` values, if the caller has them already.
         """
         basis, exact = self._basis(model)
-        factor = self._factor(model, exact)
-        keys: list[tuple[str, Any]]
+        # One loop per pass, no comprehensions: this runs on every call, and each
+        # comprehension is a function call of its own.
+        keys: list[tuple[str, Any]] = []
         if digests is not None:
-            keys = [(basis, digest) for digest in digests]
+            for digest in digests:
+                keys.append((basis, digest))
         else:
-            keys = [(basis, _plain_key(m) or message_digest(m)) for m in messages]
+            for message in messages:
+                keys.append((basis, _plain_key(message) or message_digest(message)))
+        raws: list[int | None] = []
+        missing: list[int] = []
         with self._lock:
-            raws = [self._cache.get(key) for key in keys]
-        missing = [index for index, raw in enumerate(raws) if raw is None]
+            cached = self._cache.get
+            for index, key in enumerate(keys):
+                raw = cached(key)
+                if raw is None:
+                    missing.append(index)
+                raws.append(raw)
         if missing:
             computed = {
                 i: self._raw_message_tokens(_as_mapping(messages[i]), basis) for i in missing
@@ -523,7 +532,13 @@ class TokenCounter:
                 for i, raw in computed.items():
                     self._cache.put(keys[i], raw)
                     raws[i] = raw
-        return [self._scale(raw or 0, factor) for raw in raws]
+        if exact:
+            return raws  # type: ignore[return-value]  # every entry was filled above
+        factor = self._factor(model, exact)
+        counts: list[int] = []
+        for raw in raws:
+            counts.append(self._scale(raw or 0, factor))
+        return counts
 
     def request_overhead(self, model: str) -> int:
         """Tokens a request adds beyond its messages: reply priming plus any learned offset."""

@@ -147,6 +147,8 @@ class CallContext:
     strip_usage_chunk: bool = False
     budgeted: bool = False
     """Whether a dollar limit applies to the session (read once per call)."""
+    debug: bool = False
+    """Whether debug events are written (read once per call: building their fields costs)."""
     notes: dict[str, Any] = field(default_factory=dict)
     """Stage results (route decision, trim result) for logs and the demo."""
 

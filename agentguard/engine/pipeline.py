@@ -154,13 +154,16 @@ class Pipeline:
             dialect=dialect,
             original_body=dict(body),
             budgeted=session.budgeted(),
+            debug=logger.enabled("debug"),
         )
         try:
             outcome = yield from self._run(call)
         except BaseException:
             _record_outcome(call, "parked" if call.notes.get("parked") else "failed")
             raise
-        _record_outcome(call, "failed" if outcome.reply.status >= 400 else "ok")
+        notes = call.notes
+        if "route" in notes or "first_route" in notes:  # only routed calls are recorded
+            _record_outcome(call, "failed" if outcome.reply.status >= 400 else "ok")
         return outcome
 
     def _run(self, call: CallContext) -> Generator[Action, Any, Outcome]:
@@ -195,7 +198,7 @@ class Pipeline:
             yield from self._reserve(call)
             sent = yield from self._send(call)
             if isinstance(sent, Outcome):
-                return _homeward(call, sent)
+                return _homeward(call, sent) if "home" in call.notes else sent
             reply, payload = sent
             answer = call.dialect.answer(payload)
             crossed = "upstream" in call.notes  # on another provider's model: not escalated
@@ -214,7 +217,8 @@ class Pipeline:
                     call.body["model"] = target
                     continue
             yield from self._settle(call, answer)
-            return _homeward(call, Outcome(reply, payload=payload))
+            outcome = Outcome(reply, payload=payload)
+            return _homeward(call, outcome) if "home" in call.notes else outcome
 
     def _carry(self, call: CallContext, previous: str) -> Generator[Action, Any, None]:
         """Add the earlier conversation a call continues to its input: the provider bills
@@ -240,7 +244,9 @@ class Pipeline:
         reply and its parsed body."""
         retries = 0
         while True:
-            yield from self._hold_for_attempt(call)
+            reservation = call.reservation
+            if reservation is None or self.ledger.needs_confirm(reservation):
+                yield from self._hold_for_attempt(call)
             answered: Reply | None = None
             sent_at = time.perf_counter()
             # Top-level keys are replaced, never mutated, so this compares little. Once a
@@ -482,7 +488,7 @@ class Pipeline:
                 session.parked_record = record
                 raise self.limit_handler.parked_error(record) from exc
             raise
-        if logger.enabled("debug"):
+        if call.debug:
             logger.debug(
                 "reserve",
                 session_id=session.id,
@@ -653,9 +659,12 @@ class Pipeline:
             logger.warning("usage_missing", session_id=session.id, model=call.model)
         else:
             self.counter.observe(call.model, call.input_tokens, usage.input_tokens)
-        assert call.price is not None
-        # Billed at the tier the response says it was served at.
-        price = settle_price(self.pricer, call.model, service_tier, call.bound) or call.price
+        price = call.price
+        assert price is not None
+        bound = call.bound
+        if service_tier is not None or (bound is not None and bound.service_tier is not None):
+            # Billed at the tier the response says it was served at.
+            price = settle_price(self.pricer, call.model, service_tier, bound) or price
         cost = price.cost(usage)
         reservation = call.reservation
         call.reservation = None
@@ -683,8 +692,8 @@ class Pipeline:
                     signatures[signature] = signatures.get(signature, 0) + 1
         call.notes["usage"] = usage
         call.notes["cost_usd"] = cost
-        call.notes["tool_calls"] = [tool.name for tool in tool_calls]
-        if logger.enabled("debug"):
+        call.notes["tool_calls"] = [tool.name for tool in tool_calls] if tool_calls else []
+        if call.debug:
             logger.debug(
                 "settle",
                 session_id=session.id,
@@ -697,8 +706,9 @@ class Pipeline:
                 reserved_usd=call.worst_case_usd,
                 ms=round((time.perf_counter() - call.started) * 1000, 2),
             )
-        for observer in list(self.observers):
-            observer(call)
+        if self.observers:
+            for observer in list(self.observers):
+                observer(call)
         try:
             self.limits.after_response(session, tool_calls)
         except LimitExceeded as exc:

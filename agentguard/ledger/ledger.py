@@ -367,7 +367,10 @@ class Ledger:
         """
         amount = to_nusd(amount_usd)
         reservation_id = f"{self._id_prefix}{next(self._ids):x}"
-        limited = [line for line in lines if line.limit_usd is not None]
+        limited: list[BudgetLine] = []
+        for line in lines:  # a loop, not a comprehension: this runs on every call
+            if line.limit_usd is not None:
+                limited.append(line)
         if lease and self.lease_fraction > 0 and limited:
             return self._reserve_leased(tuple(lines), limited, amount, reservation_id, session_id)
         if not limited:
@@ -467,7 +470,10 @@ class Ledger:
         stalled): then :meth:`confirm` it in the store before its call is sent. In memory."""
         if reservation.leases:
             oldest = time.monotonic() - self.renew_after_s
-            return any(lease.swept or lease.renewed_at < oldest for lease in reservation.leases)
+            for lease in reservation.leases:  # noqa: SIM110 (any() over a generator costs a call)
+                if lease.swept or lease.renewed_at < oldest:
+                    return True
+            return False
         return reservation.held and time.monotonic() - reservation.created > self.renew_after_s
 
     def confirm(self, reservation: Reservation) -> bool:
@@ -508,15 +514,18 @@ class Ledger:
         session_id: str | None,
     ) -> Reservation:
         now = time.monotonic()
+        oldest = now - self.renew_after_s
         with self._lease_lock:
-            short = [
-                line
-                for line in limited
-                if (lease := self._leases.get(line.key)) is None
-                or lease.line != line
-                or lease.available < amount
-                or now - lease.renewed_at > self.renew_after_s
-            ]
+            short: list[BudgetLine] = []
+            for line in limited:
+                lease = self._leases.get(line.key)
+                if (
+                    lease is None
+                    or (lease.line is not line and lease.line != line)
+                    or lease.available < amount
+                    or lease.renewed_at < oldest
+                ):
+                    short.append(line)
             if short:
                 self._grow_leases(short, amount, session_id)
             taken = []

@@ -68,12 +68,16 @@ class Bound:
 def output_cap(body: Mapping[str, Any]) -> int | None:
     """The request's own output cap: the larger of ``max_completion_tokens`` and
     ``max_tokens`` when either is a positive integer, else ``None``."""
-    caps = [
-        value
-        for value in (body.get("max_completion_tokens"), body.get("max_tokens"))
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0
-    ]
-    return max(caps) if caps else None
+    cap: int | None = None
+    for value in (body.get("max_completion_tokens"), body.get("max_tokens")):
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and value > 0
+            and (cap is None or value > cap)
+        ):
+            cap = value
+    return cap
 
 
 def bound_request(
@@ -205,14 +209,10 @@ def _scan_parts(body: Mapping[str, Any], model: str) -> tuple[int, tuple[str, st
     surplus = 0
     problem: tuple[str, str, str] | None = None
     # Runs on every call: plain dicts with string content (nearly every message) are skipped
-    # in one comprehension, without the slow abstract Mapping test.
-    with_parts = [
-        index
-        for index, message in enumerate(messages)
-        if type(message) is not dict or type(message.get("content")) is list
-    ]
-    for index in with_parts:
-        message = messages[index]
+    # first, without the slow abstract Mapping test.
+    for index, message in enumerate(messages):
+        if type(message) is dict and type(message.get("content")) is not list:
+            continue
         content = message.get("content") if isinstance(message, Mapping) else None
         if type(content) is not list:
             continue

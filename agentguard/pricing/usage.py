@@ -207,13 +207,17 @@ def _from_chat_dict(usage: dict[str, Any]) -> Usage | None:
     if cached < 0 or cache_write < 0 or reasoning < 0:
         return None
     cached = min(cached, prompt)
-    return Usage(
-        input_tokens=prompt,
-        cached_input_tokens=cached,
-        output_tokens=completion,
-        reasoning_tokens=min(reasoning, completion),
-        cache_write_tokens=min(cache_write, prompt - cached),
-    )
+    # Built without __init__: every count is a non-negative int and within its total by the
+    # checks above, which is all __post_init__ would check.
+    built = object.__new__(Usage)
+    setattr_ = object.__setattr__
+    setattr_(built, "input_tokens", prompt)
+    setattr_(built, "cached_input_tokens", cached)
+    setattr_(built, "output_tokens", completion)
+    setattr_(built, "reasoning_tokens", min(reasoning, completion))
+    setattr_(built, "cache_write_tokens", min(cache_write, prompt - cached))
+    setattr_(built, "cache_write_1h_tokens", 0)
+    return built
 
 
 def _read(source: object, name: str) -> Any:

@@ -128,8 +128,9 @@ class RouteStage:
         )
 
     def prepare(self, call: CallContext) -> None:
-        if in_nested_call() or not (
-            self.config.tiers or self.config.force_model or call.session.force_model
+        if (
+            not (self.config.tiers or self.config.force_model or call.session.force_model)
+            or in_nested_call()
         ):
             return
         decision = self.decide(call)

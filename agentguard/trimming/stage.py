@@ -53,11 +53,11 @@ class TrimStage:
             config, counter, summarizer=nested_call(summarizer) if summarizer else None
         )
 
-    def _room(self, call: CallContext) -> int | None:
+    def _room(self, call: CallContext, model: str) -> int | None:
         limit = self.config.max_context_tokens
         if limit is None:
             try:
-                window = self.pricer.price(call.model).context_window
+                window = self.pricer.price(model).context_window
             except Exception:
                 return None
             if window is None:
@@ -84,11 +84,11 @@ class TrimStage:
         entries = view.read(call.body)
         if not entries:
             return  # nothing the guard can trim (a continued response, say)
-        room = self._room(call)
+        model = call.model
+        room = self._room(call, model)
         if room is None:
             return
         session = call.session
-        model = call.model
         saved = session.state.trim_state
         if saved:
             from agentguard.trimming import TrimState

@@ -372,7 +372,8 @@ class TokenCounter:
             return tokenizer
 
     def _basis(self, model: str) -> tuple[str, bool]:
-        """The encoding to count ``model`` with, and whether that count is exact for it."""
+        """The encoding to count ``model`` with, and whether that count is exact for it.
+        (Callers on every call read ``self._bases`` first: a lookup costs less than a call.)"""
         basis = self._bases.get(model)
         if basis is None:
             basis = self._bases[model] = self._find_basis(model)
@@ -454,7 +455,7 @@ class TokenCounter:
         """
         if counted <= 0 or reported <= 0:
             return
-        _basis, exact = self._basis(model)
+        _basis, exact = self._bases.get(model) or self._basis(model)
         with self._lock:
             state = self._calibrations.get(model)
             if state is None:
@@ -505,7 +506,7 @@ class TokenCounter:
             model: the model they are for.
             digests: their :func:`message_digest` values, if the caller has them already.
         """
-        basis, exact = self._basis(model)
+        basis, exact = self._bases.get(model) or self._basis(model)
         # One loop per pass, no comprehensions: this runs on every call, and each
         # comprehension is a function call of its own.
         keys: list[tuple[str, Any]] = []
@@ -542,7 +543,7 @@ class TokenCounter:
 
     def request_overhead(self, model: str) -> int:
         """Tokens a request adds beyond its messages: reply priming plus any learned offset."""
-        _basis, exact = self._basis(model)
+        _basis, exact = self._bases.get(model) or self._basis(model)
         if not exact:
             return self._scale(REPLY_PRIMING_TOKENS, self._factor(model, exact))
         with self._lock:

@@ -66,7 +66,7 @@ class Escalator(Protocol):
         """The model to re-send a checkably failed answer to, or ``None`` to keep it.
 
         ``payload`` is the response body in the call's dialect, ``answer`` what its dialect
-        read from it."""
+        read from it. Asked only for a routed call (its ``notes`` hold a ``route``)."""
         ...
 
     def cheaper_models(self, call: CallContext) -> list[str]:

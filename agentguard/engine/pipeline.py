@@ -201,8 +201,13 @@ class Pipeline:
                 return _homeward(call, sent) if "home" in call.notes else sent
             reply, payload = sent
             answer = call.dialect.answer(payload)
-            crossed = "upstream" in call.notes  # on another provider's model: not escalated
-            if self.escalator is not None and escalations < self.retry.max_retries and not crossed:
+            notes = call.notes
+            if (
+                self.escalator is not None
+                and "route" in notes  # only a routed step escalates
+                and "upstream" not in notes  # on another provider's model: not escalated
+                and escalations < self.retry.max_retries
+            ):
                 decided = call.notes.get("route")
                 target = self.escalator.escalate(call, payload, answer)
                 if target is not None:

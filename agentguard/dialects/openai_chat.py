@@ -117,7 +117,11 @@ class OpenAIChat:
         usage = payload.get("usage")
         return Answer(
             text=text,
-            tool_calls=tool_calls_of(message),
+            tool_calls=(
+                tool_calls_of(message)
+                if isinstance(message, dict) and message.get("tool_calls")
+                else []
+            ),
             usage=Usage.from_openai(usage) if usage else None,
             service_tier=payload.get("service_tier"),
             response_id=payload.get("id") if isinstance(payload.get("id"), str) else None,

@@ -274,7 +274,7 @@ class Pipeline:
                 if reply.status < 400:
                     if self.fallbacks is not None:
                         yield from self._answered(call, sent_at, reply.streaming)
-                    if reply.streaming:
+                    if reply.body is None:  # streaming
                         tap = _stream_tap(call)
                         return Outcome(
                             reply, tap=tap, finish=lambda tap: self._finish_stream(call, tap)
@@ -381,7 +381,7 @@ class Pipeline:
             dialect is OPENAI_CHAT
             and counted is not None
             and counted[0] == model
-            and counted[1] is call.messages
+            and counted[1] is call.body.get("messages")
         ):
             # The trimmer counted this request already (messages, framing and tools, as the
             # chat dialect counts its input).

@@ -173,7 +173,8 @@ class ChatView:
     def overhead(
         self, model: str, counter: TokenCounter, tools: Sequence[Mapping[str, Any]] | None
     ) -> int:
-        return counter.request_overhead(model) + counter.count_tools(tools, model)
+        overhead = counter.request_overhead(model)
+        return overhead + counter.count_tools(tools, model) if tools else overhead
 
     def digest(self, entry: Mapping[str, Any]) -> bytes:
         return message_digest(entry)

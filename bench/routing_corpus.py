@@ -30,6 +30,7 @@ import hashlib
 import io
 import json
 import math
+import re
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
@@ -306,9 +307,21 @@ def _normalised(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
+def _shingles(text: str, size: int = 8) -> set[str]:
+    """The text's runs of ``size`` consecutive words (lower case, punctuation dropped)."""
+    words = re.findall(r"\w+", text.lower())
+    return {" ".join(words[i : i + size]) for i in range(len(words) - size + 1)}
+
+
+# An Arena-Hard-Auto prompt half of whose 8-word runs occur in evaluation prompts is taken for
+# a copy of one (reworded punctuation or list marks do not hide it).
+OVERLAP_SHARE = 0.5
+
+
 def load_arena(files: ArenaFiles, evaluation: Iterable[str]) -> tuple[list[Row], int]:
     """Arena-Hard-Auto's first prompt set as training rows, and how many prompts were dropped
-    because they are (or contain, or are contained in) an evaluation prompt.
+    because they are (or contain, or are contained in) an evaluation prompt, or share half
+    their 8-word runs with evaluation prompts.
 
     Each prompt's judge scores (1-10, GPT-4 against a reference answer) for the strong and the
     weak model give the row's quality, labelled as MT-Bench's rows are: "the strong model did
@@ -324,6 +337,7 @@ def load_arena(files: ArenaFiles, evaluation: Iterable[str]) -> tuple[list[Row],
     strong_scores, weak_scores = scores[STRONG], scores[WEAK]
     seen = [_normalised(text) for text in evaluation]
     exact = set(seen)
+    runs = set().union(*(_shingles(text) for text in seen))
     rows: list[Row] = []
     dropped = 0
     for question in _jsonl(files.read(ARENA_BASE + "question.jsonl")):
@@ -332,7 +346,9 @@ def load_arena(files: ArenaFiles, evaluation: Iterable[str]) -> tuple[list[Row],
             continue
         prompt = question["turns"][0]
         text = _normalised(prompt)
-        if text in exact or any(text in other or other in text for other in seen):
+        own = _shingles(text)
+        copied = bool(own) and len(own & runs) >= OVERLAP_SHARE * len(own)
+        if copied or text in exact or any(text in other or other in text for other in seen):
             dropped += 1
             continue
         strong, weak = strong_scores[qid], weak_scores[qid]

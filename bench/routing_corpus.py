@@ -12,6 +12,12 @@ Data sources (nothing third-party is committed; the weights' manifest records fi
 - ``bench/data/routing_steps_translated_train.jsonl``: the latest user message of 55 ``dev``
   steps (5 per task class) translated by hand into German, Spanish and Chinese, the rest of the
   step unchanged. A translation shares its original's label and cross-validation fold.
+- Optionally (``routing_train.py --arena``), Arena-Hard-Auto's first prompt set
+  (github.com/lmarena/arena-hard-auto, Apache-2.0), ``data/arena-bench-v1/`` at commit
+  ``ARENA_COMMIT``: 300 open-ended prompts of MT-Bench's kind, each answer graded 1-10 by a
+  GPT-4 judge against a reference answer, for the same two models RouteLLM's MT-Bench files
+  compare (gpt-4-1106-preview and Mixtral-8x7B-Instruct). Training rows only (source
+  ``arena``): never scored, and a prompt that is also an evaluation prompt is dropped.
 
 Training is a weighted L2 logistic regression fitted with full-batch Adam in numpy (numpy is
 needed to train and evaluate, not to route: the package scores in pure Python).
@@ -24,6 +30,7 @@ import hashlib
 import io
 import json
 import math
+import re
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
@@ -45,6 +52,12 @@ csv.field_size_limit(1 << 24)
 ROUTELLM_REPO = "https://github.com/lm-sys/RouteLLM"
 ROUTELLM_COMMIT = "0b64fdafe049e596a3f5657c219329f24af24198"
 STRONG, WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
+ARENA_REPO = "https://github.com/lmarena/arena-hard-auto"
+ARENA_COMMIT = "4a705dd6963f777aba2ae79259e3013934e6e012"
+ARENA_BASE = "data/arena-bench-v1/"
+# The judge's grades of each model's answers (the strong model is filed as gpt-4-turbo).
+ARENA_STRONG_FILE = "model_judgment/gpt-4-turbo.jsonl"
+ARENA_WEAK_FILE = "model_judgment/Mixtral-8x7B-Instruct-v0.1.jsonl"
 AGENT_STEPS = ROOT / "bench" / "data" / "routing_steps.jsonl"
 AGENT_TRANSLATIONS = ROOT / "bench" / "data" / "routing_steps_translated_train.jsonl"
 TEST_PERCENT = 30
@@ -117,19 +130,23 @@ class RouteLLMFiles:
     """Reads ``routellm/evals/`` from a RouteLLM checkout or bare git directory, at the pinned
     commit, and records each file's sha256 for the manifest."""
 
+    commit = ROUTELLM_COMMIT
+    flag = "--routellm"
+    required = "routellm/evals"
+
     def __init__(self, location: Path) -> None:
         self.location = location
         self.hashes: dict[str, str] = {}
         self.is_git = (location / "HEAD").is_file() and (location / "objects").is_dir()
-        if not self.is_git and not (location / "routellm" / "evals").is_dir():
+        if not self.is_git and not (location / self.required).is_dir():
             raise SystemExit(
-                f"--routellm {location}: not a RouteLLM checkout (no routellm/evals) nor a git dir"
+                f"{self.flag} {location}: neither a checkout (no {self.required}) nor a git dir"
             )
 
     def read(self, path: str) -> str:
         if self.is_git:
             data = subprocess.run(
-                ["git", "--git-dir", str(self.location), "show", f"{ROUTELLM_COMMIT}:{path}"],
+                ["git", "--git-dir", str(self.location), "show", f"{self.commit}:{path}"],
                 check=True,
                 capture_output=True,
             ).stdout
@@ -147,7 +164,7 @@ class RouteLLMFiles:
                     str(self.location),
                     "ls-tree",
                     "--name-only",
-                    f"{ROUTELLM_COMMIT}:{path}",
+                    f"{self.commit}:{path}",
                 ],
                 check=True,
                 capture_output=True,
@@ -277,6 +294,70 @@ def load_mt_bench(files: RouteLLMFiles) -> tuple[list[Row], list[Row]]:
     return rows, follow_ups
 
 
+class ArenaFiles(RouteLLMFiles):
+    """Reads Arena-Hard-Auto's ``data/arena-bench-v1/`` from a checkout or bare git directory,
+    at the pinned commit (``ARENA_COMMIT``)."""
+
+    commit = ARENA_COMMIT
+    flag = "--arena"
+    required = ARENA_BASE
+
+
+def _normalised(text: str) -> str:
+    return " ".join(text.split()).lower()
+
+
+def _shingles(text: str, size: int = 8) -> set[str]:
+    """The text's runs of ``size`` consecutive words (lower case, punctuation dropped)."""
+    words = re.findall(r"\w+", text.lower())
+    return {" ".join(words[i : i + size]) for i in range(len(words) - size + 1)}
+
+
+# An Arena-Hard-Auto prompt half of whose 8-word runs occur in evaluation prompts is taken for
+# a copy of one (reworded punctuation or list marks do not hide it).
+OVERLAP_SHARE = 0.5
+
+
+def load_arena(files: ArenaFiles, evaluation: Iterable[str]) -> tuple[list[Row], int]:
+    """Arena-Hard-Auto's first prompt set as training rows, and how many prompts were dropped
+    because they are (or contain, or are contained in) an evaluation prompt, or share half
+    their 8-word runs with evaluation prompts.
+
+    Each prompt's judge scores (1-10, GPT-4 against a reference answer) for the strong and the
+    weak model give the row's quality, labelled as MT-Bench's rows are: "the strong model did
+    better". A prompt either model's grade is missing for is left out.
+    """
+    scores: dict[str, dict[str, float]] = {}
+    for name in (ARENA_STRONG_FILE, ARENA_WEAK_FILE):
+        for record in _jsonl(files.read(ARENA_BASE + name)):
+            if record["score"] is not None:
+                scores.setdefault(record["model"], {})[record["question_id"]] = float(
+                    record["score"]
+                )
+    strong_scores, weak_scores = scores[STRONG], scores[WEAK]
+    seen = [_normalised(text) for text in evaluation]
+    exact = set(seen)
+    runs = set().union(*(_shingles(text) for text in seen))
+    rows: list[Row] = []
+    dropped = 0
+    for question in _jsonl(files.read(ARENA_BASE + "question.jsonl")):
+        qid = question["question_id"]
+        if qid not in strong_scores or qid not in weak_scores:
+            continue
+        prompt = question["turns"][0]
+        text = _normalised(prompt)
+        own = _shingles(text)
+        copied = bool(own) and len(own & runs) >= OVERLAP_SHARE * len(own)
+        if copied or text in exact or any(text in other or other in text for other in seen):
+            dropped += 1
+            continue
+        strong, weak = strong_scores[qid], weak_scores[qid]
+        rows.append(
+            Row(f"arena-{qid}", "arena", _user(prompt), None, int(strong > weak), strong, weak)
+        )
+    return rows, dropped
+
+
 def split_of(step_id: str) -> str:
     """``test`` for the held-out 30% of agent steps, else ``dev`` (fixed by the id's hash)."""
     digest = int(hashlib.sha256(step_id.encode()).hexdigest(), 16)
@@ -348,27 +429,51 @@ class Corpus:
         follow_ups: MT-Bench's second turns (training rows for recipes that use them).
         agent: the agent ``dev`` steps and their translations.
         hashes: sha256 of every RouteLLM file read.
+        arena: Arena-Hard-Auto's training rows (empty unless asked for).
+        arena_hashes: sha256 of every Arena-Hard-Auto file read.
+        arena_dropped: Arena-Hard-Auto prompts dropped as evaluation prompts.
     """
 
     benchmarks: dict[str, list[Row]]
     follow_ups: list[Row]
     agent: list[Row]
     hashes: dict[str, str]
+    arena: list[Row] = field(default_factory=list)
+    arena_hashes: dict[str, str] = field(default_factory=dict)
+    arena_dropped: int = 0
 
     @property
     def rows(self) -> list[Row]:
         """All rows, benchmarks first."""
-        return [r for b in self.benchmarks.values() for r in b] + self.follow_ups + self.agent
+        return (
+            [r for b in self.benchmarks.values() for r in b]
+            + self.follow_ups
+            + self.agent
+            + self.arena
+        )
 
 
-def training_rows(location: Path) -> Corpus:
+def training_rows(location: Path, arena: Path | None = None) -> Corpus:
     """The benchmarks, MT-Bench's follow-up turns, the agent training rows (``dev`` steps and
-    their translations) and the benchmark files' hashes."""
+    their translations), Arena-Hard-Auto's rows when ``arena`` is given, and the files'
+    hashes."""
     files = RouteLLMFiles(location)
     mt_bench, follow_ups = load_mt_bench(files)
     benchmarks = {"mt_bench": mt_bench, "gsm8k": load_gsm8k(files), "mmlu": load_mmlu(files)}
     dev = [r for r in load_agent_steps() if r.split == "dev"]
-    return Corpus(benchmarks, follow_ups, dev + load_agent_translations(dev), files.hashes)
+    data = Corpus(benchmarks, follow_ups, dev + load_agent_translations(dev), files.hashes)
+    if arena is not None:
+        arena_files = ArenaFiles(arena)
+        # Every turn of every MT-Bench question (contaminated ones too), GSM8K and MMLU.
+        evaluation = [
+            t
+            for q in _jsonl(files.read("routellm/evals/mt_bench/question.jsonl"))
+            for t in q["turns"]
+        ]
+        evaluation += [r.prompt for name in ("gsm8k", "mmlu") for r in benchmarks[name]]
+        data.arena, data.arena_dropped = load_arena(arena_files, evaluation)
+        data.arena_hashes = arena_files.hashes
+    return data
 
 
 def estimate_tokens(messages: Sequence[dict[str, Any]], tools: Sequence[Any] | None) -> int:
@@ -480,9 +585,26 @@ FOURTH_SET = (
         blend=("gap_weighted", "dense_l2_1e-4_benchmarks_0.25"),
     ),
 )
+# A fifth set, fixed and committed before any of it was scored: training rows of MT-Bench's own
+# kind, which the sets above lacked. Arena-Hard-Auto's first prompt set (``--arena``; see the
+# module's docstring) grades the same two models on 300 open-ended prompts; the shipped recipe
+# with those rows at a tenth and at a quarter of the weight next to the shipped shares, and the
+# log-odds mean of the shipped recipe and the quarter-weight one. Scored with nested
+# cross-validation (``routing_train.py --arena PATH --candidates fifth``): the rows lower
+# MT-Bench (plain 5-fold 0.604 and 0.574 against the shipped 0.641); the trainer keeps the
+# shipped recipe in four folds of five, nested 0.611 / 0.625 / 0.625. Nothing from this set is
+# shipped (README, routing notes).
+ARENA_SHARE_LOW = (*SOURCE_SHARE.items(), ("arena", 0.1))
+ARENA_SHARE_HIGH = (*SOURCE_SHARE.items(), ("arena", 0.25))
+FIFTH_SET = (
+    Recipe("gap_weighted"),
+    Recipe("gap_weighted_arena_0.1", source_share=ARENA_SHARE_LOW),
+    Recipe("gap_weighted_arena_0.25", source_share=ARENA_SHARE_HIGH),
+    Recipe("blend_gap_weighted_arena_0.25", blend=("gap_weighted", "gap_weighted_arena_0.25")),
+)
 # Candidate sets the trainer can be asked to choose among (``routing_train.py --candidates``);
-# only ``shipped`` trains the shipped weights.
-CANDIDATE_SETS = {"shipped": RECIPES, "fourth": FOURTH_SET}
+# only ``shipped`` trains the shipped weights. ``fifth`` needs ``--arena``.
+CANDIDATE_SETS = {"shipped": RECIPES, "fourth": FOURTH_SET, "fifth": FIFTH_SET}
 EARLIER_RECIPES = (
     Recipe("gap_weighted_dense", groups=DENSE_GROUPS),
     Recipe("gap_weighted_dense_ties_0.6", groups=DENSE_GROUPS, tie_weight=0.6),
@@ -504,7 +626,7 @@ EARLIER_RECIPES = (
 
 def recipe_named(name: str) -> Recipe:
     """The recipe called ``name``."""
-    for recipe in (*RECIPES, *FOURTH_SET, *EARLIER_RECIPES):
+    for recipe in (*RECIPES, *FOURTH_SET, *FIFTH_SET, *EARLIER_RECIPES):
         if recipe.name == name:
             return recipe
     raise SystemExit(f"unknown training recipe {name!r}; known: {[r.name for r in RECIPES]}")
@@ -529,12 +651,14 @@ def targets_and_weights(rows: Sequence[Row], recipe: Recipe) -> tuple[np.ndarray
             targets[i], raw[i] = r.label, abs(gap) or recipe.tie_weight
     sources = np.array([r.source for r in rows])
     share = dict(recipe.source_share)
-    present = {s: share[s] for s in set(sources.tolist())}
+    # A source the recipe gives no share (Arena-Hard-Auto's rows for most recipes) weighs 0.
+    present = {s: share.get(s, 0.0) for s in set(sources.tolist())}
     total = sum(present.values())
     weights = np.zeros(len(rows))
     for source, part in present.items():
-        mask = sources == source
-        weights[mask] = raw[mask] * (part / total) / raw[mask].sum()
+        if part:
+            mask = sources == source
+            weights[mask] = raw[mask] * (part / total) / raw[mask].sum()
     return targets, weights
 
 
@@ -715,6 +839,15 @@ class CrossValidation:
     overall: dict[str, float]
 
 
+def usable_rows(rows: Sequence[Row], recipe: Recipe) -> np.ndarray:
+    """Which rows ``recipe`` trains on: first turns (and follow-ups if it uses them) of the
+    sources it gives a share of the weight."""
+    share = dict(recipe.source_share)
+    return np.array(
+        [(recipe.follow_ups or r.turn == 1) and share.get(r.source, 0.0) > 0 for r in rows]
+    )
+
+
 def _cache_key(recipe: Recipe) -> str:
     """The recipe as its stored fold scores are keyed: its ``repr`` without ``l2_dense`` and
     ``blend`` when unset (so adding the fields kept the earlier recipes' scores)."""
@@ -783,7 +916,7 @@ def cross_validate(
             }
             log(f"  {recipe.name}: fold scores from {stored.relative_to(ROOT)}")
             continue
-        usable = np.array([recipe.follow_ups or r.turn == 1 for r in rows])
+        usable = usable_rows(rows, recipe)
         plain[recipe.name] = {}
         paired[recipe.name] = {}
         for k in range(folds):

@@ -21,6 +21,10 @@ benchmarks out-of-fold (5-fold over all training rows). The cross-validated scor
 other four folds alone (``routing_corpus.cross_validate``), so neither a score nor the recipe
 behind it saw the prompt. A question's two turns always share a fold.
 
+``--arena`` (an Arena-Hard-Auto checkout or bare git directory, read at
+``routing_corpus.ARENA_COMMIT``) adds that repository's first prompt set as training rows for
+the recipes that give it weight (``--candidates fifth``); they are never scored.
+
 The default threshold is chosen on out-of-fold scores of the agent ``dev`` steps (k-fold, the
 scorer never scores a step it was trained on): the highest accuracy with at most 10% of hard
 steps sent to the small tier.
@@ -80,6 +84,40 @@ def print_cross_validation(cv: corpus.CrossValidation, benchmarks: dict[str, lis
     for name, scores in cv.plain.items():
         print(f"  plain {FOLDS}-fold, {name}: {areas(scores)}")
     print(f"  nested (recipe per test fold: {', '.join(cv.chosen_per_fold)}): {areas(cv.scores)}")
+    base = cv.plain.get(corpus.RECIPES[0].name)
+    for name, rows in benchmarks.items():
+        print(f"  {name}: {resampled(rows, cv.scores, base)}")
+
+
+def resampled(
+    rows: list[Any], scores: dict[str, float], base: dict[str, float] | None, draws: int = 500
+) -> str:
+    """The nested APGR's 95% interval over prompts resampled with replacement, how often it
+    reaches 0.65, and its paired difference from ``base`` (the shipped recipe's plain
+    out-of-fold scores) on the same resamples."""
+    nested, strong, weak = benchmark_arrays(rows, scores)
+    shipped = benchmark_arrays(rows, base)[0] if base is not None else None
+    rng = np.random.default_rng(5)
+    areas, gaps = [], []
+    for _ in range(draws):
+        pick = rng.integers(0, len(rows), len(rows))
+        if strong[pick].sum() == weak[pick].sum():
+            continue
+        area = corpus.apgr(corpus.pgr_curve(nested[pick], strong[pick], weak[pick]))
+        areas.append(area)
+        if shipped is not None:
+            gaps.append(
+                area - corpus.apgr(corpus.pgr_curve(shipped[pick], strong[pick], weak[pick]))
+            )
+    low, high = np.percentile(areas, (2.5, 97.5))
+    text = f"95% {low:.3f}-{high:.3f}, >= 0.65 in {np.mean(np.array(areas) >= 0.65):.0%}"
+    if gaps:
+        g_low, g_high = np.percentile(gaps, (2.5, 97.5))
+        text += (
+            f"; vs shipped recipe {np.mean(gaps):+.3f} (95% {g_low:+.3f} to {g_high:+.3f}, "
+            f"higher in {np.mean(np.array(gaps) > 0):.0%})"
+        )
+    return text
 
 
 def benchmark_arrays(
@@ -96,6 +134,9 @@ def benchmark_arrays(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--routellm", type=Path, required=True, help="RouteLLM checkout or git dir")
+    parser.add_argument(
+        "--arena", type=Path, help="Arena-Hard-Auto checkout or git dir (extra training rows)"
+    )
     parser.add_argument("--out", type=Path, default=WEIGHTS_PATH)
     parser.add_argument(
         "--candidates",
@@ -104,9 +145,16 @@ def main() -> None:
         help="the recipes to choose among (only 'shipped' reproduces the shipped weights)",
     )
     args = parser.parse_args()
+    if args.candidates == "fifth" and args.arena is None:
+        parser.error("--candidates fifth: needs --arena (the Arena-Hard-Auto rows it weighs)")
 
     started = time.monotonic()
-    data = corpus.training_rows(args.routellm)
+    data = corpus.training_rows(args.routellm, args.arena)
+    if args.arena is not None:
+        print(
+            f"Arena-Hard-Auto: {len(data.arena)} training rows, {data.arena_dropped} dropped as "
+            "evaluation prompts"
+        )
     benchmarks, agent_rows, hashes = data.benchmarks, data.agent, data.hashes
     # The threshold is chosen on the English dev steps (the translations are their copies).
     agent = [r for r in agent_rows if "@" not in r.id]
@@ -121,7 +169,7 @@ def main() -> None:
     threshold, at_threshold = choose_threshold(
         np.array([oof[r.id] for r in agent]), np.array([r.label for r in agent])
     )
-    usable = np.array([i for i, r in enumerate(rows) if recipe.follow_ups or r.turn == 1])
+    usable = np.nonzero(corpus.usable_rows(rows, recipe))[0]
     final = corpus.prune(design.named(*design.fit(usable, recipe)), KEEP_WEIGHTS)
     manifest = {
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -142,6 +190,22 @@ def main() -> None:
                 "(Mixtral-8x7B-Instruct)"
                 + (", soft on MT-Bench: sigmoid(judge-score gap)" if recipe.soft_mt_bench else ""),
             },
+            **(
+                {
+                    "arena_hard_auto": {
+                        "repository": corpus.ARENA_REPO,
+                        "commit": corpus.ARENA_COMMIT,
+                        "licence": "Apache-2.0",
+                        "files_sha256": dict(sorted(data.arena_hashes.items())),
+                        "rows": len(data.arena),
+                        "dropped_as_evaluation_prompts": data.arena_dropped,
+                        "label": "strong model (gpt-4-1106-preview) graded higher than the weak "
+                        "one (Mixtral-8x7B-Instruct) by the GPT-4 judge",
+                    }
+                }
+                if dict(recipe.source_share).get("arena")
+                else {}
+            ),
             "agent_steps": {
                 "file": str(corpus.AGENT_STEPS.relative_to(corpus.ROOT)),
                 "sha256": corpus.sha256_file(corpus.AGENT_STEPS),

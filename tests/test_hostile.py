@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from agentguard import ConfigError, SessionParked
 from agentguard.config import GuardConfig
 from agentguard.guard import Guard
+from agentguard.pricing import Usage
 from agentguard.sim import SimServer
 
 MESSAGES = [{"role": "user", "content": "Tell me a short story about a lighthouse keeper."}]
@@ -124,3 +125,28 @@ def test_garbage_on_every_attempt_ends_in_a_retry_limit(
     with guard.session(), pytest.raises(RetryLimitExceeded, match="garbage"):
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert guard.budget_status("default").reserved_usd == 0
+
+
+def test_an_answer_whose_message_is_not_an_object_is_settled_from_its_usage(
+    sim: SimServer, make_guard: Callable[..., Guard]
+) -> None:
+    import json
+
+    guard = make_guard()
+    client = guard.wrap(openai.OpenAI(base_url=sim.base_url, api_key="sk-test", max_retries=0))
+    odd = {
+        "id": "chatcmpl-odd",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": "not an object", "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1000, "completion_tokens": 50, "total_tokens": 1050},
+    }
+    sim.garbage_next(1, body=json.dumps(odd).encode())
+    with guard.session("odd-message") as session:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=64)
+    expected = guard.pricer.price("gpt-4o-mini").cost(Usage(1000, 0, 50, 0))
+    assert session.spent_usd == expected
+    assert session.tool_calls == 0
+    status = guard.budget_status("default")
+    assert status.reserved_usd == 0

@@ -375,8 +375,6 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
                 try:
                     if upstream is not None:
                         outgoing = upstream_request(request, new_body, upstream)
-                    elif not modified and request._content is original:
-                        outgoing = request  # the caller's own request, as it came
                     else:
                         outgoing = with_body(request, new_body if modified else None, original)
                     response = self._send_raw(outgoing)
@@ -397,11 +395,9 @@ def _build(httpx: ModuleType) -> SimpleNamespace:
                         raise
                     raise failure from exc
                 response.close()
-                return Reply(response.status_code, response.headers, content)
+                return reply_of(response, content)
 
-            session = self.guard.current_session_var.get()
-            if session is None:
-                session = _session_for(self.guard)
+            session = _session_for(self.guard)
             url_marker = request_url.set(request.url)
             try:
                 pipeline = self.guard.pipeline

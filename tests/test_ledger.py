@@ -198,23 +198,39 @@ def test_unlimited_lines_record_spend_without_holding(ledger: Ledger) -> None:
 def test_a_flush_waits_for_what_the_flusher_thread_is_writing(tmp_path: Path) -> None:
     """``flush``, ``status`` and ``close`` mean "everything settled so far is written", also when
     the background flusher took the queue a moment earlier and is still writing it: another
-    writer holds the database, so the flusher waits inside its transaction, and the status read
-    meanwhile must wait for it rather than report the settled calls as still held."""
+    writer holds the database, so the flusher waits inside its transaction, and a flush
+    meanwhile must wait for that write rather than return with the settlements unwritten."""
     path = tmp_path / "ledger.db"
     ledger = Ledger(Store(f"sqlite:///{path}"), flush_interval_s=0.05, lease_fraction=0.05)
     line = BudgetLine("racy", Decimal("100"), timedelta(days=1))
-    ledger.status(line)
+    # The first call takes this process's lease ($5) and is written: the next five reserve in
+    # memory and are settled through the queue.
+    ledger.settle(ledger.reserve([line], Decimal("0.01"), lease=True), Decimal("0.004"))
+    # Another writer holds the database before they are settled, so however slow the machine,
+    # the flusher cannot write them before taking the queue.
+    other_writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other_writer.execute("BEGIN IMMEDIATE")
     for _ in range(5):
         reservation = ledger.reserve([line], Decimal("0.01"), lease=True)
         ledger.settle(reservation, Decimal("0.004"), defer=True)
-    other_writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    other_writer.execute("BEGIN IMMEDIATE")
-    time.sleep(0.5)  # the flusher wakes, takes the queue and waits for the write lock
+    deadline = time.monotonic() + 30
+    while ledger._pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not ledger._pending, "the flusher thread never took the queue"
     threading.Timer(1.0, other_writer.rollback).start()
+    ledger.flush()
+    # Judged by what the file holds, read without a lock (WAL): the flush returned, so the six
+    # settlements are in it.
+    reader = sqlite3.connect(path)
+    (spent,) = reader.execute(
+        "SELECT COALESCE(SUM(spent_nusd), 0) FROM agentguard_budget_windows WHERE key = 'racy'"
+    ).fetchone()
+    reader.close()
+    assert spent == 24_000_000  # 6 x $0.004 in nano-dollars
     status = ledger.status(line)
-    assert status.spent_usd == Decimal("0.02"), status
+    assert status.spent_usd == Decimal("0.024"), status
     assert status.in_flight_usd == 0, status
     ledger.close()
     status = ledger.status(line)
-    assert status.reserved_usd == 0 and status.spent_usd == Decimal("0.02"), status
+    assert status.reserved_usd == 0 and status.spent_usd == Decimal("0.024"), status
     other_writer.close()

@@ -57,7 +57,7 @@ from agentguard.retrying import Failure, RetryPolicy, parse_retry_after
 
 if TYPE_CHECKING:
     from agentguard.dialects.base import Answer, Dialect, StreamTap
-    from agentguard.ledger import Ledger
+    from agentguard.ledger import Ledger, Reservation
     from agentguard.ledger.response_contexts import ResponseContexts
     from agentguard.parking.classify import Decision, LimitVerdict
     from agentguard.pricing import Pricer
@@ -249,9 +249,13 @@ class Pipeline:
         reply and its parsed body."""
         retries = 0
         while True:
+            # Every attempt goes out under a live hold: a retry after a charged attempt reserves
+            # again, and a hold old enough that a sweep may have charged it is confirmed first.
             reservation = call.reservation
-            if reservation is None or self.ledger.needs_confirm(reservation):
-                yield from self._hold_for_attempt(call)
+            if reservation is None:
+                yield from self._reserve(call, retry=True)
+            elif self.ledger.needs_confirm(reservation):
+                yield from self._confirm_hold(call, reservation)
             answered: Reply | None = None
             sent_at = time.perf_counter()
             # Top-level keys are replaced, never mutated, so this compares little. Once a
@@ -274,7 +278,7 @@ class Pipeline:
                 if reply.status < 400:
                     if self.fallbacks is not None:
                         yield from self._answered(call, sent_at, reply.streaming)
-                    if reply.body is None:  # streaming
+                    if reply.streaming:
                         tap = _stream_tap(call)
                         return Outcome(
                             reply, tap=tap, finish=lambda tap: self._finish_stream(call, tap)
@@ -412,18 +416,15 @@ class Pipeline:
         call.price = bound.price
         call.worst_case_usd = bound.usd
 
-    def _hold_for_attempt(self, call: CallContext) -> Generator[Action, Any, None]:
-        """Make sure the attempt about to be sent is covered by a live hold: a retry after a
-        charged attempt reserves again, and a hold old enough that a sweep may have charged it
-        (the process stalled) is checked in the store first."""
-        reservation = call.reservation
-        if reservation is None:
+    def _confirm_hold(
+        self, call: CallContext, reservation: Reservation
+    ) -> Generator[Action, Any, None]:
+        """Check in the store a hold old enough that a sweep may have charged it (the process
+        stalled); reserve again if one did."""
+        alive = yield Confirm(reservation)
+        if not alive:
+            call.reservation = None
             yield from self._reserve(call, retry=True)
-        elif self.ledger.needs_confirm(reservation):
-            alive = yield Confirm(reservation)
-            if not alive:
-                call.reservation = None
-                yield from self._reserve(call, retry=True)
 
     def _charge_unknown(self, call: CallContext, why: str) -> Generator[Action, Any, None]:
         """Settle a call whose outcome is unknown at its worst case (never release it)."""

@@ -40,10 +40,7 @@ def json_object(raw: bytes | None) -> dict[str, Any] | None:
     # Anything else (leading space, a byte-order mark, UTF-16) takes the general path:
     # json.loads sniffs the encoding of bytes.
     try:
-        value = json.loads(text if text is not None else raw)
+        value = json.loads(raw)
     except ValueError:
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            return None
+        return None
     return value if isinstance(value, dict) else None
